@@ -1,0 +1,13 @@
+//! Portcullis: a container registry gateway.
+//!
+//! Where things live:
+//! - [`identity`]: tokens, scope maps, secrets, the control-plane store, the admin account.
+//! - [`policy`]: the Cedar schema, scope-map compilation, decisions, policy files and tools.
+//! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
+//! - [`cli`]: the `portcullis` command line (server and admin client).
+//! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
+
+pub mod admin;
+pub mod cli;
+pub mod identity;
+pub mod policy;
