@@ -1,1 +1,42 @@
-//! portcullis-storage: a complete OCI distribution-spec v1.1 registry.
+//! portcullis-storage: a complete OCI distribution-spec v1.1 registry, the
+//! bundled backend of Portcullis, usable on its own.
+//!
+//! - [`Registry`] owns the data directory: metadata in `meta.redb` (redb),
+//!   blobs content-addressed under `blobs/sha256/<aa>/<hex>`, upload
+//!   sessions under `uploads/<uuid>`.
+//! - [`router`] serves `/v2/…` on top of it.
+//! - [`errcode`] is the OCI error table, shared with the gateway.
+//!
+//! Decisions where the spec leaves room:
+//! - Only `sha256` digests; a well-formed `sha512:` digest gets `UNSUPPORTED`.
+//! - An empty upload reports `Range: 0-0`, as distribution does.
+//! - DELETE of a blob only unlinks it from the repository; GC removes bytes.
+//! - GC removes untagged manifests (unless listed by an index in the same
+//!   repository, or a referrer whose subject still exists), blob links no
+//!   manifest of the repository references, then blobs with neither links
+//!   nor references — each only when older than the grace period.
+//!   GC also removes blob files that have no metadata (left by a crash
+//!   between the file and metadata steps) once older than the grace period.
+//! - A blob HEAD refreshes a link older than half the grace period (one
+//!   write transaction, ordered against GC), so "layer already exists"
+//!   cannot be followed by GC deleting that layer before the manifest PUT.
+//! - A repository exists (catalog, tags list) from its first blob link or
+//!   manifest until GC finds it empty.
+//! - Mount without `from`, or from a repository without the blob, opens a
+//!   new upload session (202) rather than revealing anything.
+
+pub mod blobstore;
+pub mod errcode;
+pub mod error;
+mod http;
+pub mod manifest;
+pub mod meta;
+pub mod names;
+pub mod registry;
+pub mod route;
+pub mod upload;
+
+pub use error::StorageError;
+pub use http::router;
+pub use names::{Digest, is_valid_repository_name, is_valid_tag};
+pub use registry::{Registry, StorageConfig};

@@ -1,0 +1,153 @@
+//! [`StorageError`], every failure of the registry, and its one mapping to an
+//! [`OciError`] at the HTTP edge. Internal causes are logged, never sent.
+
+use std::path::PathBuf;
+
+use crate::errcode::{ErrorCode, OciError};
+use crate::manifest::ManifestError;
+use crate::names::{Digest, DigestError};
+use crate::route::RouteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("metadata database: {0}")]
+    Db(#[from] redb::Error),
+    #[error(
+        "metadata database {0} is in use by another process (is the server running? stop it first)"
+    )]
+    DbLocked(PathBuf),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt metadata record: {0}")]
+    Corrupt(String),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    #[error("repository {0:?} not known to registry")]
+    NameUnknown(String),
+    #[error("blob {digest} unknown to repository {name:?}")]
+    BlobUnknown { name: String, digest: Digest },
+    #[error("manifest {reference:?} unknown to repository {name:?}")]
+    ManifestUnknown { name: String, reference: String },
+    #[error("manifest references blob {0} unknown to the repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest references manifest {0} unknown to the repository")]
+    ManifestChildUnknown(Digest),
+    #[error("invalid manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("manifest is larger than the limit of {limit} bytes")]
+    ManifestTooLarge { limit: usize },
+    #[error("invalid tag {0:?}")]
+    TagInvalid(String),
+    #[error("upload {0:?} unknown to registry")]
+    UploadUnknown(String),
+    #[error("digest {expected} does not match uploaded content ({actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("range {start}-{end} does not continue the upload at offset {offset}")]
+    RangeInvalid { start: u64, end: u64, offset: u64 },
+    #[error("requested range {0:?} is not satisfiable")]
+    RangeUnsatisfiable(String),
+    #[error("invalid upload request: {0}")]
+    UploadInvalid(String),
+    #[error("size mismatch: {0}")]
+    SizeInvalid(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl StorageError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+// redb has one error type per operation; all funnel into `redb::Error`.
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> StorageError {
+                StorageError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<StorageError> for OciError {
+    fn from(e: StorageError) -> OciError {
+        use StorageError as S;
+        let msg = e.to_string();
+        let code = match &e {
+            S::Db(_) | S::DbLocked(_) | S::Io { .. } | S::Corrupt(_) | S::Join(_) => {
+                tracing::error!(error = %e, "internal error");
+                return OciError::from_code(ErrorCode::Unknown);
+            }
+            S::Route(RouteError::NotFound(_)) => {
+                return OciError::new(ErrorCode::Unsupported, msg)
+                    .with_status(http::StatusCode::NOT_FOUND);
+            }
+            S::Route(RouteError::NameInvalid(_)) => ErrorCode::NameInvalid,
+            S::Route(RouteError::TagInvalid(_)) | S::TagInvalid(_) => ErrorCode::TagInvalid,
+            S::Route(RouteError::Digest(d)) | S::Digest(d) => match d {
+                DigestError::Invalid(_) => ErrorCode::DigestInvalid,
+                DigestError::Unsupported(_) => ErrorCode::Unsupported,
+            },
+            S::NameUnknown(_) => ErrorCode::NameUnknown,
+            S::BlobUnknown { .. } => ErrorCode::BlobUnknown,
+            S::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
+            S::ManifestBlobUnknown(d) | S::ManifestChildUnknown(d) => {
+                return OciError::new(ErrorCode::ManifestBlobUnknown, msg)
+                    .with_detail(serde_json::json!({ "digest": d.as_str() }));
+            }
+            S::Manifest(ManifestError::Digest(_)) | S::Manifest(_) => ErrorCode::ManifestInvalid,
+            S::ManifestTooLarge { .. } => {
+                return OciError::new(ErrorCode::SizeInvalid, msg)
+                    .with_status(http::StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            S::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            S::DigestMismatch { .. } => ErrorCode::DigestInvalid,
+            S::RangeInvalid { .. } | S::RangeUnsatisfiable(_) => ErrorCode::RangeInvalid,
+            S::UploadInvalid(_) => ErrorCode::BlobUploadInvalid,
+            S::SizeInvalid(_) => ErrorCode::SizeInvalid,
+            S::Unsupported(_) => ErrorCode::Unsupported,
+        };
+        OciError::new(code, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_generic() {
+        let e = StorageError::Corrupt("secret detail".into());
+        let o = OciError::from(e);
+        assert_eq!(o.code, ErrorCode::Unknown);
+        assert!(!o.message.contains("secret"));
+    }
+
+    #[test]
+    fn user_errors_name_the_input() {
+        let o = OciError::from(StorageError::Route(RouteError::NameInvalid("Bad".into())));
+        assert_eq!(o.code, ErrorCode::NameInvalid);
+        assert!(o.message.contains("\"Bad\""));
+        let o = OciError::from(StorageError::ManifestTooLarge { limit: 5 });
+        assert_eq!(o.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,663 @@
+//! [`Registry`]: the storage service behind the HTTP handlers. It owns the
+//! metadata database, the blob store and the upload area, and enforces the
+//! write order that keeps a crash harmless: blob file first (fsynced,
+//! renamed), metadata second; GC deletes metadata first, files after commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+
+use crate::blobstore::{BlobReader, BlobStore, FsBlobStore};
+use crate::error::StorageError;
+use crate::manifest;
+use crate::meta::{GcReport, ManifestRecord, Meta, Page, now_secs};
+use crate::names::{Digest, Reference, is_valid_tag};
+use crate::upload::Uploads;
+
+/// Configuration of the storage service.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub max_manifest_bytes: usize,
+    /// Sessions idle for longer are removed.
+    pub upload_expiry: Duration,
+    /// `None` disables the background GC pass.
+    pub gc_interval: Option<Duration>,
+    /// Unreferenced content younger than this is never collected.
+    pub gc_grace: Duration,
+}
+
+impl StorageConfig {
+    /// Defaults: 4 MiB manifests, 24 h upload expiry, GC every hour with a 1 h grace.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StorageConfig {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            max_manifest_bytes: 4 * 1024 * 1024,
+            upload_expiry: Duration::from_secs(24 * 3600),
+            gc_interval: Some(Duration::from_secs(3600)),
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Number of lock stripes serialising "place blob file + commit metadata"
+/// against "GC deletes blob file" for the same digest.
+const BLOB_LOCKS: usize = 64;
+
+pub struct Registry {
+    config: StorageConfig,
+    meta: Arc<Meta>,
+    blobs: Arc<dyn BlobStore>,
+    uploads: Uploads,
+    blob_locks: [tokio::sync::Mutex<()>; BLOB_LOCKS],
+}
+
+/// A manifest as served.
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub record: ManifestRecord,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// The outcome of a manifest PUT.
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    pub tags: Vec<String>,
+}
+
+impl Registry {
+    /// Opens the data directory (creating it), synchronously.
+    pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
+        let dir = &config.data_dir;
+        for sub in ["blobs", "uploads"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| StorageError::io(&p, e))?;
+        }
+        let meta = Meta::open(&dir.join("meta.redb"))?;
+        Ok(Arc::new(Registry {
+            blobs: Arc::new(FsBlobStore::new(dir.join("blobs"))),
+            uploads: Uploads::new(dir.join("uploads")),
+            meta: Arc::new(meta),
+            blob_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            config,
+        }))
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// Runs a blocking metadata operation off the async workers.
+    async fn meta<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Meta) -> Result<T, StorageError> + Send + 'static,
+    {
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || f(&meta)).await?
+    }
+
+    fn blob_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
+        let i = usize::from_str_radix(digest.hex().get(..4).unwrap_or("0"), 16).unwrap_or_default();
+        &self.blob_locks[i % BLOB_LOCKS]
+    }
+
+    /// Spawns upload expiry and (if configured) GC on the current runtime.
+    pub fn start_background(self: &Arc<Self>) {
+        let reg = self.clone();
+        let every =
+            (self.config.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match reg.expire_uploads().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "expired upload sessions"),
+                    Err(e) => tracing::error!(error = %e, "upload expiry failed"),
+                }
+            }
+        });
+        if let Some(interval) = self.config.gc_interval.filter(|i| !i.is_zero()) {
+            let reg = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await; // the first tick is immediate; wait a full interval
+                loop {
+                    tick.tick().await;
+                    match reg.gc(reg.config.gc_grace, false).await {
+                        Ok(r) => tracing::info!(
+                            manifests = r.manifests,
+                            links = r.links,
+                            blobs = r.blobs.len(),
+                            repositories = r.repositories,
+                            orphan_files = r.orphan_files,
+                            "gc pass"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "gc pass failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    // ---- blobs ----
+
+    /// The size of a blob linked into `repo`.
+    /// The size of a blob linked into `repo`. With `refresh` (a client
+    /// checking whether to skip an upload), a link older than half the GC
+    /// grace period is refreshed first, so the blob cannot be collected
+    /// between this answer and the manifest PUT that relies on it.
+    pub async fn blob_size(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        refresh: bool,
+    ) -> Result<u64, StorageError> {
+        let unknown = || StorageError::BlobUnknown {
+            name: repo.to_owned(),
+            digest: digest.clone(),
+        };
+        let (r, d) = (repo.to_owned(), digest.clone());
+        let linked = self
+            .meta(move |m| m.linked_blob_size(&r, &d))
+            .await?
+            .ok_or_else(unknown)?;
+        let half_grace = self.config.gc_grace.as_secs() / 2;
+        if refresh && linked.linked_at.saturating_add(half_grace) <= now_secs() {
+            let (r, d) = (repo.to_owned(), digest.clone());
+            if !self.meta(move |m| m.touch_link(&r, &d)).await? {
+                return Err(unknown());
+            }
+        }
+        Ok(linked.size)
+    }
+
+    pub async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<BlobReader, StorageError> {
+        self.blobs
+            .read(digest, offset, len)
+            .await
+            .map_err(|e| StorageError::io(format!("blob {digest}"), e))
+    }
+
+    /// Unlinks a blob from `repo`; GC removes the bytes later.
+    pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
+        let (r, d) = (repo.to_owned(), digest.clone());
+        if self.meta(move |m| m.unlink_blob(&r, &d)).await? {
+            Ok(())
+        } else {
+            Err(StorageError::BlobUnknown {
+                name: repo.to_owned(),
+                digest: digest.clone(),
+            })
+        }
+    }
+
+    // ---- uploads ----
+
+    pub async fn start_upload(&self, repo: &str) -> Result<String, StorageError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.uploads.create(&id).await?;
+        let (i, r) = (id.clone(), repo.to_owned());
+        self.meta(move |m| m.create_upload(&i, &r)).await?;
+        Ok(id)
+    }
+
+    async fn check_session(&self, repo: &str, id: &str) -> Result<(), StorageError> {
+        let i = id.to_owned();
+        match self.meta(move |m| m.upload(&i)).await? {
+            Some((r, _)) if r == repo => Ok(()),
+            _ => Err(StorageError::UploadUnknown(id.to_owned())),
+        }
+    }
+
+    /// The number of bytes received so far.
+    pub async fn upload_offset(&self, repo: &str, id: &str) -> Result<u64, StorageError> {
+        self.check_session(repo, id).await?;
+        let lock = self.uploads.session(id);
+        let mut st = lock.lock().await;
+        self.uploads.sync(id, &mut st).await?;
+        Ok(st.offset)
+    }
+
+    /// Appends a chunk. With `range` (`start-end` from Content-Range), `start`
+    /// must be the current offset.
+    pub async fn patch_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<u64, StorageError> {
+        self.check_session(repo, id).await?;
+        let lock = self.uploads.session(id);
+        let mut st = lock.lock().await;
+        self.uploads.sync(id, &mut st).await?;
+        if let Some((start, end)) = range
+            && (start != st.offset || end < start)
+        {
+            return Err(StorageError::RangeInvalid {
+                start,
+                end,
+                offset: st.offset,
+            });
+        }
+        self.uploads.append(id, &mut st, body).await?;
+        Ok(st.offset)
+    }
+
+    /// Appends the optional final chunk, verifies the digest and commits the
+    /// blob (file, then metadata). A digest mismatch cancels the session.
+    pub async fn finish_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        expected: &Digest,
+        body: Body,
+    ) -> Result<(), StorageError> {
+        self.check_session(repo, id).await?;
+        let lock = self.uploads.session(id);
+        let mut st = lock.lock().await;
+        self.uploads.append(id, &mut st, body).await?;
+        let (actual, size) = self.uploads.finish(id, &mut st).await?;
+        if &actual != expected {
+            let i = id.to_owned();
+            self.meta(move |m| m.remove_upload(&i)).await?;
+            self.uploads.remove(id).await?;
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let _guard = self.blob_lock(expected).lock().await;
+        let staged = self.uploads.path(id);
+        self.blobs
+            .commit(expected, &staged)
+            .await
+            .map_err(|e| StorageError::io(&staged, e))?;
+        let (r, d, i) = (repo.to_owned(), expected.clone(), id.to_owned());
+        self.meta(move |m| m.commit_blob(&r, &d, size, &i)).await?;
+        self.uploads.forget(id);
+        Ok(())
+    }
+
+    pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), StorageError> {
+        self.check_session(repo, id).await?;
+        let lock = self.uploads.session(id);
+        let _st = lock.lock().await;
+        let i = id.to_owned();
+        self.meta(move |m| m.remove_upload(&i)).await?;
+        self.uploads.remove(id).await
+    }
+
+    /// Links `digest` from `from` into `repo`; false if `from` does not have it.
+    pub async fn mount(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let (r, f, d) = (repo.to_owned(), from.to_owned(), digest.clone());
+        Ok(self.meta(move |m| m.mount(&r, &f, &d)).await?.is_some())
+    }
+
+    /// Removes sessions idle for longer than the expiry, and stray files.
+    pub async fn expire_uploads(&self) -> Result<usize, StorageError> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(self.config.upload_expiry)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let sessions = self.meta(|m| m.uploads()).await?;
+        let mut known = std::collections::HashSet::new();
+        let mut expired = 0;
+        for (id, _repo, started) in sessions {
+            known.insert(id.clone());
+            let path = self.uploads.path(&id);
+            let touched = tokio::fs::metadata(&path)
+                .await
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH)
+                .max(std::time::UNIX_EPOCH + Duration::from_secs(started));
+            if touched < cutoff && !self.uploads.busy(&id) {
+                let i = id.clone();
+                self.meta(move |m| m.remove_upload(&i)).await?;
+                self.uploads.remove(&id).await?;
+                expired += 1;
+            }
+        }
+        // Files without a session: left by a crash between file and metadata steps.
+        let dir = self.uploads.dir().clone();
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(|e| StorageError::io(&dir, e))?;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| StorageError::io(&dir, e))?
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if !known.contains(&name) && old && !self.uploads.busy(&name) {
+                self.uploads.remove(&name).await?;
+            }
+        }
+        Ok(expired)
+    }
+
+    // ---- manifests ----
+
+    /// Verifies, checks references and stores a manifest, tagging it with
+    /// the tag reference (if any) and `extra_tags`.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+        extra_tags: Vec<String>,
+    ) -> Result<PutManifest, StorageError> {
+        let digest = Digest::of(&bytes);
+        let mut tags = extra_tags;
+        match reference {
+            Reference::Digest(d) if d != &digest => {
+                return Err(StorageError::DigestMismatch {
+                    expected: d.clone(),
+                    actual: digest,
+                });
+            }
+            Reference::Digest(_) => {}
+            Reference::Tag(t) => tags.insert(0, t.clone()),
+        }
+        if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
+            return Err(StorageError::TagInvalid(bad.clone()));
+        }
+        let parsed = manifest::parse(&bytes, content_type)?;
+        let subject = parsed.subject.clone();
+        let (r, d, t) = (repo.to_owned(), digest.clone(), tags.clone());
+        self.meta(move |m| m.put_manifest(&r, &d, &bytes, &parsed, &t))
+            .await?;
+        Ok(PutManifest {
+            digest,
+            subject,
+            tags,
+        })
+    }
+
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        with_bytes: bool,
+    ) -> Result<StoredManifest, StorageError> {
+        let (r, rf) = (repo.to_owned(), reference.clone());
+        let found = self
+            .meta(move |m| {
+                let Some(digest) = m.resolve(&r, &rf)? else {
+                    return Ok(None);
+                };
+                Ok(m.manifest(&r, &digest, with_bytes)?
+                    .map(|(record, bytes)| StoredManifest {
+                        digest,
+                        record,
+                        bytes,
+                    }))
+            })
+            .await?;
+        found.ok_or_else(|| StorageError::ManifestUnknown {
+            name: repo.to_owned(),
+            reference: reference.to_string(),
+        })
+    }
+
+    /// By tag: removes the tag. By digest: removes the manifest and its tags.
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<(), StorageError> {
+        let (r, rf) = (repo.to_owned(), reference.clone());
+        let removed = self
+            .meta(move |m| match &rf {
+                Reference::Tag(t) => m.delete_tag(&r, t),
+                Reference::Digest(d) => m.delete_manifest(&r, d),
+            })
+            .await?;
+        if removed {
+            Ok(())
+        } else {
+            Err(StorageError::ManifestUnknown {
+                name: repo.to_owned(),
+                reference: reference.to_string(),
+            })
+        }
+    }
+
+    // ---- discovery ----
+
+    pub async fn tags(
+        &self,
+        repo: &str,
+        last: Option<String>,
+        n: Option<usize>,
+    ) -> Result<Page, StorageError> {
+        let r = repo.to_owned();
+        self.meta(move |m| m.tags(&r, last.as_deref(), n))
+            .await?
+            .ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
+    }
+
+    pub async fn catalog(
+        &self,
+        last: Option<String>,
+        n: Option<usize>,
+    ) -> Result<Page, StorageError> {
+        self.meta(move |m| m.catalog(last.as_deref(), n)).await
+    }
+
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
+        let (r, s) = (repo.to_owned(), subject.clone());
+        self.meta(move |m| m.referrers(&r, &s)).await
+    }
+
+    // ---- garbage collection ----
+
+    /// One GC pass with the given grace period; blob files are deleted after
+    /// the metadata commit, each re-checked under its blob lock so a blob
+    /// re-uploaded in between is kept.
+    pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
+        let cutoff = now_secs().saturating_sub(grace.as_secs());
+        let report = self.meta(move |m| m.gc(cutoff, dry_run)).await?;
+        if !dry_run {
+            for d in &report.blobs {
+                let _guard = self.blob_lock(d).lock().await;
+                let dd = d.clone();
+                if !self.meta(move |m| m.blob_known(&dd)).await? {
+                    self.blobs
+                        .delete(d)
+                        .await
+                        .map_err(|e| StorageError::io(format!("blob {d}"), e))?;
+                }
+            }
+        }
+        let mut report = report;
+        let before = std::time::UNIX_EPOCH + Duration::from_secs(cutoff);
+        let files = self
+            .blobs
+            .list_older_than(before)
+            .await
+            .map_err(|e| StorageError::io("blob store listing", e))?;
+        for d in files {
+            // Under the blob lock, an upload cannot be between "file placed"
+            // and "metadata committed" for this digest.
+            let _guard = self.blob_lock(&d).lock().await;
+            let dd = d.clone();
+            if self.meta(move |m| m.blob_known(&dd)).await? {
+                continue;
+            }
+            report.orphan_files += 1;
+            if !dry_run {
+                self.blobs
+                    .delete(&d)
+                    .await
+                    .map_err(|e| StorageError::io(format!("blob {d}"), e))?;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Arc<Registry> {
+        Registry::open(StorageConfig::new(dir)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_uploads_of_one_blob_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let data = vec![7u8; 300_000];
+        let d = Digest::of(&data);
+        let mut tasks = Vec::new();
+        for repo in ["a", "b", "a", "c"] {
+            let (reg, data, d) = (reg.clone(), data.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                let id = reg.start_upload(repo).await?;
+                reg.finish_upload(repo, &id, &d, Body::from(data)).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for repo in ["a", "b", "c"] {
+            assert_eq!(reg.blob_size(repo, &d, true).await.unwrap(), 300_000);
+        }
+        assert!(matches!(
+            reg.blob_size("d", &d, false).await,
+            Err(StorageError::BlobUnknown { .. })
+        ));
+        // No upload file is left behind.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_is_refused_and_ends_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let id = reg.start_upload("a").await.unwrap();
+        let wrong = Digest::of(b"other");
+        let err = reg
+            .finish_upload("a", &id, &wrong, Body::from("data"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::DigestMismatch { .. }));
+        assert!(matches!(
+            reg.upload_offset("a", &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        assert!(matches!(
+            reg.blob_size("a", &wrong, false).await,
+            Err(StorageError::BlobUnknown { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn upload_resumes_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let id = reg.start_upload("a").await.unwrap();
+        assert_eq!(
+            reg.patch_upload("a", &id, Some((0, 4)), Body::from("hello"))
+                .await
+                .unwrap(),
+            5
+        );
+        // Wrong repository, out-of-order chunk.
+        assert!(matches!(
+            reg.upload_offset("b", &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        let err = reg
+            .patch_upload("a", &id, Some((0, 4)), Body::from("hello"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::RangeInvalid { offset: 5, .. }));
+        drop(reg);
+
+        let reg = open(dir.path());
+        assert_eq!(reg.upload_offset("a", &id).await.unwrap(), 5);
+        let d = Digest::of(b"hello world");
+        reg.finish_upload("a", &id, &d, Body::from(" world"))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        use tokio::io::AsyncReadExt;
+        reg.read_blob(&d, 0, 11)
+            .await
+            .unwrap()
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn gc_deletes_files_only_of_collected_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let keep = b"kept".to_vec();
+        let kd = Digest::of(&keep);
+        let id = reg.start_upload("a").await.unwrap();
+        reg.finish_upload("a", &id, &kd, Body::from(keep))
+            .await
+            .unwrap();
+        let cfg = b"{}".to_vec();
+        let cd = Digest::of(&cfg);
+        let id = reg.start_upload("a").await.unwrap();
+        reg.finish_upload("a", &id, &cd, Body::from(cfg))
+            .await
+            .unwrap();
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": 2},
+            "layers": []
+        });
+        reg.put_manifest(
+            "a",
+            &Reference::Tag("v1".into()),
+            None,
+            serde_json::to_vec(&m).unwrap(),
+            vec![],
+        )
+        .await
+        .unwrap();
+        // A grace period in the future of every timestamp: everything unreferenced is old.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = reg.gc(Duration::ZERO, false).await.unwrap();
+        assert_eq!(r.blobs, vec![kd.clone()]);
+        assert!(reg.read_blob(&kd, 0, 1).await.is_err());
+        assert!(reg.read_blob(&cd, 0, 1).await.is_ok());
+    }
+}
