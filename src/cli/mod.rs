@@ -1,6 +1,7 @@
 //! The `portcullis` command line: `serve` runs the registry; `token`, `scope-map` and
 //! `policy` are tools for operators (the first two are clients of the admin API).
 
+mod admin_client;
 mod policy;
 mod scope_map;
 mod serve;
@@ -8,7 +9,7 @@ mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about = "Container registry gateway")]
@@ -22,11 +23,10 @@ enum Command {
     /// Run the registry (bundled storage backend and admin API).
     Serve(serve::ServeArgs),
     /// Manage repository-scoped tokens.
-    #[command(subcommand)]
-    Token(token::TokenCommand),
+    Token(token::TokenArgs),
     /// Manage scope maps.
-    #[command(name = "scope-map", subcommand)]
-    ScopeMap(scope_map::ScopeMapCommand),
+    #[command(name = "scope-map")]
+    ScopeMap(scope_map::ScopeMapArgs),
     /// Validate, test, explain and export Cedar policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -35,11 +35,16 @@ enum Command {
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
 /// (clap exits with 2 on usage errors by itself).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The raw matches keep `--repository REPO ACTION...` grouped per occurrence.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Token(cmd) => token::run(cmd),
-        Command::ScopeMap(cmd) => scope_map::run(cmd),
+        Command::Token(cmd) => token::run(cmd, &matches),
+        Command::ScopeMap(cmd) => scope_map::run(cmd, &matches),
         Command::Policy(cmd) => policy::run(cmd),
     };
     match result {

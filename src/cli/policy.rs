@@ -1,13 +1,188 @@
-//! `portcullis policy` (placeholder until its owner fills it in).
+//! `portcullis policy`: tools for policy authors. `validate` and `test` work on a policy
+//! directory offline; `explain` and `export` ask the running server's admin API.
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
 use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::admin_client::{AdminClient, ClientArgs, Output, print};
+use crate::identity::{Action, PasswordSlot};
+use crate::policy::PolicyEngine;
+use crate::policy::testcases;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Not yet available.
-    List,
+    /// Validate the schema, the base policies and every `*.cedar` in DIR (strict mode).
+    Validate {
+        #[arg(default_value = "./policies")]
+        dir: PathBuf,
+    },
+    /// Run the policy test cases in DIR/tests/*.toml.
+    Test {
+        #[arg(default_value = "./policies")]
+        dir: PathBuf,
+    },
+    /// Explain the running server's decision for a token's request.
+    Explain {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        repository: String,
+        /// `content/read`, `content/write`, `content/delete`, `metadata/read`,
+        /// `metadata/write` or `trust/write`.
+        #[arg(long)]
+        action: Action,
+        #[arg(long, conflicts_with = "digest")]
+        tag: Option<String>,
+        #[arg(long)]
+        digest: Option<String>,
+        #[arg(long)]
+        source_ip: Option<IpAddr>,
+        /// Whether the referenced manifest is signed.
+        #[arg(long)]
+        signed: bool,
+        /// The password slot the caller authenticates with.
+        #[arg(long, value_parser = parse_slot, default_value = "password1")]
+        slot: PasswordSlot,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the running server's scope maps compiled to Cedar policies.
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
-pub fn run(_cmd: PolicyCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not yet available")
+fn parse_slot(s: &str) -> Result<PasswordSlot, String> {
+    match s {
+        "password1" => Ok(PasswordSlot::Password1),
+        "password2" => Ok(PasswordSlot::Password2),
+        other => Err(format!(
+            "unknown password slot `{other}`: expected password1 or password2"
+        )),
+    }
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Validate { dir } => validate(&dir),
+        PolicyCommand::Test { dir } => test(&dir),
+        PolicyCommand::Explain {
+            token,
+            repository,
+            action,
+            tag,
+            digest,
+            source_ip,
+            signed,
+            slot,
+            client,
+        } => {
+            let body = json!({
+                "token": token,
+                "slot": slot,
+                "repository": repository,
+                "action": action,
+                "tag": tag,
+                "digest": digest,
+                "sourceIp": source_ip,
+                "signed": signed,
+            });
+            let answer =
+                AdminClient::new(&client)?.call(Method::POST, "/policy/explain", Some(&body))?;
+            match client.output {
+                Output::Json => print(Output::Json, &answer, |_| String::new()),
+                Output::Table => print!("{}", explain_text(&answer)),
+            }
+            Ok(())
+        }
+        PolicyCommand::Export { client } => {
+            let text = AdminClient::new(&client)?.call(Method::GET, "/policy/export", None)?;
+            match text {
+                Value::String(s) => print!("{s}"),
+                other => println!("{other}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate(dir: &Path) -> anyhow::Result<()> {
+    let engine = PolicyEngine::load(&[dir.to_owned()])?;
+    println!("ok: {} policies", engine.policy_count());
+    Ok(())
+}
+
+fn test(dir: &Path) -> anyhow::Result<()> {
+    let files = testcases::test_files(dir)?;
+    if files.is_empty() {
+        bail!("no test files in `{}`", dir.join("tests").display());
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        let name = file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let results = match testcases::run_file(dir, &file) {
+            Ok(results) => results,
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        for case in results {
+            let got = if case.decision.allowed {
+                "allow"
+            } else {
+                "deny"
+            };
+            if case.passed() {
+                passed += 1;
+                println!("pass {name}: {} ({got})", case.name);
+            } else {
+                failed += 1;
+                let want = if case.expected_allow { "allow" } else { "deny" };
+                println!(
+                    "FAIL {name}: {}: expected {want}, got {got} (policies: [{}]; errors: [{}])",
+                    case.name,
+                    case.decision.policies.join(", "),
+                    case.decision.errors.join("; ")
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} policy test case(s) failed");
+    }
+    Ok(())
+}
+
+fn explain_text(answer: &Value) -> String {
+    let list = |key: &str| -> String {
+        let items: Vec<String> = answer[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("  {}\n", v.as_str().unwrap_or_default()))
+            .collect();
+        if items.is_empty() {
+            "  (none)\n".to_owned()
+        } else {
+            items.concat()
+        }
+    };
+    format!(
+        "decision: {}\ndetermining policies:\n{}matching scope-map rules:\n{}errors:\n{}",
+        answer["decision"].as_str().unwrap_or("unknown"),
+        list("policies"),
+        list("matchingRules"),
+        list("errors"),
+    )
 }

@@ -2,13 +2,22 @@
 //! validation, secrets (generation, salted hashing, constant-time checks), the
 //! control-plane store in redb, and the bootstrap admin account.
 
+pub mod admin;
 pub mod model;
 pub mod pattern;
+pub mod scope;
+pub mod secret;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use admin::{AdminAccount, AdminPasswordSource};
 pub use model::*;
+pub use scope::actions_for;
+pub use store::IdentityStore;
+
+use secret::verify_secret;
 
 /// An immutable, in-memory view of the control plane at one store version.
 /// The store swaps in a new snapshot after every committed write, so readers on the
@@ -24,6 +33,20 @@ pub struct IdentitySnapshot {
     pub repositories: HashMap<String, RepositoryAttributes>,
 }
 
+/// Why token credentials were refused. Distinct for logs and tests; clients must only
+/// ever see one generic refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("wrong password")]
+    WrongPassword,
+    #[error("token is disabled")]
+    Disabled,
+    #[error("{} has expired", .0.as_str())]
+    Expired(PasswordSlot),
+}
+
 impl IdentitySnapshot {
     pub fn repository_attributes(&self, repository: &str) -> RepositoryAttributes {
         self.repositories
@@ -31,4 +54,33 @@ impl IdentitySnapshot {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// Checks `secret` against both password slots of token `name` at time `now`.
+    /// The password is checked before status and expiry, so only a caller who knows a
+    /// secret learns that the token is disabled or the password expired.
+    pub fn verify_password(
+        &self,
+        name: &str,
+        secret: &str,
+        now: UnixSeconds,
+    ) -> Result<PasswordSlot, AuthError> {
+        let token = self.tokens.get(name).ok_or(AuthError::UnknownToken)?;
+        let matched = [PasswordSlot::Password1, PasswordSlot::Password2]
+            .into_iter()
+            .filter_map(|slot| token.password(slot).map(|r| (slot, r)))
+            .find(|(_, record)| verify_secret(record, secret));
+        let (slot, record) = matched.ok_or(AuthError::WrongPassword)?;
+        if token.status == TokenStatus::Disabled {
+            return Err(AuthError::Disabled);
+        }
+        if record.is_expired(now) {
+            return Err(AuthError::Expired(slot));
+        }
+        Ok(slot)
+    }
+}
+
+/// The current Unix time in seconds.
+pub fn now_unix() -> UnixSeconds {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }

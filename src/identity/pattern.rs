@@ -30,37 +30,8 @@ pub enum PatternError {
     TooLong(String),
 }
 
-/// OCI distribution-spec repository name grammar:
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`.
-pub fn is_valid_repository_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && name.split('/').all(is_valid_component)
-}
-
-fn is_valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: `.`, `_`, `__`, or one or more `-`.
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
+/// The OCI repository-name grammar is the storage backend's; patterns use the same one.
+pub use portcullis_storage::is_valid_repository_name;
 
 impl RepositoryPattern {
     /// Parses and validates a pattern; input is lowercased first because repository

@@ -1,0 +1,104 @@
+//! Admin API errors and their one mapping to HTTP: status, OCI error code and the
+//! `{"errors":[{"code","message","detail"}]}` body registry clients already parse.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use portcullis_storage::errcode::{ErrorCode, OciError};
+
+use crate::identity::pattern::PatternError;
+use crate::identity::scope::{NameError, RuleError};
+use crate::identity::store::StoreError;
+
+/// The admin realm, sent with every 401.
+pub const REALM: &str = r#"Basic realm="portcullis-admin""#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin credentials required")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    /// A bad token/scope-map/repository name or repository pattern.
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("method not allowed on this admin endpoint")]
+    MethodNotAllowed,
+    /// The cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// Status and OCI error code. Conflicts use `DENIED` with 409; other bad input that is
+    /// not a name uses `UNSUPPORTED` with 400 (the OCI table has no generic "bad request").
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            AdminError::InvalidName(_) => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Denied),
+            AdminError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+            AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
+        }
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound { .. } => AdminError::NotFound(msg),
+            StoreError::AlreadyExists { .. }
+            | StoreError::SystemScopeMap(_)
+            | StoreError::ScopeMapInUse { .. } => AdminError::Conflict(msg),
+            StoreError::TooManyRules { .. } => AdminError::BadRequest(msg),
+            StoreError::InvalidRepository(_) | StoreError::Name(_) => AdminError::InvalidName(msg),
+            StoreError::Database(_) | StoreError::Corrupt { .. } => AdminError::Internal(msg),
+        }
+    }
+}
+
+impl From<NameError> for AdminError {
+    fn from(e: NameError) -> Self {
+        AdminError::InvalidName(e.to_string())
+    }
+}
+
+impl From<PatternError> for AdminError {
+    fn from(e: PatternError) -> Self {
+        AdminError::InvalidName(e.to_string())
+    }
+}
+
+impl From<RuleError> for AdminError {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::Pattern(p) => p.into(),
+            other => AdminError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        if let AdminError::Internal(cause) = &self {
+            tracing::error!(%cause, "admin api internal error");
+        }
+        let (status, code) = self.status_and_code();
+        let mut resp = OciError::new(code, self.to_string())
+            .with_status(status)
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+        }
+        resp
+    }
+}

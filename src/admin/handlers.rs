@@ -1,0 +1,269 @@
+//! Admin API handlers: tokens and their credentials, scope maps, repository attributes.
+//! Store writes (a redb commit each) run on the blocking pool.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::identity::model::PasswordSlot;
+use crate::identity::now_unix;
+use crate::identity::pattern::is_valid_repository_name;
+use crate::identity::store::{
+    IdentityStore, NewToken, ScopeMapUpdate, StoreError, TokenScope, TokenUpdate,
+};
+
+use super::AdminState;
+use super::error::AdminError;
+use super::wire::{
+    AttributesJson, CreateScopeMap, CreateToken, GenerateCredentials, UpdateScopeMap, UpdateToken,
+    credentials_json, expiry, parse_action_strings, parse_body, parse_rules, scope_map_json,
+    token_json,
+};
+
+/// Runs a store operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &AdminState,
+    f: impl FnOnce(&IdentityStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, AdminError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| AdminError::Internal(format!("store task failed: {e}")))?
+        .map_err(AdminError::from)
+}
+
+fn token_not_found(name: &str) -> AdminError {
+    StoreError::NotFound {
+        kind: "token",
+        name: name.to_owned(),
+    }
+    .into()
+}
+
+pub async fn list_tokens(State(state): State<AdminState>) -> Response {
+    let snap = state.store.snapshot();
+    let mut tokens: Vec<_> = snap.tokens.values().collect();
+    tokens.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let body: Vec<_> = tokens.into_iter().map(|t| token_json(t, &[])).collect();
+    Json(body).into_response()
+}
+
+pub async fn get_token(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    let snap = state.store.snapshot();
+    let token = snap
+        .tokens
+        .get(&name)
+        .ok_or_else(|| token_not_found(&name))?;
+    Ok(Json(token_json(token, &[])).into_response())
+}
+
+pub async fn create_token(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: CreateToken = parse_body(&body)?;
+    let scope = match (req.scope_map, req.repositories) {
+        (Some(map), None) => TokenScope::ScopeMap(map),
+        (None, Some(repos)) => TokenScope::Repositories(parse_rules(&repos)?),
+        _ => {
+            return Err(AdminError::BadRequest(
+                "give exactly one of `scopeMap` or `repositories`".into(),
+            ));
+        }
+    };
+    let passwords = if req.no_passwords {
+        vec![]
+    } else {
+        vec![PasswordSlot::Password1, PasswordSlot::Password2]
+    };
+    let new = NewToken {
+        name: req.name,
+        scope,
+        status: req.status,
+        passwords,
+        expires_at: expiry(now_unix(), req.expiration_in_days)?,
+    };
+    let created = blocking(&state, move |s| s.create_token(&new)).await?;
+    let body = token_json(&created.token, &created.passwords);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn update_token(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: UpdateToken = parse_body(&body)?;
+    let update = TokenUpdate {
+        status: req.status,
+        scope_map: req.scope_map,
+    };
+    let token = blocking(&state, move |s| s.update_token(&name, &update)).await?;
+    Ok(Json(token_json(&token, &[])).into_response())
+}
+
+pub async fn delete_token(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    blocking(&state, move |s| s.delete_token(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn generate_credentials(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    // An empty body means "both passwords, no expiry", like `az acr token credential generate`.
+    let req: GenerateCredentials = if body.is_empty() {
+        parse_body(b"{}")?
+    } else {
+        parse_body(&body)?
+    };
+    let slots = if req.passwords.is_empty() {
+        vec![PasswordSlot::Password1, PasswordSlot::Password2]
+    } else {
+        req.passwords
+    };
+    let expires_at = expiry(now_unix(), req.expiration_in_days)?;
+    let generated = blocking(&state, move |s| {
+        s.generate_passwords(&name, &slots, expires_at)
+    })
+    .await?;
+    let body = credentials_json(&generated.token, &generated.passwords, |slot| {
+        generated.passwords.iter().any(|g| g.slot == slot)
+    });
+    Ok(Json(body).into_response())
+}
+
+pub async fn delete_credential(
+    State(state): State<AdminState>,
+    Path((name, slot)): Path<(String, String)>,
+) -> Result<Response, AdminError> {
+    let slot = match slot.as_str() {
+        "password1" => PasswordSlot::Password1,
+        "password2" => PasswordSlot::Password2,
+        other => {
+            return Err(AdminError::NotFound(format!(
+                "password `{other}` not found: use password1 or password2"
+            )));
+        }
+    };
+    let token = blocking(&state, move |s| s.delete_password(&name, slot)).await?;
+    Ok(Json(token_json(&token, &[])).into_response())
+}
+
+pub async fn list_scope_maps(State(state): State<AdminState>) -> Response {
+    let snap = state.store.snapshot();
+    let mut maps: Vec<_> = snap.scope_maps.values().collect();
+    maps.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let body: Vec<_> = maps.into_iter().map(|m| scope_map_json(m)).collect();
+    Json(body).into_response()
+}
+
+pub async fn get_scope_map(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    let snap = state.store.snapshot();
+    let map = snap.scope_maps.get(&name).ok_or_else(|| {
+        AdminError::from(StoreError::NotFound {
+            kind: "scope map",
+            name: name.clone(),
+        })
+    })?;
+    Ok(Json(scope_map_json(map)).into_response())
+}
+
+pub async fn create_scope_map(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: CreateScopeMap = parse_body(&body)?;
+    let mut rules = parse_action_strings(&req.actions)?;
+    rules.extend(parse_rules(&req.repositories)?);
+    let map = blocking(&state, move |s| {
+        s.create_scope_map(&req.name, &req.description, &rules)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(scope_map_json(&map))).into_response())
+}
+
+pub async fn update_scope_map(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let req: UpdateScopeMap = parse_body(&body)?;
+    let update = ScopeMapUpdate {
+        description: req.description,
+        add: parse_rules(&req.add_repository)?,
+        remove: parse_rules(&req.remove_repository)?,
+    };
+    let map = blocking(&state, move |s| s.update_scope_map(&name, &update)).await?;
+    Ok(Json(scope_map_json(&map)).into_response())
+}
+
+pub async fn delete_scope_map(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    blocking(&state, move |s| s.delete_scope_map(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{*path}` is `<repository>/attributes`; repository names contain slashes.
+fn attributes_repository(path: &str) -> Result<&str, AdminError> {
+    let repo = path
+        .strip_suffix("/attributes")
+        .ok_or_else(|| AdminError::NotFound(format!("admin endpoint `{path}` not found")))?;
+    if !is_valid_repository_name(repo) {
+        return Err(AdminError::InvalidName(format!(
+            "repository name `{repo}` is invalid"
+        )));
+    }
+    Ok(repo)
+}
+
+pub async fn get_attributes(
+    State(state): State<AdminState>,
+    Path(path): Path<String>,
+) -> Result<Response, AdminError> {
+    let repo = attributes_repository(&path)?;
+    let attrs = AttributesJson::from(state.store.snapshot().repository_attributes(repo));
+    Ok(Json(attrs).into_response())
+}
+
+pub async fn put_attributes(
+    State(state): State<AdminState>,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let repo = attributes_repository(&path)?.to_owned();
+    let attrs: AttributesJson = parse_body(&body)?;
+    let stored = attrs.clone().into();
+    blocking(&state, move |s| s.set_repository_attributes(&repo, &stored)).await?;
+    Ok(Json(attrs).into_response())
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI,
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: http::Uri) -> AdminError {
+    AdminError::NotFound(format!("admin endpoint `{}` not found", uri.path()))
+}
+
+pub async fn method_not_allowed() -> AdminError {
+    AdminError::MethodNotAllowed
+}

@@ -1,0 +1,117 @@
+//! Admin API for policies: explain a decision against the live identity snapshot,
+//! export the compiled scope-map policies, reload the policy files. Admin
+//! authentication is the admin router's layer, applied to these routes too.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::header;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AdminError, AdminState};
+use crate::identity::pattern::is_valid_repository_name;
+use crate::identity::{Action, PasswordSlot, Principal, UnixSeconds};
+use crate::policy::{AuthzRequest, Reference, RequestContext};
+
+/// `POST /admin/v1/policy/explain`, `GET /admin/v1/policy/export`,
+/// `POST /admin/v1/policy/reload`.
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/admin/v1/policy/explain", post(explain))
+        .route("/admin/v1/policy/export", get(export))
+        .route("/admin/v1/policy/reload", post(reload))
+}
+
+/// A request to explain, as `portcullis policy explain` sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExplainBody {
+    pub token: String,
+    /// The password slot the caller would authenticate with (default `password1`).
+    pub slot: Option<PasswordSlot>,
+    pub repository: String,
+    pub action: Action,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub signed: bool,
+    pub source_ip: Option<IpAddr>,
+    /// Unix seconds; default now.
+    pub now: Option<UnixSeconds>,
+}
+
+async fn explain(
+    State(state): State<AdminState>,
+    Json(body): Json<ExplainBody>,
+) -> Result<Response, AdminError> {
+    let snapshot = state.store.snapshot();
+    if !snapshot.tokens.contains_key(&body.token) {
+        return Err(AdminError::NotFound(format!(
+            "token `{}` not found",
+            body.token
+        )));
+    }
+    if !is_valid_repository_name(&body.repository) {
+        return Err(AdminError::InvalidName(format!(
+            "`{}` is not a valid repository name",
+            body.repository
+        )));
+    }
+    let reference = match (body.tag, body.digest) {
+        (Some(_), Some(_)) => {
+            return Err(AdminError::BadRequest(
+                "give `tag` or `digest`, not both".into(),
+            ));
+        }
+        (Some(tag), None) => Some(Reference::Tag(tag)),
+        (None, Some(digest)) => Some(Reference::Digest(digest)),
+        (None, None) => None,
+    };
+    let now = body.now.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    });
+    let request = AuthzRequest {
+        principal: Principal::Token {
+            name: body.token,
+            slot: body.slot.unwrap_or(PasswordSlot::Password1),
+        },
+        action: body.action,
+        repository: body.repository,
+        context: RequestContext {
+            reference,
+            signed: body.signed,
+            source_ip: body.source_ip,
+            now,
+        },
+    };
+    let explanation = state.engine.explain(&snapshot, &request);
+    let decision = &explanation.decision;
+    Ok(Json(json!({
+        "decision": if decision.allowed { "allow" } else { "deny" },
+        "policies": decision.policies,
+        "errors": decision.errors,
+        "matchingRules": explanation.matching_rules,
+    }))
+    .into_response())
+}
+
+async fn export(State(state): State<AdminState>) -> Response {
+    let text = state.engine.export(&state.store.snapshot());
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn reload(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || engine.reload().map(|()| engine.policy_count()))
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?
+        .map(|count| Json(json!({ "policies": count })).into_response())
+        .map_err(|e| AdminError::BadRequest(e.to_string()))
+}

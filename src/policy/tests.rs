@@ -1,0 +1,572 @@
+//! Engine tests: spec examples compiled to Cedar and decided, invalidation on every
+//! kind of identity change, caching, reload, and fail-closed forbids.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{PolicySet, ValidationMode, Validator};
+
+use super::*;
+use crate::identity::scope::system_scope_maps;
+use crate::identity::{
+    PasswordRecord, PasswordSlot, RepositoryAttributes, RepositoryPattern, ScopeMap, ScopeRule,
+    Token, TokenStatus,
+};
+
+const NOW: UnixSeconds = 1_767_225_600;
+
+fn rule(pattern: &str, actions: &[Action]) -> ScopeRule {
+    ScopeRule {
+        repository: RepositoryPattern::parse(pattern).unwrap(),
+        actions: actions.iter().copied().collect::<BTreeSet<_>>(),
+    }
+}
+
+fn map(name: &str, rules: Vec<ScopeRule>) -> ScopeMap {
+    ScopeMap {
+        name: name.into(),
+        description: String::new(),
+        rules,
+        system: false,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn password(expires_at: Option<UnixSeconds>) -> PasswordRecord {
+    PasswordRecord {
+        salt: [0; 16],
+        hash: [0; 32],
+        created_at: 0,
+        expires_at,
+    }
+}
+
+fn token(name: &str, scope_map: &str) -> Token {
+    Token {
+        name: name.into(),
+        scope_map: scope_map.into(),
+        status: TokenStatus::Enabled,
+        password1: Some(password(None)),
+        password2: Some(password(None)),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+/// A snapshot with the system maps plus `maps` and `tokens`.
+fn snapshot(version: u64, maps: Vec<ScopeMap>, tokens: Vec<Token>) -> IdentitySnapshot {
+    let mut snap = IdentitySnapshot {
+        version,
+        ..Default::default()
+    };
+    for m in system_scope_maps().into_iter().chain(maps) {
+        snap.scope_maps.insert(m.name.clone(), Arc::new(m));
+    }
+    for t in tokens {
+        snap.tokens.insert(t.name.clone(), Arc::new(t));
+    }
+    snap
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::load(&[]).unwrap()
+}
+
+fn req(principal: Principal, action: Action, repository: &str) -> AuthzRequest {
+    AuthzRequest {
+        principal,
+        action,
+        repository: repository.into(),
+        context: RequestContext {
+            reference: None,
+            signed: false,
+            source_ip: None,
+            now: NOW,
+        },
+    }
+}
+
+fn tok(name: &str) -> Principal {
+    Principal::Token {
+        name: name.into(),
+        slot: PasswordSlot::Password1,
+    }
+}
+
+fn allowed(e: &PolicyEngine, snap: &IdentitySnapshot, p: &Principal, a: Action, r: &str) -> bool {
+    e.authorize(snap, &req(p.clone(), a, r)).allowed
+}
+
+/// The actions `p` holds on `repository`.
+fn granted(
+    e: &PolicyEngine,
+    snap: &IdentitySnapshot,
+    p: &Principal,
+    repository: &str,
+) -> Vec<Action> {
+    Action::ALL
+        .into_iter()
+        .filter(|a| allowed(e, snap, p, *a, repository))
+        .collect()
+}
+
+use Action::*;
+
+fn additive() -> ScopeMap {
+    map(
+        "teams",
+        vec![
+            rule("sample/*", &[ContentRead]),
+            rule("sample/teamA/*", &[ContentWrite]),
+            rule("sample/teamA/projectB", &[ContentDelete]),
+        ],
+    )
+}
+
+#[test]
+fn spec_additive_example() {
+    let e = engine();
+    let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    let t = tok("t");
+    assert_eq!(
+        granted(&e, &snap, &t, "sample/teama/projectb"),
+        vec![ContentRead, ContentWrite, ContentDelete]
+    );
+    assert_eq!(
+        granted(&e, &snap, &t, "sample/teama/projectc"),
+        vec![ContentRead, ContentWrite]
+    );
+    assert_eq!(granted(&e, &snap, &t, "sample/x/y/z"), vec![ContentRead]);
+    assert!(granted(&e, &snap, &t, "other/x").is_empty());
+    assert!(granted(&e, &snap, &t, "sample").is_empty());
+    // Rules apply to repositories that do not exist yet (no repository is stored).
+    assert!(snap.repositories.is_empty());
+}
+
+#[test]
+fn determining_policies_name_the_rules() {
+    let e = engine();
+    let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    let d = e.authorize(&snap, &req(tok("t"), ContentRead, "sample/teama/projectb"));
+    assert!(d.allowed);
+    assert_eq!(d.policies, vec!["scopemap/teams/rule/1".to_owned()]);
+    let x = e.explain(&snap, &req(tok("t"), ContentRead, "sample/teama/projectb"));
+    assert_eq!(x.decision, d);
+    assert_eq!(
+        x.matching_rules,
+        vec![
+            "scopemap/teams/rule/1: sample/* -> content/read",
+            "scopemap/teams/rule/2: sample/teama/* -> content/write",
+            "scopemap/teams/rule/3: sample/teama/projectb -> content/delete",
+        ]
+    );
+}
+
+#[test]
+fn exact_and_root_rules() {
+    let e = engine();
+    let maps = vec![
+        map("exact", vec![rule("samples/hello", &[ContentRead])]),
+        map("root", vec![rule("*", &[MetadataRead])]),
+    ];
+    let snap = snapshot(1, maps, vec![token("x", "exact"), token("r", "root")]);
+    assert!(allowed(&e, &snap, &tok("x"), ContentRead, "samples/hello"));
+    assert!(!allowed(
+        &e,
+        &snap,
+        &tok("x"),
+        ContentRead,
+        "samples/hello/sub"
+    ));
+    assert!(!allowed(&e, &snap, &tok("x"), ContentRead, "samples/hell"));
+    assert!(allowed(
+        &e,
+        &snap,
+        &tok("r"),
+        MetadataRead,
+        "anything/at/all"
+    ));
+    assert!(!allowed(&e, &snap, &tok("r"), ContentRead, "anything"));
+}
+
+#[test]
+fn system_scope_maps_grant_their_actions() {
+    let e = engine();
+    let tokens = system_scope_maps()
+        .iter()
+        .map(|m| token(&m.name, &m.name))
+        .collect();
+    let snap = snapshot(1, vec![], tokens);
+    for m in system_scope_maps() {
+        let expected: Vec<Action> = m.rules[0].actions.iter().copied().collect();
+        assert_eq!(
+            granted(&e, &snap, &tok(&m.name), "new/repo"),
+            expected,
+            "{}",
+            m.name
+        );
+    }
+}
+
+#[test]
+fn admin_may_do_everything_but_trust_write() {
+    let e = engine();
+    let snap = snapshot(1, vec![], vec![]);
+    assert_eq!(
+        granted(&e, &snap, &Principal::Admin, "any/repo"),
+        vec![
+            ContentRead,
+            ContentWrite,
+            ContentDelete,
+            MetadataRead,
+            MetadataWrite
+        ]
+    );
+    let d = e.authorize(&snap, &req(Principal::Admin, TrustWrite, "any/repo"));
+    assert_eq!(d.policies, vec!["base/admin-no-trust-write".to_owned()]);
+}
+
+#[test]
+fn anonymous_pull_only_when_enabled() {
+    let e = engine();
+    let snap = snapshot(1, vec![], vec![]);
+    assert!(granted(&e, &snap, &Principal::Anonymous, "a/b").is_empty());
+    e.set_anonymous_pull(true);
+    assert_eq!(
+        granted(&e, &snap, &Principal::Anonymous, "a/b"),
+        vec![ContentRead]
+    );
+}
+
+#[test]
+fn repository_attributes_lock_actions() {
+    let e = engine();
+    let mut snap = snapshot(
+        1,
+        vec![],
+        vec![token("t", "_repositories_push_metadata_write")],
+    );
+    snap.repositories.insert(
+        "locked".into(),
+        RepositoryAttributes {
+            write_enabled: false,
+            list_enabled: false,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        granted(&e, &snap, &tok("t"), "locked"),
+        vec![ContentRead, MetadataWrite]
+    );
+    // The admin still sees it listed, but cannot write either.
+    assert!(allowed(
+        &e,
+        &snap,
+        &Principal::Admin,
+        MetadataRead,
+        "locked"
+    ));
+    assert!(!allowed(
+        &e,
+        &snap,
+        &Principal::Admin,
+        ContentWrite,
+        "locked"
+    ));
+}
+
+#[test]
+fn every_identity_change_affects_the_very_next_decision() {
+    let e = engine();
+    let t = tok("t");
+    let mut snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    let repo = "sample/teama/projectc";
+    assert!(allowed(&e, &snap, &t, ContentWrite, repo));
+
+    // Scope map updated: the write rule removed.
+    snap.version += 1;
+    let mut updated = additive();
+    updated.rules.remove(1);
+    snap.scope_maps.insert("teams".into(), Arc::new(updated));
+    assert!(!allowed(&e, &snap, &t, ContentWrite, repo));
+    assert!(allowed(&e, &snap, &t, ContentRead, repo));
+
+    // Disabled token.
+    snap.version += 1;
+    let mut disabled = token("t", "teams");
+    disabled.status = TokenStatus::Disabled;
+    snap.tokens.insert("t".into(), Arc::new(disabled));
+    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, vec!["base/token-disabled".to_owned()]);
+
+    // Re-enabled, then the password expires.
+    snap.version += 1;
+    snap.tokens
+        .insert("t".into(), Arc::new(token("t", "teams")));
+    assert!(allowed(&e, &snap, &t, ContentRead, repo));
+    snap.version += 1;
+    let mut expired = token("t", "teams");
+    expired.password1 = Some(password(Some(NOW)));
+    snap.tokens.insert("t".into(), Arc::new(expired));
+    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    assert_eq!(d.policies, vec!["base/password-expired".to_owned()]);
+    // The other slot still works (zero-downtime rotation).
+    let t2 = Principal::Token {
+        name: "t".into(),
+        slot: PasswordSlot::Password2,
+    };
+    assert!(allowed(&e, &snap, &t2, ContentRead, repo));
+
+    // Slot regenerated: works again; slot deleted: denied.
+    snap.version += 1;
+    snap.tokens
+        .insert("t".into(), Arc::new(token("t", "teams")));
+    assert!(allowed(&e, &snap, &t, ContentRead, repo));
+    snap.version += 1;
+    let mut no_password = token("t", "teams");
+    no_password.password1 = None;
+    snap.tokens.insert("t".into(), Arc::new(no_password));
+    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    assert_eq!(d.policies, vec!["base/password-missing".to_owned()]);
+
+    // Deleted token.
+    snap.version += 1;
+    snap.tokens.remove("t");
+    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    assert!(!d.allowed);
+    assert_eq!(d.errors, vec!["unknown token `t`".to_owned()]);
+}
+
+#[test]
+fn cache_hit_equals_miss_and_ignores_other_requests() {
+    let e = engine();
+    let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    let r = req(tok("t"), ContentWrite, "sample/teama/x");
+    let miss = e.authorize(&snap, &r);
+    let hit = e.authorize(&snap, &r);
+    assert_eq!(miss, hit);
+    assert!(miss.allowed);
+    // A different context field is a different key: not served from the cache.
+    let mut later = r.clone();
+    later.context.source_ip = Some("10.1.2.3".parse().unwrap());
+    assert_eq!(e.authorize(&snap, &later), miss);
+}
+
+#[test]
+fn scope_map_recompiled_when_content_changes_without_version_change_elsewhere() {
+    // Two snapshots with equal content but fresh Arcs reuse the compiled map.
+    let e = engine();
+    let a = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    let b = snapshot(2, vec![additive()], vec![token("t", "teams")]);
+    let first = e.compiled_map(&a, "teams").unwrap().unwrap();
+    let second = e.compiled_map(&b, "teams").unwrap().unwrap();
+    assert_eq!(first.id, second.id);
+    let mut changed = additive();
+    changed.rules.pop();
+    let c = snapshot(3, vec![changed], vec![token("t", "teams")]);
+    assert_ne!(e.compiled_map(&c, "teams").unwrap().unwrap().id, first.id);
+}
+
+#[test]
+fn compiled_scope_maps_validate_strictly() {
+    let tricky = map(
+        "weird\"name\\x",
+        vec![
+            rule("*", &Action::ALL),
+            rule("a.b/c__d/*", &[ContentRead, TrustWrite]),
+            rule("x-y/z", &[MetadataWrite]),
+        ],
+    );
+    let mut text = String::new();
+    for m in system_scope_maps().iter().chain([&additive(), &tricky]) {
+        text.push_str(&scope_map_cedar(m));
+    }
+    let set = PolicySet::from_str(&text).unwrap();
+    assert_eq!(set.policies().count(), 5 + 3 + 3);
+    let schema = files::schema().unwrap();
+    let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
+    assert!(
+        result.validation_passed(),
+        "{:?}",
+        result
+            .validation_errors()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        text.contains("@id(\"scopemap/weird\\\"name\\\\x/rule/2\")"),
+        "{text}"
+    );
+    assert!(text.contains("resource.name like \"sample/*\""), "{text}");
+    assert!(
+        text.contains("resource == Repository::\"sample/teama/projectb\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn export_lists_every_scope_map() {
+    let e = engine();
+    let snap = snapshot(1, vec![additive()], vec![]);
+    let text = e.export(&snap);
+    assert!(text.contains("scopemap/teams/rule/3"));
+    assert!(text.contains("scopemap/_repositories_admin/rule/1"));
+    assert_eq!(PolicySet::from_str(&text).unwrap().policies().count(), 8);
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn invalid_reload_keeps_previous_policies_and_reports_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = vec![PathBuf::from(tmp.path())];
+    write(
+        tmp.path(),
+        "prod.cedar",
+        "@id(\"no-prod-deletes\")\nforbid(principal, action == Action::\"content/delete\", resource)\nwhen { resource.name like \"prod/*\" };\n",
+    );
+    let e = PolicyEngine::load(&dirs).unwrap();
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
+    let d = e.authorize(&snap, &req(tok("t"), ContentDelete, "prod/app"));
+    assert_eq!(d.policies, vec!["no-prod-deletes".to_owned()]);
+
+    write(
+        tmp.path(),
+        "prod.cedar",
+        "forbid(principal, action, resource)\nwhen { resource.nosuch };\n",
+    );
+    let err = e.reload().unwrap_err().to_string();
+    assert!(err.contains("prod.cedar:2:"), "{err}");
+    let d = e.authorize(&snap, &req(tok("t"), ContentDelete, "prod/app"));
+    assert_eq!(d.policies, vec!["no-prod-deletes".to_owned()]);
+
+    std::fs::remove_file(tmp.path().join("prod.cedar")).unwrap();
+    e.reload().unwrap();
+    assert!(allowed(&e, &snap, &tok("t"), ContentDelete, "prod/app"));
+}
+
+#[test]
+fn erroring_forbid_fails_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Validates in strict mode but overflows at run time.
+    write(
+        tmp.path(),
+        "overflow.cedar",
+        "@id(\"overflow\")\nforbid(principal, action, resource)\nwhen { context.now * 10000000000000 < 0 };\n",
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
+    let d = e.authorize(&snap, &req(tok("t"), ContentRead, "a"));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, vec!["overflow".to_owned()]);
+    assert!(
+        d.errors.iter().any(|m| m.contains("overflow")),
+        "{:?}",
+        d.errors
+    );
+}
+
+#[test]
+fn context_reaches_user_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "ctx.cedar",
+        r#"@id("push-from-10")
+forbid(principal, action == Action::"content/write", resource)
+unless { context has sourceIp && context.sourceIp.isInRange(ip("10.0.0.0/8")) };
+@id("no-latest")
+forbid(principal, action == Action::"content/write", resource)
+when { context has tag && context.tag == "latest" };
+"#,
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_push")]);
+    let mut r = req(tok("t"), ContentWrite, "a/b");
+    assert!(!e.authorize(&snap, &r).allowed);
+    r.context.source_ip = Some("10.9.8.7".parse().unwrap());
+    assert!(e.authorize(&snap, &r).allowed);
+    r.context.reference = Some(Reference::Tag("latest".into()));
+    assert_eq!(
+        e.authorize(&snap, &r).policies,
+        vec!["no-latest".to_owned()]
+    );
+    r.context.reference = Some(Reference::Digest("sha256:00".into()));
+    assert!(e.authorize(&snap, &r).allowed);
+}
+
+#[test]
+fn shipped_policy_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let files = testcases::test_files(&dir).unwrap();
+    assert!(!files.is_empty());
+    for file in files {
+        for case in testcases::run_file(&dir, &file).unwrap() {
+            assert!(
+                case.passed(),
+                "{}: {} -> {:?}",
+                file.display(),
+                case.name,
+                case.decision
+            );
+        }
+    }
+}
+
+#[test]
+fn policy_sets_are_sliced() {
+    // 500 rules, of which only the matching ones enter the evaluated set.
+    let e = engine();
+    let mut rules: Vec<ScopeRule> = (0..500)
+        .map(|i| rule(&format!("other{i}/*"), &[ContentRead]))
+        .collect();
+    rules.push(rule("mine/*", &[ContentRead]));
+    let snap = snapshot(1, vec![map("big", rules)], vec![token("t", "big")]);
+    assert!(allowed(&e, &snap, &tok("t"), ContentRead, "mine/app"));
+    e.sets.run_pending_tasks();
+    let largest = e
+        .sets
+        .iter()
+        .map(|(_, s)| s.policies().count())
+        .max()
+        .unwrap();
+    assert!(largest <= 10, "{largest} policies evaluated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn reloader_picks_up_file_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Arc::new(PolicyEngine::load(&[tmp.path().into()]).unwrap());
+    let before = e.policy_count();
+    e.spawn_reloader();
+    // Let the reloader take its first look at the directory.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    write(
+        tmp.path(),
+        "extra.cedar",
+        "@id(\"x\")\nforbid(principal, action, resource) when { resource.name like \"x/*\" };\n",
+    );
+    let mut count = before;
+    for _ in 0..60 {
+        count = e.policy_count();
+        if count != before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, before + 1);
+    // An invalid edit is refused and the loaded set stays.
+    write(
+        tmp.path(),
+        "extra.cedar",
+        "forbid(principal, action, resource) when { nosuch };\n",
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(e.policy_count(), before + 1);
+}

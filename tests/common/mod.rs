@@ -1,0 +1,106 @@
+//! Test helpers: run the real `portcullis` binary (`serve` on an ephemeral port, or the
+//! CLI) and talk to it over loopback.
+#![allow(dead_code)] // Each test crate uses a subset.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// A running `portcullis serve`; stopped (SIGTERM, then kill) on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts on 127.0.0.1:0 with `data_dir`; `admin_password` `None` leaves the variable
+    /// unset so the server generates one.
+    pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("PORTCULLIS_ADMIN_PASSWORD")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if let Some(p) = admin_password {
+            cmd.env("PORTCULLIS_ADMIN_PASSWORD", p);
+        }
+        let mut child = cmd.spawn().expect("spawn portcullis serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("unexpected first line {line:?}; stderr:\n{err}")
+            })
+            .to_owned();
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            stderr_path,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap()
+    }
+
+    /// Graceful stop; returns once the process has exited (so its files are released).
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Runs the CLI against `server` with the admin password in the environment.
+pub fn cli(server: &Server, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("PORTCULLIS_REGISTRY", &server.base)
+        .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .expect("run portcullis")
+}
