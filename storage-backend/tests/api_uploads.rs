@@ -256,13 +256,7 @@ fn two_streamed_patches_append() {
         Some(format!("0-{}", data.len() - 1))
     );
     let url = absolute(&s.url, &header(r.headers(), "location").unwrap());
-    assert_eq!(
-        c.put(with_query(&url, "digest", &d))
-            .send()
-            .unwrap()
-            .status(),
-        201
-    );
+    finish_upload(&c, &url, &d);
     assert_eq!(get_blob(&c, &s.url, "lib/a", &d), data);
 }
 
@@ -289,13 +283,7 @@ fn out_of_order_chunk_is_416_and_upload_recovers() {
     let r = patch(&c, &url, &data[10..], Some(10));
     assert_eq!(r.status(), 202);
     let url = absolute(&s.url, &header(r.headers(), "location").unwrap());
-    assert_eq!(
-        c.put(with_query(&url, "digest", &d))
-            .send()
-            .unwrap()
-            .status(),
-        201
-    );
+    finish_upload(&c, &url, &d);
     assert_eq!(get_blob(&c, &s.url, "lib/a", &d), data);
 }
 
@@ -527,4 +515,10 @@ fn chunk_whose_length_contradicts_its_range_is_refused_and_not_appended() {
     let r = c.get(&url).send().unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(header(r.headers(), "range").as_deref(), Some("0-4"));
+}
+
+/// Completes an upload with an empty `PUT ?digest=` and expects 201 Created.
+fn finish_upload(c: &reqwest::blocking::Client, url: &str, digest: &str) {
+    let r = c.put(with_query(url, "digest", digest)).send().unwrap();
+    assert_eq!(r.status(), 201);
 }
