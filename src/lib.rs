@@ -4,10 +4,12 @@
 //! - [`identity`]: tokens, scope maps, secrets, the control-plane store, the admin account.
 //! - [`policy`]: the Cedar schema, scope-map compilation, decisions, policy files and tools.
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
+//! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
 //! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
 
 pub mod admin;
 pub mod cli;
+pub mod gateway;
 pub mod identity;
 pub mod policy;

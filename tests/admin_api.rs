@@ -93,9 +93,15 @@ fn missing_or_wrong_credentials_get_401_with_basic_challenge() {
         );
         expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     }
-    // The registry itself is served on the same listener, outside the admin API.
+    // The registry on the same listener answers with its own (Bearer) challenge.
     let v2 = http.get(server.url("/v2/")).send().unwrap();
-    assert_eq!(v2.status(), StatusCode::OK);
+    assert_eq!(v2.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        v2.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=")
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{AdminError, AdminState};
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Action, PasswordSlot, Principal, UnixSeconds};
-use crate::policy::{AuthzRequest, Reference, RequestContext};
+use crate::policy::{AuthzRequest, Operation, Reference, RequestContext};
 
 /// `POST /admin/v1/policy/explain`, `GET /admin/v1/policy/export`,
 /// `POST /admin/v1/policy/reload`.
@@ -43,6 +43,9 @@ pub struct ExplainBody {
     pub source_ip: Option<IpAddr>,
     /// Unix seconds; default now.
     pub now: Option<UnixSeconds>,
+    /// `context.operation`, e.g. `overwrite-tag`; default `other`.
+    #[serde(default)]
+    pub operation: Operation,
 }
 
 async fn explain(
@@ -89,6 +92,7 @@ async fn explain(
             signed: body.signed,
             source_ip: body.source_ip,
             now,
+            operation: body.operation,
         },
     };
     let explanation = state.engine.explain(&snapshot, &request);

@@ -1,8 +1,10 @@
 //! The blocking HTTP client the `token` and `scope-map` commands share: admin Basic
 //! auth, JSON in and out, server errors turned into their message, and output as
-//! pretty JSON (ACR's shapes) or a table.
+//! pretty JSON (ACR's shapes) or a table. Also the options and HTTP client every
+//! client command shares (registry URL, private CA, output format).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, ValueEnum};
 use reqwest::Method;
@@ -28,6 +30,10 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub admin_password: Option<String>,
+    /// PEM file with the CA certificate(s) that signed the registry's TLS certificate,
+    /// trusted in addition to the public roots.
+    #[arg(long = "ca-cert", global = true, env = "PORTCULLIS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Json)]
     pub output: Output,
@@ -43,6 +49,15 @@ pub enum Output {
 pub enum ClientError {
     #[error("no admin password: set PORTCULLIS_ADMIN_PASSWORD or pass --admin-password")]
     NoPassword,
+    #[error("cannot read CA certificate file {}: {source}", .path.display())]
+    CaCertRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA certificate file {} holds no usable PEM certificate: {reason}", .path.display())]
+    CaCertInvalid { path: PathBuf, reason: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(reqwest::Error),
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
     /// The server's own error message.
@@ -60,7 +75,7 @@ impl AdminClient {
     pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
         let password = args.admin_password.clone().ok_or(ClientError::NoPassword)?;
         Ok(AdminClient {
-            http: Client::new(),
+            http: http_client(args)?,
             base: format!("{}/admin/v1", args.registry.trim_end_matches('/')),
             password,
         })
@@ -96,14 +111,51 @@ impl AdminClient {
         if status.is_success() {
             return Ok(json);
         }
-        let message = json["errors"][0]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| json.to_string());
-        Err(ClientError::Server {
-            status: status.as_u16(),
-            message,
-        })
+        Err(server_error(status, &json))
+    }
+}
+
+/// The HTTP client for `args`: trusts the public roots and the `--ca-cert` bundle.
+pub fn http_client(args: &ClientArgs) -> Result<Client, ClientError> {
+    let mut builder = Client::builder();
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaCertRead {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| ClientError::CaCertInvalid {
+            path: path.clone(),
+            reason,
+        };
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| invalid(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(invalid("no CERTIFICATE block".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(ClientError::Setup)
+}
+
+/// A refusal as the user should read it: the first OCI error's message, with the
+/// server's `detail.reason` when it gives one (denials say which action was missing).
+pub fn server_error(status: reqwest::StatusCode, body: &Value) -> ClientError {
+    let error = &body["errors"][0];
+    let mut message = error["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| match body {
+            Value::Null => status.to_string(),
+            other => other.to_string(),
+        });
+    if let Some(reason) = error["detail"]["reason"].as_str() {
+        message = format!("{message}: {reason}");
+    }
+    ClientError::Server {
+        status: status.as_u16(),
+        message,
     }
 }
 
@@ -202,6 +254,46 @@ mod tests {
             t,
             "NAME         STATUS\na-long-name  enabled\nb            -\n"
         );
+    }
+
+    #[test]
+    fn server_errors_carry_the_message_and_the_reason() {
+        let body = serde_json::json!({"errors": [{
+            "code": "DENIED",
+            "message": "requested access to the resource is denied",
+            "detail": {"reason": "metadata/write (delete-tag) on `a`"}
+        }]});
+        let e = server_error(reqwest::StatusCode::FORBIDDEN, &body);
+        assert_eq!(
+            e.to_string(),
+            "requested access to the resource is denied: metadata/write (delete-tag) on `a` \
+             (HTTP 403)"
+        );
+        // A HEAD refusal has no body.
+        let e = server_error(reqwest::StatusCode::NOT_FOUND, &Value::Null);
+        assert_eq!(e.to_string(), "404 Not Found (HTTP 404)");
+    }
+
+    #[test]
+    fn ca_cert_files_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |path: PathBuf| ClientArgs {
+            registry: "https://127.0.0.1:1".into(),
+            admin_password: None,
+            ca_cert: Some(path),
+            output: Output::Json,
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = http_client(&args(missing)).unwrap_err();
+        assert!(matches!(e, ClientError::CaCertRead { .. }), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no pem here\n").unwrap();
+        let e = http_client(&args(empty)).unwrap_err();
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        http_client(&args(good)).unwrap();
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! `policy` are tools for operators (the first two are clients of the admin API).
 
 mod admin_client;
+mod manifest;
 mod policy;
+mod registry_client;
+mod repository;
 mod scope_map;
 mod serve;
 mod token;
@@ -30,6 +33,10 @@ enum Command {
     /// Validate, test, explain and export Cedar policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// List, untag and delete repository content; show and change repository attributes.
+    Repository(repository::RepositoryArgs),
+    /// Inspect a repository's manifests.
+    Manifest(manifest::ManifestArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -46,6 +53,8 @@ pub fn main() -> ExitCode {
         Command::Token(cmd) => token::run(cmd, &matches),
         Command::ScopeMap(cmd) => scope_map::run(cmd, &matches),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Repository(args) => repository::run(args),
+        Command::Manifest(args) => manifest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

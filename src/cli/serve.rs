@@ -1,34 +1,86 @@
-//! `portcullis serve`: runs the registry on one listener: `/admin/v1/...` is the admin
-//! API, everything else the bundled storage backend. Data lives in `--data-dir`:
-//! `control.redb` (identity), `admin-password` (when generated), and the storage files.
+//! `portcullis serve`: runs the registry gateway (see [`crate::gateway::server`]).
+//! Flags and their environment variables override the `--config` TOML file
+//! (precedence: flag > environment > file > default; [`crate::gateway::config`]).
+//! Data lives in `--data-dir`: `control.redb` (identity), `admin-password` (when
+//! generated), the token-signing key, `tls/` (self-signed mode) and the bundled storage.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
-use axum::Router;
 use clap::Args;
-use portcullis_storage::{Registry, StorageConfig};
 
-use crate::admin::{self, AdminState};
-use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
-use crate::policy::PolicyEngine;
+use crate::gateway::config::{Config, FileConfig, Overrides};
+use crate::gateway::server;
+use crate::identity::AdminPasswordSource;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:5000", env = "PORTCULLIS_LISTEN")]
-    pub listen: String,
-    /// Directory for all data (metadata, blobs, keys).
-    #[arg(long, default_value = "./data", env = "PORTCULLIS_DATA_DIR")]
-    pub data_dir: PathBuf,
+    /// TOML configuration file (see deploy/portcullis.toml); flags and environment win.
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long, env = "PORTCULLIS_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for all data (metadata, blobs, keys) [default: ./data].
+    #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Forward to this registry (http[s]://host[:port]) instead of the bundled backend.
+    #[arg(long, value_name = "URL", env = "PORTCULLIS_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Serve the admin API on this address only (it answers 404 on --listen then).
+    #[arg(long, value_name = "ADDR", env = "PORTCULLIS_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Extra directories of `*.cedar` policies (besides `./policies` when present).
     #[arg(long = "policy-dir", value_name = "DIR")]
     pub policy_dirs: Vec<PathBuf>,
     /// The admin account's password; generated and stored in the data directory if unset.
     #[arg(long, env = "PORTCULLIS_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// The URL clients reach the gateway at (token realm); default: from each request.
+    #[arg(long, value_name = "URL", env = "PORTCULLIS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The `service` named in challenges and tokens [default: portcullis].
+    #[arg(long, env = "PORTCULLIS_SERVICE")]
+    pub service: Option<String>,
+    /// Let anonymous clients pull.
+    #[arg(long, env = "PORTCULLIS_ANONYMOUS_PULL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous_pull: Option<bool>,
+    /// Seconds in-flight requests get after SIGTERM [default: 5].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_SHUTDOWN_GRACE_SECONDS"
+    )]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate (once) a private CA and certificate in <data-dir>/tls/ and serve HTTPS.
+    #[arg(long, env = "PORTCULLIS_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_self_signed: Option<bool>,
+}
+
+impl ServeArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            upstream: self.upstream,
+            admin_listen: self.admin_listen,
+            policy_dirs: self.policy_dirs,
+            admin_password: self.admin_password,
+            public_url: self.public_url,
+            service: self.service,
+            anonymous_pull: self.anonymous_pull,
+            shutdown_grace_seconds: self.shutdown_grace_seconds,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_self_signed: self.tls_self_signed,
+        }
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -40,31 +92,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(args))
-}
-
-fn policy_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
-    let default = Path::new("policies");
-    let mut dirs = Vec::new();
-    if default.is_dir() {
-        dirs.push(default.to_path_buf());
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut config = Config::resolve(args.overrides(), file)?;
+    // `./policies` (the shipped policies when run from a checkout) comes first.
+    let default_policies = PathBuf::from("policies");
+    if default_policies.is_dir() {
+        config.policy_dirs.insert(0, default_policies);
     }
-    dirs.extend(extra.iter().cloned());
-    dirs
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let data_dir = &args.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data directory `{}`", data_dir.display()))?;
-    let store = IdentityStore::open(&data_dir.join("control.redb"))
-        .context("opening the identity store")?;
-    let (admin, source) = AdminAccount::open(data_dir, args.admin_password.as_deref())?;
-    if let AdminPasswordSource::Generated { password, path } = &source {
+    let prepared = server::prepare(config).context("starting the gateway")?;
+    if let AdminPasswordSource::Generated { password, path } = prepared.admin_password() {
         eprintln!(
             "\n================ PORTCULLIS ADMIN PASSWORD (shown once) ================\n\
              user: admin\npassword: {password}\n\
@@ -73,51 +112,5 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let engine = Arc::new(PolicyEngine::load(&policy_dirs(&args.policy_dirs))?);
-    engine.spawn_reloader();
-    let registry = Registry::open(StorageConfig::new(data_dir.clone()))
-        .context("opening the storage backend")?;
-    registry.start_background();
-
-    let state = AdminState {
-        store,
-        admin: Arc::new(admin),
-        engine,
-    };
-    let app = Router::new()
-        .merge(admin::router(state))
-        .fallback_service(portcullis_storage::router(registry));
-
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding `{}`", args.listen))?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    std::io::stdout().flush()?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
-    tracing::info!("shut down");
-    Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    prepared.run()
 }

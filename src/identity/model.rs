@@ -38,6 +38,11 @@ impl Action {
         Action::TrustWrite,
     ];
 
+    /// The position in `Action::ALL`.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The wire name, which is also the Cedar action id.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -182,7 +187,7 @@ pub enum Principal {
 
 /// Per-repository switches an operator sets with `metadata/write`
 /// (`portcullis repository update`), as ACR's `--write-enabled` etc.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepositoryAttributes {
     pub read_enabled: bool,
     pub write_enabled: bool,

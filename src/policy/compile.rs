@@ -12,8 +12,7 @@ use crate::identity::{Action, RepositoryPattern, ScopeMap, ScopeRule};
 
 /// A bit per action, in `Action::ALL` order.
 pub fn action_bit(action: Action) -> u8 {
-    let index = Action::ALL.iter().position(|a| *a == action).unwrap_or(0);
-    1 << index
+    1 << action.index()
 }
 
 pub fn rule_id(map: &str, n: usize) -> String {

@@ -54,6 +54,8 @@ pub enum PolicyError {
     Invalid(Vec<Diagnostic>),
     #[error("built-in schema is invalid: {0}")]
     Schema(String),
+    #[error("cannot build policy set: {0}")]
+    Set(String),
 }
 
 fn join_lines(diags: &[Diagnostic]) -> String {

@@ -5,9 +5,18 @@
 //! Cedar evaluates every policy in a set, so the set for one request is sliced: the
 //! base and user policies whose scope can apply to the principal's type and the action,
 //! plus only the principal's scope-map rules whose pattern key is a candidate key of
-//! the repository and that grant the action. Sliced sets, per-request entities and
-//! decisions are cached in `moka`, keyed by the identity snapshot version and the
-//! policy-file generation, so any change is seen by the very next decision.
+//! the repository and that grant the action. Of those, the policies that never read
+//! `context` (scope-map rules, most base rules) are decided once per principal,
+//! repository and action; a request evaluates only the few that read `context`, and
+//! the two outcomes are combined by Cedar's rule (any forbid denies, else any permit
+//! allows). When no loaded policy reads the repository but for its attribute flags
+//! (outside the scope-map rules, matched in Rust by pattern key), the context-free
+//! outcome is shared by every repository with the same matching rules and attributes,
+//! so a new repository builds no entities; otherwise it is kept per (principal,
+//! repository). The principal's entity and compiled scope map, those outcomes, the
+//! sliced sets and the decisions are cached in `moka`, keyed by the identity snapshot
+//! version and the policy-file generation, so any change is seen by the very next
+//! decision.
 
 mod compile;
 mod files;
@@ -16,18 +25,18 @@ pub mod testcases;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Effect, Entities, Entity, EntityUid, Policy, PolicySet,
-    PrincipalConstraint, Request, RestrictedExpression, Schema,
+    ActionConstraint, Authorizer, Context, Effect, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression, Schema,
 };
 use moka::sync::Cache;
 
-use crate::identity::{Action, IdentitySnapshot, Principal, UnixSeconds};
+use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes, UnixSeconds};
 use compile::{CompiledEntry, CompiledScopeMap, action_bit, uid};
 pub use compile::{rule_cedar, scope_map_cedar};
 pub use files::{Diagnostic, PolicyError};
@@ -49,6 +58,69 @@ pub struct RequestContext {
     pub signed: bool,
     pub source_ip: Option<IpAddr>,
     pub now: UnixSeconds,
+    /// What the request does, finer than the action (`context.operation`).
+    pub operation: Operation,
+}
+
+/// The registry operation behind a request, so policies can tell a tag create from a
+/// tag overwrite, or a delete by tag from a delete by digest (`context.operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// Manifest or blob GET/HEAD.
+    Pull,
+    /// Blob upload (start, chunk, complete, cancel, status).
+    PushBlob,
+    /// Blob mount from another repository (the read side is decided as `Pull`).
+    Mount,
+    /// Manifest PUT by tag where the tag does not exist yet.
+    CreateTag,
+    /// Manifest PUT by tag where the tag already exists.
+    OverwriteTag,
+    /// Manifest PUT by digest.
+    PushManifest,
+    /// Manifest DELETE by tag (untag).
+    DeleteTag,
+    /// Manifest DELETE by digest.
+    DeleteManifest,
+    DeleteBlob,
+    ListTags,
+    ListReferrers,
+    Catalog,
+    ReadAttributes,
+    WriteAttributes,
+    ReadTrust,
+    WriteTrust,
+    DeleteTrust,
+    /// Anything else (policy tools, explain).
+    #[default]
+    Other,
+}
+
+impl Operation {
+    /// The string policies compare `context.operation` with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Pull => "pull",
+            Operation::PushBlob => "push-blob",
+            Operation::Mount => "mount",
+            Operation::CreateTag => "create-tag",
+            Operation::OverwriteTag => "overwrite-tag",
+            Operation::PushManifest => "push-manifest",
+            Operation::DeleteTag => "delete-tag",
+            Operation::DeleteManifest => "delete-manifest",
+            Operation::DeleteBlob => "delete-blob",
+            Operation::ListTags => "list-tags",
+            Operation::ListReferrers => "list-referrers",
+            Operation::Catalog => "catalog",
+            Operation::ReadAttributes => "read-attributes",
+            Operation::WriteAttributes => "write-attributes",
+            Operation::ReadTrust => "read-trust",
+            Operation::WriteTrust => "write-trust",
+            Operation::DeleteTrust => "delete-trust",
+            Operation::Other => "other",
+        }
+    }
 }
 
 /// A manifest reference: by tag or by digest.
@@ -119,27 +191,244 @@ impl Kind {
 struct Loaded {
     generation: u64,
     count: usize,
-    /// Base and user policies that can apply, per (principal kind, action).
+    /// Base and user policies that can apply and never read `context`, per (principal
+    /// kind, action): decided once per principal, repository and action.
     sliced: HashMap<(Kind, Action), Vec<Policy>>,
+    /// Those that can apply and read `context`: the only ones evaluated per request.
+    contextual: HashMap<(Kind, Action), Contextual>,
+    /// The (principal kind, action) pairs whose decisions depend on the repository
+    /// only through the scope-map rules matching it and its attributes: no
+    /// context-free policy reads `resource` but for its flags, and no contextual one
+    /// reads it at all. Their context-free outcome is shared by every repository with
+    /// the same matching rules and attributes, and no repository entity is built.
+    by_rules: HashSet<(Kind, Action)>,
+}
+
+struct Contextual {
+    set: PolicySet,
+    /// The context fields the set reads (`None`: it uses `context` as a whole), so a
+    /// request builds only those.
+    fields: Option<Vec<String>>,
 }
 
 impl Loaded {
-    fn new(policies: Vec<Policy>, generation: u64) -> Self {
+    fn new(policies: Vec<Policy>, generation: u64) -> Result<Self, PolicyError> {
         let mut sliced = HashMap::new();
+        let mut contextual = HashMap::new();
+        let mut by_rules = HashSet::new();
         for kind in Kind::ALL {
             for action in Action::ALL {
-                let applicable = policies
+                let (reads, free): (Vec<Policy>, Vec<Policy>) = policies
                     .iter()
                     .filter(|p| may_apply(p, kind, action))
                     .cloned()
-                    .collect();
-                sliced.insert((kind, action), applicable);
+                    .partition(reads_context);
+                if free
+                    .iter()
+                    .all(|p| repository_use(p) <= RepositoryUse::Flags)
+                    && reads
+                        .iter()
+                        .all(|p| repository_use(p) == RepositoryUse::None)
+                {
+                    by_rules.insert((kind, action));
+                }
+                let fields = context_fields(&reads);
+                let set =
+                    PolicySet::from_policies(reads).map_err(|e| PolicyError::Set(e.to_string()))?;
+                sliced.insert((kind, action), free);
+                contextual.insert((kind, action), Contextual { set, fields });
             }
         }
-        Loaded {
+        Ok(Loaded {
             generation,
             count: policies.len(),
             sliced,
+            contextual,
+            by_rules,
+        })
+    }
+}
+
+/// How a policy reads the repository, least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RepositoryUse {
+    None,
+    /// Only `resource.f` / `resource has f` for attribute flags (not `name`).
+    Flags,
+    /// Anything else: a resource scope, `resource.name`, `resource` as a value.
+    Other,
+}
+
+/// The repository flags a policy may read and still be decided by matching rules and
+/// attributes alone (the repository entity's attributes but `name`).
+const REPOSITORY_FLAGS: [&str; 5] = [
+    "readEnabled",
+    "writeEnabled",
+    "deleteEnabled",
+    "listEnabled",
+    "signedOnly",
+];
+
+/// How `policy` reads `resource` (conservatively `Other` without a JSON form).
+fn repository_use(policy: &Policy) -> RepositoryUse {
+    fn walk(json: &serde_json::Value) -> RepositoryUse {
+        match json {
+            serde_json::Value::Object(map) => {
+                for op in [".", "has"] {
+                    if let Some(access) = map.get(op)
+                        && access.get("left") == Some(&serde_json::json!({"Var": "resource"}))
+                    {
+                        return match access.get("attr") {
+                            Some(serde_json::Value::String(attr))
+                                if REPOSITORY_FLAGS.contains(&attr.as_str()) =>
+                            {
+                                RepositoryUse::Flags
+                            }
+                            _ => RepositoryUse::Other,
+                        };
+                    }
+                }
+                if map.get("Var").is_some_and(|v| v == "resource") {
+                    return RepositoryUse::Other;
+                }
+                map.values().map(walk).max().unwrap_or(RepositoryUse::None)
+            }
+            serde_json::Value::Array(items) => {
+                items.iter().map(walk).max().unwrap_or(RepositoryUse::None)
+            }
+            _ => RepositoryUse::None,
+        }
+    }
+    if !matches!(policy.resource_constraint(), ResourceConstraint::Any) {
+        return RepositoryUse::Other;
+    }
+    match policy.to_json() {
+        Ok(json) => walk(&json),
+        Err(_) => RepositoryUse::Other,
+    }
+}
+
+/// Whether the policy mentions the `context` variable (conservatively true when its
+/// JSON form cannot be produced).
+fn reads_context(policy: &Policy) -> bool {
+    fn mentions(json: &serde_json::Value) -> bool {
+        match json {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| (key == "Var" && value == "context") || mentions(value)),
+            serde_json::Value::Array(items) => items.iter().any(mentions),
+            _ => false,
+        }
+    }
+    match policy.to_json() {
+        Ok(json) => mentions(&json),
+        Err(_) => true,
+    }
+}
+
+/// The fields of `context` that `policies` read through `context.f` or `context has f`,
+/// or `None` when one uses `context` in any other way (or has no JSON form).
+fn context_fields(policies: &[Policy]) -> Option<Vec<String>> {
+    fn collect(json: &serde_json::Value, fields: &mut Vec<String>) -> bool {
+        match json {
+            serde_json::Value::Object(map) => {
+                for op in [".", "has"] {
+                    if let Some(access) = map.get(op)
+                        && access.get("left") == Some(&serde_json::json!({"Var": "context"}))
+                        && let Some(serde_json::Value::String(attr)) = access.get("attr")
+                    {
+                        fields.push(attr.clone());
+                        return true;
+                    }
+                }
+                if map.get("Var").is_some_and(|v| v == "context") {
+                    return false;
+                }
+                map.values().all(|v| collect(v, fields))
+            }
+            serde_json::Value::Array(items) => items.iter().all(|v| collect(v, fields)),
+            _ => true,
+        }
+    }
+    let mut fields = Vec::new();
+    for policy in policies {
+        let json = policy.to_json().ok()?;
+        if !collect(&json, &mut fields) {
+            return None;
+        }
+    }
+    fields.sort_unstable();
+    fields.dedup();
+    Some(fields)
+}
+
+/// The satisfied and erroring policies of one evaluation, by effect.
+#[derive(Debug, Clone, Default)]
+struct Outcome {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+    failed_forbids: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Outcome {
+    fn of(set: &PolicySet, response: &cedar_policy::Response) -> Self {
+        let diagnostics = response.diagnostics();
+        let errors = diagnostics.errors().map(ToString::to_string).collect();
+        let forbid = |id: &PolicyId| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid);
+        let failed_forbids = diagnostics
+            .errors()
+            .map(|e| {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+                e.policy_id()
+            })
+            .filter(|id| forbid(id))
+            .map(ToString::to_string)
+            .collect();
+        // Cedar reports the satisfied policies of the deciding effect only: all
+        // satisfied forbids on deny, all satisfied permits on allow.
+        let (forbids, permits) = diagnostics.reason().partition::<Vec<_>, _>(|id| forbid(id));
+        Outcome {
+            permits: permits.into_iter().map(ToString::to_string).collect(),
+            forbids: forbids.into_iter().map(ToString::to_string).collect(),
+            failed_forbids,
+            errors,
+        }
+    }
+
+    /// Cedar's rule over the union of two evaluations: a satisfied forbid denies, else
+    /// a satisfied permit allows. Cedar skips a policy whose evaluation errors; for a
+    /// forbid that would turn an intended deny into an allow, so any erroring forbid
+    /// denies (fail closed).
+    fn decide(&self, other: Outcome) -> Decision {
+        let join = |a: &[String], b: Vec<String>| {
+            let mut all = a.to_vec();
+            all.extend(b);
+            all.sort_unstable();
+            all
+        };
+        let errors = join(&self.errors, other.errors);
+        let failed_forbids = join(&self.failed_forbids, other.failed_forbids);
+        if !failed_forbids.is_empty() {
+            return Decision {
+                allowed: false,
+                policies: failed_forbids,
+                errors,
+            };
+        }
+        let forbids = join(&self.forbids, other.forbids);
+        if !forbids.is_empty() {
+            return Decision {
+                allowed: false,
+                policies: forbids,
+                errors,
+            };
+        }
+        let permits = join(&self.permits, other.permits);
+        Decision {
+            allowed: !permits.is_empty(),
+            policies: permits,
+            errors,
         }
     }
 }
@@ -163,6 +452,13 @@ fn may_apply(policy: &Policy, kind: Kind, action: Action) -> bool {
     principal_ok && action_ok
 }
 
+/// Decision-cache counters since start (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
     request: AuthzRequest,
@@ -181,17 +477,65 @@ struct SetKey {
     rules: Vec<u32>,
 }
 
+/// What every decision for one principal shares at one identity version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct EntitiesKey {
+struct PrincipalKey {
     principal: Principal,
-    repository: String,
     version: u64,
     anonymous_pull: bool,
 }
 
+struct PrincipalEntry {
+    uid: EntityUid,
+    entity: Entity,
+    /// The principal alone: enough for contextual policies that never read `resource`.
+    entities: Entities,
+    /// The token's compiled scope map, if it has one.
+    compiled: Option<Arc<CompiledScopeMap>>,
+}
+
+/// What every decision for one principal on one repository shares, the request
+/// context aside, for (kind, action) pairs outside `Loaded::by_rules`: a decision-cache
+/// miss for a known pair costs one lookup here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PreparedKey {
+    principal: Principal,
+    repository: String,
+    version: u64,
+    generation: u64,
+    anonymous_pull: bool,
+}
+
+/// What decides the context-free outcome of a `by_rules` (kind, action): the
+/// principal, its matching scope-map rules and the repository's attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FixedKey {
+    principal: Principal,
+    version: u64,
+    generation: u64,
+    anonymous_pull: bool,
+    /// 0 when the principal has no scope map.
+    compiled: u64,
+    rules: Vec<u32>,
+    attributes: RepositoryAttributes,
+    action: Action,
+}
+
+struct Prepared {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+    compiled: Option<Arc<CompiledScopeMap>>,
+    /// The outcome of the context-free policies per action (`Action::ALL` order),
+    /// evaluated on first use.
+    fixed: [OnceLock<Result<Outcome, String>>; Action::ALL.len()],
+}
+
 const DECISION_CACHE: u64 = 100_000;
 const SET_CACHE: u64 = 10_000;
-const ENTITIES_CACHE: u64 = 10_000;
+const PREPARED_CACHE: u64 = 10_000;
+const FIXED_CACHE: u64 = 10_000;
+const PRINCIPAL_CACHE: u64 = 10_000;
 const COMPILED_CACHE: u64 = 10_000;
 const SOURCE_IP_CACHE: u64 = 10_000;
 
@@ -208,11 +552,15 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     decisions: Cache<DecisionKey, Arc<Decision>>,
     sets: Cache<SetKey, Arc<PolicySet>>,
-    entities: Cache<EntitiesKey, Arc<Entities>>,
+    prepared: Cache<PreparedKey, Arc<Result<Prepared, String>>>,
+    fixed: Cache<FixedKey, Arc<Result<Outcome, String>>>,
+    principals: Cache<PrincipalKey, Arc<Result<PrincipalEntry, String>>>,
     compiled: Cache<String, Arc<CompiledEntry>>,
     /// `ip("…")` per source address: `RestrictedExpression::new_ip` parses the name
     /// `ip` with Cedar's parser on every call, about a third of a decision's cost.
     source_ips: Cache<IpAddr, RestrictedExpression>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl PolicyEngine {
@@ -239,16 +587,20 @@ impl PolicyEngine {
             dirs: dirs.to_vec(),
             files: files.to_vec(),
             schema,
-            loaded: ArcSwap::from_pointee(Loaded::new(policies, 1)),
+            loaded: ArcSwap::from_pointee(Loaded::new(policies, 1)?),
             next_id: AtomicU64::new(2),
             anonymous_pull: AtomicBool::new(false),
             actions,
             authorizer: Authorizer::new(),
-            decisions: Cache::new(DECISION_CACHE),
+            decisions: presized(DECISION_CACHE),
             sets: Cache::new(SET_CACHE),
-            entities: Cache::new(ENTITIES_CACHE),
+            prepared: presized(PREPARED_CACHE),
+            fixed: presized(FIXED_CACHE),
+            principals: Cache::new(PRINCIPAL_CACHE),
             compiled: Cache::new(COMPILED_CACHE),
             source_ips: Cache::new(SOURCE_IP_CACHE),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
     }
 
@@ -257,13 +609,21 @@ impl PolicyEngine {
         let policies = files::load_policies(&self.schema, &self.dirs, &self.files)?;
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.loaded
-            .store(Arc::new(Loaded::new(policies, generation)));
+            .store(Arc::new(Loaded::new(policies, generation)?));
         Ok(())
     }
 
     /// Number of base and user policies in force.
     pub fn policy_count(&self) -> usize {
         self.loaded.load().count
+    }
+
+    /// Decision-cache hits and misses since start.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     /// The registry's anonymous-pull setting (off by default).
@@ -323,17 +683,20 @@ impl PolicyEngine {
     /// Every decision is audited (`portcullis::audit`).
     pub fn authorize(&self, identity: &IdentitySnapshot, request: &AuthzRequest) -> Decision {
         let loaded = self.loaded.load();
+        let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
         let key = DecisionKey {
             request: request.clone(),
             version: identity.version,
             generation: loaded.generation,
-            anonymous_pull: self.anonymous_pull.load(Ordering::Relaxed),
+            anonymous_pull,
         };
         if let Some(decision) = self.decisions.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             audit(request, &decision, true);
             return (*decision).clone();
         }
-        let decision = self.decide(&loaded, identity, request);
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let decision = self.decide(&loaded, identity, request, anonymous_pull);
         audit(request, &decision, false);
         self.decisions.insert(key, Arc::new(decision.clone()));
         decision
@@ -342,7 +705,8 @@ impl PolicyEngine {
     /// Decides without the decision cache and lists the matching scope-map rules.
     pub fn explain(&self, identity: &IdentitySnapshot, request: &AuthzRequest) -> Explanation {
         let loaded = self.loaded.load();
-        let decision = self.decide(&loaded, identity, request);
+        let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
+        let decision = self.decide(&loaded, identity, request, anonymous_pull);
         audit(request, &decision, false);
         let mut matching_rules = Vec::new();
         if let Principal::Token { name, .. } = &request.principal
@@ -383,95 +747,133 @@ impl PolicyEngine {
         loaded: &Loaded,
         identity: &IdentitySnapshot,
         request: &AuthzRequest,
+        anonymous_pull: bool,
     ) -> Decision {
-        let kind = Kind::of(&request.principal);
-        let mut compiled_id = 0;
-        let mut rules = Vec::new();
-        let mut compiled = None;
-        if let Principal::Token { name, .. } = &request.principal {
-            let Some(token) = identity.tokens.get(name) else {
-                return Decision::deny(format!("unknown token `{name}`"));
-            };
-            match self.compiled_map(identity, &token.scope_map) {
-                Ok(Some(map)) => {
-                    compiled_id = map.id;
-                    rules = map.matching(&request.repository, action_bit(request.action));
-                    compiled = Some(map);
-                }
-                // A token whose scope map is gone is granted nothing by it.
-                Ok(None) => {}
-                Err(e) => return Decision::deny(e),
-            }
+        if loaded
+            .by_rules
+            .contains(&(Kind::of(&request.principal), request.action))
+        {
+            return self.decide_by_rules(loaded, identity, request, anonymous_pull);
         }
-        let set_key = SetKey {
-            generation: loaded.generation,
-            kind,
-            compiled: compiled_id,
-            action: request.action,
-            rules,
+        let prepared = self.prepared(loaded, identity, request, anonymous_pull);
+        let prepared = match prepared.as_ref() {
+            Ok(prepared) => prepared,
+            Err(e) => return Decision::deny(e.clone()),
         };
-        let set = match self.sets.get(&set_key) {
-            Some(set) => set,
-            None => {
-                let base = loaded
-                    .sliced
-                    .get(&(kind, request.action))
-                    .into_iter()
-                    .flatten()
-                    .cloned();
-                let granted = compiled.iter().flat_map(|map| {
-                    set_key
-                        .rules
-                        .iter()
-                        .filter_map(|i| map.rules.get(*i as usize))
-                        .map(|r| r.policy.clone())
-                });
-                match PolicySet::from_policies(base.chain(granted)) {
-                    Ok(set) => {
-                        let set = Arc::new(set);
-                        self.sets.insert(set_key, Arc::clone(&set));
-                        set
-                    }
-                    Err(e) => return Decision::deny(format!("cannot build policy set: {e}")),
-                }
-            }
+        let fixed = prepared
+            .fixed
+            .get(request.action.index())
+            .map(|fixed| fixed.get_or_init(|| self.fixed_outcome(loaded, prepared, request)));
+        let fixed = match fixed {
+            Some(Ok(fixed)) => fixed,
+            Some(Err(e)) => return Decision::deny(e.clone()),
+            None => return Decision::deny(format!("unknown action `{}`", request.action)),
         };
-        let entities = match self.request_entities(identity, request) {
-            Ok(entities) => entities,
-            Err(e) => return Decision::deny(e),
+        let Some(Contextual { set, fields }) = loaded
+            .contextual
+            .get(&(Kind::of(&request.principal), request.action))
+        else {
+            return Decision::deny(format!("unknown action `{}`", request.action));
         };
-        let cedar_request = match self.cedar_request(request) {
+        if set.is_empty() {
+            return fixed.decide(Outcome::default());
+        }
+        let cedar_request = match self.cedar_request(
+            prepared.principal.clone(),
+            prepared.resource.clone(),
+            request,
+            fields.as_deref(),
+        ) {
             Ok(r) => r,
             Err(e) => return Decision::deny(e),
         };
         let response = self
             .authorizer
-            .is_authorized(&cedar_request, &set, &entities);
-        let diagnostics = response.diagnostics();
-        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
-        // Cedar skips a policy whose evaluation errors; for a forbid that would turn
-        // an intended deny into an allow, so any erroring forbid denies (fail closed).
-        let failed_forbids: Vec<String> = diagnostics
-            .errors()
-            .map(|e| {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-                e.policy_id()
-            })
-            .filter(|id| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid))
-            .map(ToString::to_string)
-            .collect();
-        if !failed_forbids.is_empty() {
-            return Decision {
-                allowed: false,
-                policies: failed_forbids,
-                errors,
-            };
+            .is_authorized(&cedar_request, set, &prepared.entities);
+        fixed.decide(Outcome::of(set, &response))
+    }
+
+    /// `decide` for a (kind, action) in `Loaded::by_rules`: the context-free outcome
+    /// comes from the cache keyed by matching rules and attributes (a new repository
+    /// costs a pattern match and a lookup), and the contextual policies are evaluated
+    /// with the principal's entity alone.
+    fn decide_by_rules(
+        &self,
+        loaded: &Loaded,
+        identity: &IdentitySnapshot,
+        request: &AuthzRequest,
+        anonymous_pull: bool,
+    ) -> Decision {
+        let principal = self.principal(identity, &request.principal, anonymous_pull);
+        let principal = match principal.as_ref() {
+            Ok(principal) => principal,
+            Err(e) => return Decision::deny(e.clone()),
+        };
+        let compiled = principal.compiled.as_deref();
+        let key = FixedKey {
+            principal: request.principal.clone(),
+            version: identity.version,
+            generation: loaded.generation,
+            anonymous_pull,
+            compiled: compiled.map_or(0, |map| map.id),
+            rules: compiled.map_or_else(Vec::new, |map| {
+                map.matching(&request.repository, action_bit(request.action))
+            }),
+            attributes: identity.repository_attributes(&request.repository),
+            action: request.action,
+        };
+        let fixed = self.fixed.get_with_by_ref(&key, || {
+            let prepared = self.prepare(identity, request, anonymous_pull);
+            Arc::new(prepared.and_then(|p| self.fixed_outcome(loaded, &p, request)))
+        });
+        let fixed = match fixed.as_ref() {
+            Ok(fixed) => fixed,
+            Err(e) => return Decision::deny(e.clone()),
+        };
+        let Some(Contextual { set, fields }) = loaded
+            .contextual
+            .get(&(Kind::of(&request.principal), request.action))
+        else {
+            return Decision::deny(format!("unknown action `{}`", request.action));
+        };
+        if set.is_empty() {
+            return fixed.decide(Outcome::default());
         }
-        Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            policies: diagnostics.reason().map(ToString::to_string).collect(),
-            errors,
-        }
+        let cedar_request = entity_uid("Repository", &request.repository).and_then(|resource| {
+            self.cedar_request(principal.uid.clone(), resource, request, fields.as_deref())
+        });
+        let cedar_request = match cedar_request {
+            Ok(r) => r,
+            Err(e) => return Decision::deny(e),
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&cedar_request, set, &principal.entities);
+        fixed.decide(Outcome::of(set, &response))
+    }
+
+    /// Evaluates the context-free policies for the prepared principal and repository
+    /// (with an empty context: none of them reads it).
+    fn fixed_outcome(
+        &self,
+        loaded: &Loaded,
+        prepared: &Prepared,
+        request: &AuthzRequest,
+    ) -> Result<Outcome, String> {
+        let set = self.policy_set(loaded, prepared, request)?;
+        let action = self.action_uid(request.action)?;
+        let cedar_request = Request::new(
+            prepared.principal.clone(),
+            action,
+            prepared.resource.clone(),
+            Context::empty(),
+            None,
+        )
+        .map_err(|e| format!("bad request: {e}"))?;
+        let response = self
+            .authorizer
+            .is_authorized(&cedar_request, &set, &prepared.entities);
+        Ok(Outcome::of(&set, &response))
     }
 
     /// The compiled form of a scope map, recompiled when the map changed.
@@ -507,70 +909,202 @@ impl PolicyEngine {
         Ok(Some(compiled))
     }
 
-    fn request_entities(
+    /// The entities, uids and policy sets for `request`'s principal and repository.
+    fn prepared(
         &self,
+        loaded: &Loaded,
         identity: &IdentitySnapshot,
         request: &AuthzRequest,
-    ) -> Result<Arc<Entities>, String> {
-        let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
-        let key = EntitiesKey {
+        anonymous_pull: bool,
+    ) -> Arc<Result<Prepared, String>> {
+        let key = PreparedKey {
             principal: request.principal.clone(),
             repository: request.repository.clone(),
             version: identity.version,
+            generation: loaded.generation,
             anonymous_pull,
         };
-        if let Some(entities) = self.entities.get(&key) {
-            return Ok(entities);
+        if let Some(prepared) = self.prepared.get(&key) {
+            return prepared;
         }
-        let principal = principal_entity(identity, &request.principal, anonymous_pull)?;
-        let repository = repository_entity(identity, &request.repository)?;
-        let entities = Arc::new(
-            Entities::from_entities([principal, repository], None)
-                .map_err(|e| format!("cannot build entities: {e}"))?,
-        );
-        self.entities.insert(key, Arc::clone(&entities));
-        Ok(entities)
+        let prepared = Arc::new(self.prepare(identity, request, anonymous_pull));
+        self.prepared.insert(key, Arc::clone(&prepared));
+        prepared
     }
 
-    fn cedar_request(&self, request: &AuthzRequest) -> Result<Request, String> {
+    fn prepare(
+        &self,
+        identity: &IdentitySnapshot,
+        request: &AuthzRequest,
+        anonymous_pull: bool,
+    ) -> Result<Prepared, String> {
+        let principal = self.principal(identity, &request.principal, anonymous_pull);
+        let principal = principal.as_ref().as_ref().map_err(Clone::clone)?;
+        let resource = entity_uid("Repository", &request.repository)?;
+        let repository = repository_entity(identity, &request.repository, resource.clone())?;
+        let entities = Entities::from_entities([principal.entity.clone(), repository], None)
+            .map_err(|e| format!("cannot build entities: {e}"))?;
+        Ok(Prepared {
+            principal: principal.uid.clone(),
+            resource,
+            entities,
+            compiled: principal.compiled.clone(),
+            fixed: Default::default(),
+        })
+    }
+
+    /// The principal's entity and compiled scope map, built once per identity version.
+    fn principal(
+        &self,
+        identity: &IdentitySnapshot,
+        principal: &Principal,
+        anonymous_pull: bool,
+    ) -> Arc<Result<PrincipalEntry, String>> {
+        let key = PrincipalKey {
+            principal: principal.clone(),
+            version: identity.version,
+            anonymous_pull,
+        };
+        self.principals.get_with(key, || {
+            Arc::new(self.principal_entry(identity, principal, anonymous_pull))
+        })
+    }
+
+    fn principal_entry(
+        &self,
+        identity: &IdentitySnapshot,
+        principal: &Principal,
+        anonymous_pull: bool,
+    ) -> Result<PrincipalEntry, String> {
+        let compiled = match principal {
+            Principal::Token { name, .. } => {
+                let token = identity
+                    .tokens
+                    .get(name)
+                    .ok_or_else(|| format!("unknown token `{name}`"))?;
+                // A token whose scope map is gone is granted nothing by it.
+                self.compiled_map(identity, &token.scope_map)?
+            }
+            Principal::Admin | Principal::Anonymous => None,
+        };
+        let entity = principal_entity(identity, principal, anonymous_pull)?;
+        let entities = Entities::from_entities([entity.clone()], None)
+            .map_err(|e| format!("cannot build entities: {e}"))?;
+        Ok(PrincipalEntry {
+            uid: entity.uid(),
+            entity,
+            entities,
+            compiled,
+        })
+    }
+
+    /// The base and user policies that can apply plus the principal's scope-map rules
+    /// that match the repository and grant the action; shared by every repository
+    /// with the same matching rules.
+    fn policy_set(
+        &self,
+        loaded: &Loaded,
+        prepared: &Prepared,
+        request: &AuthzRequest,
+    ) -> Result<Arc<PolicySet>, String> {
+        let kind = Kind::of(&request.principal);
+        let compiled = prepared.compiled.as_deref();
+        let key = SetKey {
+            generation: loaded.generation,
+            kind,
+            compiled: compiled.map_or(0, |map| map.id),
+            action: request.action,
+            rules: compiled.map_or_else(Vec::new, |map| {
+                map.matching(&request.repository, action_bit(request.action))
+            }),
+        };
+        if let Some(set) = self.sets.get(&key) {
+            return Ok(set);
+        }
+        let base = loaded
+            .sliced
+            .get(&(kind, request.action))
+            .into_iter()
+            .flatten()
+            .cloned();
+        let granted = compiled.into_iter().flat_map(|map| {
+            key.rules
+                .iter()
+                .filter_map(|i| map.rules.get(*i as usize))
+                .map(|r| r.policy.clone())
+        });
+        let set = Arc::new(
+            PolicySet::from_policies(base.chain(granted))
+                .map_err(|e| format!("cannot build policy set: {e}"))?,
+        );
+        self.sets.insert(key, Arc::clone(&set));
+        Ok(set)
+    }
+
+    fn action_uid(&self, action: Action) -> Result<EntityUid, String> {
+        self.actions
+            .get(&action)
+            .cloned()
+            .ok_or_else(|| format!("unknown action `{action}`"))
+    }
+
+    fn cedar_request(
+        &self,
+        principal: EntityUid,
+        resource: EntityUid,
+        request: &AuthzRequest,
+        fields: Option<&[String]>,
+    ) -> Result<Request, String> {
+        // Fields no policy reads are left out: building them (an `ip` value above all)
+        // is a large share of a decision's cost.
+        let wanted = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
         let ctx = &request.context;
         let (kind, tag, digest) = match &ctx.reference {
             Some(Reference::Tag(t)) => ("tag", Some(t), None),
             Some(Reference::Digest(d)) => ("digest", None, Some(d)),
             None => ("none", None, None),
         };
-        let mut pairs = vec![
-            ("referenceKind".to_owned(), string(kind)),
-            (
-                "signed".to_owned(),
-                RestrictedExpression::new_bool(ctx.signed),
-            ),
-            ("now".to_owned(), RestrictedExpression::new_long(ctx.now)),
-        ];
+        let mut pairs = Vec::new();
+        let mut add = |name: &str, value: &dyn Fn() -> RestrictedExpression| {
+            if wanted(name) {
+                pairs.push((name.to_owned(), value()));
+            }
+        };
+        add("referenceKind", &|| string(kind));
+        add("operation", &|| string(ctx.operation.as_str()));
+        add("signed", &|| RestrictedExpression::new_bool(ctx.signed));
+        add("now", &|| RestrictedExpression::new_long(ctx.now));
         if let Some(tag) = tag {
-            pairs.push(("tag".to_owned(), string(tag)));
+            add("tag", &|| string(tag));
         }
         if let Some(digest) = digest {
-            pairs.push(("digest".to_owned(), string(digest)));
+            add("digest", &|| string(digest));
         }
         if let Some(ip) = ctx.source_ip {
-            let ip = self
-                .source_ips
-                .get_with(ip, || RestrictedExpression::new_ip(ip.to_string()));
-            pairs.push(("sourceIp".to_owned(), ip));
+            add("sourceIp", &|| {
+                self.source_ips
+                    .get_with(ip, || RestrictedExpression::new_ip(ip.to_string()))
+            });
         }
         let context = Context::from_pairs(pairs).map_err(|e| format!("bad context: {e}"))?;
-        let action = self
-            .actions
-            .get(&request.action)
-            .cloned()
-            .ok_or_else(|| format!("unknown action `{}`", request.action))?;
-        let principal = principal_uid(&request.principal)?;
-        let resource = entity_uid("Repository", &request.repository)?;
+        let action = self.action_uid(request.action)?;
         // Validated policies and typed entities: per-request schema checks are skipped.
         Request::new(principal, action, resource, context, None)
             .map_err(|e| format!("bad request: {e}"))
     }
+}
+
+/// A cache with its table allocated up front: growing it rehashes every entry inside
+/// some request's insert, the slowest decisions of a cold cache.
+fn presized<K, V>(capacity: u64) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(capacity)
+        .initial_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
+        .build()
 }
 
 fn string(s: &str) -> RestrictedExpression {
@@ -637,7 +1171,11 @@ fn principal_entity(
     Entity::new(uid, attrs, parents).map_err(|e| format!("cannot build principal: {e}"))
 }
 
-fn repository_entity(identity: &IdentitySnapshot, repository: &str) -> Result<Entity, String> {
+fn repository_entity(
+    identity: &IdentitySnapshot,
+    repository: &str,
+    uid: EntityUid,
+) -> Result<Entity, String> {
     let attributes = identity.repository_attributes(repository);
     let flag = RestrictedExpression::new_bool;
     let attrs = HashMap::from([
@@ -648,8 +1186,7 @@ fn repository_entity(identity: &IdentitySnapshot, repository: &str) -> Result<En
         ("listEnabled".to_owned(), flag(attributes.list_enabled)),
         ("signedOnly".to_owned(), flag(attributes.signed_only)),
     ]);
-    Entity::new(entity_uid("Repository", repository)?, attrs, HashSet::new())
-        .map_err(|e| format!("cannot build repository: {e}"))
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| format!("cannot build repository: {e}"))
 }
 
 fn principal_label(principal: &Principal) -> String {

@@ -20,7 +20,7 @@
 //! principal = "token:ci-token"     # or "token:NAME:password2", "admin", "anonymous"
 //! action = "content/delete"
 //! repository = "prod/app"
-//! # tag, digest, signed, source_ip, now (default 1767225600)
+//! # tag, digest, signed, source_ip, now (default 1767225600), operation (default "other")
 //! expect = "deny"
 //! ```
 
@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{AuthzRequest, Decision, PolicyEngine, PolicyError, Reference, RequestContext};
+use super::{
+    AuthzRequest, Decision, Operation, PolicyEngine, PolicyError, Reference, RequestContext,
+};
 use crate::identity::{
     Action, IdentitySnapshot, PasswordRecord, PasswordSlot, Principal, RepositoryAttributes,
     ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
@@ -166,6 +168,8 @@ struct TestCase {
     signed: bool,
     source_ip: Option<IpAddr>,
     now: Option<UnixSeconds>,
+    #[serde(default)]
+    operation: Operation,
     expect: Expect,
 }
 
@@ -345,6 +349,7 @@ fn request(case: &TestCase) -> Result<AuthzRequest, String> {
             signed: case.signed,
             source_ip: case.source_ip,
             now: case.now.unwrap_or(DEFAULT_NOW),
+            operation: case.operation,
         },
     })
 }

@@ -85,6 +85,7 @@ fn req(principal: Principal, action: Action, repository: &str) -> AuthzRequest {
             signed: false,
             source_ip: None,
             now: NOW,
+            operation: Operation::Other,
         },
     }
 }
@@ -354,6 +355,14 @@ fn cache_hit_equals_miss_and_ignores_other_requests() {
     let mut later = r.clone();
     later.context.source_ip = Some("10.1.2.3".parse().unwrap());
     assert_eq!(e.authorize(&snap, &later), miss);
+    assert_eq!(e.cache_stats(), CacheStats { hits: 1, misses: 2 });
+}
+
+#[test]
+fn action_index_follows_all() {
+    for (i, action) in Action::ALL.into_iter().enumerate() {
+        assert_eq!(action.index(), i);
+    }
 }
 
 #[test]
@@ -569,4 +578,275 @@ async fn reloader_picks_up_file_changes() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     assert_eq!(e.policy_count(), before + 1);
+}
+
+#[test]
+fn only_policies_reading_context_are_evaluated_per_request() {
+    let e = engine();
+    let loaded = e.loaded.load();
+    let ids = |policies: Vec<&Policy>| -> Vec<String> {
+        policies.iter().map(|p| p.id().to_string()).collect()
+    };
+    let per_request = &loaded.contextual[&(Kind::Token, ContentRead)];
+    assert_eq!(
+        ids(per_request.set.policies().collect()),
+        vec!["base/password-expired".to_owned()]
+    );
+    assert_eq!(per_request.fields, Some(vec!["now".to_owned()]));
+    let once: Vec<&Policy> = loaded.sliced[&(Kind::Token, ContentRead)].iter().collect();
+    let once = ids(once);
+    assert!(once.contains(&"base/token-disabled".to_owned()), "{once:?}");
+    assert!(
+        once.contains(&"base/repository-read-disabled".to_owned()),
+        "{once:?}"
+    );
+    assert!(
+        loaded.contextual[&(Kind::Admin, ContentRead)]
+            .set
+            .is_empty()
+    );
+}
+
+#[test]
+fn context_free_and_contextual_outcomes_combine_by_cedar_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "mixed.cedar",
+        r#"@id("no-prod")
+forbid(principal, action == Action::"content/delete", resource)
+when { resource.name like "prod/*" };
+@id("no-latest")
+forbid(principal, action == Action::"content/delete", resource)
+when { context has tag && context.tag == "latest" };
+@id("overflow")
+forbid(principal, action == Action::"metadata/write", resource)
+when { 9223372036854775807 + 1 > 0 };
+"#,
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    assert_eq!(
+        e.loaded.load().contextual[&(Kind::Token, ContentDelete)].fields,
+        Some(vec!["now".to_owned(), "tag".to_owned()])
+    );
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
+    let mut r = req(tok("t"), ContentDelete, "prod/app");
+    r.context.reference = Some(Reference::Tag("latest".into()));
+    let d = e.authorize(&snap, &r);
+    assert!(!d.allowed);
+    assert_eq!(
+        d.policies,
+        vec!["no-latest".to_owned(), "no-prod".to_owned()]
+    );
+    r.repository = "dev/app".into();
+    assert_eq!(
+        e.authorize(&snap, &r).policies,
+        vec!["no-latest".to_owned()]
+    );
+    r.context.reference = None;
+    let d = e.authorize(&snap, &r);
+    assert!(d.allowed);
+    assert_eq!(
+        d.policies,
+        vec!["scopemap/_repositories_admin/rule/1".to_owned()]
+    );
+    // A context-free forbid that errors still fails closed.
+    let d = e.authorize(&snap, &req(tok("t"), MetadataWrite, "dev/app"));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, vec!["overflow".to_owned()]);
+}
+
+#[test]
+fn whole_context_use_gets_every_field() {
+    let whole = Policy::from_str(
+        "permit(principal, action, resource) when { context == context && context.now > 0 };",
+    )
+    .unwrap();
+    assert_eq!(context_fields(&[whole]), None);
+    let fields = Policy::from_str(
+        "permit(principal, action, resource) when { context has tag && context.now > 0 };",
+    )
+    .unwrap();
+    assert_eq!(
+        context_fields(&[fields]),
+        Some(vec!["now".to_owned(), "tag".to_owned()])
+    );
+}
+
+/// Cedar's own decision over every loaded policy and every rule of the principal's
+/// scope map, with the full entities and context: what the sliced, cached engine must
+/// reproduce.
+fn reference_decision(
+    e: &PolicyEngine,
+    snap: &IdentitySnapshot,
+    r: &AuthzRequest,
+    anonymous_pull: bool,
+) -> (bool, Vec<String>) {
+    let loaded = e.loaded.load();
+    let mut policies: Vec<Policy> = Vec::new();
+    for kind in Kind::ALL {
+        for action in Action::ALL {
+            policies.extend(loaded.sliced[&(kind, action)].iter().cloned());
+            policies.extend(loaded.contextual[&(kind, action)].set.policies().cloned());
+        }
+    }
+    if let Principal::Token { name, .. } = &r.principal {
+        let map = &snap.scope_maps[&snap.tokens[name].scope_map];
+        let compiled = CompiledScopeMap::compile(map, 0).unwrap();
+        policies.extend(compiled.rules.into_iter().map(|rule| rule.policy));
+    }
+    policies.sort_by_key(|p| p.id().to_string());
+    policies.dedup_by_key(|p| p.id().to_string());
+    let set = PolicySet::from_policies(policies).unwrap();
+    let principal = principal_entity(snap, &r.principal, anonymous_pull).unwrap();
+    let resource = entity_uid("Repository", &r.repository).unwrap();
+    let repository = repository_entity(snap, &r.repository, resource.clone()).unwrap();
+    let entities = Entities::from_entities([principal.clone(), repository], None).unwrap();
+    let request = e.cedar_request(principal.uid(), resource, r, None).unwrap();
+    let response = Authorizer::new().is_authorized(&request, &set, &entities);
+    let mut ids: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    ids.sort_unstable();
+    (response.decision() == cedar_policy::Decision::Allow, ids)
+}
+
+#[test]
+fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
+    // A small xorshift generator: reproducible without a dependency.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    const SEGMENTS: [&str; 4] = ["a", "ab", "team", "app"];
+    let name = |next: &mut dyn FnMut(usize) -> usize| {
+        (0..1 + next(3))
+            .map(|_| SEGMENTS[next(SEGMENTS.len())])
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut maps = Vec::new();
+    let mut tokens = Vec::new();
+    for m in 0..6 {
+        let rules = (0..1 + next(6))
+            .map(|_| {
+                let pattern = match next(3) {
+                    0 => "*".to_owned(),
+                    1 => format!("{}/*", name(&mut next)),
+                    _ => name(&mut next),
+                };
+                let actions: Vec<Action> =
+                    Action::ALL.into_iter().filter(|_| next(3) == 0).collect();
+                rule(
+                    &pattern,
+                    if actions.is_empty() {
+                        &[ContentRead]
+                    } else {
+                        &actions
+                    },
+                )
+            })
+            .collect();
+        let map_name = format!("map-{m}");
+        maps.push(map(&map_name, rules));
+        let mut t = token(&format!("tok-{m}"), &map_name);
+        match m {
+            4 => t.status = TokenStatus::Disabled,
+            5 => t.password1 = Some(password(Some(NOW))),
+            _ => {}
+        }
+        tokens.push(t);
+    }
+    let mut snap = snapshot(1, maps, tokens);
+    for _ in 0..20 {
+        let flags: Vec<bool> = (0..5).map(|_| next(4) != 0).collect();
+        snap.repositories.insert(
+            name(&mut next),
+            RepositoryAttributes {
+                read_enabled: flags[0],
+                write_enabled: flags[1],
+                delete_enabled: flags[2],
+                list_enabled: flags[3],
+                signed_only: flags[4],
+            },
+        );
+    }
+    let e = engine();
+    e.set_anonymous_pull(true);
+    let loaded = e.loaded.load();
+    assert_eq!(loaded.by_rules.len(), Kind::ALL.len() * Action::ALL.len());
+    let slow = Loaded {
+        by_rules: HashSet::new(),
+        ..Loaded::new(
+            files::load_policies(&e.schema, &[], &[]).unwrap(),
+            loaded.generation,
+        )
+        .unwrap()
+    };
+    let mut allows = 0;
+    for _ in 0..2_000 {
+        let principal = match next(8) {
+            0 => Principal::Admin,
+            1 => Principal::Anonymous,
+            m => tok(&format!("tok-{}", m - 2)),
+        };
+        let action = Action::ALL[next(Action::ALL.len())];
+        let r = req(principal, action, &name(&mut next));
+        let fast = e.authorize(&snap, &r);
+        assert_eq!(fast, e.decide(&slow, &snap, &r, true), "{r:?}");
+        let (allowed, ids) = reference_decision(&e, &snap, &r, true);
+        allows += usize::from(allowed);
+        assert_eq!((fast.allowed, fast.policies), (allowed, ids), "{r:?}");
+    }
+    // Both outcomes are exercised.
+    assert!((200..1_800).contains(&allows), "{allows} allows");
+}
+
+#[test]
+fn policies_reading_the_repository_name_disable_the_shortcut() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "name.cedar",
+        r#"@id("no-prod")
+forbid(principal, action == Action::"content/delete", resource)
+when { resource.name like "prod/*" };
+@id("locked")
+forbid(principal, action == Action::"content/write", resource)
+unless { resource.writeEnabled };
+"#,
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    let loaded = e.loaded.load();
+    assert!(!loaded.by_rules.contains(&(Kind::Token, ContentDelete)));
+    assert!(loaded.by_rules.contains(&(Kind::Token, ContentWrite)));
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
+    assert!(!allowed(&e, &snap, &tok("t"), ContentDelete, "prod/app"));
+    assert!(allowed(&e, &snap, &tok("t"), ContentDelete, "dev/app"));
+    let uses = |text: &str| repository_use(&Policy::from_str(text).unwrap());
+    assert_eq!(
+        uses("permit(principal, action, resource) when { context.now > 0 };"),
+        RepositoryUse::None
+    );
+    assert_eq!(
+        uses("permit(principal, action, resource) when { resource has signedOnly };"),
+        RepositoryUse::Flags
+    );
+    assert_eq!(
+        uses("permit(principal, action, resource) when { resource.name == \"x\" };"),
+        RepositoryUse::Other
+    );
+    assert_eq!(
+        uses("permit(principal, action, resource) when { resource == resource };"),
+        RepositoryUse::Other
+    );
+    assert_eq!(
+        uses("permit(principal, action, resource == Repository::\"x\");"),
+        RepositoryUse::Other
+    );
 }

@@ -27,13 +27,15 @@ pub enum ErrorCode {
     TooManyRequests,
     RangeInvalid,
     TagInvalid,
+    /// A dependency (the backend behind the gateway) cannot be reached.
+    Unavailable,
     /// Internal failure; the message is generic and the cause is logged.
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -50,6 +52,7 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::RangeInvalid,
         ErrorCode::TagInvalid,
+        ErrorCode::Unavailable,
         ErrorCode::Unknown,
     ];
 
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -120,6 +125,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::RangeInvalid => "invalid content range",
             ErrorCode::TagInvalid => "manifest tag did not match URI",
+            ErrorCode::Unavailable => "service unavailable",
             ErrorCode::Unknown => "unknown error",
         }
     }

@@ -25,12 +25,19 @@ impl Server {
     /// Starts on 127.0.0.1:0 with `data_dir`; `admin_password` `None` leaves the variable
     /// unset so the server generates one.
     pub fn start(data_dir: &Path, admin_password: Option<&str>) -> Server {
+        Server::start_with(data_dir, admin_password, &[])
+    }
+
+    /// Like [`Server::start`], with extra `serve` arguments (`--upstream URL`,
+    /// `--policy-dir DIR`, ...).
+    pub fn start_with(data_dir: &Path, admin_password: Option<&str>, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env_remove("PORTCULLIS_ADMIN_PASSWORD")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -82,6 +89,13 @@ impl Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `127.0.0.1:PORT`: the registry host docker and skopeo name images with.
+    pub fn host(&self) -> &str {
+        self.base
+            .split_once("://")
+            .map_or(self.base.as_str(), |(_, host)| host)
     }
 
     pub fn url(&self, path: &str) -> String {

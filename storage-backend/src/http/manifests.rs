@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
+use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 
 use super::{Query, build, header_str};
@@ -35,22 +36,40 @@ async fn read_limited(h: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>
         .and_then(|l| l.parse::<u64>().ok())
         .is_some_and(|l| l > limit as u64)
     {
+        drain(body, limit).await;
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(e) => {
-            let inner = e.into_inner();
-            if inner
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_large())
-            } else {
-                Err(StorageError::UploadInvalid(format!(
-                    "reading manifest body: {inner}"
-                )))
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) if bytes.len() + chunk.len() <= limit => bytes.extend_from_slice(&chunk),
+            Ok(_) => {
+                drain_stream(stream, limit).await;
+                return Err(too_large());
             }
+            Err(e) => {
+                return Err(StorageError::UploadInvalid(format!(
+                    "reading manifest body: {e}"
+                )));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads and discards a refused body (up to `4 × limit`) so the client, still sending,
+/// gets the 413 rather than a reset connection.
+async fn drain(body: Body, limit: usize) {
+    drain_stream(body.into_data_stream(), limit).await;
+}
+
+async fn drain_stream(mut stream: axum::body::BodyDataStream, limit: usize) {
+    let mut drained = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        drained += chunk.len();
+        if drained > limit.saturating_mul(4) {
+            break;
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Harness for Debian's `docker-registry` 2.8.2 (distribution), the reference the
 //! differential test compares our backend against: a YAML config and storage root in a
 //! temporary directory, a free loopback port, and a wait until `/v2/` answers.
+//! The gateway's tests use it too, as the upstream a gateway fronts (deletes enabled):
+//! `#[path = "../storage-backend/tests/common/registry.rs"] mod registry;`.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -59,7 +61,7 @@ impl DockerRegistry {
     }
 
     fn wait_ready(&mut self) {
-        let c = super::client();
+        let c = reqwest::blocking::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

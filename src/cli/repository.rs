@@ -1,0 +1,320 @@
+//! `portcullis repository`: list repositories and tags, untag, delete images and whole
+//! repositories through the registry API, and show or change a repository's attributes
+//! through the gateway's repository API (like `az acr repository`). Works with token
+//! credentials: what succeeds is what the token's scope map (and policy) allows.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+
+use clap::{ArgGroup, Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::admin_client::{cell, print, render_table};
+use super::registry_client::{
+    Image, Reference, RegistryArgs, RegistryClient, RegistryError, is_not_found,
+};
+
+#[derive(Debug, Args)]
+pub struct RepositoryArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(subcommand)]
+    pub command: RepositoryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepositoryCommand {
+    /// List the repositories the caller may list (`metadata/read`).
+    List {
+        /// At most this many names.
+        #[arg(long)]
+        top: Option<usize>,
+    },
+    /// List a repository's tags (`metadata/read`; `--detail` also needs `content/read`).
+    ShowTags {
+        #[arg(long)]
+        repository: String,
+        /// Also show each tag's manifest digest.
+        #[arg(long)]
+        detail: bool,
+        /// At most this many tags.
+        #[arg(long)]
+        top: Option<usize>,
+    },
+    /// Show a repository's attributes (`metadata/read`).
+    Show {
+        #[arg(long)]
+        repository: String,
+    },
+    /// Change a repository's attributes (`metadata/write`).
+    #[command(group(ArgGroup::new("attribute").required(true).multiple(true)
+        .args(["write_enabled", "delete_enabled", "read_enabled", "list_enabled"])))]
+    Update {
+        #[arg(long)]
+        repository: String,
+        /// Whether pushes are allowed.
+        #[arg(long, value_name = "BOOL")]
+        write_enabled: Option<bool>,
+        /// Whether deletes are allowed.
+        #[arg(long, value_name = "BOOL")]
+        delete_enabled: Option<bool>,
+        /// Whether pulls are allowed.
+        #[arg(long, value_name = "BOOL")]
+        read_enabled: Option<bool>,
+        /// Whether the repository shows in listings.
+        #[arg(long, value_name = "BOOL")]
+        list_enabled: Option<bool>,
+    },
+    /// Remove a tag; the manifest stays (`metadata/write`).
+    Untag {
+        /// `REPOSITORY:TAG`.
+        #[arg(long)]
+        image: Image,
+    },
+    /// Delete an image's manifest (and every tag on it), or every manifest of a
+    /// repository (`content/delete`; resolving tags needs `metadata/read`, `content/read`).
+    #[command(group(ArgGroup::new("target").required(true).args(["image", "repository"])))]
+    Delete {
+        /// `REPOSITORY:TAG` or `REPOSITORY@DIGEST`.
+        #[arg(long)]
+        image: Option<Image>,
+        /// Every manifest reachable from the repository's tags.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Do not prompt for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
+    let client = RegistryClient::new(&args.registry)?;
+    let output = args.registry.client.output;
+    let (value, table): (Value, fn(&Value) -> String) = match args.command {
+        RepositoryCommand::List { top } => (json!(truncate(client.catalog()?, top)), names_table),
+        RepositoryCommand::ShowTags {
+            repository,
+            detail,
+            top,
+        } => {
+            let tags = truncate(client.tags(&repository)?, top);
+            if detail {
+                (tag_details(&client, &repository, &tags)?, tags_table)
+            } else {
+                (json!(tags), names_table)
+            }
+        }
+        RepositoryCommand::Show { repository } => (
+            client.repository_attributes(Method::GET, &repository, None)?,
+            attributes_table,
+        ),
+        RepositoryCommand::Update {
+            repository,
+            write_enabled,
+            delete_enabled,
+            read_enabled,
+            list_enabled,
+        } => {
+            let changes: Map<String, Value> = [
+                ("writeEnabled", write_enabled),
+                ("deleteEnabled", delete_enabled),
+                ("readEnabled", read_enabled),
+                ("listEnabled", list_enabled),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), json!(v))))
+            .collect();
+            let body = Value::Object(changes);
+            (
+                client.repository_attributes(Method::PATCH, &repository, Some(&body))?,
+                attributes_table,
+            )
+        }
+        RepositoryCommand::Untag { image } => {
+            if let Reference::Digest(_) = image.reference {
+                anyhow::bail!(
+                    "untag needs REPOSITORY:TAG; to delete by digest use `repository delete --image`"
+                );
+            }
+            client.delete_manifest(&image.repository, &image.reference)?;
+            (Value::Null, names_table)
+        }
+        RepositoryCommand::Delete {
+            image,
+            repository,
+            yes,
+        } => {
+            let deleted = match (image, repository) {
+                (Some(image), _) => delete_image(&client, &image, yes)?,
+                (None, Some(repository)) => delete_repository(&client, &repository, yes)?,
+                (None, None) => anyhow::bail!("give --image or --repository"),
+            };
+            (deleted, deleted_table)
+        }
+    };
+    print(output, &value, table);
+    Ok(())
+}
+
+fn truncate<T>(mut items: Vec<T>, top: Option<usize>) -> Vec<T> {
+    if let Some(n) = top {
+        items.truncate(n);
+    }
+    items
+}
+
+/// `[{name, digest}]`: the digest of each tag from a manifest `HEAD`.
+fn tag_details(
+    client: &RegistryClient,
+    repository: &str,
+    tags: &[String],
+) -> Result<Value, RegistryError> {
+    let mut out = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let info = client.head_manifest(repository, &Reference::Tag(tag.clone()))?;
+        out.push(json!({ "name": tag, "digest": info.digest, "mediaType": info.media_type }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// Deletes the manifest an image names (resolving a tag to its digest first, since a
+/// `DELETE` by tag only untags).
+fn delete_image(client: &RegistryClient, image: &Image, yes: bool) -> anyhow::Result<Value> {
+    let digest = match &image.reference {
+        Reference::Digest(d) => d.clone(),
+        Reference::Tag(_) => {
+            client
+                .head_manifest(&image.repository, &image.reference)?
+                .digest
+        }
+    };
+    confirm(
+        yes,
+        &format!(
+            "This deletes manifest `{}@{digest}` and every tag pointing at it.",
+            image.repository
+        ),
+    )?;
+    client.delete_manifest(&image.repository, &Reference::Digest(digest.clone()))?;
+    Ok(json!({ "manifestsDeleted": [digest] }))
+}
+
+/// Deletes every manifest reachable from the repository's tags (and the children of
+/// indexes), which removes every tag with them.
+fn delete_repository(
+    client: &RegistryClient,
+    repository: &str,
+    yes: bool,
+) -> anyhow::Result<Value> {
+    let tags = client.tags(repository)?;
+    // digest → tags on it; children of indexes are deleted after their parents.
+    let mut manifests: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut children = Vec::new();
+    for tag in &tags {
+        let info = client.head_manifest(repository, &Reference::Tag(tag.clone()))?;
+        if is_index(&info.media_type) && !manifests.contains_key(&info.digest) {
+            let (_, index) =
+                client.get_manifest(repository, &Reference::Digest(info.digest.clone()))?;
+            children.extend(
+                index["manifests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["digest"].as_str())
+                    .map(str::to_owned),
+            );
+        }
+        manifests.entry(info.digest).or_default().push(tag.clone());
+    }
+    confirm(
+        yes,
+        &format!(
+            "This deletes {} manifest(s) and {} tag(s) of repository `{repository}`.",
+            manifests.len(),
+            tags.len()
+        ),
+    )?;
+    let mut deleted = Vec::new();
+    let children = children
+        .into_iter()
+        .filter(|c| !manifests.contains_key(c))
+        .collect::<Vec<_>>();
+    for digest in manifests.keys().chain(&children) {
+        match client.delete_manifest(repository, &Reference::Digest(digest.clone())) {
+            Ok(()) => deleted.push(digest.clone()),
+            // Shared by two indexes, or deleted concurrently: already gone.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(json!({ "manifestsDeleted": deleted, "tagsDeleted": tags }))
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.index.v1+json")
+        || media_type.starts_with("application/vnd.docker.distribution.manifest.list.v2+json")
+}
+
+/// Asks on the terminal unless `--yes`; without a terminal, refuses.
+fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{what} Pass --yes to confirm.");
+    }
+    eprint!("{what} Are you sure you want to continue? (y/n): ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing was deleted")
+    }
+}
+
+fn names_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| vec![cell(n)])
+        .collect();
+    render_table(&["Result"], &rows)
+}
+
+fn tags_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| vec![cell(&t["name"]), cell(&t["digest"])])
+        .collect();
+    render_table(&["NAME", "DIGEST"], &rows)
+}
+
+fn attributes_table(v: &Value) -> String {
+    let a = &v["changeableAttributes"];
+    render_table(
+        &["NAME", "READ", "WRITE", "DELETE", "LIST"],
+        &[vec![
+            cell(&v["imageName"]),
+            cell(&a["readEnabled"]),
+            cell(&a["writeEnabled"]),
+            cell(&a["deleteEnabled"]),
+            cell(&a["listEnabled"]),
+        ]],
+    )
+}
+
+fn deleted_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["manifestsDeleted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| vec![cell(d)])
+        .collect();
+    render_table(&["MANIFEST DELETED"], &rows)
+}

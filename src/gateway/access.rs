@@ -1,0 +1,831 @@
+//! **Where a request is authorized.** A classified repository request becomes the
+//! Cedar questions it raises ([`checks`]); each is decided against the current
+//! identity snapshot and policy files, and a bearer token's `access` claim must also
+//! cover it. The token endpoint asks the same engine which Docker scope actions to
+//! grant ([`granted`]), so a token never carries more than policy allows — and since
+//! every request is decided again, a claim is only an upper bound.
+
+use std::net::IpAddr;
+
+use super::authn::Authenticated;
+use super::classify::{RepositoryRequest, RequestKind};
+use super::errors::GatewayError;
+use super::jwt::AccessEntry;
+use super::{Gateway, RequestMeta};
+use crate::identity::{Action, IdentitySnapshot, Principal, now_unix};
+use crate::policy::{AuthzRequest, Decision, Operation, PolicyEngine, Reference, RequestContext};
+
+/// One Cedar question a request raises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub action: Action,
+    pub repository: String,
+    pub operation: Operation,
+    pub reference: Option<Reference>,
+}
+
+/// The checks of a request, all of which must pass. `existing_tags` are the tags a
+/// manifest PUT writes that exist already (overwrites); other requests ignore it.
+pub fn checks(req: &RepositoryRequest, existing_tags: &[String]) -> Vec<Check> {
+    let check = |action, operation, reference: Option<&Reference>| Check {
+        action,
+        repository: req.repository.clone(),
+        operation,
+        reference: reference.cloned(),
+    };
+    match &req.kind {
+        RequestKind::ManifestGet { reference } => {
+            vec![check(Action::ContentRead, Operation::Pull, Some(reference))]
+        }
+        RequestKind::BlobGet { .. } => vec![check(Action::ContentRead, Operation::Pull, None)],
+        RequestKind::UploadStart { mount: None } | RequestKind::Upload => {
+            vec![check(Action::ContentWrite, Operation::PushBlob, None)]
+        }
+        RequestKind::UploadStart { mount: Some(mount) } => vec![
+            check(Action::ContentWrite, Operation::Mount, None),
+            // The blob leaves `from`: that is a pull from it.
+            Check {
+                action: Action::ContentRead,
+                repository: mount.from.clone(),
+                operation: Operation::Pull,
+                reference: None,
+            },
+        ],
+        RequestKind::ManifestPut { reference, .. } => {
+            let digest_push = match reference {
+                Reference::Digest(_) => Some(check(
+                    Action::ContentWrite,
+                    Operation::PushManifest,
+                    Some(reference),
+                )),
+                Reference::Tag(_) => None,
+            };
+            let tag_writes = written_tags(&req.kind).into_iter().map(|tag| {
+                let operation = if existing_tags.iter().any(|t| t == tag) {
+                    Operation::OverwriteTag
+                } else {
+                    Operation::CreateTag
+                };
+                check(
+                    Action::ContentWrite,
+                    operation,
+                    Some(&Reference::Tag(tag.to_owned())),
+                )
+            });
+            digest_push.into_iter().chain(tag_writes).collect()
+        }
+        RequestKind::ManifestDelete { reference } => match reference {
+            Reference::Digest(_) => vec![check(
+                Action::ContentDelete,
+                Operation::DeleteManifest,
+                Some(reference),
+            )],
+            // Untagging removes a name, not content.
+            Reference::Tag(_) => vec![check(
+                Action::MetadataWrite,
+                Operation::DeleteTag,
+                Some(reference),
+            )],
+        },
+        RequestKind::BlobDelete { .. } => {
+            vec![check(Action::ContentDelete, Operation::DeleteBlob, None)]
+        }
+        RequestKind::TagsList => vec![check(Action::MetadataRead, Operation::ListTags, None)],
+        RequestKind::Referrers { digest } => vec![check(
+            Action::MetadataRead,
+            Operation::ListReferrers,
+            Some(&Reference::Digest(digest.clone())),
+        )],
+    }
+}
+
+/// The tags a manifest PUT writes: its tag reference and its `?tag=` values.
+fn written_tags(kind: &RequestKind) -> Vec<&str> {
+    match kind {
+        RequestKind::ManifestPut { reference, tags } => {
+            let by_reference = match reference {
+                Reference::Tag(tag) => Some(tag.as_str()),
+                Reference::Digest(_) => None,
+            };
+            by_reference
+                .into_iter()
+                .chain(tags.iter().map(String::as_str))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Docker scope action ("pull" | "push" | "delete") a bearer token needs for a check.
+pub fn scope_action(check: &Check) -> &'static str {
+    match (check.action, check.operation) {
+        (Action::ContentRead | Action::MetadataRead, _) => "pull",
+        (Action::ContentDelete, _) | (Action::MetadataWrite, Operation::DeleteTag) => "delete",
+        (Action::ContentWrite | Action::MetadataWrite | Action::TrustWrite, _) => "push",
+    }
+}
+
+/// The scope a client should ask the token endpoint for to pass `check` (docker asks
+/// for `push,pull` when it pushes).
+fn challenge_scope(check: &Check) -> String {
+    let actions = match scope_action(check) {
+        "push" => "push,pull",
+        other => other,
+    };
+    format!("repository:{}:{actions}", check.repository)
+}
+
+/// Every check against the current policy (and the bearer access claim). Anonymous +
+/// deny → 401 `AuthenticationRequired{scope}`; claim too narrow → 401
+/// `InsufficientScope`; principal + deny → 403 `Denied`. Only a manifest PUT that
+/// writes tags asks the backend anything (which of them exist).
+pub async fn authorize(
+    gw: &Gateway,
+    who: &Authenticated,
+    req: &RepositoryRequest,
+    meta: &RequestMeta,
+) -> Result<(), GatewayError> {
+    let written = written_tags(&req.kind);
+    if !written.is_empty() {
+        // Decide as if every tag were new before asking the backend anything: a caller
+        // who may not even create them costs no lookups and learns nothing.
+        if let Err(e) = decide_for(gw, who, &checks(req, &[]), meta) {
+            gw.metrics.record_decision(false);
+            return Err(e);
+        }
+    }
+    let mut existing_tags = Vec::new();
+    for tag in written {
+        if gw.backend.tag_exists(&req.repository, tag).await? {
+            existing_tags.push(tag.to_owned());
+        }
+    }
+    authorize_checks(gw, who, &checks(req, &existing_tags), meta)
+}
+
+/// Decides `checks` for an authenticated caller (see [`decide`]) and counts the
+/// decision in the metrics: the one place every registry decision passes through.
+pub fn authorize_checks(
+    gw: &Gateway,
+    who: &Authenticated,
+    checks: &[Check],
+    meta: &RequestMeta,
+) -> Result<(), GatewayError> {
+    let result = decide_for(gw, who, checks, meta);
+    gw.metrics.record_decision(result.is_ok());
+    result
+}
+
+fn decide_for(
+    gw: &Gateway,
+    who: &Authenticated,
+    checks: &[Check],
+    meta: &RequestMeta,
+) -> Result<(), GatewayError> {
+    decide(
+        &gw.engine,
+        &gw.store.snapshot(),
+        &who.principal,
+        |repository, action| claim_covers(who, repository, action),
+        checks,
+        meta.source_ip,
+    )
+}
+
+/// For the token endpoint: which requested Docker actions (pull/push/delete/*) policy grants.
+pub fn granted(
+    gw: &Gateway,
+    principal: &Principal,
+    repository: &str,
+    requested: &[String],
+    meta: &RequestMeta,
+) -> Vec<String> {
+    grants(
+        &gw.engine,
+        &gw.store.snapshot(),
+        principal,
+        repository,
+        requested,
+        meta.source_ip,
+    )
+}
+
+/// Whether a bearer token's `access` claim grants the Docker scope `action` (or `*`)
+/// on `repository`. Basic credentials carry no claim: policy alone decides.
+pub fn claim_covers(who: &Authenticated, repository: &str, action: &str) -> bool {
+    who.bearer_access.as_deref().is_none_or(|claim| {
+        claim.iter().any(|entry: &AccessEntry| {
+            entry.kind == "repository"
+                && entry.name == repository
+                && entry.actions.iter().any(|a| a == action || a == "*")
+        })
+    })
+}
+
+/// Decides `checks` for `principal` in order; the first refusal wins. Policy is asked
+/// first, so a request policy forbids is a 403 even when the bearer claim is also too
+/// narrow; a request policy allows but the claim does not cover is a 401
+/// `insufficient_scope`, on which docker fetches a fresh token (that is how a widened
+/// scope map takes effect without a new login).
+fn decide(
+    engine: &PolicyEngine,
+    identity: &IdentitySnapshot,
+    principal: &Principal,
+    covered: impl Fn(&str, &str) -> bool,
+    checks: &[Check],
+    source_ip: Option<IpAddr>,
+) -> Result<(), GatewayError> {
+    for check in checks {
+        let decision = ask(engine, identity, principal, check, source_ip);
+        if !decision.allowed {
+            return Err(refusal(principal, check, &decision));
+        }
+        if !covered(&check.repository, scope_action(check)) {
+            return Err(GatewayError::InsufficientScope {
+                scope: challenge_scope(check),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One check decided by Cedar for `principal`, now.
+pub(crate) fn ask(
+    engine: &PolicyEngine,
+    identity: &IdentitySnapshot,
+    principal: &Principal,
+    check: &Check,
+    source_ip: Option<IpAddr>,
+) -> Decision {
+    let request = AuthzRequest {
+        principal: principal.clone(),
+        action: check.action,
+        repository: check.repository.clone(),
+        context: RequestContext {
+            reference: check.reference.clone(),
+            // Content trust is not consulted yet.
+            signed: false,
+            source_ip,
+            now: now_unix(),
+            operation: check.operation,
+        },
+    };
+    engine.authorize(identity, &request)
+}
+
+fn refusal(principal: &Principal, check: &Check, decision: &Decision) -> GatewayError {
+    if *principal == Principal::Anonymous {
+        return GatewayError::AuthenticationRequired {
+            scope: Some(challenge_scope(check)),
+        };
+    }
+    let mut reason = format!(
+        "{} ({}) on `{}`",
+        check.action,
+        check.operation.as_str(),
+        check.repository
+    );
+    if !decision.policies.is_empty() {
+        reason.push_str(&format!(": forbidden by {}", decision.policies.join(", ")));
+    }
+    GatewayError::Denied { reason }
+}
+
+/// The policy actions (and a representative operation for `context.operation`) a
+/// Docker scope action stands for. `delete` covers untag too, so it is granted when
+/// either `content/delete` or the untag right is; `*` needs all of its actions.
+fn scope_needs(action: &str) -> Option<(&'static [(Action, Operation)], bool)> {
+    const PULL: &[(Action, Operation)] = &[(Action::ContentRead, Operation::Pull)];
+    const PUSH: &[(Action, Operation)] = &[(Action::ContentWrite, Operation::PushBlob)];
+    const DELETE: &[(Action, Operation)] = &[
+        (Action::ContentDelete, Operation::DeleteManifest),
+        (Action::MetadataWrite, Operation::DeleteTag),
+    ];
+    const ALL: &[(Action, Operation)] = &[
+        (Action::ContentRead, Operation::Pull),
+        (Action::ContentWrite, Operation::PushBlob),
+        (Action::ContentDelete, Operation::DeleteManifest),
+        (Action::MetadataRead, Operation::ListTags),
+        (Action::MetadataWrite, Operation::WriteAttributes),
+    ];
+    match action {
+        "pull" => Some((PULL, true)),
+        "push" => Some((PUSH, true)),
+        "delete" => Some((DELETE, false)),
+        "*" => Some((ALL, true)),
+        _ => None,
+    }
+}
+
+/// Which of the `requested` Docker actions policy grants `principal` on `repository`,
+/// in request order without duplicates; unknown actions are dropped.
+fn grants(
+    engine: &PolicyEngine,
+    identity: &IdentitySnapshot,
+    principal: &Principal,
+    repository: &str,
+    requested: &[String],
+    source_ip: Option<IpAddr>,
+) -> Vec<String> {
+    let allowed = |(action, operation): &(Action, Operation)| {
+        let check = Check {
+            action: *action,
+            repository: repository.to_owned(),
+            operation: *operation,
+            reference: None,
+        };
+        ask(engine, identity, principal, &check, source_ip).allowed
+    };
+    let mut out: Vec<String> = Vec::new();
+    for action in requested {
+        if out.contains(action) {
+            continue;
+        }
+        let Some((needs, all)) = scope_needs(action) else {
+            continue;
+        };
+        let granted = if all {
+            needs.iter().all(allowed)
+        } else {
+            needs.iter().any(allowed)
+        };
+        if granted {
+            out.push(action.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::gateway::classify::{self, Mount};
+    use crate::identity::IdentityStore;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<IdentityStore>,
+        engine: PolicyEngine,
+    }
+
+    /// A real store and engine; `policy` is an extra user policy file.
+    fn fixture(policy: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        if let Some(text) = policy {
+            std::fs::write(policies.join("user.cedar"), text).unwrap();
+        }
+        let engine = PolicyEngine::load(&[PathBuf::from(&policies)]).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            engine,
+        }
+    }
+
+    impl Fixture {
+        fn token(&self, name: &str, rules: &[(&str, &[Action])]) -> Principal {
+            crate::gateway::testing::token(&self.store, name, rules)
+        }
+
+        /// Decides `kind` on `repository` for a Basic-authenticated `principal`.
+        fn decide(
+            &self,
+            principal: &Principal,
+            repository: &str,
+            kind: RequestKind,
+            tag_exists: bool,
+        ) -> Result<(), GatewayError> {
+            let who = Authenticated {
+                principal: principal.clone(),
+                bearer_access: None,
+            };
+            self.decide_as(&who, repository, kind, tag_exists)
+        }
+
+        fn decide_as(
+            &self,
+            who: &Authenticated,
+            repository: &str,
+            kind: RequestKind,
+            tag_exists: bool,
+        ) -> Result<(), GatewayError> {
+            let req = RepositoryRequest {
+                repository: repository.into(),
+                kind,
+            };
+            decide(
+                &self.engine,
+                &self.store.snapshot(),
+                &who.principal,
+                |r, a| claim_covers(who, r, a),
+                &checks(&req, &existing(&req.kind, tag_exists)),
+                None,
+            )
+        }
+
+        fn granted(
+            &self,
+            principal: &Principal,
+            repository: &str,
+            requested: &[&str],
+        ) -> Vec<String> {
+            let requested: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
+            grants(
+                &self.engine,
+                &self.store.snapshot(),
+                principal,
+                repository,
+                &requested,
+                None,
+            )
+        }
+    }
+
+    /// The tags `kind` writes if `exist`, else none: what the backend would report.
+    fn existing(kind: &RequestKind, exist: bool) -> Vec<String> {
+        match exist {
+            true => written_tags(kind).into_iter().map(str::to_owned).collect(),
+            false => Vec::new(),
+        }
+    }
+
+    fn tag(t: &str) -> Reference {
+        Reference::Tag(t.into())
+    }
+
+    fn digest() -> Reference {
+        Reference::Digest(D.into())
+    }
+
+    fn push() -> RequestKind {
+        RequestKind::UploadStart { mount: None }
+    }
+
+    fn pull() -> RequestKind {
+        RequestKind::ManifestGet {
+            reference: tag("latest"),
+        }
+    }
+
+    fn denied(result: Result<(), GatewayError>) -> String {
+        match result {
+            Err(GatewayError::Denied { reason }) => reason,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    /// A check as (action, repository, operation, reference, scope action).
+    type Expected = (
+        Action,
+        &'static str,
+        Operation,
+        Option<Reference>,
+        &'static str,
+    );
+
+    #[test]
+    fn every_request_kind_asks_its_cedar_question() {
+        use Action::*;
+        use Operation::*;
+        let mount = Some(classify::Mount {
+            digest: D.into(),
+            from: "other".into(),
+        });
+        let cases: Vec<(RequestKind, bool, Vec<Expected>)> = vec![
+            (
+                pull(),
+                false,
+                vec![(ContentRead, "a", Pull, Some(tag("latest")), "pull")],
+            ),
+            (
+                RequestKind::BlobGet { digest: D.into() },
+                false,
+                vec![(ContentRead, "a", Pull, None, "pull")],
+            ),
+            (
+                push(),
+                false,
+                vec![(ContentWrite, "a", PushBlob, None, "push")],
+            ),
+            (
+                RequestKind::Upload,
+                false,
+                vec![(ContentWrite, "a", PushBlob, None, "push")],
+            ),
+            (
+                RequestKind::UploadStart { mount },
+                false,
+                vec![
+                    (ContentWrite, "a", Mount, None, "push"),
+                    (ContentRead, "other", Pull, None, "pull"),
+                ],
+            ),
+            (
+                RequestKind::ManifestPut {
+                    reference: tag("v1"),
+                    tags: vec![],
+                },
+                false,
+                vec![(ContentWrite, "a", CreateTag, Some(tag("v1")), "push")],
+            ),
+            (
+                RequestKind::ManifestPut {
+                    reference: tag("v1"),
+                    tags: vec![],
+                },
+                true,
+                vec![(ContentWrite, "a", OverwriteTag, Some(tag("v1")), "push")],
+            ),
+            (
+                RequestKind::ManifestPut {
+                    reference: digest(),
+                    tags: vec![],
+                },
+                true,
+                vec![(ContentWrite, "a", PushManifest, Some(digest()), "push")],
+            ),
+            (
+                RequestKind::ManifestDelete {
+                    reference: digest(),
+                },
+                false,
+                vec![(ContentDelete, "a", DeleteManifest, Some(digest()), "delete")],
+            ),
+            (
+                RequestKind::ManifestDelete {
+                    reference: tag("v1"),
+                },
+                false,
+                vec![(MetadataWrite, "a", DeleteTag, Some(tag("v1")), "delete")],
+            ),
+            (
+                RequestKind::BlobDelete { digest: D.into() },
+                false,
+                vec![(ContentDelete, "a", DeleteBlob, None, "delete")],
+            ),
+            (
+                RequestKind::TagsList,
+                false,
+                vec![(MetadataRead, "a", ListTags, None, "pull")],
+            ),
+            (
+                RequestKind::Referrers { digest: D.into() },
+                false,
+                vec![(MetadataRead, "a", ListReferrers, Some(digest()), "pull")],
+            ),
+        ];
+        for (kind, tag_exists, expected) in cases {
+            let req = RepositoryRequest {
+                repository: "a".into(),
+                kind: kind.clone(),
+            };
+            let got: Vec<_> = checks(&req, &existing(&req.kind, tag_exists))
+                .into_iter()
+                .map(|c| {
+                    let scope = scope_action(&c);
+                    (c.action, c.repository, c.operation, c.reference, scope)
+                })
+                .collect();
+            let expected: Vec<_> = expected
+                .into_iter()
+                .map(|(a, r, o, rf, s)| (a, r.to_owned(), o, rf, s))
+                .collect();
+            assert_eq!(got, expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn each_written_tag_is_a_create_or_an_overwrite_of_its_own() {
+        let req = RepositoryRequest {
+            repository: "a".into(),
+            kind: RequestKind::ManifestPut {
+                reference: digest(),
+                tags: vec!["new".into(), "old".into()],
+            },
+        };
+        let got: Vec<_> = checks(&req, &["old".to_owned()])
+            .into_iter()
+            .map(|c| (c.operation, c.reference))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Operation::PushManifest, Some(digest())),
+                (Operation::CreateTag, Some(tag("new"))),
+                (Operation::OverwriteTag, Some(tag("old"))),
+            ]
+        );
+    }
+
+    #[test]
+    fn additive_wildcard_example_is_enforced() {
+        use Action::*;
+        let f = fixture(None);
+        let t = f.token(
+            "tester",
+            &[
+                ("sample/*", &[ContentRead]),
+                ("sample/teamA/*", &[ContentWrite]),
+                ("sample/teamA/projectB", &[ContentDelete]),
+            ],
+        );
+        let delete = || RequestKind::ManifestDelete {
+            reference: digest(),
+        };
+        for repo in ["sample/teama/projectb", "sample/teama/projectc"] {
+            f.decide(&t, repo, pull(), false).unwrap();
+            f.decide(&t, repo, push(), false).unwrap();
+        }
+        f.decide(&t, "sample/teama/projectb", delete(), false)
+            .unwrap();
+        let reason = denied(f.decide(&t, "sample/teama/projectc", delete(), false));
+        assert!(
+            reason.contains("content/delete") && reason.contains("`sample/teama/projectc`"),
+            "{reason}"
+        );
+        f.decide(&t, "sample/other", pull(), false).unwrap();
+        denied(f.decide(&t, "sample/other", push(), false));
+        denied(f.decide(&t, "elsewhere", pull(), false));
+    }
+
+    #[test]
+    fn mount_needs_read_on_the_source() {
+        use Action::*;
+        let f = fixture(None);
+        let mount = |from: &str| RequestKind::UploadStart {
+            mount: Some(Mount {
+                digest: D.into(),
+                from: from.into(),
+            }),
+        };
+        let t = f.token(
+            "tester",
+            &[("a", &[ContentRead, ContentWrite]), ("b", &[ContentRead])],
+        );
+        f.decide(&t, "a", mount("b"), false).unwrap();
+        let reason = denied(f.decide(&t, "a", mount("secret"), false));
+        assert!(
+            reason.contains("content/read") && reason.contains("`secret`"),
+            "{reason}"
+        );
+        // Read on the source does not make the target writable.
+        denied(f.decide(&t, "b", mount("a"), false));
+    }
+
+    #[test]
+    fn tag_overwrite_and_create_reach_cedar_as_different_operations() {
+        let f = fixture(Some(
+            "@id(\"immutable-releases\")\n\
+             forbid(principal, action == Action::\"content/write\", resource)\n\
+             when { resource.name like \"release/*\" && context.operation == \"overwrite-tag\" };\n",
+        ));
+        let t = f.token(
+            "tester",
+            &[("release/*", &[Action::ContentRead, Action::ContentWrite])],
+        );
+        let put = |reference| RequestKind::ManifestPut {
+            reference,
+            tags: vec![],
+        };
+        f.decide(&t, "release/app", put(tag("v1")), false).unwrap();
+        let reason = denied(f.decide(&t, "release/app", put(tag("v1")), true));
+        assert!(
+            reason.contains("overwrite-tag") && reason.contains("immutable-releases"),
+            "{reason}"
+        );
+        // `?tag=` on a push by digest writes tags too: an existing one is an overwrite.
+        let tagged = |tags: &[&str]| RequestKind::ManifestPut {
+            reference: digest(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let reason = denied(f.decide(&t, "release/app", tagged(&["v1"]), true));
+        assert!(reason.contains("overwrite-tag"), "{reason}");
+        f.decide(&t, "release/app", tagged(&["v2"]), false).unwrap();
+        // A digest push is not an overwrite, and the rule is scoped to `release/*`.
+        f.decide(&t, "release/app", put(digest()), true).unwrap();
+        let admin = Principal::Admin;
+        denied(f.decide(&admin, "release/app", put(tag("v1")), true));
+        f.decide(&admin, "staging/app", put(tag("v1")), true)
+            .unwrap();
+    }
+
+    #[test]
+    fn bearer_claim_must_cover_what_policy_allows() {
+        let f = fixture(None);
+        let t = f.token(
+            "tester",
+            &[("a", &[Action::ContentRead, Action::ContentWrite])],
+        );
+        let bearer = |entries: Vec<(&str, &str, &[&str])>| Authenticated {
+            principal: t.clone(),
+            bearer_access: Some(
+                entries
+                    .into_iter()
+                    .map(|(kind, name, actions)| AccessEntry {
+                        kind: kind.into(),
+                        name: name.into(),
+                        actions: actions.iter().map(|a| a.to_string()).collect(),
+                    })
+                    .collect(),
+            ),
+        };
+        let pull_only = bearer(vec![("repository", "a", &["pull"])]);
+        f.decide_as(&pull_only, "a", pull(), false).unwrap();
+        assert_eq!(
+            f.decide_as(&pull_only, "a", push(), false),
+            Err(GatewayError::InsufficientScope {
+                scope: "repository:a:push,pull".into()
+            })
+        );
+        f.decide_as(
+            &bearer(vec![("repository", "a", &["*"])]),
+            "a",
+            push(),
+            false,
+        )
+        .unwrap();
+        // The claim names another repository, or is not a repository claim.
+        for who in [
+            bearer(vec![("repository", "b", &["pull"])]),
+            bearer(vec![("registry", "a", &["pull"])]),
+            bearer(vec![]),
+        ] {
+            assert!(matches!(
+                f.decide_as(&who, "a", pull(), false),
+                Err(GatewayError::InsufficientScope { .. })
+            ));
+        }
+        // Policy is asked first: what it forbids is a 403 whatever the claim says.
+        denied(f.decide_as(
+            &bearer(vec![("repository", "c", &["*"])]),
+            "c",
+            pull(),
+            false,
+        ));
+    }
+
+    #[test]
+    fn anonymous_is_challenged_and_a_token_is_denied() {
+        let f = fixture(None);
+        let anonymous = Principal::Anonymous;
+        assert_eq!(
+            f.decide(&anonymous, "a/b", pull(), false),
+            Err(GatewayError::AuthenticationRequired {
+                scope: Some("repository:a/b:pull".into())
+            })
+        );
+        assert_eq!(
+            f.decide(&anonymous, "a/b", push(), false),
+            Err(GatewayError::AuthenticationRequired {
+                scope: Some("repository:a/b:push,pull".into())
+            })
+        );
+        let t = f.token("tester", &[("x", &[Action::ContentRead])]);
+        denied(f.decide(&t, "a/b", pull(), false));
+        // With anonymous pull on, anonymous may pull and nothing more.
+        f.engine.set_anonymous_pull(true);
+        f.decide(&anonymous, "a/b", pull(), false).unwrap();
+        assert!(matches!(
+            f.decide(&anonymous, "a/b", push(), false),
+            Err(GatewayError::AuthenticationRequired { .. })
+        ));
+    }
+
+    #[test]
+    fn granted_scope_actions_follow_policy() {
+        use Action::*;
+        let f = fixture(None);
+        let rw = f.token("reader-writer", &[("a", &[ContentRead, ContentWrite])]);
+        assert_eq!(
+            f.granted(&rw, "a", &["push", "bogus", "pull", "delete", "push", "*"]),
+            vec!["push", "pull"]
+        );
+        assert!(f.granted(&rw, "b", &["pull", "push"]).is_empty());
+        let untag = f.token("untagger", &[("a", &[MetadataWrite])]);
+        assert_eq!(f.granted(&untag, "a", &["pull", "delete"]), vec!["delete"]);
+        let all = f.token(
+            "everything",
+            &[(
+                "a",
+                &[
+                    ContentRead,
+                    ContentWrite,
+                    ContentDelete,
+                    MetadataRead,
+                    MetadataWrite,
+                ],
+            )],
+        );
+        assert_eq!(f.granted(&all, "a", &["*", "delete"]), vec!["*", "delete"]);
+        assert_eq!(f.granted(&Principal::Admin, "any/repo", &["*"]), vec!["*"]);
+        assert!(f.granted(&Principal::Anonymous, "a", &["pull"]).is_empty());
+    }
+}

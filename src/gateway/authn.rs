@@ -1,0 +1,791 @@
+//! Authentication: the `Authorization` header → who is asking. Owns the Basic scheme
+//! (the admin account, or a token name and one of its passwords), the Bearer scheme
+//! (ES256 JWTs from `/oauth2/token`), refresh tokens, and the caches in front of both.
+//!
+//! A verified JWT only proves who it was issued to and when; on every request the
+//! principal is checked again against the current identity snapshot (token exists,
+//! enabled, the same password still in its slot and not expired), so revocation is
+//! immediate even for tokens handed out earlier.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::HeaderValue;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+use super::errors::GatewayError;
+use super::jwt::{AccessEntry, Claims, Issuer, PrincipalKind, Subject, TokenUse};
+use crate::identity::scope::ADMIN_USER;
+use crate::identity::{
+    AdminAccount, AuthError, IdentitySnapshot, IdentityStore, PasswordRecord, PasswordSlot,
+    Principal, TokenStatus, UnixSeconds, now_unix,
+};
+
+/// How many verified JWTs and Basic credentials are remembered.
+const CACHE_CAPACITY: u64 = 100_000;
+/// Basic results are keyed by snapshot version, so old entries are merely unreachable;
+/// this bounds how long they occupy memory.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(600);
+/// The one message for an unknown token or a wrong password, so neither is revealed.
+const BAD_CREDENTIALS: &str = "invalid username or password";
+
+/// The outcome of authentication for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// `Some` for bearer tokens: the JWT's access claim, which bounds what the request may do.
+    pub bearer_access: Option<Vec<AccessEntry>>,
+}
+
+/// Cache hit and miss counts, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// (token name, SHA-256 of the secret, identity snapshot version): any control-plane
+/// write changes the version, so a cached result never outlives a change.
+type BasicKey = (String, [u8; 32], u64);
+
+pub struct Authenticator {
+    store: Arc<IdentityStore>,
+    admin: Arc<AdminAccount>,
+    issuer: Arc<Issuer>,
+    /// SHA-256 of the compact JWS → its verified claims.
+    bearer: Cache<[u8; 32], Arc<Claims>>,
+    basic: Cache<BasicKey, PasswordSlot>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<IdentityStore>,
+        admin: Arc<AdminAccount>,
+        issuer: Arc<Issuer>,
+    ) -> Authenticator {
+        // Claims are re-checked for expiry on every hit; the TTL only frees memory.
+        let bearer_ttl = issuer.ttl() + Duration::from_secs(120);
+        Authenticator {
+            store,
+            admin,
+            issuer,
+            bearer: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(bearer_ttl)
+                .build(),
+            basic: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(BASIC_CACHE_TTL)
+                .build(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// No header → Anonymous. Bad/disabled/expired/deleted → GatewayError::InvalidCredentials.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Authenticated, GatewayError> {
+        self.authenticate_at(authorization, now_unix())
+    }
+
+    fn authenticate_at(
+        &self,
+        authorization: Option<&HeaderValue>,
+        now: UnixSeconds,
+    ) -> Result<Authenticated, GatewayError> {
+        let Some(value) = authorization else {
+            return Ok(Authenticated {
+                principal: Principal::Anonymous,
+                bearer_access: None,
+            });
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| invalid("the authorization header is not ascii"))?;
+        let (scheme, credentials) = value
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| invalid("the authorization header has no credentials"))?;
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = decode_basic(credentials)?;
+            Ok(Authenticated {
+                principal: self.basic_at(&user, &password, now)?,
+                bearer_access: None,
+            })
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let claims = self.verify_bearer(credentials, now)?;
+            let principal = recheck(&self.store.snapshot(), &claims.subject, now)?;
+            Ok(Authenticated {
+                principal,
+                bearer_access: Some(claims.access.clone()),
+            })
+        } else {
+            Err(invalid(&format!(
+                "unsupported authorization scheme `{}`",
+                scheme.to_ascii_lowercase()
+            )))
+        }
+    }
+
+    /// Checks a user name and password: `admin` against the admin account, anything else
+    /// as a token name against that token's password slots.
+    pub fn basic(&self, user: &str, password: &str) -> Result<Principal, GatewayError> {
+        self.basic_at(user, password, now_unix())
+    }
+
+    fn basic_at(
+        &self,
+        user: &str,
+        password: &str,
+        now: UnixSeconds,
+    ) -> Result<Principal, GatewayError> {
+        if user == ADMIN_USER {
+            return if self.admin.verify(user, password) {
+                Ok(Principal::Admin)
+            } else {
+                Err(invalid(BAD_CREDENTIALS))
+            };
+        }
+        let snapshot = self.store.snapshot();
+        let key = (
+            user.to_owned(),
+            Sha256::digest(password.as_bytes()).into(),
+            snapshot.version,
+        );
+        let slot = match self.basic.get(&key) {
+            Some(slot) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                // Same snapshot, same token state; only the clock can have moved.
+                let expired = snapshot
+                    .tokens
+                    .get(user)
+                    .and_then(|t| t.password(slot))
+                    .is_none_or(|record| record.is_expired(now));
+                if expired {
+                    return Err(auth_error(user, AuthError::Expired(slot)));
+                }
+                slot
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let slot = snapshot
+                    .verify_password(user, password, now)
+                    .map_err(|e| auth_error(user, e))?;
+                self.basic.insert(key, slot);
+                slot
+            }
+        };
+        Ok(Principal::Token {
+            name: user.to_owned(),
+            slot,
+        })
+    }
+
+    /// Verifies a JWS (cached by its hash until it expires) without re-checking the principal.
+    fn verify_bearer(&self, token: &str, now: UnixSeconds) -> Result<Arc<Claims>, GatewayError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.bearer.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            claims
+                .check_time(now)
+                .map_err(|e| invalid(&e.to_string()))?;
+            return Ok(claims);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let claims = Arc::new(
+            self.issuer
+                .verify(token, TokenUse::Access, now)
+                .map_err(|e| invalid(&e.to_string()))?,
+        );
+        self.bearer.insert(key, Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    /// Checks a refresh token (`grant_type=refresh_token`) and the principal it names,
+    /// as it stands now.
+    pub fn refresh(&self, refresh_token: &str) -> Result<Principal, GatewayError> {
+        let now = now_unix();
+        let claims = self
+            .issuer
+            .verify(refresh_token, TokenUse::Refresh, now)
+            .map_err(|e| invalid(&e.to_string().replacen("bearer", "refresh", 1)))?;
+        recheck(&self.store.snapshot(), &claims.subject, now)
+    }
+
+    /// What a token minted now for `principal` records about it, so that later uses can
+    /// tell whether the same password is still in place.
+    pub fn subject(&self, principal: &Principal) -> Result<Subject, GatewayError> {
+        Ok(match principal {
+            Principal::Admin => Subject {
+                sub: ADMIN_USER.to_owned(),
+                principal: PrincipalKind::Admin,
+                slot: None,
+                password_created: None,
+                password_id: None,
+            },
+            Principal::Anonymous => Subject {
+                sub: String::new(),
+                principal: PrincipalKind::Anonymous,
+                slot: None,
+                password_created: None,
+                password_id: None,
+            },
+            Principal::Token { name, slot } => {
+                let snapshot = self.store.snapshot();
+                let record = snapshot
+                    .tokens
+                    .get(name)
+                    .and_then(|t| t.password(*slot))
+                    .ok_or_else(|| invalid(&gone(name, *slot)))?;
+                Subject {
+                    sub: name.clone(),
+                    principal: PrincipalKind::Token,
+                    slot: Some(*slot),
+                    password_created: Some(record.created_at),
+                    password_id: Some(password_id(record)),
+                }
+            }
+        })
+    }
+
+    /// JWT and Basic cache hits and misses since start.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The principal a token names, if it is still valid in `snapshot` at `now`.
+fn recheck(
+    snapshot: &IdentitySnapshot,
+    subject: &Subject,
+    now: UnixSeconds,
+) -> Result<Principal, GatewayError> {
+    match subject.principal {
+        PrincipalKind::Admin => Ok(Principal::Admin),
+        PrincipalKind::Anonymous => Ok(Principal::Anonymous),
+        PrincipalKind::Token => {
+            let name = &subject.sub;
+            let slot = subject
+                .slot
+                .ok_or_else(|| invalid("bearer token names no password slot"))?;
+            let token = snapshot
+                .tokens
+                .get(name)
+                .ok_or_else(|| invalid(&format!("token `{name}` no longer exists")))?;
+            if token.status == TokenStatus::Disabled {
+                return Err(auth_error(name, AuthError::Disabled));
+            }
+            let record = token
+                .password(slot)
+                .ok_or_else(|| invalid(&gone(name, slot)))?;
+            if subject.password_created != Some(record.created_at)
+                || subject.password_id.as_deref() != Some(password_id(record).as_str())
+            {
+                return Err(invalid(&format!(
+                    "{} of token `{name}` has been regenerated",
+                    slot.as_str()
+                )));
+            }
+            if record.is_expired(now) {
+                return Err(auth_error(name, AuthError::Expired(slot)));
+            }
+            Ok(Principal::Token {
+                name: name.clone(),
+                slot,
+            })
+        }
+    }
+}
+
+/// Identifies one generated password without revealing anything about the secret: a
+/// hash of its random salt (a regenerated password gets a new salt).
+fn password_id(record: &PasswordRecord) -> String {
+    hex::encode(Sha256::digest(record.salt).get(..12).unwrap_or_default())
+}
+
+fn decode_basic(credentials: &str) -> Result<(String, String), GatewayError> {
+    let bytes = STANDARD
+        .decode(credentials)
+        .map_err(|_| invalid("basic credentials are not base64"))?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid("basic credentials are not utf-8"))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| invalid("basic credentials have no `:` between user and password"))?;
+    Ok((user.to_owned(), password.to_owned()))
+}
+
+fn gone(name: &str, slot: PasswordSlot) -> String {
+    format!("{} of token `{name}` has been deleted", slot.as_str())
+}
+
+fn auth_error(name: &str, error: AuthError) -> GatewayError {
+    match error {
+        AuthError::UnknownToken | AuthError::WrongPassword => invalid(BAD_CREDENTIALS),
+        AuthError::Disabled => invalid(&format!("token `{name}` is disabled")),
+        AuthError::Expired(slot) => {
+            invalid(&format!("{} of token `{name}` has expired", slot.as_str()))
+        }
+    }
+}
+
+fn invalid(reason: &str) -> GatewayError {
+    GatewayError::InvalidCredentials {
+        reason: reason.to_owned(),
+        scope: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::identity::scope::parse_rule;
+    use crate::identity::store::{NewToken, TokenScope, TokenUpdate};
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<IdentityStore>,
+        issuer: Arc<Issuer>,
+        authn: Authenticator,
+        /// password1, password2 of token `ci-bot`.
+        secrets: [String; 2],
+    }
+
+    const ADMIN_PASSWORD: &str = "admin-secret";
+
+    fn fixture(expires_at: Option<UnixSeconds>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
+        let created = store
+            .create_token(&NewToken {
+                name: "ci-bot".into(),
+                scope: TokenScope::ScopeMap("_repositories_pull".into()),
+                status: TokenStatus::Enabled,
+                passwords: vec![PasswordSlot::Password1, PasswordSlot::Password2],
+                expires_at,
+            })
+            .unwrap();
+        let secret = |slot| {
+            created
+                .passwords
+                .iter()
+                .find(|p| p.slot == slot)
+                .unwrap()
+                .value
+                .clone()
+        };
+        let secrets = [
+            secret(PasswordSlot::Password1),
+            secret(PasswordSlot::Password2),
+        ];
+        let issuer = Arc::new(
+            Issuer::load_or_create(dir.path(), "registry.test", Duration::from_secs(300)).unwrap(),
+        );
+        let admin = Arc::new(AdminAccount::new(ADMIN_PASSWORD).unwrap());
+        let authn = Authenticator::new(Arc::clone(&store), admin, Arc::clone(&issuer));
+        Fixture {
+            _dir: dir,
+            store,
+            issuer,
+            authn,
+            secrets,
+        }
+    }
+
+    fn basic(user: &str, password: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "Basic {}",
+            STANDARD.encode(format!("{user}:{password}"))
+        ))
+        .unwrap()
+    }
+
+    fn token(slot: PasswordSlot) -> Principal {
+        Principal::Token {
+            name: "ci-bot".into(),
+            slot,
+        }
+    }
+
+    impl Fixture {
+        fn auth(&self, header: &HeaderValue) -> Result<Authenticated, GatewayError> {
+            self.authn.authenticate_at(Some(header), now_unix())
+        }
+
+        fn bearer_for(&self, principal: &Principal, access: Vec<AccessEntry>) -> HeaderValue {
+            let subject = self.authn.subject(principal).unwrap();
+            let signed = self
+                .issuer
+                .sign(TokenUse::Access, subject, access, now_unix())
+                .unwrap();
+            HeaderValue::from_str(&format!("Bearer {}", signed.token)).unwrap()
+        }
+    }
+
+    fn reason(result: Result<Authenticated, GatewayError>) -> String {
+        match result {
+            Err(GatewayError::InvalidCredentials { reason, scope }) => {
+                assert_eq!(scope, None);
+                reason
+            }
+            other => panic!("expected invalid credentials, got {other:?}"),
+        }
+    }
+
+    fn pull_access() -> Vec<AccessEntry> {
+        vec![AccessEntry {
+            kind: "repository".into(),
+            name: "samples/app".into(),
+            actions: vec!["pull".into()],
+        }]
+    }
+
+    #[test]
+    fn no_header_is_anonymous() {
+        let f = fixture(None);
+        let who = f.authn.authenticate(None).unwrap();
+        assert_eq!(who.principal, Principal::Anonymous);
+        assert_eq!(who.bearer_access, None);
+    }
+
+    #[test]
+    fn basic_admin_and_token_passwords() {
+        let f = fixture(None);
+        assert_eq!(
+            f.auth(&basic("admin", ADMIN_PASSWORD)).unwrap().principal,
+            Principal::Admin
+        );
+        assert_eq!(
+            reason(f.auth(&basic("admin", "nope"))),
+            "invalid username or password"
+        );
+        let who = f.auth(&basic("ci-bot", &f.secrets[1])).unwrap();
+        assert_eq!(who.principal, token(PasswordSlot::Password2));
+        assert_eq!(who.bearer_access, None);
+        assert_eq!(
+            f.auth(&basic("ci-bot", &f.secrets[0])).unwrap().principal,
+            token(PasswordSlot::Password1)
+        );
+        // Unknown token and wrong password read the same.
+        assert_eq!(
+            reason(f.auth(&basic("ci-bot", "wrong"))),
+            "invalid username or password"
+        );
+        assert_eq!(
+            reason(f.auth(&basic("nobody", &f.secrets[0]))),
+            "invalid username or password"
+        );
+        // The admin user name is exact.
+        assert_eq!(
+            reason(f.auth(&basic("ADMIN", ADMIN_PASSWORD))),
+            "invalid username or password"
+        );
+    }
+
+    #[test]
+    fn basic_results_are_cached_per_snapshot_version() {
+        let f = fixture(None);
+        let h = basic("ci-bot", &f.secrets[0]);
+        f.auth(&h).unwrap();
+        assert_eq!(f.authn.cache_stats(), CacheStats { hits: 0, misses: 1 });
+        f.auth(&h).unwrap();
+        assert_eq!(f.authn.cache_stats(), CacheStats { hits: 1, misses: 1 });
+        // Any control-plane write is a new version: the next call verifies again.
+        f.store
+            .create_scope_map(
+                "unrelated",
+                "",
+                &[parse_rule("x/*", &["content/read"]).unwrap()],
+            )
+            .unwrap();
+        f.auth(&h).unwrap();
+        assert_eq!(f.authn.cache_stats(), CacheStats { hits: 1, misses: 2 });
+        // A failure is never cached as a success.
+        assert!(f.auth(&basic("ci-bot", "wrong")).is_err());
+        assert!(f.auth(&basic("ci-bot", "wrong")).is_err());
+    }
+
+    #[test]
+    fn bearer_carries_its_access_claim_and_is_cached() {
+        let f = fixture(None);
+        let h = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
+        let who = f.auth(&h).unwrap();
+        assert_eq!(who.principal, token(PasswordSlot::Password1));
+        assert_eq!(who.bearer_access, Some(pull_access()));
+        let before = f.authn.cache_stats();
+        assert_eq!(f.auth(&h).unwrap(), who);
+        assert_eq!(f.authn.cache_stats().hits, before.hits + 1);
+        let admin = f.bearer_for(&Principal::Admin, vec![]);
+        assert_eq!(f.auth(&admin).unwrap().principal, Principal::Admin);
+        let anon = f.bearer_for(&Principal::Anonymous, vec![]);
+        let who = f.auth(&anon).unwrap();
+        assert_eq!(who.principal, Principal::Anonymous);
+        assert_eq!(who.bearer_access, Some(vec![]));
+    }
+
+    #[test]
+    fn expired_bearer_fails_even_from_the_cache() {
+        let f = fixture(None);
+        let h = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
+        f.auth(&h).unwrap();
+        let later = now_unix() + 300 + 61;
+        let err = f.authn.authenticate_at(Some(&h), later);
+        assert_eq!(reason(err), "bearer token has expired");
+    }
+
+    #[test]
+    fn disabled_token_fails_on_the_very_next_request() {
+        let f = fixture(None);
+        let b = basic("ci-bot", &f.secrets[0]);
+        let jwt = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
+        f.auth(&b).unwrap();
+        f.auth(&jwt).unwrap();
+        let disable = TokenUpdate {
+            status: Some(TokenStatus::Disabled),
+            ..TokenUpdate::default()
+        };
+        f.store.update_token("ci-bot", &disable).unwrap();
+        assert_eq!(reason(f.auth(&b)), "token `ci-bot` is disabled");
+        assert_eq!(reason(f.auth(&jwt)), "token `ci-bot` is disabled");
+        let enable = TokenUpdate {
+            status: Some(TokenStatus::Enabled),
+            ..TokenUpdate::default()
+        };
+        f.store.update_token("ci-bot", &enable).unwrap();
+        f.auth(&b).unwrap();
+        f.auth(&jwt).unwrap();
+    }
+
+    #[test]
+    fn expired_password_fails_for_basic_and_bearer() {
+        let now = now_unix();
+        let f = fixture(Some(now + 100));
+        let b = basic("ci-bot", &f.secrets[0]);
+        let jwt = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
+        f.authn.authenticate_at(Some(&b), now).unwrap();
+        f.authn.authenticate_at(Some(&jwt), now).unwrap();
+        // The cached Basic result and the cached JWT are both re-checked against the clock.
+        let later = now + 100;
+        assert_eq!(
+            reason(f.authn.authenticate_at(Some(&b), later)),
+            "password1 of token `ci-bot` has expired"
+        );
+        assert_eq!(
+            reason(f.authn.authenticate_at(Some(&jwt), later)),
+            "password1 of token `ci-bot` has expired"
+        );
+    }
+
+    #[test]
+    fn deleted_token_fails_on_the_very_next_request() {
+        let f = fixture(None);
+        let b = basic("ci-bot", &f.secrets[0]);
+        let jwt = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
+        f.auth(&b).unwrap();
+        f.auth(&jwt).unwrap();
+        f.store.delete_token("ci-bot").unwrap();
+        assert_eq!(reason(f.auth(&b)), "invalid username or password");
+        assert_eq!(reason(f.auth(&jwt)), "token `ci-bot` no longer exists");
+    }
+
+    #[test]
+    fn regenerated_or_deleted_slot_invalidates_its_tokens_only() {
+        let f = fixture(None);
+        let old = basic("ci-bot", &f.secrets[0]);
+        let jwt1 = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
+        let jwt2 = f.bearer_for(&token(PasswordSlot::Password2), vec![]);
+        f.auth(&old).unwrap();
+        f.auth(&jwt1).unwrap();
+        let regenerated = f
+            .store
+            .generate_passwords("ci-bot", &[PasswordSlot::Password1], None)
+            .unwrap();
+        assert_eq!(reason(f.auth(&old)), "invalid username or password");
+        assert_eq!(
+            reason(f.auth(&jwt1)),
+            "password1 of token `ci-bot` has been regenerated"
+        );
+        // The other slot is untouched (zero-downtime rotation) and the new password works.
+        f.auth(&jwt2).unwrap();
+        let new = basic("ci-bot", &regenerated.passwords[0].value);
+        assert_eq!(
+            f.auth(&new).unwrap().principal,
+            token(PasswordSlot::Password1)
+        );
+        assert_eq!(
+            f.auth(&f.bearer_for(&token(PasswordSlot::Password1), vec![]))
+                .unwrap()
+                .principal,
+            token(PasswordSlot::Password1)
+        );
+        f.store
+            .delete_password("ci-bot", PasswordSlot::Password2)
+            .unwrap();
+        assert_eq!(
+            reason(f.auth(&jwt2)),
+            "password2 of token `ci-bot` has been deleted"
+        );
+    }
+
+    #[test]
+    fn forged_or_foreign_bearer_tokens_are_refused() {
+        let f = fixture(None);
+        let other_dir = tempfile::tempdir().unwrap();
+        let other =
+            Issuer::load_or_create(other_dir.path(), "registry.test", Duration::from_secs(300))
+                .unwrap();
+        let subject = f.authn.subject(&Principal::Admin).unwrap();
+        let foreign = other
+            .sign(TokenUse::Access, subject.clone(), vec![], now_unix())
+            .unwrap();
+        let h = HeaderValue::from_str(&format!("Bearer {}", foreign.token)).unwrap();
+        assert!(reason(f.auth(&h)).starts_with("bearer token was signed by an unknown key"));
+        // A refresh token is not a bearer token.
+        let refresh = f
+            .issuer
+            .sign(TokenUse::Refresh, subject, vec![], now_unix())
+            .unwrap();
+        let h = HeaderValue::from_str(&format!("Bearer {}", refresh.token)).unwrap();
+        assert!(reason(f.auth(&h)).starts_with("bearer token has type"));
+    }
+
+    #[test]
+    fn refresh_tokens_recheck_the_principal() {
+        let f = fixture(None);
+        let subject = f.authn.subject(&token(PasswordSlot::Password1)).unwrap();
+        let refresh = f
+            .issuer
+            .sign(TokenUse::Refresh, subject, vec![], now_unix())
+            .unwrap();
+        assert_eq!(
+            f.authn.refresh(&refresh.token).unwrap(),
+            token(PasswordSlot::Password1)
+        );
+        let access = f
+            .issuer
+            .sign(
+                TokenUse::Access,
+                f.authn.subject(&Principal::Admin).unwrap(),
+                vec![],
+                now_unix(),
+            )
+            .unwrap();
+        assert!(f.authn.refresh(&access.token).is_err());
+        assert!(f.authn.refresh("garbage").is_err());
+        f.store
+            .update_token(
+                "ci-bot",
+                &TokenUpdate {
+                    status: Some(TokenStatus::Disabled),
+                    ..TokenUpdate::default()
+                },
+            )
+            .unwrap();
+        assert!(matches!(
+            f.authn.refresh(&refresh.token),
+            Err(GatewayError::InvalidCredentials { reason, .. }) if reason == "token `ci-bot` is disabled"
+        ));
+    }
+
+    /// Per-request cost of each path; run with
+    /// `cargo test --release --lib gateway::authn::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn timing() {
+        let f = fixture(None);
+        let mean = |label: &str, mut run: Box<dyn FnMut() + '_>| {
+            const N: u32 = 20_000;
+            let start = std::time::Instant::now();
+            for _ in 0..N {
+                run();
+            }
+            println!(
+                "{label}: {:.2} µs",
+                start.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+            );
+        };
+        let b = basic("ci-bot", &f.secrets[0]);
+        let jwt = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
+        let raw = jwt
+            .to_str()
+            .unwrap()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let now = now_unix();
+        mean("basic, cache hit", Box::new(|| assert!(f.auth(&b).is_ok())));
+        mean(
+            "basic, cache miss (password check)",
+            Box::new(|| {
+                assert!(
+                    f.store
+                        .snapshot()
+                        .verify_password("ci-bot", &f.secrets[0], now)
+                        .is_ok()
+                )
+            }),
+        );
+        mean(
+            "bearer, cache hit",
+            Box::new(|| assert!(f.auth(&jwt).is_ok())),
+        );
+        mean(
+            "bearer, cache miss (ES256 verify)",
+            Box::new(|| assert!(f.issuer.verify(&raw, TokenUse::Access, now).is_ok())),
+        );
+        mean(
+            "ES256 sign",
+            Box::new(|| {
+                let subject = f.authn.subject(&token(PasswordSlot::Password1)).unwrap();
+                assert!(
+                    f.issuer
+                        .sign(TokenUse::Access, subject, vec![], now)
+                        .is_ok()
+                );
+            }),
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_invalid_credentials_never_panics() {
+        let f = fixture(None);
+        let cases: &[&[u8]] = &[
+            b"",
+            b"Basic",
+            b"Basic ",
+            b"Basic !!!",
+            b"Basic bm9jb2xvbg==", // "nocolon"
+            b"Basic /w==",         // not utf-8
+            b"Bearer",
+            b"Bearer ",
+            b"Bearer a.b.c",
+            b"Bearer \xff\xfe",
+            b"Digest username=x",
+            b"\xe9\xe9 \xe9",
+        ];
+        for case in cases {
+            let h = HeaderValue::from_bytes(case).unwrap();
+            assert!(
+                matches!(f.auth(&h), Err(GatewayError::InvalidCredentials { .. })),
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        // The scheme is case-insensitive.
+        let h = basic("admin", ADMIN_PASSWORD);
+        let lower =
+            HeaderValue::from_str(&h.to_str().unwrap().replacen("Basic", "basic", 1)).unwrap();
+        assert_eq!(f.auth(&lower).unwrap().principal, Principal::Admin);
+    }
+}

@@ -1,0 +1,480 @@
+//! Where allowed requests go — the bundled store (in this process, served on a Unix
+//! socket) or an upstream registry (`--upstream URL`) — and the lookups decisions and
+//! the catalog need from it: whether a tag exists (create vs overwrite) and the list
+//! of repositories. The bundled store answers those in process; an upstream is asked
+//! over HTTP with the same API docker uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode, header};
+use portcullis_storage::names::Reference;
+use portcullis_storage::{Registry, StorageError};
+
+use super::errors::GatewayError;
+
+/// Manifest media types asked for when probing a tag, so a registry that only has an
+/// index or a Docker list still answers 200.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Longest an upstream lookup (one tag probe or catalog page) may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Catalog page size asked of an upstream (distribution's default maximum is 1000).
+const UPSTREAM_PAGE: usize = 1000;
+
+pub enum Backend {
+    /// The storage crate's registry in this process; pingora forwards to its router
+    /// listening on `socket`.
+    Bundled {
+        registry: Arc<Registry>,
+        socket: PathBuf,
+    },
+    /// An existing registry reached over HTTP(S).
+    Upstream {
+        /// Base URL without a trailing `/` (`https://registry.example:5000`).
+        base: String,
+        peer: PeerAddress,
+        /// `host[:port]` as the upstream expects it in `Host`.
+        host: String,
+        client: reqwest::Client,
+    },
+}
+
+/// Where pingora connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddress {
+    Unix(PathBuf),
+    Tcp {
+        /// `host:port`
+        addr: String,
+        tls: bool,
+        sni: String,
+    },
+}
+
+impl Backend {
+    pub fn bundled(registry: Arc<Registry>, socket: PathBuf) -> Backend {
+        Backend::Bundled { registry, socket }
+    }
+
+    /// An upstream registry at `url` (`http://` or `https://`, optional port, no path).
+    pub fn upstream(url: &str) -> Result<Backend, GatewayError> {
+        let invalid =
+            |why: &str| GatewayError::BadRequest(format!("invalid upstream `{url}`: {why}"));
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let tls = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(invalid("the scheme must be http or https")),
+        };
+        if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+            return Err(invalid("a registry URL has no path or query"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| invalid("no host"))?
+            .to_owned();
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| invalid("no port"))?;
+        let host_header = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // A hung upstream fails the lookup (503) instead of holding the request.
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(LOOKUP_TIMEOUT)
+            .build()
+            .map_err(|e| GatewayError::Internal(format!("http client: {e}")))?;
+        Ok(Backend::Upstream {
+            base: format!("{}://{host_header}", parsed.scheme()),
+            peer: PeerAddress::Tcp {
+                // IPv6 literals keep their brackets, as `host:port` needs.
+                addr: format!("{host}:{port}"),
+                tls,
+                sni: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            },
+            host: host_header,
+            client,
+        })
+    }
+
+    pub fn peer(&self) -> PeerAddress {
+        match self {
+            Backend::Bundled { socket, .. } => PeerAddress::Unix(socket.clone()),
+            Backend::Upstream { peer, .. } => peer.clone(),
+        }
+    }
+
+    /// The `Host` to send upstream; `None` keeps the client's (the bundled store builds
+    /// its `Location` headers as paths, so the client's host is the right one).
+    pub fn host_header(&self) -> Option<String> {
+        match self {
+            Backend::Bundled { .. } => None,
+            Backend::Upstream { host, .. } => Some(host.clone()),
+        }
+    }
+
+    /// Whether `repository:tag` exists, which makes a manifest PUT an overwrite.
+    pub async fn tag_exists(&self, repository: &str, tag: &str) -> Result<bool, GatewayError> {
+        match self {
+            Backend::Bundled { registry, .. } => {
+                let reference = Reference::Tag(tag.to_owned());
+                match registry.get_manifest(repository, &reference, false).await {
+                    Ok(_) => Ok(true),
+                    Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(GatewayError::Internal(format!(
+                        "looking up tag `{repository}:{tag}`: {e}"
+                    ))),
+                }
+            }
+            Backend::Upstream { base, client, .. } => {
+                let url = format!("{base}/v2/{repository}/manifests/{tag}");
+                let response = client
+                    .head(&url)
+                    .header(header::ACCEPT, MANIFEST_ACCEPT)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(&url, e))?;
+                match response.status() {
+                    s if s.is_success() => Ok(true),
+                    StatusCode::NOT_FOUND => Ok(false),
+                    s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
+                }
+            }
+        }
+    }
+
+    /// Every repository, sorted.
+    pub async fn repositories(&self) -> Result<Vec<String>, GatewayError> {
+        match self {
+            Backend::Bundled { registry, .. } => registry
+                .catalog(None, None)
+                .await
+                .map(|page| page.items)
+                .map_err(|e| GatewayError::Internal(format!("listing repositories: {e}"))),
+            Backend::Upstream { base, client, .. } => {
+                upstream_catalog(client, base, UPSTREAM_PAGE).await
+            }
+        }
+    }
+}
+
+/// Every repository of an upstream, following `_catalog` pages of `page` names.
+async fn upstream_catalog(
+    client: &reqwest::Client,
+    base: &str,
+    page: usize,
+) -> Result<Vec<String>, GatewayError> {
+    let mut names = Vec::new();
+    let mut next = Some(format!("/v2/_catalog?n={page}"));
+    while let Some(path) = next {
+        let url = format!("{base}{path}");
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&url, e))?;
+        if !response.status().is_success() {
+            return Err(GatewayError::Unavailable(format!(
+                "GET {url}: {}",
+                response.status()
+            )));
+        }
+        next = next_link(response.headers());
+        let body: CatalogPage = response.json().await.map_err(|e| unavailable(&url, e))?;
+        names.extend(body.repositories);
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+#[derive(serde::Deserialize)]
+struct CatalogPage {
+    #[serde(default)]
+    repositories: Vec<String>,
+}
+
+/// The target of `Link: <…>; rel="next"`, as a path on the same registry.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\"") || link.contains("rel=next"))
+        .and_then(|link| {
+            let start = link.find('<')?;
+            let end = link.find('>')?;
+            let target = link.get(start + 1..end)?;
+            // Only ever follow links on the upstream itself.
+            target
+                .starts_with("/v2/_catalog?")
+                .then(|| target.to_owned())
+        })
+}
+
+fn unavailable(url: &str, e: reqwest::Error) -> GatewayError {
+    GatewayError::Unavailable(format!("{url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use axum::body::Body;
+    use portcullis_storage::{Digest, StorageConfig};
+
+    use super::*;
+
+    const CONFIG: &[u8] = b"{}";
+
+    fn manifest() -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": Digest::of(CONFIG).to_string(),
+                "size": CONFIG.len(),
+            },
+            "layers": [],
+        }))
+        .unwrap()
+    }
+
+    /// Debian's `docker-registry` 2.8.2 on a free loopback port; killed on drop.
+    struct DockerRegistry {
+        child: Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl DockerRegistry {
+        async fn start() -> DockerRegistry {
+            let dir = tempfile::tempdir().unwrap();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("docker-registry 2.8.2 at /usr/bin/docker-registry");
+            let registry = DockerRegistry {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while reqwest::get(format!("{}/v2/", registry.url)).await.is_err() {
+                assert!(Instant::now() < deadline, "docker-registry did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            registry
+        }
+
+        /// Pushes the config blob and `repository:tag` over the registry API.
+        async fn push(&self, repository: &str, tag: &str) {
+            let client = reqwest::Client::new();
+            let digest = Digest::of(CONFIG);
+            // distribution 2.8 ignores a monolithic POST: open a session, then PUT.
+            let r = client
+                .post(format!("{}/v2/{repository}/blobs/uploads/", self.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            let location = r.headers()[header::LOCATION].to_str().unwrap().to_owned();
+            let location = if location.starts_with('/') {
+                format!("{}{location}", self.url)
+            } else {
+                location
+            };
+            let separator = if location.contains('?') { '&' } else { '?' };
+            let r = client
+                .put(format!("{location}{separator}digest={digest}"))
+                .body(CONFIG)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let r = client
+                .put(format!("{}/v2/{repository}/manifests/{tag}", self.url))
+                .header(
+                    header::CONTENT_TYPE,
+                    "application/vnd.oci.image.manifest.v1+json",
+                )
+                .body(manifest())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        }
+    }
+
+    impl Drop for DockerRegistry {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_answers_tag_lookups_and_the_whole_catalog() {
+        let upstream = DockerRegistry::start().await;
+        let names = ["zeta", "alpha/one", "alpha/two", "beta", "gamma/x/y"];
+        for name in names {
+            upstream.push(name, "v1").await;
+        }
+        let backend = Backend::upstream(&upstream.url).unwrap();
+        assert!(backend.tag_exists("alpha/one", "v1").await.unwrap());
+        assert!(!backend.tag_exists("alpha/one", "v2").await.unwrap());
+        assert!(!backend.tag_exists("missing", "v1").await.unwrap());
+        let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(backend.repositories().await.unwrap(), expected);
+        // Small pages: the `Link` chain is followed to the end.
+        let Backend::Upstream { client, base, .. } = &backend else {
+            panic!("not an upstream")
+        };
+        assert_eq!(upstream_catalog(client, base, 2).await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_unavailable() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let backend = Backend::upstream(&format!("http://127.0.0.1:{port}")).unwrap();
+        assert!(matches!(
+            backend.tag_exists("a", "v1").await,
+            Err(GatewayError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backend.repositories().await,
+            Err(GatewayError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let b = Backend::upstream("https://registry.example").unwrap();
+        assert_eq!(
+            b.peer(),
+            PeerAddress::Tcp {
+                addr: "registry.example:443".into(),
+                tls: true,
+                sni: "registry.example".into()
+            }
+        );
+        assert_eq!(b.host_header().as_deref(), Some("registry.example"));
+        let b = Backend::upstream("http://127.0.0.1:5000/").unwrap();
+        assert_eq!(
+            b.peer(),
+            PeerAddress::Tcp {
+                addr: "127.0.0.1:5000".into(),
+                tls: false,
+                sni: "127.0.0.1".into()
+            }
+        );
+        assert_eq!(b.host_header().as_deref(), Some("127.0.0.1:5000"));
+        let b = Backend::upstream("http://[::1]:5000").unwrap();
+        assert!(
+            matches!(b.peer(), PeerAddress::Tcp { addr, sni, .. } if addr == "[::1]:5000" && sni == "::1")
+        );
+        for bad in [
+            "ftp://x",
+            "registry.example",
+            "http://x/v2/",
+            "http://x?a=b",
+            "",
+        ] {
+            assert!(Backend::upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_catalog_links_on_the_upstream_are_followed() {
+        let link = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::LINK, v.parse().unwrap());
+            next_link(&h)
+        };
+        assert_eq!(
+            link("</v2/_catalog?last=b&n=2>; rel=\"next\"").as_deref(),
+            Some("/v2/_catalog?last=b&n=2")
+        );
+        assert_eq!(
+            link("<https://evil.example/v2/_catalog?n=1>; rel=\"next\""),
+            None
+        );
+        assert_eq!(link("</v2/_catalog?last=b&n=2>; rel=\"prev\""), None);
+        assert_eq!(link("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn bundled_lookups_run_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(StorageConfig::new(dir.path())).unwrap();
+        let digest = Digest::of(CONFIG);
+        for repository in ["b/two", "a/one"] {
+            let id = registry.start_upload(repository).await.unwrap();
+            registry
+                .finish_upload(repository, &id, &digest, Body::from(CONFIG))
+                .await
+                .unwrap();
+            registry
+                .put_manifest(
+                    repository,
+                    &Reference::Tag("v1".into()),
+                    Some("application/vnd.oci.image.manifest.v1+json"),
+                    manifest(),
+                    Vec::new(),
+                )
+                .await
+                .unwrap();
+        }
+        let socket = dir.path().join("backend.sock");
+        let backend = Backend::bundled(registry, socket.clone());
+        assert_eq!(backend.peer(), PeerAddress::Unix(socket));
+        assert_eq!(backend.host_header(), None);
+        assert!(backend.tag_exists("a/one", "v1").await.unwrap());
+        assert!(!backend.tag_exists("a/one", "v2").await.unwrap());
+        assert!(!backend.tag_exists("nobody", "v1").await.unwrap());
+        assert_eq!(
+            backend.repositories().await.unwrap(),
+            vec!["a/one", "b/two"]
+        );
+    }
+}

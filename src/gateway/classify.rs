@@ -1,0 +1,745 @@
+//! Request classification: method + path (+ query) → [`Route`], the first step of every
+//! request. Registry routes follow the OCI distribution v1.1 API exactly and are parsed
+//! by the storage crate's own path parser (`portcullis_storage::route`), so the gateway
+//! decides on precisely the request the bundled backend will serve. Repository names
+//! contain `/`; anything that does not parse is refused here, before authentication.
+
+use http::Method;
+use percent_encoding::percent_decode_str;
+use portcullis_storage::names::{DigestError, Reference as StorageReference};
+use portcullis_storage::route::{Route as Api, RouteError};
+use portcullis_storage::{Digest, is_valid_repository_name, is_valid_tag};
+
+use super::errors::GatewayError;
+use crate::policy::Reference;
+
+/// Where a request goes: a repository operation the proxy forwards after a decision,
+/// or one of the routes the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API version check docker uses to discover authentication.
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    Repository(RepositoryRequest),
+    /// `/oauth2/token`
+    Token,
+    /// `/admin/v1/…`
+    Admin,
+    /// `/portcullis/v1/repositories/<name>`
+    RepositoryAttributes {
+        repository: String,
+    },
+    /// `/metrics`
+    Metrics,
+    /// `/healthz`, `/readyz`
+    Health,
+}
+
+/// An operation on one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryRequest {
+    pub repository: String,
+    pub kind: RequestKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    /// GET and HEAD.
+    ManifestGet {
+        reference: Reference,
+    },
+    ManifestPut {
+        reference: Reference,
+        /// More tags from `?tag=` (OCI 1.1, honoured by the bundled store): each one is
+        /// a tag create or overwrite too.
+        tags: Vec<String>,
+    },
+    ManifestDelete {
+        reference: Reference,
+    },
+    /// GET and HEAD.
+    BlobGet {
+        digest: String,
+    },
+    BlobDelete {
+        digest: String,
+    },
+    /// POST `…/blobs/uploads/`, monolithic (`?digest=`) or with a cross-repository
+    /// mount (`?mount=&from=`).
+    UploadStart {
+        mount: Option<Mount>,
+    },
+    /// PATCH/PUT/GET/DELETE `…/blobs/uploads/<id>`.
+    Upload,
+    TagsList,
+    Referrers {
+        digest: String,
+    },
+}
+
+/// A cross-repository blob mount: `digest` linked into the target from `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub digest: String,
+    pub from: String,
+}
+
+/// Longest path echoed back in an error message.
+const MAX_ECHOED_PATH: usize = 256;
+
+/// Classifies one request. `path` is the raw (not percent-decoded) request path,
+/// `query` the raw query string without `?`.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GatewayError> {
+    let unsupported = || GatewayError::Unsupported {
+        method: method.to_string(),
+        path: echoed(path),
+    };
+    let allow = |ok: bool, route: Route| if ok { Ok(route) } else { Err(unsupported()) };
+    let get = method == Method::GET;
+    let read = get || method == Method::HEAD;
+    match path {
+        "/oauth2/token" => return allow(get || method == Method::POST, Route::Token),
+        "/metrics" => return allow(get, Route::Metrics),
+        "/healthz" | "/readyz" => return allow(read, Route::Health),
+        "/admin/v1" => return Ok(Route::Admin),
+        _ => {}
+    }
+    if path.starts_with("/admin/v1/") {
+        // The admin API routes (and refuses) its own methods and paths.
+        return Ok(Route::Admin);
+    }
+    if let Some(name) = path.strip_prefix("/portcullis/v1/repositories/") {
+        return if is_valid_repository_name(name) {
+            Ok(Route::RepositoryAttributes {
+                repository: name.to_owned(),
+            })
+        } else {
+            Err(GatewayError::NameInvalid(echoed(name)))
+        };
+    }
+    if path != "/v2" && !path.starts_with("/v2/") {
+        return Err(not_found(method, path));
+    }
+    let api = Api::parse(path).map_err(|e| match e {
+        RouteError::NotFound(_) => not_found(method, path),
+        RouteError::NameInvalid(name) => GatewayError::NameInvalid(echoed(&name)),
+        RouteError::TagInvalid(tag) => GatewayError::ReferenceInvalid(echoed(&tag)),
+        RouteError::Digest(e) => digest_error(e),
+    })?;
+    let repository = |repository: String, kind: RequestKind| {
+        Route::Repository(RepositoryRequest { repository, kind })
+    };
+    Ok(match api {
+        Api::Base => allow(read, Route::Base)?,
+        Api::Catalog => allow(get, Route::Catalog)?,
+        Api::Tags { name } => allow(get, repository(name, RequestKind::TagsList))?,
+        Api::Manifest { name, reference } => {
+            let reference = match reference {
+                StorageReference::Tag(t) => Reference::Tag(t),
+                StorageReference::Digest(d) => Reference::Digest(d.to_string()),
+            };
+            let kind = match *method {
+                Method::GET | Method::HEAD => RequestKind::ManifestGet { reference },
+                Method::PUT => RequestKind::ManifestPut {
+                    reference,
+                    tags: manifest_tags(query.unwrap_or_default())?,
+                },
+                Method::DELETE => RequestKind::ManifestDelete { reference },
+                _ => return Err(unsupported()),
+            };
+            repository(name, kind)
+        }
+        Api::Blob { name, digest } => {
+            let digest = digest.to_string();
+            let kind = match *method {
+                Method::GET | Method::HEAD => RequestKind::BlobGet { digest },
+                Method::DELETE => RequestKind::BlobDelete { digest },
+                _ => return Err(unsupported()),
+            };
+            repository(name, kind)
+        }
+        Api::UploadStart { name } => {
+            if method != Method::POST {
+                return Err(unsupported());
+            }
+            let mount = upload_start(query.unwrap_or_default())?;
+            repository(name, RequestKind::UploadStart { mount })
+        }
+        Api::Upload { name, .. } => match *method {
+            Method::GET | Method::PATCH | Method::PUT | Method::DELETE => {
+                repository(name, RequestKind::Upload)
+            }
+            _ => return Err(unsupported()),
+        },
+        Api::Referrers { name, digest } => allow(
+            get,
+            repository(
+                name,
+                RequestKind::Referrers {
+                    digest: digest.to_string(),
+                },
+            ),
+        )?,
+    })
+}
+
+/// The query of an upload start. A mount needs both `mount` and `from` (without
+/// `from` the backend opens a plain session, as the spec says). Each key may appear
+/// once: a second `from` that the backend read instead of ours would let a mount
+/// copy from a repository nobody checked.
+fn upload_start(query: &str) -> Result<Option<Mount>, GatewayError> {
+    let pairs = parse_query(query);
+    let single = |key: &str| -> Result<Option<&str>, GatewayError> {
+        let mut values = pairs.iter().filter(|(k, _)| k == key);
+        let first = values.next().map(|(_, v)| v.as_str());
+        match values.next() {
+            Some(_) => Err(GatewayError::BadRequest(format!(
+                "query parameter `{key}` given more than once"
+            ))),
+            None => Ok(first),
+        }
+    };
+    let (mount, from) = (single("mount")?, single("from")?);
+    if let Some(digest) = single("digest")? {
+        Digest::parse(digest).map_err(digest_error)?;
+    }
+    let Some(digest) = mount else {
+        return Ok(None);
+    };
+    let digest = Digest::parse(digest).map_err(digest_error)?;
+    let Some(from) = from else {
+        return Ok(None);
+    };
+    if !is_valid_repository_name(from) {
+        return Err(GatewayError::NameInvalid(echoed(from)));
+    }
+    Ok(Some(Mount {
+        digest: digest.to_string(),
+        from: from.to_owned(),
+    }))
+}
+
+/// Most `?tag=` values accepted on one manifest PUT (each costs a tag lookup).
+const MAX_EXTRA_TAGS: usize = 32;
+
+/// The `?tag=` values of a manifest PUT, validated.
+fn manifest_tags(query: &str) -> Result<Vec<String>, GatewayError> {
+    let tags: Vec<String> = parse_query(query)
+        .into_iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v)
+        .collect();
+    if tags.len() > MAX_EXTRA_TAGS {
+        return Err(GatewayError::BadRequest(format!(
+            "at most {MAX_EXTRA_TAGS} `tag` query parameters are accepted"
+        )));
+    }
+    match tags.iter().find(|t| !is_valid_tag(t)) {
+        Some(bad) => Err(GatewayError::ReferenceInvalid(echoed(bad))),
+        None => Ok(tags),
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs, keys and values decoded (`+` is a space).
+/// Invalid UTF-8 becomes U+FFFD, which no name or digest accepts.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let spaced = s.replace('+', " ");
+        percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn digest_error(e: DigestError) -> GatewayError {
+    match e {
+        DigestError::Invalid(d) | DigestError::Unsupported(d) => {
+            GatewayError::DigestInvalid(echoed(&d))
+        }
+    }
+}
+
+fn not_found(method: &Method, path: &str) -> GatewayError {
+    GatewayError::NotFound {
+        method: method.to_string(),
+        path: echoed(path),
+    }
+}
+
+/// Input quoted in an error message, cut to a bounded length.
+fn echoed(input: &str) -> String {
+    if input.len() <= MAX_ECHOED_PATH {
+        return input.to_owned();
+    }
+    let mut end = MAX_ECHOED_PATH;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", input.get(..end).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn repo(name: &str, kind: RequestKind) -> Route {
+        Route::Repository(RepositoryRequest {
+            repository: name.to_owned(),
+            kind,
+        })
+    }
+
+    fn tag(t: &str) -> Reference {
+        Reference::Tag(t.to_owned())
+    }
+
+    fn digest() -> Reference {
+        Reference::Digest(D.to_owned())
+    }
+
+    fn ok(method: &str, path: &str, query: Option<&str>) -> Route {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        classify(&method, path, query).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn err(method: &str, path: &str, query: Option<&str>) -> GatewayError {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        match classify(&method, path, query) {
+            Ok(route) => panic!("{method} {path} classified as {route:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn every_registry_route() {
+        let upload = |mount| RequestKind::UploadStart { mount };
+        let cases: Vec<(&str, String, Option<String>, Route)> = vec![
+            ("GET", "/v2/".into(), None, Route::Base),
+            ("HEAD", "/v2/".into(), None, Route::Base),
+            ("GET", "/v2".into(), None, Route::Base),
+            (
+                "GET",
+                "/v2/_catalog".into(),
+                Some("n=10&last=a".into()),
+                Route::Catalog,
+            ),
+            (
+                "GET",
+                "/v2/a/b/c/tags/list".into(),
+                Some("n=1".into()),
+                repo("a/b/c", RequestKind::TagsList),
+            ),
+            (
+                "GET",
+                "/v2/samples/hello-world/manifests/latest".into(),
+                None,
+                repo(
+                    "samples/hello-world",
+                    RequestKind::ManifestGet {
+                        reference: tag("latest"),
+                    },
+                ),
+            ),
+            (
+                "HEAD",
+                format!("/v2/a/manifests/{D}"),
+                None,
+                repo(
+                    "a",
+                    RequestKind::ManifestGet {
+                        reference: digest(),
+                    },
+                ),
+            ),
+            (
+                "PUT",
+                "/v2/a/b/manifests/v1.0".into(),
+                None,
+                repo(
+                    "a/b",
+                    RequestKind::ManifestPut {
+                        reference: tag("v1.0"),
+                        tags: vec![],
+                    },
+                ),
+            ),
+            (
+                "PUT",
+                format!("/v2/a/manifests/{D}"),
+                Some("tag=x&tag=v%2E1&other=y".into()),
+                repo(
+                    "a",
+                    RequestKind::ManifestPut {
+                        reference: digest(),
+                        tags: vec!["x".into(), "v.1".into()],
+                    },
+                ),
+            ),
+            (
+                "DELETE",
+                "/v2/a/manifests/old".into(),
+                None,
+                repo(
+                    "a",
+                    RequestKind::ManifestDelete {
+                        reference: tag("old"),
+                    },
+                ),
+            ),
+            (
+                "DELETE",
+                format!("/v2/a/manifests/{D}"),
+                None,
+                repo(
+                    "a",
+                    RequestKind::ManifestDelete {
+                        reference: digest(),
+                    },
+                ),
+            ),
+            (
+                "GET",
+                format!("/v2/a/b/blobs/{D}"),
+                None,
+                repo("a/b", RequestKind::BlobGet { digest: D.into() }),
+            ),
+            (
+                "HEAD",
+                format!("/v2/a/blobs/{D}"),
+                None,
+                repo("a", RequestKind::BlobGet { digest: D.into() }),
+            ),
+            (
+                "DELETE",
+                format!("/v2/a/blobs/{D}"),
+                None,
+                repo("a", RequestKind::BlobDelete { digest: D.into() }),
+            ),
+            (
+                "POST",
+                "/v2/a/b/blobs/uploads/".into(),
+                None,
+                repo("a/b", upload(None)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads".into(),
+                Some("".into()),
+                repo("a", upload(None)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("digest={D}")),
+                repo("a", upload(None)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("mount={D}&from=other/repo")),
+                repo(
+                    "a",
+                    upload(Some(Mount {
+                        digest: D.into(),
+                        from: "other/repo".into(),
+                    })),
+                ),
+            ),
+            // `from` percent-encoded, keys too; order does not matter.
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!(
+                    "fr%6Fm=other%2Frepo&mount={}",
+                    D.replace(':', "%3A")
+                )),
+                repo(
+                    "a",
+                    upload(Some(Mount {
+                        digest: D.into(),
+                        from: "other/repo".into(),
+                    })),
+                ),
+            ),
+            // A mount without `from` is a plain upload session.
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("mount={D}")),
+                repo("a", upload(None)),
+            ),
+            (
+                "GET",
+                "/v2/a/blobs/uploads/0b7c-11".into(),
+                None,
+                repo("a", RequestKind::Upload),
+            ),
+            (
+                "PATCH",
+                "/v2/a/b/blobs/uploads/0b7c-11".into(),
+                None,
+                repo("a/b", RequestKind::Upload),
+            ),
+            (
+                "PUT",
+                "/v2/a/blobs/uploads/0b7c-11".into(),
+                Some(format!("digest={D}")),
+                repo("a", RequestKind::Upload),
+            ),
+            (
+                "DELETE",
+                "/v2/a/blobs/uploads/0b7c-11".into(),
+                None,
+                repo("a", RequestKind::Upload),
+            ),
+            (
+                "GET",
+                format!("/v2/a/referrers/{D}"),
+                Some("artifactType=x".into()),
+                repo("a", RequestKind::Referrers { digest: D.into() }),
+            ),
+            // Repositories may be named like API path segments.
+            (
+                "GET",
+                "/v2/manifests/tags/manifests/list".into(),
+                None,
+                repo(
+                    "manifests/tags",
+                    RequestKind::ManifestGet {
+                        reference: tag("list"),
+                    },
+                ),
+            ),
+            (
+                "GET",
+                "/v2/blobs/uploads/tags/list".into(),
+                None,
+                repo("blobs/uploads", RequestKind::TagsList),
+            ),
+        ];
+        for (method, path, query, expected) in cases {
+            assert_eq!(
+                ok(method, &path, query.as_deref()),
+                expected,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn gateway_routes() {
+        assert_eq!(ok("GET", "/oauth2/token", Some("scope=x")), Route::Token);
+        assert_eq!(ok("POST", "/oauth2/token", None), Route::Token);
+        assert_eq!(ok("GET", "/metrics", None), Route::Metrics);
+        assert_eq!(ok("GET", "/healthz", None), Route::Health);
+        assert_eq!(ok("HEAD", "/readyz", None), Route::Health);
+        assert_eq!(ok("GET", "/admin/v1", None), Route::Admin);
+        assert_eq!(ok("DELETE", "/admin/v1/tokens/ci", None), Route::Admin);
+        assert_eq!(
+            ok("PATCH", "/portcullis/v1/repositories/samples/app", None),
+            Route::RepositoryAttributes {
+                repository: "samples/app".into()
+            }
+        );
+    }
+
+    /// Whether an error is the expected one.
+    type Expect = fn(&GatewayError) -> bool;
+
+    #[test]
+    fn every_error() {
+        let cases: Vec<(&str, String, Option<String>, Expect)> = vec![
+            ("GET", "/".into(), None, |e| {
+                matches!(e, GatewayError::NotFound { .. })
+            }),
+            ("GET", "/v1/".into(), None, |e| {
+                matches!(e, GatewayError::NotFound { .. })
+            }),
+            ("GET", "/v2/a".into(), None, |e| {
+                matches!(e, GatewayError::NotFound { .. })
+            }),
+            ("GET", "/v2/a/unknown/x".into(), None, |e| {
+                matches!(e, GatewayError::NotFound { .. })
+            }),
+            ("GET", "/admin".into(), None, |e| {
+                matches!(e, GatewayError::NotFound { .. })
+            }),
+            (
+                "GET",
+                "/v2/A/tags/list".into(),
+                None,
+                |e| matches!(e, GatewayError::NameInvalid(n) if n == "A"),
+            ),
+            ("GET", "/v2/a/b-/manifests/x".into(), None, |e| {
+                matches!(e, GatewayError::NameInvalid(_))
+            }),
+            ("GET", "/portcullis/v1/repositories/Bad".into(), None, |e| {
+                matches!(e, GatewayError::NameInvalid(_))
+            }),
+            (
+                "GET",
+                "/v2/a/manifests/-x".into(),
+                None,
+                |e| matches!(e, GatewayError::ReferenceInvalid(r) if r == "-x"),
+            ),
+            ("PUT", "/v2/a/manifests/".into(), None, |e| {
+                matches!(e, GatewayError::ReferenceInvalid(_))
+            }),
+            ("GET", "/v2/a/manifests/sha256:abc".into(), None, |e| {
+                matches!(e, GatewayError::DigestInvalid(_))
+            }),
+            ("GET", "/v2/a/blobs/latest".into(), None, |e| {
+                matches!(e, GatewayError::DigestInvalid(_))
+            }),
+            ("GET", "/v2/a/referrers/sha512:00".into(), None, |e| {
+                matches!(e, GatewayError::DigestInvalid(_))
+            }),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some("mount=sha256:0&from=b".into()),
+                |e| matches!(e, GatewayError::DigestInvalid(_)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some("digest=nope".into()),
+                |e| matches!(e, GatewayError::DigestInvalid(_)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("mount={D}&from=B%2Fx")),
+                |e| matches!(e, GatewayError::NameInvalid(n) if n == "B/x"),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("mount={D}&from=b&from=c")),
+                |e| matches!(e, GatewayError::BadRequest(_)),
+            ),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/".into(),
+                Some(format!("mount={D}&from=b&mount={D}")),
+                |e| matches!(e, GatewayError::BadRequest(_)),
+            ),
+            (
+                "PUT",
+                "/v2/a/manifests/v1".into(),
+                Some("tag=ok&tag=-bad".into()),
+                |e| matches!(e, GatewayError::ReferenceInvalid(t) if t == "-bad"),
+            ),
+            (
+                "PUT",
+                "/v2/a/manifests/v1".into(),
+                Some("tag=t&".repeat(33)),
+                |e| matches!(e, GatewayError::BadRequest(_)),
+            ),
+            ("POST", "/v2/".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("DELETE", "/v2/_catalog".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("POST", "/v2/a/manifests/x".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("PUT", format!("/v2/a/blobs/{D}"), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("GET", "/v2/a/blobs/uploads/".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("POST", "/v2/a/blobs/uploads/x1".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("DELETE", "/v2/a/tags/list".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("POST", format!("/v2/a/referrers/{D}"), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("PUT", "/oauth2/token".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("POST", "/metrics".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+            ("POST", "/healthz".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
+        ];
+        for (method, path, query, expected) in cases {
+            let e = err(method, &path, query.as_deref());
+            assert!(expected(&e), "{method} {path} {query:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused_without_panicking() {
+        let huge = format!("/v2/{}/manifests/latest", "a/".repeat(100_000));
+        let hostile = [
+            "/v2/../v2/a/manifests/x",
+            "/v2/a/../b/manifests/x",
+            "/v2/a/./manifests/x",
+            "/v2//a/manifests/x",
+            "/v2/a//b/tags/list",
+            "/v2/a%2Fb/manifests/x",
+            "/v2/a/manifests/%2e%2e",
+            "/v2/a/blobs/uploads/..",
+            "/v2/a/blobs/uploads/%00",
+            "/v2/\u{ff}\u{fe}/tags/list",
+            "/v2/a/manifests/\u{1F600}",
+            "/v2/%ff%fe%/tags/list",
+            "/v2/\0/tags/list",
+            "/portcullis/v1/repositories/../admin",
+            "/portcullis/v1/repositories/",
+            "",
+            "v2/a/tags/list",
+            &huge,
+        ];
+        for method in [Method::GET, Method::POST, Method::DELETE, Method::PATCH] {
+            for path in hostile {
+                for query in [None, Some("mount=%ff%fe&from=%"), Some("&&=&=%zz&from")] {
+                    let result = classify(&method, path, query);
+                    assert!(result.is_err(), "{method} {path:.80} → {result:?}");
+                    if let Err(e) = result {
+                        assert!(e.to_string().len() < 1024, "{e:.80}");
+                    }
+                }
+            }
+        }
+        // Hostile queries on a valid route never panic and never yield a mount.
+        for query in [
+            "%",
+            "%%%",
+            "mount",
+            "=",
+            "mount=&from=",
+            "from=a%2",
+            "a=%f0%9f%98",
+        ] {
+            let route = classify(&Method::POST, "/v2/a/blobs/uploads/", Some(query));
+            assert!(
+                !matches!(
+                    route,
+                    Ok(Route::Repository(RepositoryRequest {
+                        kind: RequestKind::UploadStart { mount: Some(_) },
+                        ..
+                    }))
+                ),
+                "{query}: {route:?}"
+            );
+        }
+    }
+}

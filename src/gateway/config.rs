@@ -1,0 +1,285 @@
+//! The gateway's settings: the TOML file format, and how it combines with command-line
+//! flags and environment variables.
+//!
+//! Precedence, highest first: **flag > environment variable > config file > default**.
+//! Every `serve` flag has an environment variable (`PORTCULLIS_LISTEN`,
+//! `PORTCULLIS_DATA_DIR`, `PORTCULLIS_UPSTREAM`, `PORTCULLIS_ADMIN_PASSWORD`, …; see
+//! `portcullis serve --help`), so a flag wins over its variable and either wins over the
+//! file. With nothing set, the gateway listens on `127.0.0.1:5000`, keeps data in
+//! `./data` and serves the bundled backend. `deploy/portcullis.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_SERVICE: &str = "portcullis";
+pub const DEFAULT_GRACE_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file `{path}`: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("`tls.cert` and `tls.key` must be given together (got only `{0}`)")]
+    TlsPair(&'static str),
+    #[error("choose either a certificate (`tls.cert`/`tls.key`) or `tls.self_signed`, not both")]
+    TlsConflict,
+    #[error("invalid public_url `{0}`: expected http://HOST[:PORT] or https://HOST[:PORT]")]
+    PublicUrl(String),
+}
+
+/// The TOML file as written: every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub policy_dirs: Vec<PathBuf>,
+    pub admin_password: Option<String>,
+    pub public_url: Option<String>,
+    pub service: Option<String>,
+    pub anonymous_pull: Option<bool>,
+    pub shutdown_grace_seconds: Option<u64>,
+    #[serde(default)]
+    pub tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub self_signed: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// Settings from flags and environment (clap resolves flag over variable); `None`
+/// means "not given", so the file or the default applies.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub admin_listen: Option<String>,
+    /// Added to the file's directories.
+    pub policy_dirs: Vec<PathBuf>,
+    pub admin_password: Option<String>,
+    pub public_url: Option<String>,
+    pub service: Option<String>,
+    pub anonymous_pull: Option<bool>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// A certificate generated into the data directory (reused on the next start).
+    SelfSigned,
+}
+
+/// The resolved settings the server runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// `None`: the bundled backend.
+    pub upstream: Option<String>,
+    /// `Some`: the admin API listens here only (and answers 404 on `listen`).
+    pub admin_listen: Option<String>,
+    pub policy_dirs: Vec<PathBuf>,
+    pub admin_password: Option<String>,
+    /// The base URL clients reach the gateway at (challenge realm); `None`: from each
+    /// request's scheme and `Host`.
+    pub public_url: Option<String>,
+    pub service: String,
+    pub anonymous_pull: bool,
+    pub shutdown_grace: Duration,
+    pub tls: TlsMode,
+}
+
+impl Config {
+    /// Combines flags/environment with the file (see the module doc for precedence).
+    pub fn resolve(over: Overrides, file: FileConfig) -> Result<Config, ConfigError> {
+        let cert = over.tls_cert.or(file.tls.cert);
+        let key = over.tls_key.or(file.tls.key);
+        let self_signed = over
+            .tls_self_signed
+            .or(file.tls.self_signed)
+            .unwrap_or(false);
+        let tls = match (cert, key, self_signed) {
+            (Some(_), _, true) | (_, Some(_), true) => return Err(ConfigError::TlsConflict),
+            (Some(cert), Some(key), false) => TlsMode::Files { cert, key },
+            (Some(_), None, _) => return Err(ConfigError::TlsPair("cert")),
+            (None, Some(_), _) => return Err(ConfigError::TlsPair("key")),
+            (None, None, true) => TlsMode::SelfSigned,
+            (None, None, false) => TlsMode::Off,
+        };
+        let public_url = over.public_url.or(file.public_url);
+        if let Some(url) = &public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::PublicUrl(url.clone()));
+        }
+        let mut policy_dirs = file.policy_dirs;
+        policy_dirs.extend(over.policy_dirs);
+        Ok(Config {
+            listen: over
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            data_dir: over
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            upstream: over.upstream.or(file.upstream),
+            admin_listen: over.admin_listen.or(file.admin_listen),
+            policy_dirs,
+            admin_password: over.admin_password.or(file.admin_password),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            service: over
+                .service
+                .or(file.service)
+                .unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
+            anonymous_pull: over.anonymous_pull.or(file.anonymous_pull).unwrap_or(false),
+            shutdown_grace: Duration::from_secs(
+                over.shutdown_grace_seconds
+                    .or(file.shutdown_grace_seconds)
+                    .unwrap_or(DEFAULT_GRACE_SECS),
+            ),
+            tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.upstream, None);
+        assert_eq!(c.tls, TlsMode::Off);
+        assert_eq!(c.service, "portcullis");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert!(!c.anonymous_pull);
+    }
+
+    #[test]
+    fn file_fills_what_flags_and_environment_leave_open() {
+        let f = file(
+            r#"
+            listen = "0.0.0.0:443"
+            data_dir = "/var/lib/portcullis"
+            upstream = "http://registry:5000"
+            policy_dirs = ["/etc/portcullis/policies"]
+            service = "registry.example"
+            [tls]
+            cert = "/etc/cert.pem"
+            key = "/etc/key.pem"
+            "#,
+        );
+        let over = Overrides {
+            listen: Some("127.0.0.1:8443".into()),
+            policy_dirs: vec!["extra".into()],
+            ..Overrides::default()
+        };
+        let c = Config::resolve(over, f).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443", "flag/env beats the file");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/portcullis"));
+        assert_eq!(c.upstream.as_deref(), Some("http://registry:5000"));
+        assert_eq!(c.service, "registry.example");
+        assert_eq!(
+            c.policy_dirs,
+            vec![
+                PathBuf::from("/etc/portcullis/policies"),
+                PathBuf::from("extra")
+            ]
+        );
+        assert_eq!(
+            c.tls,
+            TlsMode::Files {
+                cert: "/etc/cert.pem".into(),
+                key: "/etc/key.pem".into()
+            }
+        );
+    }
+
+    #[test]
+    fn tls_settings_must_be_consistent() {
+        let half = Overrides {
+            tls_cert: Some("c.pem".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(half, FileConfig::default()),
+            Err(ConfigError::TlsPair("cert"))
+        ));
+        let both = Overrides {
+            tls_self_signed: Some(true),
+            ..Overrides::default()
+        };
+        let f = file("[tls]\ncert = \"c\"\nkey = \"k\"\n");
+        assert!(matches!(
+            Config::resolve(both, f),
+            Err(ConfigError::TlsConflict)
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_urls_are_refused() {
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        let over = Overrides {
+            public_url: Some("registry.example".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(over, FileConfig::default()),
+            Err(ConfigError::PublicUrl(_))
+        ));
+    }
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let text = include_str!("../../deploy/portcullis.toml");
+        toml::from_str::<FileConfig>(text).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! The gateway data plane: every registry request is classified, authenticated,
+//! decided by Cedar and forwarded. Each step is a module of its own:
+//!
+//! - [`classify`]: method + path → [`classify::Route`] (repository, operation).
+//! - [`authn`]: `Authorization` header → principal (Basic, Bearer JWT), with caches;
+//!   [`jwt`] signs and verifies the ES256 tokens; [`token`] is `/oauth2/token`.
+//! - [`access`]: a classified request + principal → the Cedar checks, and the Docker
+//!   scope grants the token endpoint hands out. **This is where a request is authorized.**
+//! - [`backend`]: where allowed requests go (the bundled store over a Unix socket, or an
+//!   upstream registry) and the lookups decisions need (does a tag exist, the catalog).
+//! - [`catalog`]: `/v2/_catalog` filtered to what the caller may read.
+//! - [`repository_api`]: repository attributes over HTTP for tokens and the admin.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation tying the steps together.
+//! - [`control`]: the in-process axum app for routes the gateway answers itself.
+//! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
+//! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
+
+pub mod access;
+pub mod authn;
+pub mod backend;
+pub mod catalog;
+pub mod classify;
+pub mod config;
+pub mod control;
+pub mod errors;
+pub mod jwt;
+pub mod metrics;
+pub mod proxy;
+pub mod repository_api;
+pub mod server;
+pub mod tls;
+pub mod token;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis_storage::{Registry, StorageConfig};
+
+use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
+use crate::policy::PolicyEngine;
+
+/// Everything a request needs, shared by the proxy and the control app.
+pub struct Gateway {
+    pub store: Arc<IdentityStore>,
+    pub engine: Arc<PolicyEngine>,
+    pub admin: Arc<AdminAccount>,
+    pub authn: authn::Authenticator,
+    pub issuer: Arc<jwt::Issuer>,
+    pub backend: backend::Backend,
+    pub metrics: metrics::Metrics,
+    /// The `service` named in challenges and expected in token requests.
+    pub service: String,
+}
+
+/// Per-request facts handlers need beyond the HTTP request; the proxy inserts it as
+/// an http extension before calling the control app.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub source_ip: Option<IpAddr>,
+    /// Where this client gets bearer tokens (realm from the request's scheme and host).
+    pub challenge: errors::Challenge,
+}
+
+/// What [`Gateway::open`] needs: the data directory and the choices of `serve`.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub data_dir: PathBuf,
+    /// Directories of `*.cedar` policy files (in order).
+    pub policy_dirs: Vec<PathBuf>,
+    /// The admin password; generated and stored in the data directory when `None`.
+    pub admin_password: Option<String>,
+    /// Forward to this registry instead of the bundled backend.
+    pub upstream: Option<String>,
+    /// The `service` of challenges and tokens.
+    pub service: String,
+    /// Lifetime of issued bearer tokens.
+    pub token_ttl: Duration,
+}
+
+/// An opened gateway and what the server must still start or show.
+pub struct Opened {
+    pub gateway: Arc<Gateway>,
+    /// The bundled backend, which the server serves on `socket` (None with an upstream).
+    pub bundled: Option<(Arc<Registry>, PathBuf)>,
+    pub admin_password: AdminPasswordSource,
+}
+
+impl Gateway {
+    /// Opens (creating at first start) everything in the data directory: the identity
+    /// store, the admin account, the token-signing key, the policies and the backend.
+    /// Starts no tasks: the server owns the runtimes.
+    pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
+        let data_dir = &options.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory `{}`", data_dir.display()))?;
+        let store = IdentityStore::open(&data_dir.join("control.redb"))
+            .context("opening the identity store")?;
+        let (admin, admin_password) =
+            AdminAccount::open(data_dir, options.admin_password.as_deref())?;
+        let admin = Arc::new(admin);
+        let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
+        let issuer = Arc::new(
+            jwt::Issuer::load_or_create(data_dir, &options.service, options.token_ttl)
+                .context("loading the token-signing key")?,
+        );
+        let (backend, bundled) = match &options.upstream {
+            Some(url) => (backend::Backend::upstream(url)?, None),
+            None => {
+                let registry = Registry::open(StorageConfig::new(data_dir.clone()))
+                    .context("opening the storage backend")?;
+                let socket = data_dir.join("backend.sock");
+                (
+                    backend::Backend::bundled(Arc::clone(&registry), socket.clone()),
+                    Some((registry, socket)),
+                )
+            }
+        };
+        let gateway = Gateway {
+            authn: authn::Authenticator::new(
+                Arc::clone(&store),
+                Arc::clone(&admin),
+                Arc::clone(&issuer),
+            ),
+            store,
+            engine,
+            admin,
+            issuer,
+            backend,
+            metrics: metrics::Metrics::new().context("registering metrics")?,
+            service: options.service.clone(),
+        };
+        Ok(Opened {
+            gateway: Arc::new(gateway),
+            bundled,
+            admin_password,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A gateway over a temporary data directory, for router tests.
+
+    use super::*;
+
+    /// A gateway with the bundled backend (not served) and the shipped policies,
+    /// admin password `admin-secret`.
+    pub fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+        let options = GatewayOptions {
+            data_dir: dir.to_path_buf(),
+            policy_dirs: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")],
+            admin_password: Some("admin-secret".into()),
+            upstream: None,
+            service: "portcullis-test".into(),
+            token_ttl: Duration::from_secs(300),
+        };
+        match Gateway::open(&options) {
+            Ok(opened) => opened.gateway,
+            Err(e) => panic!("opening a test gateway in {}: {e:#}", dir.display()),
+        }
+    }
+
+    /// Creates an enabled token with password1 and scope-map `rules`; its principal.
+    pub fn token(
+        store: &IdentityStore,
+        name: &str,
+        rules: &[(&str, &[crate::identity::Action])],
+    ) -> crate::identity::Principal {
+        use crate::identity::store::{NewToken, TokenScope};
+        use crate::identity::{PasswordSlot, RepositoryPattern, ScopeRule, TokenStatus};
+        let rules = rules
+            .iter()
+            .map(|(pattern, actions)| ScopeRule {
+                repository: RepositoryPattern::parse(pattern).unwrap(),
+                actions: actions.iter().copied().collect(),
+            })
+            .collect();
+        store
+            .create_token(&NewToken {
+                name: name.into(),
+                scope: TokenScope::Repositories(rules),
+                status: TokenStatus::Enabled,
+                passwords: vec![PasswordSlot::Password1],
+                expires_at: None,
+            })
+            .unwrap();
+        crate::identity::Principal::Token {
+            name: name.into(),
+            slot: PasswordSlot::Password1,
+        }
+    }
+
+    /// `RequestMeta` for a client on loopback.
+    pub fn meta() -> RequestMeta {
+        RequestMeta {
+            source_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            challenge: errors::Challenge {
+                realm: "http://127.0.0.1:5000/oauth2/token".into(),
+                service: "portcullis-test".into(),
+            },
+        }
+    }
+}

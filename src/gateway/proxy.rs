@@ -1,0 +1,631 @@
+//! The pingora `ProxyHttp` implementation: every request is classified, and then
+//!
+//! - a repository operation is authenticated, authorized ([`access::authorize`]) and
+//!   forwarded to the backend, streaming both ways (pingora never buffers a body here);
+//! - `/v2/` answers a challenge to anonymous clients and `{}` to authenticated ones;
+//! - every other route (token, catalog, repository API, admin API, metrics, health) is
+//!   answered in process by the control app ([`super::control`]), with the body read
+//!   into memory (at most [`CONTROL_BODY_LIMIT`]).
+//!
+//! Refusals are [`GatewayError`]s written with the request's challenge (realm
+//! `<scheme>://<Host>/oauth2/token` unless `public_url` is configured). Forwarded
+//! requests get `X-Forwarded-{For,Proto,Host}` and lose `Authorization` (the backend
+//! trusts the gateway's decision, and an upstream must not see gateway credentials);
+//! absolute `Location`s naming the upstream come back relative, so clients follow them
+//! through the gateway. Requests with a body are never retried.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode, header};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::TcpKeepalive;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tower::ServiceExt;
+
+use super::authn::Authenticated;
+use super::backend::{Backend, PeerAddress};
+use super::classify::{self, RepositoryRequest, RequestKind, Route};
+use super::errors::{Challenge, GatewayError};
+use super::{Gateway, RequestMeta, access};
+use crate::identity::Principal;
+
+/// Largest request body the control app accepts (token forms, admin JSON).
+pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
+const API_VERSION: &str = "registry/2.0";
+
+/// Which listener a proxy instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The registry listener; `admin_api` says whether `/admin/v1` is served here.
+    Main { admin_api: bool },
+    /// A separate listener for the admin API only.
+    Admin,
+}
+
+pub struct Proxy {
+    gw: Arc<Gateway>,
+    control: Router,
+    listener: Listener,
+    /// `http` or `https`: this listener's scheme, for realms and `X-Forwarded-Proto`.
+    scheme: &'static str,
+    /// The configured external base URL (no trailing `/`).
+    public_url: Option<String>,
+}
+
+/// Per-request state, for the later phases and the access log.
+pub struct RequestCtx {
+    started: Instant,
+    route: &'static str,
+    principal: Option<Principal>,
+    /// The request declares a body (`Content-Length` > 0 or chunked).
+    has_body: bool,
+}
+
+impl Proxy {
+    pub fn new(
+        gw: Arc<Gateway>,
+        control: Router,
+        listener: Listener,
+        tls: bool,
+        public_url: Option<String>,
+    ) -> Proxy {
+        Proxy {
+            gw,
+            control,
+            listener,
+            scheme: if tls { "https" } else { "http" },
+            public_url,
+        }
+    }
+
+    fn challenge(&self, session: &Session) -> Challenge {
+        let base = match &self.public_url {
+            Some(url) => url.clone(),
+            None => format!("{}://{}", self.scheme, host(session).unwrap_or("localhost")),
+        };
+        Challenge {
+            realm: format!("{base}/oauth2/token"),
+            service: self.gw.service.clone(),
+        }
+    }
+
+    fn meta(&self, session: &Session) -> RequestMeta {
+        RequestMeta {
+            source_ip: client_ip(session),
+            challenge: self.challenge(session),
+        }
+    }
+
+    /// Writes `error` as the response (status, challenge, OCI JSON body).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        error: &GatewayError,
+    ) -> Result<bool> {
+        if let GatewayError::Internal(cause) = error {
+            tracing::error!(cause, "internal error");
+        }
+        let response = error.to_response(&self.challenge(session));
+        let mut header = json_header(response.status, response.body.len())?;
+        if let Some(challenge) = response.www_authenticate {
+            header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
+        }
+        // An unread request body (a refused blob upload) is not worth draining.
+        if ctx.has_body {
+            session.set_keepalive(None);
+        }
+        write(session, header, response.body).await
+    }
+
+    fn authenticate(&self, session: &Session) -> Result<Authenticated, GatewayError> {
+        let result = self
+            .gw
+            .authn
+            .authenticate(session.req_header().headers.get(header::AUTHORIZATION));
+        let label = match &result {
+            Ok(Authenticated {
+                principal: Principal::Anonymous,
+                ..
+            }) => "anonymous",
+            Ok(Authenticated {
+                principal: Principal::Admin,
+                ..
+            }) => "admin",
+            Ok(Authenticated {
+                bearer_access: Some(_),
+                ..
+            }) => "bearer",
+            Ok(_) => "basic",
+            Err(_) => "invalid",
+        };
+        self.gw.metrics.record_authentication(label);
+        result
+    }
+
+    /// Authenticate and authorize a repository operation; `Ok(false)` forwards it.
+    async fn repository(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        req: &RepositoryRequest,
+    ) -> Result<bool> {
+        if smuggles_form(session, req) {
+            // distribution reads `mount`/`from` from a form body too (Go's FormValue):
+            // a form-encoded upload start could name a `from` that was never checked.
+            let e = GatewayError::BadRequest(
+                "blob uploads take the blob as the body, not a form".into(),
+            );
+            return self.refuse(session, ctx, &e).await;
+        }
+        let who = match self.authenticate(session) {
+            Ok(who) => who,
+            Err(e) => return self.refuse(session, ctx, &e).await,
+        };
+        ctx.principal = Some(who.principal.clone());
+        let meta = self.meta(session);
+        match access::authorize(&self.gw, &who, req, &meta).await {
+            Ok(()) => Ok(false),
+            Err(e) => self.refuse(session, ctx, &e).await,
+        }
+    }
+
+    /// `/v2/`: anonymous → 401 challenge, authenticated → `{}`.
+    async fn base(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.authenticate(session) {
+            Ok(Authenticated {
+                principal: Principal::Anonymous,
+                ..
+            }) => {
+                let e = GatewayError::AuthenticationRequired { scope: None };
+                self.refuse(session, ctx, &e).await
+            }
+            Ok(who) => {
+                ctx.principal = Some(who.principal);
+                let body = Bytes::from_static(b"{}");
+                let header = json_header(StatusCode::OK, body.len())?;
+                write(session, header, body).await
+            }
+            Err(e) => self.refuse(session, ctx, &e).await,
+        }
+    }
+
+    /// Runs the control app on the request (body read fully, bounded) and writes its
+    /// response.
+    async fn control(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > CONTROL_BODY_LIMIT) {
+            return self.too_large(session, ctx).await;
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > CONTROL_BODY_LIMIT {
+                return self.too_large(session, ctx).await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let meta = self.meta(session);
+        let head = session.req_header();
+        let mut request = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.uri.clone())
+            .body(axum::body::Body::from(body.freeze()))
+            .map_err(|e| Error::because(ErrorType::InternalError, "building control request", e))?;
+        *request.headers_mut() = head.headers.clone();
+        request.extensions_mut().insert(meta);
+        let response = match self.control.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| Error::because(ErrorType::InternalError, "control response body", e))?;
+        let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
+        for (name, value) in &parts.headers {
+            header.append_header(name.clone(), value.clone())?;
+        }
+        header.insert_header(header::CONTENT_LENGTH, bytes.len())?;
+        write(session, header, bytes).await
+    }
+
+    async fn too_large(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
+        let response =
+            GatewayError::PayloadTooLarge(CONTROL_BODY_LIMIT).to_response(&self.challenge(session));
+        let header = json_header(response.status, response.body.len())?;
+        if ctx.has_body {
+            session.set_keepalive(None);
+        }
+        write(session, header, response.body).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: "unclassified",
+            principal: None,
+            has_body: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let head = session.req_header();
+        ctx.has_body = declares_body(&head.headers);
+        let route = match classify::classify(&head.method, head.uri.path(), head.uri.query()) {
+            Ok(route) => route,
+            Err(e) => {
+                ctx.route = "invalid";
+                return self.refuse(session, ctx, &e).await;
+            }
+        };
+        // The admin listener serves the admin API and nothing else; the main one hides
+        // it when it has its own listener.
+        let served = match (&route, self.listener) {
+            (Route::Admin, Listener::Admin) => true,
+            (_, Listener::Admin) => false,
+            (Route::Admin, Listener::Main { admin_api }) => admin_api,
+            (_, Listener::Main { .. }) => true,
+        };
+        if !served {
+            ctx.route = "not_found";
+            return self.refuse(session, ctx, &not_served(session)).await;
+        }
+        ctx.route = route_label(&route);
+        match route {
+            Route::Repository(req) => self.repository(session, ctx, &req).await,
+            Route::Base => self.base(session, ctx).await,
+            Route::Catalog
+            | Route::Token
+            | Route::Admin
+            | Route::RepositoryAttributes { .. }
+            | Route::Metrics
+            | Route::Health => self.control(session, ctx).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let mut peer = match self.gw.backend.peer() {
+            PeerAddress::Unix(path) => {
+                let path = path.to_str().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "backend socket path is not UTF-8")
+                })?;
+                HttpPeer::new_uds(path, false, String::new())?
+            }
+            PeerAddress::Tcp { addr, tls, sni } => {
+                let mut peer = HttpPeer::new(addr.as_str(), tls, sni);
+                peer.options.tcp_keepalive = Some(TcpKeepalive {
+                    idle: Duration::from_secs(60),
+                    interval: Duration::from_secs(10),
+                    count: 6,
+                    #[cfg(target_os = "linux")]
+                    user_timeout: Duration::from_secs(0),
+                });
+                peer
+            }
+        };
+        // No read/write timeouts: a multi-GB blob may legitimately take a long time,
+        // and pingora applies them per operation across the whole exchange. A dead
+        // upstream is noticed by connect timeout, TCP keepalive or a closed socket.
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(20));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let forwarded_for = match (
+            upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+            client_ip(session),
+        ) {
+            (Some(prior), Some(ip)) => Some(format!("{prior}, {ip}")),
+            (None, Some(ip)) => Some(ip.to_string()),
+            (_, None) => None,
+        };
+        if let Some(value) = forwarded_for {
+            upstream.insert_header("x-forwarded-for", value)?;
+        }
+        upstream.insert_header("x-forwarded-proto", self.scheme)?;
+        if let Some(host) = host(session).map(str::to_owned) {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        if let Some(host) = self.gw.backend.host_header() {
+            upstream.insert_header(header::HOST, host)?;
+        }
+        upstream.remove_header(&header::AUTHORIZATION);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Backend::Upstream { base, .. } = &self.gw.backend
+            && let Some(location) = response
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| relative_location(v, base))
+        {
+            response.insert_header(header::LOCATION, location)?;
+        }
+        response.insert_header("docker-distribution-api-version", API_VERSION)?;
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // Never replay a body (pingora would from its retry buffer).
+        if ctx.has_body || !session.req_header().method.is_idempotent() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let downstream_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        if downstream_gone || session.response_written().is_some() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let error = match e.etype() {
+            ErrorType::HTTPStatus(code) if *code < 500 => GatewayError::BadRequest(e.to_string()),
+            _ if e.esource() == &ErrorSource::Downstream => GatewayError::BadRequest(e.to_string()),
+            // Clients do not learn where the backend is; the access log has the cause.
+            _ => GatewayError::Unavailable("the storage backend is not answering".into()),
+        };
+        let code = error.status().as_u16();
+        // Pingora closes the connection after a failed proxy attempt; say so.
+        session.set_keepalive(None);
+        if let Err(write_error) = self.refuse(session, ctx, &error).await {
+            tracing::debug!(error = %write_error, "writing the failure response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let head = session.req_header();
+        self.gw
+            .metrics
+            .observe_request(ctx.route, head.method.as_str(), status, elapsed);
+        let principal = match &ctx.principal {
+            Some(Principal::Admin) => "admin",
+            Some(Principal::Token { name, .. }) => name.as_str(),
+            Some(Principal::Anonymous) => "anonymous",
+            None => "-",
+        };
+        tracing::info!(
+            target: "portcullis::access",
+            method = %head.method,
+            path = head.uri.path(),
+            route = ctx.route,
+            status,
+            principal,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+/// The not-found refusal for a route this listener does not serve.
+fn not_served(session: &Session) -> GatewayError {
+    let head = session.req_header();
+    GatewayError::NotFound {
+        method: head.method.to_string(),
+        path: head.uri.path().to_owned(),
+    }
+}
+
+/// The metrics label of a route (a small fixed set).
+fn route_label(route: &Route) -> &'static str {
+    match route {
+        Route::Base => "base",
+        Route::Catalog => "catalog",
+        Route::Token => "token",
+        Route::Admin => "admin",
+        Route::RepositoryAttributes { .. } => "repository_api",
+        Route::Metrics => "metrics",
+        Route::Health => "health",
+        Route::Repository(req) => match req.kind {
+            RequestKind::ManifestGet { .. } => "manifest_get",
+            RequestKind::ManifestPut { .. } => "manifest_put",
+            RequestKind::ManifestDelete { .. } => "manifest_delete",
+            RequestKind::BlobGet { .. } => "blob_get",
+            RequestKind::BlobDelete { .. } => "blob_delete",
+            RequestKind::UploadStart { .. } => "upload_start",
+            RequestKind::Upload => "upload",
+            RequestKind::TagsList => "tags_list",
+            RequestKind::Referrers { .. } => "referrers",
+        },
+    }
+}
+
+fn declares_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// The client's `Host` (HTTP/1.1 header, or the HTTP/2 authority).
+/// The client's `Host`, when it is a plain `host[:port]` authority (it ends up inside
+/// the quoted realm of a challenge, so nothing else may pass).
+fn host(session: &Session) -> Option<&str> {
+    let head = session.req_header();
+    head.headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+}
+
+/// Whether an upload request carries a form body (see `repository`).
+fn smuggles_form(session: &Session, req: &RepositoryRequest) -> bool {
+    use crate::gateway::classify::RequestKind;
+    if !matches!(
+        req.kind,
+        RequestKind::UploadStart { .. } | RequestKind::Upload
+    ) {
+        return false;
+    }
+    session
+        .req_header()
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("application/x-www-form-urlencoded")
+                || ct.starts_with("multipart/form-data")
+        })
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    match session.client_addr() {
+        Some(SocketAddr::Inet(addr)) => Some(addr.ip()),
+        _ => None,
+    }
+}
+
+/// `location` made relative when it is an absolute URL on the upstream `base`
+/// (`http://host:port`); `None` leaves it as it is.
+fn relative_location(location: &str, base: &str) -> Option<String> {
+    let rest = location
+        .get(..base.len())
+        .filter(|prefix| prefix.eq_ignore_ascii_case(base))?;
+    let path = location.get(rest.len()..)?;
+    if path.is_empty() {
+        Some("/".to_owned())
+    } else if path.starts_with('/') || path.starts_with('?') {
+        Some(path.to_owned())
+    } else {
+        // `http://host:5000` must not match `http://host:50001/…`.
+        None
+    }
+}
+
+fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header(header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(header::CONTENT_LENGTH, len)?;
+    Ok(header)
+}
+
+/// Writes a complete response the gateway produced itself.
+async fn write(session: &mut Session, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
+    header.insert_header(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    )?;
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_locations_become_relative() {
+        let base = "http://127.0.0.1:5001";
+        assert_eq!(
+            relative_location(
+                "http://127.0.0.1:5001/v2/a/blobs/uploads/u?_state=xyz",
+                base
+            )
+            .as_deref(),
+            Some("/v2/a/blobs/uploads/u?_state=xyz")
+        );
+        assert_eq!(
+            relative_location("HTTP://127.0.0.1:5001/v2/", base).as_deref(),
+            Some("/v2/")
+        );
+        assert_eq!(relative_location("http://127.0.0.1:50011/v2/", base), None);
+        assert_eq!(relative_location("/v2/a/blobs/uploads/u", base), None);
+        assert_eq!(relative_location("https://cdn.example/blob", base), None);
+    }
+
+    #[test]
+    fn bodies_are_declared_by_length_or_chunking() {
+        let mut h = http::HeaderMap::new();
+        assert!(!declares_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!declares_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert!(declares_body(&h));
+        h.remove(header::CONTENT_LENGTH);
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(declares_body(&h));
+    }
+}

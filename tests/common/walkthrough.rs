@@ -1,0 +1,315 @@
+//! The token walkthrough (issue 4, "How it is checked") replayed with the real docker
+//! engine and CLI against a running gateway, whatever backend it fronts: the bundled
+//! store (`gateway_docker`) or Debian's `docker-registry` (`gateway_upstream`).
+//! Tokens and scope maps are changed through the real `portcullis` CLI.
+//!
+//! Declared from a test crate with `mod common;`, `#[path = "common/docker.rs"] mod docker;`
+//! and `#[path = "common/walkthrough.rs"] mod walkthrough;`.
+#![allow(dead_code, reason = "each test crate uses a different part")]
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+use crate::common::{Server, cli};
+use crate::docker::Docker;
+
+const DENIED: &str = "requested access to the resource is denied";
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.manifest.v1+json";
+
+/// Runs the CLI, asserts success, returns its JSON output (or `Null` when it printed none).
+pub fn portcullis(server: &Server, args: &[&str]) -> Value {
+    let out = cli(server, args);
+    assert!(
+        out.status.success(),
+        "portcullis {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "portcullis {}: output is not JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `portcullis token create --name NAME --repository REPO ACTIONS...`; returns password1.
+pub fn create_token(server: &Server, name: &str, repository: &str, actions: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "create",
+        "--name",
+        name,
+        "--repository",
+        repository,
+    ];
+    args.extend_from_slice(actions);
+    let created = portcullis(server, &args);
+    created["credentials"]["passwords"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "password1")
+        .and_then(|p| p["value"].as_str())
+        .unwrap_or_else(|| panic!("no password1 in {created}"))
+        .to_owned()
+}
+
+/// `portcullis scope-map update --name MAP` with `--add-repository` / `--remove-repository`
+/// groups (each `[repo, action...]`).
+pub fn update_scope_map(server: &Server, map: &str, add: &[&[&str]], remove: &[&[&str]]) {
+    let mut args = vec!["scope-map", "update", "--name", map];
+    for group in add {
+        args.push("--add-repository");
+        args.extend_from_slice(group);
+    }
+    for group in remove {
+        args.push("--remove-repository");
+        args.extend_from_slice(group);
+    }
+    portcullis(server, &args);
+}
+
+/// Registry API calls with a token's Basic credentials.
+pub struct Basic<'a> {
+    pub server: &'a Server,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub http: Client,
+}
+
+impl Basic<'_> {
+    pub fn send(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::Response {
+        self.http
+            .request(method, self.server.url(path))
+            .basic_auth(self.user, Some(self.password))
+            .header("accept", MANIFEST_TYPES)
+            .send()
+            .unwrap()
+    }
+
+    /// The digest of `repo:tag` from a HEAD on its manifest.
+    pub fn manifest_digest(&self, repo: &str, tag: &str) -> String {
+        let resp = self.send(
+            reqwest::Method::HEAD,
+            &format!("/v2/{repo}/manifests/{tag}"),
+        );
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {repo}:{tag}");
+        resp.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Status and first OCI error code of a response.
+pub fn status_and_code(resp: reqwest::blocking::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    let code = body["errors"][0]["code"].as_str().unwrap_or("").to_owned();
+    (status, code)
+}
+
+/// The walkthrough: push allowed and denied, a live scope-map change without a new
+/// login, pulls, `content/delete` and `metadata/read`.
+pub fn token_walkthrough(server: &Server) {
+    const TOKEN: &str = "walkthrough";
+    const MAP: &str = "walkthrough-scope-map";
+    let docker = Docker::new();
+    let host = server.host();
+    let password = create_token(
+        server,
+        TOKEN,
+        "samples/hello-world",
+        &["content/write", "content/read"],
+    );
+    let login = docker.login(host, TOKEN, &password);
+    assert!(
+        login.status.success(),
+        "docker login as {TOKEN}: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+
+    let hello = format!("{host}/samples/hello-world");
+    let nginx = format!("{host}/samples/nginx");
+    let hello_v1 = docker.import(&format!("{hello}:v1"), &format!("hello v1 {host}"));
+    docker.run(&["push", &hello_v1]);
+    let nginx_v1 = docker.import(&format!("{nginx}:v1"), &format!("nginx v1 {host}"));
+    let out = docker.fails(&["push", &nginx_v1]);
+    assert!(
+        out.contains(DENIED),
+        "push {nginx_v1} without rights:\n{out}"
+    );
+
+    // Read/write on nginx, no more write on hello-world: effective at once, no new login.
+    update_scope_map(
+        server,
+        MAP,
+        &[&["samples/nginx", "content/read", "content/write"]],
+        &[&["samples/hello-world", "content/write"]],
+    );
+    docker.run(&["push", &nginx_v1]);
+    let hello_v2 = docker.import(&format!("{hello}:v2"), &format!("hello v2 {host}"));
+    let out = docker.fails(&["push", &hello_v2]);
+    assert!(
+        out.contains(DENIED),
+        "push {hello_v2} after write was removed:\n{out}"
+    );
+
+    // Both pulls work, from scratch.
+    let hello_id = docker.image_id(&hello_v1);
+    let nginx_id = docker.image_id(&nginx_v1);
+    docker.run(&["rmi", &hello_v1, &hello_v2, &nginx_v1]);
+    docker.run(&["pull", &hello_v1]);
+    docker.run(&["pull", &nginx_v1]);
+    assert_eq!(docker.image_id(&hello_v1), hello_id, "pulled {hello_v1}");
+    assert_eq!(docker.image_id(&nginx_v1), nginx_id, "pulled {nginx_v1}");
+
+    // content/delete lets the token delete nginx (refused before it is granted).
+    let api = Basic {
+        server,
+        user: TOKEN,
+        password: &password,
+        http: Client::new(),
+    };
+    let digest = api.manifest_digest("samples/nginx", "v1");
+    let by_digest = format!("/v2/samples/nginx/manifests/{digest}");
+    assert_eq!(
+        status_and_code(api.send(reqwest::Method::DELETE, &by_digest)),
+        (StatusCode::FORBIDDEN, "DENIED".to_owned()),
+        "DELETE {by_digest} without content/delete"
+    );
+    update_scope_map(server, MAP, &[&["samples/nginx", "content/delete"]], &[]);
+    // Through `portcullis repository delete` with the token's credentials.
+    as_token(
+        server,
+        TOKEN,
+        &password,
+        &[
+            "repository",
+            "delete",
+            "--image",
+            &format!("samples/nginx@{digest}"),
+            "--yes",
+        ],
+    );
+    for reference in ["v1", digest.as_str()] {
+        let path = format!("/v2/samples/nginx/manifests/{reference}");
+        let (status, _) = status_and_code(api.send(reqwest::Method::GET, &path));
+        assert_eq!(status, StatusCode::NOT_FOUND, "GET {path} after delete");
+    }
+    docker.run(&["rmi", &nginx_v1]);
+    let out = docker.fails(&["pull", &nginx_v1]);
+    assert!(!out.contains(DENIED), "pull of a deleted image:\n{out}");
+
+    // metadata/read lets it list hello-world's tags (refused before it is granted).
+    let tags = "/v2/samples/hello-world/tags/list";
+    assert_eq!(
+        status_and_code(api.send(reqwest::Method::GET, tags)),
+        (StatusCode::FORBIDDEN, "DENIED".to_owned()),
+        "GET {tags} without metadata/read"
+    );
+    update_scope_map(
+        server,
+        MAP,
+        &[&["samples/hello-world", "metadata/read"]],
+        &[],
+    );
+    let resp = api.send(reqwest::Method::GET, tags);
+    assert_eq!(resp.status(), StatusCode::OK, "GET {tags}");
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["name"], "samples/hello-world");
+    assert_eq!(body["tags"], serde_json::json!(["v1"]), "{body}");
+    let shown = as_token(
+        server,
+        TOKEN,
+        &password,
+        &[
+            "repository",
+            "show-tags",
+            "--repository",
+            "samples/hello-world",
+        ],
+    );
+    assert!(
+        shown.to_string().contains("\"v1\""),
+        "repository show-tags: {shown}"
+    );
+    docker.run(&["rmi", &hello_v1]);
+}
+
+/// Runs the CLI as token `user`, asserts success, returns its JSON output.
+fn as_token(server: &Server, user: &str, password: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new(crate::common::bin())
+        .args(args)
+        .env("PORTCULLIS_REGISTRY", &server.base)
+        .env_remove("PORTCULLIS_ADMIN_PASSWORD")
+        .env("PORTCULLIS_USERNAME", user)
+        .env("PORTCULLIS_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "portcullis {} as {user} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "portcullis {}: output is not JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// A logged-in docker client loses access on its next pull when its token is disabled,
+/// regains it when re-enabled, and loses it for good when the token is deleted.
+pub fn revocation_walkthrough(server: &Server) {
+    const TOKEN: &str = "revocation";
+    let docker = Docker::new();
+    let host = server.host();
+    let password = create_token(
+        server,
+        TOKEN,
+        "samples/revoked",
+        &["content/read", "content/write"],
+    );
+    let login = docker.login(host, TOKEN, &password);
+    assert!(login.status.success(), "docker login as {TOKEN}");
+    let image = docker.import(
+        &format!("{host}/samples/revoked:v1"),
+        &format!("revoked {host}"),
+    );
+    docker.run(&["push", &image]);
+    docker.run(&["rmi", &image]);
+    docker.run(&["pull", &image]);
+    docker.run(&["rmi", &image]);
+
+    let refused = |why: &str| {
+        let out = docker.fails(&["pull", &image]).to_lowercase();
+        assert!(
+            out.contains("unauthorized") || out.contains("denied"),
+            "pull of {image} with a {why} token:\n{out}"
+        );
+    };
+    portcullis(
+        server,
+        &["token", "update", "--name", TOKEN, "--status", "disabled"],
+    );
+    refused("disabled");
+    portcullis(
+        server,
+        &["token", "update", "--name", TOKEN, "--status", "enabled"],
+    );
+    docker.run(&["pull", &image]);
+    docker.run(&["rmi", &image]);
+    portcullis(server, &["token", "delete", "--name", TOKEN]);
+    refused("deleted");
+}

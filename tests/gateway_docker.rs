@@ -1,0 +1,30 @@
+//! The real docker engine and CLI against `portcullis serve` with its bundled store: the
+//! token walkthrough, and revocation (disabled, deleted token) on the next pull.
+// Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/docker.rs"]
+mod docker;
+#[path = "common/walkthrough.rs"]
+mod walkthrough;
+
+use common::{ADMIN_PASSWORD, Server};
+
+fn gateway(dir: &tempfile::TempDir) -> Server {
+    Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD))
+}
+
+#[test]
+fn token_walkthrough_with_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&dir);
+    walkthrough::token_walkthrough(&server);
+}
+
+#[test]
+fn disabled_and_deleted_tokens_fail_the_next_docker_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&dir);
+    walkthrough::revocation_walkthrough(&server);
+}
