@@ -232,10 +232,12 @@ fn unavailable(url: &str, e: reqwest::Error) -> GatewayError {
 }
 
 #[cfg(test)]
+#[path = "../../storage-backend/tests/common/registry.rs"]
+mod test_registry;
+
+#[cfg(test)]
 mod tests {
     use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
 
     use axum::body::Body;
     use portcullis_storage::{Digest, StorageConfig};
@@ -258,102 +260,58 @@ mod tests {
         .unwrap()
     }
 
-    /// Debian's `docker-registry` 2.8.2 on a free loopback port; killed on drop.
-    struct DockerRegistry {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
+    /// The storage backend's `docker-registry` 2.8.2 harness (blocking: started off the
+    /// async runtime).
+    async fn docker_registry() -> test_registry::DockerRegistry {
+        tokio::task::spawn_blocking(test_registry::DockerRegistry::start)
+            .await
+            .unwrap()
     }
 
-    impl DockerRegistry {
-        async fn start() -> DockerRegistry {
-            let dir = tempfile::tempdir().unwrap();
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    dir.path().join("data").display()
-                ),
-            )
+    /// Pushes the config blob and `repository:tag` over the registry API.
+    async fn push(url: &str, repository: &str, tag: &str) {
+        let client = reqwest::Client::new();
+        let digest = Digest::of(CONFIG);
+        // distribution 2.8 ignores a monolithic POST: open a session, then PUT.
+        let r = client
+            .post(format!("{url}/v2/{repository}/blobs/uploads/"))
+            .send()
+            .await
             .unwrap();
-            let child = Command::new("/usr/bin/docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("docker-registry 2.8.2 at /usr/bin/docker-registry");
-            let registry = DockerRegistry {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while reqwest::get(format!("{}/v2/", registry.url)).await.is_err() {
-                assert!(Instant::now() < deadline, "docker-registry did not start");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            registry
-        }
-
-        /// Pushes the config blob and `repository:tag` over the registry API.
-        async fn push(&self, repository: &str, tag: &str) {
-            let client = reqwest::Client::new();
-            let digest = Digest::of(CONFIG);
-            // distribution 2.8 ignores a monolithic POST: open a session, then PUT.
-            let r = client
-                .post(format!("{}/v2/{repository}/blobs/uploads/", self.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::ACCEPTED);
-            let location = r.headers()[header::LOCATION].to_str().unwrap().to_owned();
-            let location = if location.starts_with('/') {
-                format!("{}{location}", self.url)
-            } else {
-                location
-            };
-            let separator = if location.contains('?') { '&' } else { '?' };
-            let r = client
-                .put(format!("{location}{separator}digest={digest}"))
-                .body(CONFIG)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::CREATED);
-            let r = client
-                .put(format!("{}/v2/{repository}/manifests/{tag}", self.url))
-                .header(
-                    header::CONTENT_TYPE,
-                    "application/vnd.oci.image.manifest.v1+json",
-                )
-                .body(manifest())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
-        }
-    }
-
-    impl Drop for DockerRegistry {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let location = r.headers()[header::LOCATION].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') {
+            format!("{url}{location}")
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let r = client
+            .put(format!("{location}{separator}digest={digest}"))
+            .body(CONFIG)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = client
+            .put(format!("{url}/v2/{repository}/manifests/{tag}"))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .body(manifest())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
     }
 
     #[tokio::test]
     async fn upstream_answers_tag_lookups_and_the_whole_catalog() {
-        let upstream = DockerRegistry::start().await;
+        let upstream = docker_registry().await;
         let names = ["zeta", "alpha/one", "alpha/two", "beta", "gamma/x/y"];
         for name in names {
-            upstream.push(name, "v1").await;
+            push(&upstream.url, name, "v1").await;
         }
         let backend = Backend::upstream(&upstream.url).unwrap();
         assert!(backend.tag_exists("alpha/one", "v1").await.unwrap());

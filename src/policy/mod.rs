@@ -769,28 +769,14 @@ impl PolicyEngine {
             Some(Err(e)) => return Decision::deny(e.clone()),
             None => return Decision::deny(format!("unknown action `{}`", request.action)),
         };
-        let Some(Contextual { set, fields }) = loaded
-            .contextual
-            .get(&(Kind::of(&request.principal), request.action))
-        else {
-            return Decision::deny(format!("unknown action `{}`", request.action));
-        };
-        if set.is_empty() {
-            return fixed.decide(Outcome::default());
-        }
-        let cedar_request = match self.cedar_request(
-            prepared.principal.clone(),
-            prepared.resource.clone(),
+        self.decide_contextual(
+            loaded,
             request,
-            fields.as_deref(),
-        ) {
-            Ok(r) => r,
-            Err(e) => return Decision::deny(e),
-        };
-        let response = self
-            .authorizer
-            .is_authorized(&cedar_request, set, &prepared.entities);
-        fixed.decide(Outcome::of(set, &response))
+            fixed,
+            &prepared.principal,
+            || Ok(prepared.resource.clone()),
+            &prepared.entities,
+        )
     }
 
     /// `decide` for a (kind, action) in `Loaded::by_rules`: the context-free outcome
@@ -830,6 +816,27 @@ impl PolicyEngine {
             Ok(fixed) => fixed,
             Err(e) => return Decision::deny(e.clone()),
         };
+        self.decide_contextual(
+            loaded,
+            request,
+            fixed,
+            &principal.uid,
+            || entity_uid("Repository", &request.repository),
+            &principal.entities,
+        )
+    }
+
+    /// Evaluates the policies that read the request context and combines their outcome
+    /// with the cached context-free one. `resource` is built only when some policy runs.
+    fn decide_contextual(
+        &self,
+        loaded: &Loaded,
+        request: &AuthzRequest,
+        fixed: &Outcome,
+        principal: &EntityUid,
+        resource: impl FnOnce() -> Result<EntityUid, String>,
+        entities: &Entities,
+    ) -> Decision {
         let Some(Contextual { set, fields }) = loaded
             .contextual
             .get(&(Kind::of(&request.principal), request.action))
@@ -839,16 +846,14 @@ impl PolicyEngine {
         if set.is_empty() {
             return fixed.decide(Outcome::default());
         }
-        let cedar_request = entity_uid("Repository", &request.repository).and_then(|resource| {
-            self.cedar_request(principal.uid.clone(), resource, request, fields.as_deref())
+        let cedar_request = resource().and_then(|resource| {
+            self.cedar_request(principal.clone(), resource, request, fields.as_deref())
         });
         let cedar_request = match cedar_request {
             Ok(r) => r,
             Err(e) => return Decision::deny(e),
         };
-        let response = self
-            .authorizer
-            .is_authorized(&cedar_request, set, &principal.entities);
+        let response = self.authorizer.is_authorized(&cedar_request, set, entities);
         fixed.decide(Outcome::of(set, &response))
     }
 

@@ -10,7 +10,7 @@
 )]
 
 mod common;
-#[path = "common/docker.rs"]
+#[path = "../../tests/common/docker.rs"]
 mod docker;
 #[path = "common/image.rs"]
 mod image;
@@ -125,7 +125,7 @@ fn assert_registry_has(server: &Server, repo: &str, tag: &str, pushed: &str) {
 #[test]
 fn docker_push_and_pull_round_trip() {
     let server = Server::start(&[]);
-    let docker = Docker::start();
+    let docker = Docker::new();
     let work = tempfile::tempdir().unwrap();
     let mut rng = Prng::from_time();
     let unique = format!("portcullis-test-{}", rng.next_u64() % 1_000_000_000);

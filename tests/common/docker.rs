@@ -8,7 +8,8 @@
 //! dropped, so a small shell watchdog stops that `dockerd` and removes its directory once
 //! the test process has exited.
 //!
-//! Declared from a test crate with `#[path = "common/docker.rs"] mod docker;`.
+//! Declared from a test crate with `#[path = "common/docker.rs"] mod docker;` (the
+//! storage backend's docker test uses it too, from `../../tests/common/docker.rs`).
 #![allow(dead_code, reason = "each test crate uses a different part")]
 
 use std::path::{Path, PathBuf};
