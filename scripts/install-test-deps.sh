@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the real-client tests need (skopeo, docker engine,
-# CNCF distribution registry, notary, cmake, jq, curl) when any is missing.
+# CNCF distribution registry, notary, cmake, jq, curl; DejaVu fonts for the benchmark
+# report's plot) when any is missing.
 # Idempotent: runs `apt-get update` and `apt-get install` only if something is missing.
 set -euo pipefail
 
-packages=(skopeo docker.io docker-registry notary cmake jq curl)
+packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core)
 
 missing=()
 for pkg in "${packages[@]}"; do

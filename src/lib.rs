@@ -13,3 +13,4 @@ pub mod cli;
 pub mod gateway;
 pub mod identity;
 pub mod policy;
+pub mod trust;

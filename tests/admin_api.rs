@@ -570,3 +570,61 @@ fn generated_admin_password_is_printed_once_and_kept() {
     assert!(!server.stderr().contains(&password));
     assert_eq!(ok(&server, &password), StatusCode::OK);
 }
+
+#[test]
+fn content_trust_switch_needs_confirmation_to_disable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let api = Api::new(&server);
+    let path = "/admin/v1/config/content-trust";
+    assert_eq!(
+        json(api.get(path), StatusCode::OK),
+        json!({"status": "disabled"})
+    );
+    assert_eq!(
+        json(
+            api.send(PUT, path, json!({"status": "enabled"})),
+            StatusCode::OK
+        ),
+        json!({"status": "enabled"})
+    );
+    let message = expect_error(
+        api.send(PUT, path, json!({"status": "disabled"})),
+        StatusCode::BAD_REQUEST,
+        "UNSUPPORTED",
+    );
+    assert!(
+        message.contains("deletes the trust data of every repository")
+            && message.contains("cannot be undone")
+            && message.contains("confirm"),
+        "{message}"
+    );
+    assert_eq!(
+        json(api.get(path), StatusCode::OK),
+        json!({"status": "enabled"}),
+        "an unconfirmed disable changes nothing"
+    );
+    expect_error(
+        api.send(PUT, path, json!({"status": "off"})),
+        StatusCode::BAD_REQUEST,
+        "UNSUPPORTED",
+    );
+    assert_eq!(
+        json(
+            api.send(PUT, path, json!({"status": "disabled", "confirm": true})),
+            StatusCode::OK
+        ),
+        json!({"status": "disabled"})
+    );
+    // The switch is kept across restarts.
+    api.send(PUT, path, json!({"status": "enabled"}));
+    drop(server);
+    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let api = Api::new(&server);
+    assert_eq!(
+        json(api.get(path), StatusCode::OK),
+        json!({"status": "enabled"})
+    );
+    let doc = json(api.get("/admin/v1/openapi.json"), StatusCode::OK);
+    assert!(doc["paths"][path]["put"].is_object());
+}

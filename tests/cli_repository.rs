@@ -606,3 +606,100 @@ fn show_tags_follows_link_pagination() {
     );
     assert_eq!(tags, json!(expected));
 }
+
+#[test]
+fn signed_only_refuses_unsigned_manifests_and_hides_unsigned_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, hello) = populated(&dir);
+    let password = token(
+        &server,
+        "writer",
+        HELLO,
+        &["content/read", "metadata/read", "metadata/write"],
+    );
+    let writer = As::Token("writer", &password);
+    let http = Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", server.base))
+            .basic_auth("writer", Some(&password))
+            .header(
+                "accept",
+                "application/vnd.oci.image.manifest.v1+json, application/json",
+            )
+            .send()
+            .unwrap()
+    };
+    let updated = ok(
+        &server,
+        writer,
+        &[
+            "repository",
+            "update",
+            "--repository",
+            HELLO,
+            "--signed-only",
+            "true",
+        ],
+    );
+    assert_eq!(updated["changeableAttributes"]["signedOnly"], true);
+    let table = run(
+        &server,
+        writer,
+        &["repository", "show", "--repository", HELLO, "-o", "table"],
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("SIGNED-ONLY"), "{table}");
+
+    // Nothing is signed (content trust is off): manifests are refused by tag and by
+    // digest, with the reason in the message docker prints.
+    for reference in ["v1".to_owned(), hello.digest()] {
+        let resp = get(&format!("/v2/{HELLO}/manifests/{reference}"));
+        assert_eq!(resp.status(), 403);
+        let body: Value = resp.json().unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        assert_eq!(
+            body["errors"][0]["message"],
+            format!(
+                "{DENIED}: manifest `{reference}` of `{HELLO}` is not signed (signed-only repository)"
+            )
+        );
+    }
+    // Blobs are not restricted; the tag list shows only signed tags: none.
+    let config = content::digest(&hello.config);
+    assert_eq!(get(&format!("/v2/{HELLO}/blobs/{config}")).status(), 200);
+    assert_eq!(
+        ok(
+            &server,
+            writer,
+            &["repository", "show-tags", "--repository", HELLO]
+        ),
+        json!([])
+    );
+    // Other repositories are untouched, for the admin too.
+    let resp = admin_auth(http.get(format!("{}/v2/{OTHER}/tags/list", server.base)))
+        .send()
+        .unwrap();
+    assert_eq!(resp.json::<Value>().unwrap()["tags"], json!(["v1"]));
+
+    ok(
+        &server,
+        writer,
+        &[
+            "repository",
+            "update",
+            "--repository",
+            HELLO,
+            "--signed-only",
+            "false",
+        ],
+    );
+    assert_eq!(get(&format!("/v2/{HELLO}/manifests/v1")).status(), 200);
+    assert_eq!(
+        ok(
+            &server,
+            writer,
+            &["repository", "show-tags", "--repository", HELLO]
+        ),
+        json!(["v1", "v2"])
+    );
+}

@@ -1,9 +1,11 @@
 //! The admin HTTP API (`/admin/v1/...`): tokens, credentials and scope maps over the
-//! identity store, admin-authenticated, with an OpenAPI document.
+//! identity store, repository attributes, policies and the content-trust switch,
+//! admin-authenticated, with an OpenAPI document.
 //!
 //! Every route, including the OpenAPI document and unknown `/admin/v1/` paths, requires
 //! the admin account's Basic credentials; failures are OCI-style JSON errors.
 
+mod config_routes;
 mod error;
 mod handlers;
 mod policy_routes;
@@ -22,6 +24,7 @@ use http::{Method, header};
 
 use crate::identity::{AdminAccount, IdentityStore};
 use crate::policy::PolicyEngine;
+use crate::trust::service::TrustService;
 
 pub use error::{AdminError, REALM};
 
@@ -33,6 +36,7 @@ pub struct AdminState {
     pub store: Arc<IdentityStore>,
     pub admin: Arc<AdminAccount>,
     pub engine: Arc<PolicyEngine>,
+    pub trust: Arc<TrustService>,
 }
 
 /// Every identity route: method, axum path, handler. The router is built from this
@@ -42,6 +46,7 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
     const TOKEN: &str = "/admin/v1/tokens/{name}";
     const SCOPE_MAP: &str = "/admin/v1/scope-maps/{name}";
     const ATTRIBUTES: &str = "/admin/v1/repositories/{*path}";
+    const CONTENT_TRUST: &str = "/admin/v1/config/content-trust";
     vec![
         (Method::GET, "/admin/v1/openapi.json", get(openapi)),
         (Method::GET, "/admin/v1/tokens", get(list_tokens)),
@@ -66,6 +71,16 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
         (Method::DELETE, SCOPE_MAP, delete(delete_scope_map)),
         (Method::GET, ATTRIBUTES, get(get_attributes)),
         (Method::PUT, ATTRIBUTES, put(put_attributes)),
+        (
+            Method::GET,
+            CONTENT_TRUST,
+            get(config_routes::get_content_trust),
+        ),
+        (
+            Method::PUT,
+            CONTENT_TRUST,
+            put(config_routes::put_content_trust),
+        ),
     ]
 }
 
@@ -132,10 +147,14 @@ mod tests {
     async fn everything_documented_is_routed() {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
+        let trust =
+            TrustService::open(store.database(), crate::trust::KeyAlgorithm::Ecdsa).unwrap();
         let state = AdminState {
-            store: IdentityStore::open(&dir.path().join("control.redb")).unwrap(),
+            store,
             admin: Arc::new(AdminAccount::new("pw").unwrap()),
             engine: Arc::new(PolicyEngine::load(&[]).unwrap()),
+            trust,
         };
         let app = router(state);
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();

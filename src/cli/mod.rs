@@ -1,7 +1,9 @@
 //! The `portcullis` command line: `serve` runs the registry; `token`, `scope-map` and
-//! `policy` are tools for operators (the first two are clients of the admin API).
+//! `policy` are tools for operators (the first two are clients of the admin API, as is
+//! `config`).
 
 mod admin_client;
+mod config;
 mod manifest;
 mod policy;
 mod registry_client;
@@ -37,6 +39,8 @@ enum Command {
     Repository(repository::RepositoryArgs),
     /// Inspect a repository's manifests.
     Manifest(manifest::ManifestArgs),
+    /// Registry-level settings (the content-trust switch).
+    Config(config::ConfigArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Repository(args) => repository::run(args),
         Command::Manifest(args) => manifest::run(args),
+        Command::Config(args) => config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

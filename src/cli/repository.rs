@@ -49,7 +49,7 @@ pub enum RepositoryCommand {
     },
     /// Change a repository's attributes (`metadata/write`).
     #[command(group(ArgGroup::new("attribute").required(true).multiple(true)
-        .args(["write_enabled", "delete_enabled", "read_enabled", "list_enabled"])))]
+        .args(["write_enabled", "delete_enabled", "read_enabled", "list_enabled", "signed_only"])))]
     Update {
         #[arg(long)]
         repository: String,
@@ -65,6 +65,11 @@ pub enum RepositoryCommand {
         /// Whether the repository shows in listings.
         #[arg(long, value_name = "BOOL")]
         list_enabled: Option<bool>,
+        /// Whether only signed manifests are served (content trust): pulls by tag need
+        /// the tag signed for the manifest served, by digest a signed digest; the tag
+        /// list shows signed tags only.
+        #[arg(long, value_name = "BOOL")]
+        signed_only: Option<bool>,
     },
     /// Remove a tag; the manifest stays (`metadata/write`).
     Untag {
@@ -115,12 +120,14 @@ pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
             delete_enabled,
             read_enabled,
             list_enabled,
+            signed_only,
         } => {
             let changes: Map<String, Value> = [
                 ("writeEnabled", write_enabled),
                 ("deleteEnabled", delete_enabled),
                 ("readEnabled", read_enabled),
                 ("listEnabled", list_enabled),
+                ("signedOnly", signed_only),
             ]
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_owned(), json!(v))))
@@ -298,13 +305,14 @@ fn tags_table(v: &Value) -> String {
 fn attributes_table(v: &Value) -> String {
     let a = &v["changeableAttributes"];
     render_table(
-        &["NAME", "READ", "WRITE", "DELETE", "LIST"],
+        &["NAME", "READ", "WRITE", "DELETE", "LIST", "SIGNED-ONLY"],
         &[vec![
             cell(&v["imageName"]),
             cell(&a["readEnabled"]),
             cell(&a["writeEnabled"]),
             cell(&a["deleteEnabled"]),
             cell(&a["listEnabled"]),
+            cell(&a["signedOnly"]),
         ]],
     )
 }

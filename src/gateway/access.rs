@@ -7,13 +7,19 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
+
 use super::authn::Authenticated;
 use super::classify::{RepositoryRequest, RequestKind};
 use super::errors::GatewayError;
 use super::jwt::AccessEntry;
+use super::signed::{self, Signature};
 use super::{Gateway, RequestMeta};
 use crate::identity::{Action, IdentitySnapshot, Principal, now_unix};
 use crate::policy::{AuthzRequest, Decision, Operation, PolicyEngine, Reference, RequestContext};
+
+/// The base policy that refuses unsigned manifests in signed-only repositories.
+const SIGNED_ONLY_POLICY: &str = "base/repository-signed-only";
 
 /// One Cedar question a request raises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,11 +141,138 @@ fn challenge_scope(check: &Check) -> String {
     format!("repository:{}:{actions}", check.repository)
 }
 
+/// What to do with an authorized repository request.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Hand it to the backend.
+    Forward,
+    /// Answer it from the gateway: the tag list of a caller under a signature demand.
+    Respond(http::Response<Bytes>),
+}
+
+/// The tag a tag-list request is judged for: whether policy demands signatures of this
+/// caller on this repository is asked as for a pull of this tag.
+const PROBE_TAG: &str = "latest";
+
 /// Every check against the current policy (and the bearer access claim). Anonymous +
 /// deny → 401 `AuthenticationRequired{scope}`; claim too narrow → 401
-/// `InsufficientScope`; principal + deny → 403 `Denied`. Only a manifest PUT that
-/// writes tags asks the backend anything (which of them exist).
+/// `InsufficientScope`; principal + deny → 403 `Denied`; an unsigned manifest where a
+/// signature is demanded → 403 `Unsigned`. A manifest PUT that writes tags asks the
+/// backend which of them exist; a manifest pull by a tag that has a signed target asks
+/// it which digest it serves, when the decision depends on it. A tag list under a
+/// signature demand is answered here (`query` is its `n`/`last`).
 pub async fn authorize(
+    gw: &Gateway,
+    who: &Authenticated,
+    req: &RepositoryRequest,
+    meta: &RequestMeta,
+    query: Option<&str>,
+) -> Result<Disposition, GatewayError> {
+    match &req.kind {
+        RequestKind::ManifestGet { reference } => {
+            let signed = manifest_signed(gw, who, req, reference, meta).await?;
+            let result = decide_for(gw, who, &checks(req, &[]), meta, signed);
+            gw.metrics.record_decision(result.is_ok());
+            result.map(|()| Disposition::Forward)
+        }
+        RequestKind::TagsList => {
+            authorize_checks(gw, who, &checks(req, &[]), meta)?;
+            if !signature_demanded(gw, &who.principal, &req.repository, meta) {
+                return Ok(Disposition::Forward);
+            }
+            let targets = signed::targets(gw, &req.repository);
+            let tags = signed::signed_tags(gw, &req.repository, targets.as_deref()).await?;
+            Ok(Disposition::Respond(signed::tags_list(
+                &req.repository,
+                &tags,
+                query,
+            )))
+        }
+        _ => authorize_writes(gw, who, req, meta)
+            .await
+            .map(|()| Disposition::Forward),
+    }
+}
+
+/// `context.signed` of a manifest pull. Free without trust data for the repository; a
+/// tag with a signed target costs a backend lookup only when the decision differs
+/// between signed and unsigned.
+async fn manifest_signed(
+    gw: &Gateway,
+    who: &Authenticated,
+    req: &RepositoryRequest,
+    reference: &Reference,
+    meta: &RequestMeta,
+) -> Result<bool, GatewayError> {
+    let targets = signed::targets(gw, &req.repository);
+    match (signed::signature(targets.as_deref(), reference), reference) {
+        (Signature::Unsigned, _) => Ok(false),
+        (Signature::Signed, _) => Ok(true),
+        (Signature::TagSigned, Reference::Tag(tag)) => {
+            let identity = gw.store.snapshot();
+            let depends = checks(req, &[]).iter().any(|check| {
+                let ask = |signed| {
+                    ask_signed(
+                        &gw.engine,
+                        &identity,
+                        &who.principal,
+                        check,
+                        meta.source_ip,
+                        signed,
+                    )
+                    .allowed
+                };
+                ask(false) != ask(true)
+            });
+            if depends {
+                match targets.as_deref() {
+                    Some(targets) => signed::serves_signed(gw, targets, &req.repository, tag).await,
+                    None => Ok(false),
+                }
+            } else {
+                Ok(false)
+            }
+        }
+        (Signature::TagSigned, Reference::Digest(_)) => Ok(false),
+    }
+}
+
+/// Whether policy refuses `principal` an unsigned manifest of `repository` but would
+/// serve a signed one: the repository is signed-only, or a policy demands signatures
+/// (asked as for a pull of [`PROBE_TAG`]).
+fn signature_demanded(
+    gw: &Gateway,
+    principal: &Principal,
+    repository: &str,
+    meta: &RequestMeta,
+) -> bool {
+    let identity = gw.store.snapshot();
+    if identity.repository_attributes(repository).signed_only {
+        return true;
+    }
+    let probe = Check {
+        action: Action::ContentRead,
+        repository: repository.to_owned(),
+        operation: Operation::Pull,
+        reference: Some(Reference::Tag(PROBE_TAG.to_owned())),
+    };
+    let ask = |signed| {
+        ask_signed(
+            &gw.engine,
+            &identity,
+            principal,
+            &probe,
+            meta.source_ip,
+            signed,
+        )
+        .allowed
+    };
+    !ask(false) && ask(true)
+}
+
+/// Every other request: only a manifest PUT that writes tags asks the backend anything
+/// (which of them exist).
+async fn authorize_writes(
     gw: &Gateway,
     who: &Authenticated,
     req: &RepositoryRequest,
@@ -149,7 +282,7 @@ pub async fn authorize(
     if !written.is_empty() {
         // Decide as if every tag were new before asking the backend anything: a caller
         // who may not even create them costs no lookups and learns nothing.
-        if let Err(e) = decide_for(gw, who, &checks(req, &[]), meta) {
+        if let Err(e) = decide_for(gw, who, &checks(req, &[]), meta, false) {
             gw.metrics.record_decision(false);
             return Err(e);
         }
@@ -171,7 +304,7 @@ pub fn authorize_checks(
     checks: &[Check],
     meta: &RequestMeta,
 ) -> Result<(), GatewayError> {
-    let result = decide_for(gw, who, checks, meta);
+    let result = decide_for(gw, who, checks, meta, false);
     gw.metrics.record_decision(result.is_ok());
     result
 }
@@ -181,6 +314,7 @@ fn decide_for(
     who: &Authenticated,
     checks: &[Check],
     meta: &RequestMeta,
+    signed: bool,
 ) -> Result<(), GatewayError> {
     decide(
         &gw.engine,
@@ -189,6 +323,7 @@ fn decide_for(
         |repository, action| claim_covers(who, repository, action),
         checks,
         meta.source_ip,
+        signed,
     )
 }
 
@@ -226,7 +361,8 @@ pub fn claim_covers(who: &Authenticated, repository: &str, action: &str) -> bool
 /// first, so a request policy forbids is a 403 even when the bearer claim is also too
 /// narrow; a request policy allows but the claim does not cover is a 401
 /// `insufficient_scope`, on which docker fetches a fresh token (that is how a widened
-/// scope map takes effect without a new login).
+/// scope map takes effect without a new login). `signed` is `context.signed` of the
+/// manifest a pull names (false for every other request).
 fn decide(
     engine: &PolicyEngine,
     identity: &IdentitySnapshot,
@@ -234,10 +370,19 @@ fn decide(
     covered: impl Fn(&str, &str) -> bool,
     checks: &[Check],
     source_ip: Option<IpAddr>,
+    signed: bool,
 ) -> Result<(), GatewayError> {
     for check in checks {
-        let decision = ask(engine, identity, principal, check, source_ip);
+        let decision = ask_signed(engine, identity, principal, check, source_ip, signed);
         if !decision.allowed {
+            // Refused unsigned but allowed signed: the signature is what is missing.
+            let unsigned_pull =
+                !signed && check.action == Action::ContentRead && check.reference.is_some();
+            if unsigned_pull
+                && ask_signed(engine, identity, principal, check, source_ip, true).allowed
+            {
+                return Err(unsigned(check, &decision));
+            }
             return Err(refusal(principal, check, &decision));
         }
         if !covered(&check.repository, scope_action(check)) {
@@ -249,7 +394,8 @@ fn decide(
     Ok(())
 }
 
-/// One check decided by Cedar for `principal`, now.
+/// One check that names no manifest (`context.signed` is false) decided by Cedar for
+/// `principal`, now.
 pub(crate) fn ask(
     engine: &PolicyEngine,
     identity: &IdentitySnapshot,
@@ -257,20 +403,51 @@ pub(crate) fn ask(
     check: &Check,
     source_ip: Option<IpAddr>,
 ) -> Decision {
+    ask_signed(engine, identity, principal, check, source_ip, false)
+}
+
+/// One check decided by Cedar for `principal`, now, with `context.signed`.
+pub(crate) fn ask_signed(
+    engine: &PolicyEngine,
+    identity: &IdentitySnapshot,
+    principal: &Principal,
+    check: &Check,
+    source_ip: Option<IpAddr>,
+    signed: bool,
+) -> Decision {
     let request = AuthzRequest {
         principal: principal.clone(),
         action: check.action,
         repository: check.repository.clone(),
         context: RequestContext {
             reference: check.reference.clone(),
-            // Content trust is not consulted yet.
-            signed: false,
+            signed,
             source_ip,
             now: now_unix(),
             operation: check.operation,
         },
     };
     engine.authorize(identity, &request)
+}
+
+/// The refusal of a manifest that is not signed where a signature is demanded, naming
+/// the manifest and who demands it (docker prints the message).
+fn unsigned(check: &Check, decision: &Decision) -> GatewayError {
+    let manifest = match &check.reference {
+        Some(Reference::Tag(r) | Reference::Digest(r)) => r.as_str(),
+        None => "",
+    };
+    let demand = if decision.policies.iter().any(|p| p == SIGNED_ONLY_POLICY) {
+        "signed-only repository".to_owned()
+    } else {
+        format!("signature required by {}", decision.policies.join(", "))
+    };
+    GatewayError::Unsigned {
+        reason: format!(
+            "manifest `{manifest}` of `{}` is not signed ({demand})",
+            check.repository
+        ),
+    }
 }
 
 fn refusal(principal: &Principal, check: &Check, decision: &Decision) -> GatewayError {
@@ -428,6 +605,7 @@ mod tests {
                 |r, a| claim_covers(who, r, a),
                 &checks(&req, &existing(&req.kind, tag_exists)),
                 None,
+                false,
             )
         }
 
@@ -827,5 +1005,356 @@ mod tests {
         assert_eq!(f.granted(&all, "a", &["*", "delete"]), vec!["*", "delete"]);
         assert_eq!(f.granted(&Principal::Admin, "any/repo", &["*"]), vec!["*"]);
         assert!(f.granted(&Principal::Anonymous, "a", &["pull"]).is_empty());
+    }
+
+    /// Signed-only views end to end: a gateway with the bundled store holding images
+    /// and the trust service holding real (validated) trust data.
+    mod signed_views {
+        use axum::body::Body;
+        use portcullis_storage::Digest;
+        use portcullis_storage::names::Reference as StoredReference;
+        use time::{Duration, OffsetDateTime};
+
+        use super::*;
+        use crate::gateway::backend::Backend;
+        use crate::gateway::testing;
+        use crate::identity::RepositoryAttributes;
+        use crate::trust::Role;
+        use crate::trust::service::ContentTrustStatus;
+        use crate::trust::validate::testkit::{RootKeys, TestKey, root_json, sign, targets_json};
+
+        const REPO: &str = "samples/app";
+        const GUN: &str = "127.0.0.1:5443/samples/app";
+        const CONFIG: &[u8] = b"{}";
+
+        struct Views {
+            _dir: tempfile::TempDir,
+            gw: Arc<Gateway>,
+        }
+
+        fn manifest(label: &str) -> Vec<u8> {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": Digest::of(CONFIG).to_string(),
+                    "size": CONFIG.len(),
+                },
+                "layers": [],
+                "annotations": { "label": label },
+            }))
+            .unwrap()
+        }
+
+        fn digest_of(bytes: &[u8]) -> String {
+            Digest::of(bytes).to_string()
+        }
+
+        fn role(name: &str) -> Role {
+            Role::parse(name).unwrap()
+        }
+
+        /// `policy`: an extra user policy file; content trust enabled.
+        fn views(policy: Option<&str>) -> Views {
+            let dir = tempfile::tempdir().unwrap();
+            let gw = match policy {
+                None => testing::gateway(dir.path()),
+                Some(text) => {
+                    let policies = dir.path().join("policies");
+                    std::fs::create_dir(&policies).unwrap();
+                    std::fs::write(policies.join("user.cedar"), text).unwrap();
+                    let options = crate::gateway::GatewayOptions {
+                        data_dir: dir.path().join("data"),
+                        policy_dirs: vec![policies],
+                        admin_password: Some("admin-secret".into()),
+                        upstream: None,
+                        service: "portcullis-test".into(),
+                        token_ttl: std::time::Duration::from_secs(300),
+                    };
+                    Gateway::open(&options).unwrap().gateway
+                }
+            };
+            gw.trust.set_status(ContentTrustStatus::Enabled).unwrap();
+            Views { _dir: dir, gw }
+        }
+
+        impl Views {
+            /// Pushes `bytes` as `REPO:tag` into the bundled store.
+            async fn push(&self, tag: &str, bytes: &[u8]) {
+                let Backend::Bundled { registry, .. } = &self.gw.backend else {
+                    panic!("not the bundled backend")
+                };
+                let id = registry.start_upload(REPO).await.unwrap();
+                registry
+                    .finish_upload(REPO, &id, &Digest::of(CONFIG), Body::from(CONFIG))
+                    .await
+                    .unwrap();
+                registry
+                    .put_manifest(
+                        REPO,
+                        &StoredReference::Tag(tag.to_owned()),
+                        Some("application/vnd.oci.image.manifest.v1+json"),
+                        bytes.to_vec(),
+                        Vec::new(),
+                    )
+                    .await
+                    .unwrap();
+            }
+
+            /// Publishes trust data signing `tags` (tag → manifest bytes), as docker's
+            /// first signed push does.
+            fn sign(&self, tags: &[(&str, &[u8])]) {
+                let trust = &self.gw.trust;
+                let root_key = TestKey::root(GUN);
+                let targets_key = TestKey::ecdsa();
+                let timestamp = trust.public_key(GUN, &role("timestamp")).unwrap();
+                let snapshot = trust.public_key(GUN, &role("snapshot")).unwrap();
+                let now = OffsetDateTime::now_utc();
+                let keys = RootKeys {
+                    root: vec![&root_key.public],
+                    targets: vec![&targets_key.public],
+                    targets_threshold: 1,
+                    snapshot: &snapshot,
+                    timestamp: &timestamp,
+                };
+                let root = sign(
+                    &root_json(1, &keys, now + Duration::days(3650)),
+                    &[&root_key],
+                );
+                let targets = sign(
+                    &targets_json(1, tags, &[], now + Duration::days(1000)),
+                    &[&targets_key],
+                );
+                trust
+                    .update(
+                        GUN,
+                        vec![(role("root"), root), (role("targets"), targets)],
+                        now,
+                    )
+                    .unwrap();
+            }
+
+            fn signed_only(&self, on: bool) {
+                let attributes = RepositoryAttributes {
+                    signed_only: on,
+                    ..RepositoryAttributes::default()
+                };
+                self.gw
+                    .store
+                    .set_repository_attributes(REPO, &attributes)
+                    .unwrap();
+            }
+
+            async fn request(
+                &self,
+                principal: &Principal,
+                kind: RequestKind,
+                query: Option<&str>,
+            ) -> Result<Disposition, GatewayError> {
+                let who = Authenticated {
+                    principal: principal.clone(),
+                    bearer_access: None,
+                };
+                let req = RepositoryRequest {
+                    repository: REPO.into(),
+                    kind,
+                };
+                authorize(&self.gw, &who, &req, &testing::meta(), query).await
+            }
+
+            async fn pull(
+                &self,
+                principal: &Principal,
+                reference: Reference,
+            ) -> Result<(), GatewayError> {
+                match self
+                    .request(principal, RequestKind::ManifestGet { reference }, None)
+                    .await?
+                {
+                    Disposition::Forward => Ok(()),
+                    Disposition::Respond(r) => panic!("a pull answered by the gateway: {r:?}"),
+                }
+            }
+
+            /// `None`: forwarded; else the tags the gateway answered and its `Link`.
+            async fn tags(
+                &self,
+                principal: &Principal,
+                query: Option<&str>,
+            ) -> Option<(Vec<String>, Option<String>)> {
+                match self
+                    .request(principal, RequestKind::TagsList, query)
+                    .await
+                    .unwrap()
+                {
+                    Disposition::Forward => None,
+                    Disposition::Respond(r) => {
+                        assert_eq!(r.status(), http::StatusCode::OK);
+                        let link = r
+                            .headers()
+                            .get(http::header::LINK)
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+                        assert_eq!(body["name"], REPO);
+                        let tags = body["tags"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|t| t.as_str().unwrap().to_owned())
+                            .collect();
+                        Some((tags, link))
+                    }
+                }
+            }
+
+            fn reader(&self, name: &str) -> Principal {
+                testing::token(
+                    &self.gw.store,
+                    name,
+                    &[(REPO, &[Action::ContentRead, Action::MetadataRead])],
+                )
+            }
+        }
+
+        fn unsigned_reason(result: Result<(), GatewayError>) -> String {
+            match result {
+                Err(GatewayError::Unsigned { reason }) => reason,
+                other => panic!("expected an unsigned refusal, got {other:?}"),
+            }
+        }
+
+        fn tag(t: &str) -> Reference {
+            Reference::Tag(t.into())
+        }
+
+        #[tokio::test]
+        async fn signed_only_serves_signed_tags_and_digests_only() {
+            let v = views(None);
+            let (one, two) = (manifest("one"), manifest("two"));
+            v.push("v1", &one).await;
+            v.push("v2", &two).await;
+            v.push("latest", &one).await;
+            v.sign(&[("v1", &one), ("latest", &one)]);
+            let t = v.reader("reader");
+            // Not signed-only: everything is served, the tag list is the backend's.
+            v.pull(&t, tag("v2")).await.unwrap();
+            assert_eq!(v.tags(&t, None).await, None);
+
+            v.signed_only(true);
+            v.pull(&t, tag("v1")).await.unwrap();
+            v.pull(&t, Reference::Digest(digest_of(&one)))
+                .await
+                .unwrap();
+            let reason = unsigned_reason(v.pull(&t, tag("v2")).await);
+            assert_eq!(
+                reason,
+                "manifest `v2` of `samples/app` is not signed (signed-only repository)"
+            );
+            let reason = unsigned_reason(v.pull(&t, Reference::Digest(digest_of(&two))).await);
+            assert!(reason.contains(&digest_of(&two)), "{reason}");
+            // Blobs are not restricted; the admin is held to it too.
+            v.request(
+                &t,
+                RequestKind::BlobGet {
+                    digest: digest_of(CONFIG),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+            unsigned_reason(v.pull(&Principal::Admin, tag("v2")).await);
+            // Anonymous callers learn the reason too, not a login challenge.
+            v.gw.engine.set_anonymous_pull(true);
+            unsigned_reason(v.pull(&Principal::Anonymous, tag("v2")).await);
+            assert_eq!(
+                v.tags(&t, None).await,
+                Some((vec!["latest".to_owned(), "v1".to_owned()], None))
+            );
+
+            // `v1` moved to another manifest: its signature no longer covers it.
+            v.push("v1", &two).await;
+            unsigned_reason(v.pull(&t, tag("v1")).await);
+            assert_eq!(
+                v.tags(&t, None).await,
+                Some((vec!["latest".to_owned()], None))
+            );
+        }
+
+        #[tokio::test]
+        async fn the_signed_tag_list_is_paginated_as_distribution() {
+            let v = views(None);
+            let bytes: Vec<Vec<u8>> = (0..5).map(|i| manifest(&format!("m{i}"))).collect();
+            let names = ["a", "b", "c", "d", "e"];
+            for (name, b) in names.iter().zip(&bytes) {
+                v.push(name, b).await;
+            }
+            let signed: Vec<(&str, &[u8])> = names
+                .iter()
+                .zip(&bytes)
+                .filter(|(n, _)| **n != "c")
+                .map(|(n, b)| (*n, b.as_slice()))
+                .collect();
+            v.sign(&signed);
+            v.signed_only(true);
+            let t = v.reader("reader");
+            let page = v.tags(&t, Some("n=2")).await.unwrap();
+            assert_eq!(page.0, vec!["a", "b"]);
+            assert_eq!(
+                page.1.as_deref(),
+                Some("</v2/samples/app/tags/list?n=2&last=b>; rel=\"next\"")
+            );
+            let page = v.tags(&t, Some("n=2&last=b")).await.unwrap();
+            assert_eq!(page, (vec!["d".to_owned(), "e".to_owned()], None));
+            let page = v.tags(&t, Some("last=d")).await.unwrap();
+            assert_eq!(page, (vec!["e".to_owned()], None));
+        }
+
+        #[tokio::test]
+        async fn a_policy_can_demand_signatures_of_some_principals() {
+            let v = views(Some(
+                "@id(\"signed-for-deployers\")\n\
+                 forbid (principal, action == Action::\"content/read\", resource)\n\
+                 when { principal is Token && principal.name == \"deployer\" &&\n\
+                        context.referenceKind != \"none\" && !context.signed };\n",
+            ));
+            let one = manifest("one");
+            let two = manifest("two");
+            v.push("v1", &one).await;
+            v.push("v2", &two).await;
+            v.sign(&[("v1", &one)]);
+            let deployer = v.reader("deployer");
+            let developer = v.reader("developer");
+            v.pull(&deployer, tag("v1")).await.unwrap();
+            let reason = unsigned_reason(v.pull(&deployer, tag("v2")).await);
+            assert_eq!(
+                reason,
+                "manifest `v2` of `samples/app` is not signed \
+                 (signature required by signed-for-deployers)"
+            );
+            v.pull(&developer, tag("v2")).await.unwrap();
+            assert_eq!(
+                v.tags(&deployer, None).await,
+                Some((vec!["v1".to_owned()], None))
+            );
+            assert_eq!(v.tags(&developer, None).await, None);
+        }
+
+        #[tokio::test]
+        async fn without_content_trust_nothing_is_signed() {
+            let v = views(None);
+            let one = manifest("one");
+            v.push("v1", &one).await;
+            v.sign(&[("v1", &one)]);
+            v.signed_only(true);
+            let t = v.reader("reader");
+            v.pull(&t, tag("v1")).await.unwrap();
+            // Disabling deletes the trust data: the signed-only repository serves nothing.
+            v.gw.trust.set_status(ContentTrustStatus::Disabled).unwrap();
+            unsigned_reason(v.pull(&t, tag("v1")).await);
+            assert_eq!(v.tags(&t, None).await, Some((vec![], None)));
+            v.signed_only(false);
+            v.pull(&t, tag("v1")).await.unwrap();
+        }
     }
 }

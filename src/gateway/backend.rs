@@ -1,8 +1,8 @@
-//! Where allowed requests go — the bundled store (in this process, served on a Unix
-//! socket) or an upstream registry (`--upstream URL`) — and the lookups decisions and
-//! the catalog need from it: whether a tag exists (create vs overwrite) and the list
-//! of repositories. The bundled store answers those in process; an upstream is asked
-//! over HTTP with the same API docker uses.
+//! Where allowed requests go — the bundled store (in this process: the proxy calls its
+//! router directly) or an upstream registry (`--upstream URL`) — and the lookups
+//! decisions and the catalog need from it: whether a tag exists (create vs overwrite)
+//! and the list of repositories. The bundled store answers those in process; an
+//! upstream is asked over HTTP with the same API docker uses.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,10 +28,12 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 const UPSTREAM_PAGE: usize = 1000;
 
 pub enum Backend {
-    /// The storage crate's registry in this process; pingora forwards to its router
-    /// listening on `socket`.
+    /// The storage crate's registry in this process. The proxy calls `router` (the
+    /// store's own HTTP API) in process for every authorized request; the server also
+    /// listens on `socket` with it (`/readyz` probes it).
     Bundled {
         registry: Arc<Registry>,
+        router: axum::Router,
         socket: PathBuf,
     },
     /// An existing registry reached over HTTP(S).
@@ -59,7 +61,11 @@ pub enum PeerAddress {
 
 impl Backend {
     pub fn bundled(registry: Arc<Registry>, socket: PathBuf) -> Backend {
-        Backend::Bundled { registry, socket }
+        Backend::Bundled {
+            router: portcullis_storage::router(Arc::clone(&registry)),
+            registry,
+            socket,
+        }
     }
 
     /// An upstream registry at `url` (`http://` or `https://`, optional port, no path).
@@ -151,6 +157,47 @@ impl Backend {
                 match response.status() {
                     s if s.is_success() => Ok(true),
                     StatusCode::NOT_FOUND => Ok(false),
+                    s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
+                }
+            }
+        }
+    }
+
+    /// The digest the backend serves for `repository:tag` (`None`: no such tag), for
+    /// signed-only views (added by VIEWS: the tag's signed digest must be this one).
+    pub async fn manifest_digest(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<String>, GatewayError> {
+        match self {
+            Backend::Bundled { registry, .. } => {
+                let reference = Reference::Tag(tag.to_owned());
+                match registry.get_manifest(repository, &reference, false).await {
+                    Ok(found) => Ok(Some(found.digest.to_string())),
+                    Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(GatewayError::Internal(format!(
+                        "looking up tag `{repository}:{tag}`: {e}"
+                    ))),
+                }
+            }
+            Backend::Upstream { base, client, .. } => {
+                let url = format!("{base}/v2/{repository}/manifests/{tag}");
+                let response = client
+                    .head(&url)
+                    .header(header::ACCEPT, MANIFEST_ACCEPT)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(&url, e))?;
+                match response.status() {
+                    s if s.is_success() => Ok(response
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)),
+                    StatusCode::NOT_FOUND => Ok(None),
                     s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
                 }
             }

@@ -3,6 +3,10 @@
 //! by the storage crate's own path parser (`portcullis_storage::route`), so the gateway
 //! decides on precisely the request the bundled backend will serve. Repository names
 //! contain `/`; anything that does not parse is refused here, before authentication.
+//!
+//! The Notary v1 API lives under `/v2/<gun>/_trust/…` (GUN = `host[:port]/repository`,
+//! so it may contain `:`); `_trust` can never be a repository component, so these paths
+//! never collide with registry routes.
 
 use http::Method;
 use percent_encoding::percent_decode_str;
@@ -12,6 +16,8 @@ use portcullis_storage::{Digest, is_valid_repository_name, is_valid_tag};
 
 use super::errors::GatewayError;
 use crate::policy::Reference;
+use crate::trust::Role;
+use crate::trust::service::{MetadataRef, gun_repository};
 
 /// Where a request goes: a repository operation the proxy forwards after a decision,
 /// or one of the routes the gateway answers itself.
@@ -34,6 +40,34 @@ pub enum Route {
     Metrics,
     /// `/healthz`, `/readyz`
     Health,
+    /// `/v2/<gun>/_trust/…`: the Notary v1 API.
+    Trust(TrustRequest),
+}
+
+/// A Notary API request on one GUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRequest {
+    /// `host[:port]/repository`, as the client wrote it.
+    pub gun: String,
+    /// The GUN's repository part, which policy decides on.
+    pub repository: String,
+    pub kind: TrustKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustKind {
+    /// `GET …/_trust/tuf/<role>.json`, `<role>.<sha256>.json`, `<version>.<role>.json`
+    Metadata(MetadataRef),
+    /// `POST …/_trust/tuf/`: an atomic multipart update.
+    Update,
+    /// `DELETE …/_trust/tuf/`
+    Delete,
+    /// `GET …/_trust/tuf/<timestamp|snapshot>.key`
+    Key(Role),
+    /// `POST …/_trust/tuf/<timestamp|snapshot>.key`
+    RotateKey(Role),
+    /// `GET …/_trust/changefeed`
+    Changefeed,
 }
 
 /// An operation on one repository.
@@ -121,6 +155,12 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     if path != "/v2" && !path.starts_with("/v2/") {
         return Err(not_found(method, path));
     }
+    if let Some((gun, rest)) = path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.split_once(TRUST_MARKER))
+    {
+        return trust(method, path, gun, rest);
+    }
     let api = Api::parse(path).map_err(|e| match e {
         RouteError::NotFound(_) => not_found(method, path),
         RouteError::NameInvalid(name) => GatewayError::NameInvalid(echoed(&name)),
@@ -182,6 +222,74 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
             ),
         )?,
     })
+}
+
+/// Separates a GUN from the Notary API path after it.
+const TRUST_MARKER: &str = "/_trust/";
+
+/// A Notary API route: `rest` is what follows `<gun>/_trust/`. Unknown files and
+/// methods are 404, as notary-server answers them (HEAD included).
+fn trust(method: &Method, path: &str, gun: &str, rest: &str) -> Result<Route, GatewayError> {
+    let repository = gun_repository(gun).ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "invalid trust GUN `{}`: expected host[:port]/repository",
+            echoed(gun)
+        ))
+    })?;
+    let not_found = || not_found(method, path);
+    let kind = match (method.clone(), rest) {
+        (Method::POST, "tuf/" | "tuf") => TrustKind::Update,
+        (Method::DELETE, "tuf/" | "tuf") => TrustKind::Delete,
+        (Method::GET, "changefeed") => TrustKind::Changefeed,
+        (method, file) => {
+            let file = file.strip_prefix("tuf/").ok_or_else(not_found)?;
+            if let Some(stem) = file.strip_suffix(".key") {
+                let role = Role::parse(stem)
+                    .ok()
+                    .filter(|r| matches!(r.as_str(), "timestamp" | "snapshot"))
+                    .ok_or_else(not_found)?;
+                match method {
+                    Method::GET => TrustKind::Key(role),
+                    Method::POST => TrustKind::RotateKey(role),
+                    _ => return Err(not_found()),
+                }
+            } else {
+                let stem = file.strip_suffix(".json").ok_or_else(not_found)?;
+                if method != Method::GET {
+                    return Err(not_found());
+                }
+                TrustKind::Metadata(metadata_ref(stem).ok_or_else(not_found)?)
+            }
+        }
+    };
+    Ok(Route::Trust(TrustRequest {
+        gun: gun.to_owned(),
+        repository: repository.to_owned(),
+        kind,
+    }))
+}
+
+/// `<version>.<role>`, `<role>.<sha256 hex>` or `<role>` (roles may contain `/`).
+fn metadata_ref(stem: &str) -> Option<MetadataRef> {
+    if let Some((version, role)) = stem.split_once('.')
+        && !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Some(MetadataRef::Version {
+            role: Role::parse(role).ok()?,
+            version: version.parse().ok()?,
+        });
+    }
+    if let Some((role, sha256)) = stem.rsplit_once('.')
+        && sha256.len() == 64
+        && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Some(MetadataRef::Checksum {
+            role: Role::parse(role).ok()?,
+            sha256: sha256.to_ascii_lowercase(),
+        });
+    }
+    Role::parse(stem).ok().map(MetadataRef::Current)
 }
 
 /// The query of an upload start. A mount needs both `mount` and `from` (without
@@ -683,6 +791,151 @@ mod tests {
             let e = err(method, &path, query.as_deref());
             assert!(expected(&e), "{method} {path} {query:?}: {e:?}");
         }
+    }
+
+    fn trust(gun: &str, repository: &str, kind: TrustKind) -> Route {
+        Route::Trust(TrustRequest {
+            gun: gun.to_owned(),
+            repository: repository.to_owned(),
+            kind,
+        })
+    }
+
+    fn role(name: &str) -> Role {
+        Role::parse(name).unwrap()
+    }
+
+    #[test]
+    fn notary_routes() {
+        const GUN: &str = "127.0.0.1:5443/samples/app";
+        const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let at = |rest: &str| format!("/v2/{GUN}/_trust/{rest}");
+        let metadata = |m| trust(GUN, "samples/app", TrustKind::Metadata(m));
+        let current = |name| metadata(MetadataRef::Current(role(name)));
+        let cases: Vec<(&str, String, Route)> = vec![
+            (
+                "POST",
+                at("tuf/"),
+                trust(GUN, "samples/app", TrustKind::Update),
+            ),
+            (
+                "DELETE",
+                at("tuf/"),
+                trust(GUN, "samples/app", TrustKind::Delete),
+            ),
+            ("GET", at("tuf/root.json"), current("root")),
+            ("GET", at("tuf/timestamp.json"), current("timestamp")),
+            (
+                "GET",
+                at("tuf/targets/releases.json"),
+                current("targets/releases"),
+            ),
+            (
+                "GET",
+                at(&format!("tuf/snapshot.{}.json", HEX.to_uppercase())),
+                metadata(MetadataRef::Checksum {
+                    role: role("snapshot"),
+                    sha256: HEX.into(),
+                }),
+            ),
+            (
+                "GET",
+                at(&format!("tuf/targets/releases.{HEX}.json")),
+                metadata(MetadataRef::Checksum {
+                    role: role("targets/releases"),
+                    sha256: HEX.into(),
+                }),
+            ),
+            (
+                "GET",
+                at("tuf/2.root.json"),
+                metadata(MetadataRef::Version {
+                    role: role("root"),
+                    version: 2,
+                }),
+            ),
+            (
+                "GET",
+                at("tuf/timestamp.key"),
+                trust(GUN, "samples/app", TrustKind::Key(role("timestamp"))),
+            ),
+            (
+                "POST",
+                at("tuf/snapshot.key"),
+                trust(GUN, "samples/app", TrustKind::RotateKey(role("snapshot"))),
+            ),
+            (
+                "GET",
+                at("changefeed"),
+                trust(GUN, "samples/app", TrustKind::Changefeed),
+            ),
+            // A host without a port, and `localhost`.
+            (
+                "GET",
+                "/v2/registry.example.com/a/b/_trust/tuf/root.json".into(),
+                trust(
+                    "registry.example.com/a/b",
+                    "a/b",
+                    TrustKind::Metadata(MetadataRef::Current(role("root"))),
+                ),
+            ),
+            (
+                "POST",
+                "/v2/localhost/app/_trust/tuf/".into(),
+                trust("localhost/app", "app", TrustKind::Update),
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(ok(method, &path, None), expected, "{method} {path}");
+        }
+        let not_found = [
+            ("HEAD", at("tuf/root.json")),
+            ("PUT", at("tuf/root.json")),
+            ("POST", at("tuf/root.json")),
+            ("GET", at("tuf/")),
+            ("GET", at("tuf/root")),
+            ("GET", at("tuf/targets.key")),
+            ("DELETE", at("tuf/timestamp.key")),
+            ("GET", at("tuf/Root.json")),
+            ("GET", at("tuf/targets/../root.json")),
+            ("GET", at("tuf/root.abc.json")),
+            ("GET", at("other")),
+            ("POST", at("changefeed")),
+        ];
+        for (method, path) in not_found {
+            let e = err(method, &path, None);
+            assert!(
+                matches!(e, GatewayError::NotFound { .. }),
+                "{method} {path}: {e:?}"
+            );
+        }
+        // A GUN needs a host and a valid repository.
+        for path in [
+            "/v2/samples/app/_trust/tuf/root.json",
+            "/v2/127.0.0.1:5443/Samples/_trust/tuf/root.json",
+            "/v2/127.0.0.1:5443/_trust/tuf/root.json",
+            "/v2/127.0.0.1:5443/a/../b/_trust/tuf/root.json",
+        ] {
+            let e = err("GET", path, None);
+            assert!(
+                matches!(&e, GatewayError::BadRequest(m) if m.contains("trust GUN")),
+                "{path}: {e:?}"
+            );
+        }
+        // Registry routes are unaffected: `_trust` is no repository component.
+        assert_eq!(
+            ok("GET", "/v2/samples/trust/manifests/latest", None),
+            repo(
+                "samples/trust",
+                RequestKind::ManifestGet {
+                    reference: tag("latest")
+                }
+            )
+        );
+        assert!(matches!(
+            err("GET", "/v2/a/_trust/tags/list", None),
+            GatewayError::BadRequest(_)
+        ));
     }
 
     #[test]

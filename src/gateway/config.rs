@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::trust::KeyAlgorithm;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_SERVICE: &str = "portcullis";
@@ -55,6 +57,8 @@ pub struct FileConfig {
     pub shutdown_grace_seconds: Option<u64>,
     #[serde(default)]
     pub tls: FileTls,
+    #[serde(default)]
+    pub trust: FileTrust,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -63,6 +67,14 @@ pub struct FileTls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub self_signed: Option<bool>,
+}
+
+/// `[trust]`: content trust (the Notary API).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileTrust {
+    /// Algorithm of new server-managed timestamp/snapshot keys: `ecdsa` (P-256) or `ed25519`.
+    pub key_algorithm: Option<KeyAlgorithm>,
 }
 
 impl FileConfig {
@@ -127,6 +139,8 @@ pub struct Config {
     pub anonymous_pull: bool,
     pub shutdown_grace: Duration,
     pub tls: TlsMode,
+    /// Algorithm of new server-managed trust keys (existing keys keep theirs).
+    pub trust_key_algorithm: KeyAlgorithm,
 }
 
 impl Config {
@@ -179,6 +193,7 @@ impl Config {
                     .unwrap_or(DEFAULT_GRACE_SECS),
             ),
             tls,
+            trust_key_algorithm: file.trust.key_algorithm.unwrap_or_default(),
         })
     }
 }
@@ -201,6 +216,18 @@ mod tests {
         assert_eq!(c.service, "portcullis");
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert!(!c.anonymous_pull);
+        assert_eq!(c.trust_key_algorithm, KeyAlgorithm::Ecdsa);
+    }
+
+    #[test]
+    fn trust_key_algorithm_is_a_file_setting() {
+        let c = Config::resolve(
+            Overrides::default(),
+            file("[trust]\nkey_algorithm = \"ed25519\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.trust_key_algorithm, KeyAlgorithm::Ed25519);
+        assert!(toml::from_str::<FileConfig>("[trust]\nkey_algorithm = \"rsa\"\n").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The in-process axum app for the routes the gateway answers itself: the token
-//! endpoint, the catalog, the repository API, the admin API, `/metrics`, `/healthz`
-//! and `/readyz`. The proxy calls it directly (no socket) with a [`RequestMeta`]
-//! extension; with a separate admin listener the admin API is served there instead.
+//! endpoint, the catalog, the repository API, the Notary API, the admin API,
+//! `/metrics`, `/healthz` and `/readyz`. The proxy calls it directly (no socket) with a
+//! [`RequestMeta`] extension; with a separate admin listener the admin API is served
+//! there instead.
 //!
 //! [`RequestMeta`]: super::RequestMeta
 
@@ -41,6 +42,7 @@ pub fn app(gw: Arc<Gateway>, admin: AdminPlacement) -> Router {
         .merge(super::token::router())
         .merge(super::catalog::router())
         .merge(super::repository_api::router())
+        .merge(super::trust_api::router())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -57,6 +59,7 @@ pub fn admin_router(gw: &Gateway) -> Router {
         store: Arc::clone(&gw.store),
         admin: Arc::clone(&gw.admin),
         engine: Arc::clone(&gw.engine),
+        trust: Arc::clone(&gw.trust),
     })
 }
 

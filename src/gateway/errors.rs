@@ -26,6 +26,11 @@ pub enum GatewayError {
     /// rule decided, why: "repository is not writable").
     #[error("requested access to the resource is denied: {reason}")]
     Denied { reason: String },
+    /// A manifest pull refused because the manifest is not signed and a signature is
+    /// demanded (signed-only repository or policy). Unlike `Denied`, the reason is in
+    /// the message too: it is the one thing the user must learn from `docker pull`.
+    #[error("requested access to the resource is denied: {reason}")]
+    Unsigned { reason: String },
     #[error("invalid repository name `{0}`")]
     NameInvalid(String),
     #[error("invalid reference `{0}`")]
@@ -69,7 +74,7 @@ impl GatewayError {
             GatewayError::AuthenticationRequired { .. }
             | GatewayError::InvalidCredentials { .. }
             | GatewayError::InsufficientScope { .. } => ErrorCode::Unauthorized,
-            GatewayError::Denied { .. } => ErrorCode::Denied,
+            GatewayError::Denied { .. } | GatewayError::Unsigned { .. } => ErrorCode::Denied,
             GatewayError::NameInvalid(_) => ErrorCode::NameInvalid,
             GatewayError::ReferenceInvalid(_) => ErrorCode::TagInvalid,
             GatewayError::DigestInvalid(_) => ErrorCode::DigestInvalid,
@@ -104,7 +109,9 @@ impl GatewayError {
 
     fn detail(&self) -> serde_json::Value {
         match self {
-            GatewayError::Denied { reason } => serde_json::json!({ "reason": reason }),
+            GatewayError::Denied { reason } | GatewayError::Unsigned { reason } => {
+                serde_json::json!({ "reason": reason })
+            }
             GatewayError::InsufficientScope { scope } => serde_json::json!({ "scope": scope }),
             _ => serde_json::Value::Null,
         }
@@ -237,6 +244,23 @@ mod tests {
             body["errors"][0]["detail"]["reason"],
             "content/write on `samples/nginx`"
         );
+    }
+
+    #[test]
+    fn unsigned_refusal_names_the_reason_in_the_message() {
+        let reason = "manifest `v1` of `samples/app` is not signed (signed-only repository)";
+        let r = GatewayError::Unsigned {
+            reason: reason.into(),
+        }
+        .to_response(&challenge());
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        assert_eq!(
+            body["errors"][0]["message"],
+            format!("requested access to the resource is denied: {reason}")
+        );
+        assert_eq!(body["errors"][0]["detail"]["reason"], reason);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   upstream registry) and the lookups decisions need (does a tag exist, the catalog).
 //! - [`catalog`]: `/v2/_catalog` filtered to what the caller may read.
 //! - [`repository_api`]: repository attributes over HTTP for tokens and the admin.
+//! - [`signed`]: signed-only views (`context.signed`, the signed tag list).
+//! - [`trust_api`]: the Notary v1 API (`/v2/<gun>/_trust/…`) over [`crate::trust`].
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying the steps together.
 //! - [`control`]: the in-process axum app for routes the gateway answers itself.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
@@ -28,8 +30,10 @@ pub mod metrics;
 pub mod proxy;
 pub mod repository_api;
 pub mod server;
+pub mod signed;
 pub mod tls;
 pub mod token;
+pub mod trust_api;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -41,6 +45,8 @@ use portcullis_storage::{Registry, StorageConfig};
 
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
 use crate::policy::PolicyEngine;
+use crate::trust::KeyAlgorithm;
+use crate::trust::service::TrustService;
 
 /// Everything a request needs, shared by the proxy and the control app.
 pub struct Gateway {
@@ -51,6 +57,8 @@ pub struct Gateway {
     pub issuer: Arc<jwt::Issuer>,
     pub backend: backend::Backend,
     pub metrics: metrics::Metrics,
+    /// Content trust: the Notary API's data and the signed targets views consult.
+    pub trust: Arc<TrustService>,
     /// The `service` named in challenges and expected in token requests.
     pub service: String,
 }
@@ -98,6 +106,10 @@ impl Gateway {
             .with_context(|| format!("creating data directory `{}`", data_dir.display()))?;
         let store = IdentityStore::open(&data_dir.join("control.redb"))
             .context("opening the identity store")?;
+        // Trust data lives in the same control-plane file; ECDSA keys until `serve`
+        // applies the configured algorithm.
+        let trust = TrustService::open(store.database(), KeyAlgorithm::Ecdsa)
+            .context("opening the trust store")?;
         let (admin, admin_password) =
             AdminAccount::open(data_dir, options.admin_password.as_deref())?;
         let admin = Arc::new(admin);
@@ -130,6 +142,7 @@ impl Gateway {
             issuer,
             backend,
             metrics: metrics::Metrics::new().context("registering metrics")?,
+            trust,
             service: options.service.clone(),
         };
         Ok(Opened {

@@ -1,33 +1,43 @@
 //! The pingora `ProxyHttp` implementation: every request is classified, and then
 //!
 //! - a repository operation is authenticated, authorized ([`access::authorize`]) and
-//!   forwarded to the backend, streaming both ways (pingora never buffers a body here);
+//!   handed to the backend, streaming both ways (a body is never buffered whole): the
+//!   bundled store's router is called in process (`serve_in_process`), an upstream
+//!   registry gets the request through pingora;
 //! - `/v2/` answers a challenge to anonymous clients and `{}` to authenticated ones;
 //! - every other route (token, catalog, repository API, admin API, metrics, health) is
 //!   answered in process by the control app ([`super::control`]), with the body read
 //!   into memory (at most [`CONTROL_BODY_LIMIT`]).
 //!
 //! Refusals are [`GatewayError`]s written with the request's challenge (realm
-//! `<scheme>://<Host>/oauth2/token` unless `public_url` is configured). Forwarded
-//! requests get `X-Forwarded-{For,Proto,Host}` and lose `Authorization` (the backend
+//! `<scheme>://<Host>/oauth2/token` unless `public_url` is configured). Requests to the
+//! upstream get `X-Forwarded-{For,Proto,Host}`; no backend sees `Authorization` (it
 //! trusts the gateway's decision, and an upstream must not see gateway credentials);
 //! absolute `Location`s naming the upstream come back relative, so clients follow them
 //! through the gateway. Requests with a body are never retried.
 
+use std::io;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::{Either, select};
 use http::{HeaderValue, Method, StatusCode, header};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::TcpKeepalive;
+use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::sync::mpsc::Sender;
 use tower::ServiceExt;
 
 use super::authn::Authenticated;
@@ -39,6 +49,9 @@ use crate::identity::Principal;
 
 /// Largest request body the control app accepts (token forms, admin JSON).
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
+/// Request body chunks (pingora reads up to 64 KiB each) queued between the client and
+/// the in-process store: enough to keep both sides busy, small enough to bound memory.
+const BODY_QUEUE: usize = 16;
 const API_VERSION: &str = "registry/2.0";
 
 /// Which listener a proxy instance serves.
@@ -172,9 +185,36 @@ impl Proxy {
         };
         ctx.principal = Some(who.principal.clone());
         let meta = self.meta(session);
-        match access::authorize(&self.gw, &who, req, &meta).await {
-            Ok(()) => Ok(false),
+        let query = session.req_header().uri.query().map(str::to_owned);
+        match access::authorize(&self.gw, &who, req, &meta, query.as_deref()).await {
+            Ok(access::Disposition::Forward) => self.forward(session, ctx, req).await,
+            Ok(access::Disposition::Respond(response)) => {
+                let (parts, body) = response.into_parts();
+                let mut header =
+                    ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
+                for (name, value) in &parts.headers {
+                    header.append_header(name.clone(), value.clone())?;
+                }
+                header.insert_header(header::CONTENT_LENGTH, body.len())?;
+                write(session, header, body).await
+            }
             Err(e) => self.refuse(session, ctx, &e).await,
+        }
+    }
+
+    /// An authorized repository request. The bundled store is called in process: its
+    /// router is the code its own listener serves, so statuses, headers and error
+    /// bodies are the store's, without a second HTTP hop. An upstream gets the request
+    /// through pingora (`Ok(false)`).
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        _req: &RepositoryRequest,
+    ) -> Result<bool> {
+        match &self.gw.backend {
+            Backend::Bundled { router, .. } => serve_in_process(session, ctx, router.clone()).await,
+            Backend::Upstream { .. } => Ok(false),
         }
     }
 
@@ -257,6 +297,10 @@ impl Proxy {
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
+    /// No modules: pingora's default adds a (disabled) compression module whose
+    /// per-request context and filters cost time on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -297,7 +341,8 @@ impl ProxyHttp for Proxy {
             | Route::Admin
             | Route::RepositoryAttributes { .. }
             | Route::Metrics
-            | Route::Health => self.control(session, ctx).await,
+            | Route::Health
+            | Route::Trust(_) => self.control(session, ctx).await,
         }
     }
 
@@ -483,6 +528,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::RepositoryAttributes { .. } => "repository_api",
         Route::Metrics => "metrics",
         Route::Health => "health",
+        Route::Trust(_) => "trust",
         Route::Repository(req) => match req.kind {
             RequestKind::ManifestGet { .. } => "manifest_get",
             RequestKind::ManifestPut { .. } => "manifest_put",
@@ -571,6 +617,107 @@ fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
     header.insert_header(header::CONTENT_TYPE, "application/json")?;
     header.insert_header(header::CONTENT_LENGTH, len)?;
     Ok(header)
+}
+
+/// Runs `store` (the bundled store's router) on the request and writes its response.
+/// A request body streams from the client into the store through a short queue, so
+/// uploads are hashed and written once, in memory bounded by the queue; the response
+/// body streams back the same way.
+async fn serve_in_process(session: &mut Session, ctx: &RequestCtx, store: Router) -> Result<bool> {
+    let head = session.req_header();
+    let mut request = http::Request::builder()
+        .method(head.method.clone())
+        .uri(head.uri.clone())
+        .body(Body::empty())
+        .map_err(|e| Error::because(ErrorType::InternalError, "building store request", e))?;
+    *request.headers_mut() = head.headers.clone();
+    // The store trusts the gateway's decision; it never sees the credentials.
+    request.headers_mut().remove(header::AUTHORIZATION);
+    let (response, body_read) = if ctx.has_body {
+        let (tx, rx) = tokio::sync::mpsc::channel(BODY_QUEUE);
+        *request.body_mut() =
+            Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            }));
+        let call = pin!(store.oneshot(request));
+        let pump = pin!(pump_request_body(session, tx));
+        match select(call, pump).await {
+            // The store answered without reading the whole body (a refusal).
+            Either::Left((response, _)) => (response, false),
+            Either::Right((pumped, call)) => {
+                // On a client error the store sees the body fail and cleans up first.
+                let response = call.await;
+                pumped?;
+                (response, true)
+            }
+        }
+    } else {
+        (store.oneshot(request).await, true)
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    if !body_read {
+        // The rest of the request body is not worth draining.
+        session.set_keepalive(None);
+    }
+    let (parts, body) = response.into_parts();
+    let mut header = ResponseHeader::from(parts);
+    if !header.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = HttpBody::size_hint(&body).exact()
+    {
+        header.insert_header(header::CONTENT_LENGTH, len)?;
+    }
+    if !header.headers.contains_key(header::DATE) {
+        header.insert_header(header::DATE, get_cached_date())?;
+    }
+    if session.req_header().method == Method::HEAD || HttpBody::is_end_stream(&body) {
+        session
+            .write_response_header(Box::new(header), true)
+            .await?;
+        return Ok(true);
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|e| Error::because(ErrorType::InternalError, "store response body", e))?;
+        session.write_response_body(Some(chunk), false).await?;
+    }
+    session.write_response_body(None, true).await?;
+    Ok(true)
+}
+
+/// Feeds the client's request body to the store; a client error reaches the store as a
+/// body error (a partial chunk is never taken for a whole one). Answers `100 Continue`
+/// to a client that waits for it.
+async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>) -> Result<()> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The store stopped reading: it has its answer.
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                return Err(e);
+            }
+        }
+    }
 }
 
 /// Writes a complete response the gateway produced itself.

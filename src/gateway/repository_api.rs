@@ -3,7 +3,8 @@
 //! (`changeableAttributes`). Unlike the admin API's attribute routes, any principal may
 //! call these: Cedar decides, as `metadata/read` (`read-attributes`) for `GET` and
 //! `metadata/write` (`write-attributes`) for `PATCH`. The base policy enforces the
-//! stored attributes on every registry request.
+//! stored attributes on every registry request. Besides ACR's four, `signedOnly`
+//! (content trust): the repository serves only signed manifests.
 
 use std::sync::Arc;
 
@@ -30,7 +31,8 @@ pub fn router() -> Router<Arc<Gateway>> {
     )
 }
 
-/// The attributes a `metadata/write` holder may change, as ACR names them.
+/// The attributes a `metadata/write` holder may change, as ACR names them, and
+/// content trust's `signedOnly`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ChangeableAttributes {
@@ -38,6 +40,7 @@ struct ChangeableAttributes {
     write_enabled: bool,
     read_enabled: bool,
     list_enabled: bool,
+    signed_only: bool,
 }
 
 /// A `PATCH` body: the attributes to change; absent ones keep their value.
@@ -48,18 +51,18 @@ struct AttributesPatch {
     write_enabled: Option<bool>,
     read_enabled: Option<bool>,
     list_enabled: Option<bool>,
+    signed_only: Option<bool>,
 }
 
 impl AttributesPatch {
-    /// `current` with this patch applied; attributes outside ACR's set (content
-    /// trust's `signed_only`) are kept.
+    /// `current` with this patch applied.
     fn apply(&self, current: &RepositoryAttributes) -> RepositoryAttributes {
         RepositoryAttributes {
             delete_enabled: self.delete_enabled.unwrap_or(current.delete_enabled),
             write_enabled: self.write_enabled.unwrap_or(current.write_enabled),
             read_enabled: self.read_enabled.unwrap_or(current.read_enabled),
             list_enabled: self.list_enabled.unwrap_or(current.list_enabled),
-            ..current.clone()
+            signed_only: self.signed_only.unwrap_or(current.signed_only),
         }
     }
 }
@@ -81,6 +84,7 @@ fn repository_json(gw: &Gateway, name: &str, a: &RepositoryAttributes) -> Respon
             write_enabled: a.write_enabled,
             read_enabled: a.read_enabled,
             list_enabled: a.list_enabled,
+            signed_only: a.signed_only,
         },
     };
     axum::Json(body).into_response()
@@ -267,7 +271,7 @@ mod tests {
                 "imageName": REPO,
                 "changeableAttributes": {
                     "deleteEnabled": true, "writeEnabled": true,
-                    "readEnabled": true, "listEnabled": true
+                    "readEnabled": true, "listEnabled": true, "signedOnly": false
                 }
             })
         );
@@ -321,6 +325,24 @@ mod tests {
             stored,
             "signed_only is kept"
         );
+        assert_eq!(body["changeableAttributes"]["signedOnly"], true);
+        let (status, _, body) = call(
+            &f.gw,
+            "PATCH",
+            REPO,
+            Some(&writer),
+            r#"{"signedOnly":false}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["changeableAttributes"]["signedOnly"], false);
+        assert!(
+            !f.gw
+                .store
+                .snapshot()
+                .repository_attributes(REPO)
+                .signed_only
+        );
         // Writing does not imply reading.
         let (status, _, _) = call(&f.gw, "GET", REPO, Some(&writer), "").await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -344,7 +366,7 @@ mod tests {
         assert_eq!(body["changeableAttributes"]["listEnabled"], false);
 
         let (status, _, body) =
-            call(&f.gw, "PATCH", REPO, Some(&admin), r#"{"signedOnly":true}"#).await;
+            call(&f.gw, "PATCH", REPO, Some(&admin), r#"{"signed":true}"#).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(
             body["errors"][0]["message"]

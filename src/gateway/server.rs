@@ -61,6 +61,10 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         .gateway
         .engine
         .set_anonymous_pull(config.anonymous_pull);
+    opened
+        .gateway
+        .trust
+        .set_key_algorithm(config.trust_key_algorithm);
     let listen = resolve(&config.listen)?;
     let admin_listen = config.admin_listen.as_deref().map(resolve).transpose()?;
     let tls = match &config.tls {

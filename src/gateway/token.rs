@@ -2,7 +2,9 @@
 //! (what `docker login` and pulls use, `offline_token=true` for a refresh token) and the
 //! OAuth2 `POST` form (`grant_type=password` or `refresh_token`, what docker uses once it
 //! holds an identity token). The JWT's `access` claim lists only what policy grants for
-//! the requested scopes; anonymous callers get an empty grant, not an error.
+//! the requested scopes; anonymous callers get an empty grant, not an error. Scopes
+//! naming a trust GUN (`repository:127.0.0.1:5443/samples/app:push,pull`) are granted
+//! by the content-trust rules.
 
 use std::sync::Arc;
 
@@ -19,8 +21,11 @@ use time::format_description::well_known::Rfc3339;
 
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, TokenUse};
+use super::trust_api::action_checks;
 use super::{Gateway, RequestMeta, access};
+use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Principal, now_unix};
+use crate::trust::service::gun_repository;
 
 /// GET and POST `/oauth2/token`.
 pub fn router() -> Router<Arc<Gateway>> {
@@ -206,6 +211,9 @@ fn parse_scope(scope: &str) -> Result<RequestedScope, GatewayError> {
 
 /// What policy grants of one requested scope. The catalog goes to any authenticated
 /// principal (it is filtered per repository anyway); unknown resource types get nothing.
+/// A repository name that is a trust GUN (`host[:port]/repository`) is granted notary's
+/// actions by the trust rules; a GUN without a port is also a valid repository name, so
+/// it gets the union of both readings (every request is decided again anyway).
 fn grant(
     gw: &Gateway,
     meta: &RequestMeta,
@@ -213,7 +221,26 @@ fn grant(
     requested: &RequestedScope,
 ) -> Vec<String> {
     match (requested.kind.as_str(), requested.name.as_str()) {
-        ("repository", name) => access::granted(gw, principal, name, &requested.actions, meta),
+        ("repository", name) => match gun_repository(name) {
+            None => access::granted(gw, principal, name, &requested.actions, meta),
+            Some(repository) => {
+                let registry = if is_valid_repository_name(name) {
+                    access::granted(gw, principal, name, &requested.actions, meta)
+                } else {
+                    Vec::new()
+                };
+                let trust = trust_granted(gw, meta, principal, repository, &requested.actions);
+                let mut out: Vec<String> = Vec::new();
+                for action in &requested.actions {
+                    if !out.contains(action)
+                        && (registry.contains(action) || trust.contains(action))
+                    {
+                        out.push(action.clone());
+                    }
+                }
+                out
+            }
+        },
         ("registry", "catalog") if *principal != Principal::Anonymous => requested
             .actions
             .iter()
@@ -223,6 +250,37 @@ fn grant(
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Which notary actions (`pull`, `push`, `*`) policy grants `principal` on the trust
+/// data of `repository`: exactly what the trust API's rules allow (see
+/// `trust_api::action_checks`), so `*` goes to whoever may delete or rotate keys.
+fn trust_granted(
+    gw: &Gateway,
+    meta: &RequestMeta,
+    principal: &Principal,
+    repository: &str,
+    requested: &[String],
+) -> Vec<String> {
+    let identity = gw.store.snapshot();
+    let allowed = |action: &str| {
+        action_checks(action, principal).is_some_and(|checks| {
+            checks.iter().all(|&(action, operation)| {
+                let check = access::Check {
+                    action,
+                    repository: repository.to_owned(),
+                    operation,
+                    reference: None,
+                };
+                access::ask(&gw.engine, &identity, principal, &check, meta.source_ip).allowed
+            })
+        })
+    };
+    requested
+        .iter()
+        .filter(|action| allowed(action))
+        .cloned()
+        .collect()
 }
 
 fn respond(result: Result<TokenResponse, GatewayError>, meta: &RequestMeta) -> Response {
@@ -561,11 +619,95 @@ mod tests {
                 Some(&basic("admin", "admin-secret")),
             )
             .await;
+        // A GUN: the admin may read trust data but never sign (base policy).
         assert_eq!(
             f.claims(&reply).access,
+            vec![entry("repository", "localhost:5443/samples/app", &["pull"])]
+        );
+    }
+
+    impl Fixture {
+        /// A token with `actions` on `repository`; its password1.
+        fn token(&self, name: &str, repository: &str, actions: &[&str]) -> String {
+            let rule = parse_rule(repository, actions).unwrap();
+            let created = self
+                .gw
+                .store
+                .create_token(&NewToken {
+                    name: name.into(),
+                    scope: TokenScope::Repositories(vec![rule]),
+                    status: TokenStatus::Enabled,
+                    passwords: vec![PasswordSlot::Password1],
+                    expires_at: None,
+                })
+                .unwrap();
+            basic(name, &created.passwords[0].value)
+        }
+
+        /// What a GET for `scope` grants to `authorization`.
+        async fn grant(&self, scope: &str, authorization: Option<&str>) -> Vec<AccessEntry> {
+            let query = format!("service=portcullis-test&scope={scope}");
+            self.claims(&self.get(&query, authorization).await).access
+        }
+    }
+
+    #[tokio::test]
+    async fn gun_scopes_are_granted_by_the_trust_rules() {
+        let f = fixture();
+        const GUN: &str = "127.0.0.1:5443/samples/app";
+        let scope = |actions: &str| format!("repository:{GUN}:{actions}");
+        let signer = f.token(
+            "signer",
+            "samples/app",
+            &["content/read", "content/write", "trust/write"],
+        );
+        let pusher = f.token("pusher", "samples/app", &["content/read", "content/write"]);
+        let owner = f.token(
+            "owner",
+            "samples/*",
+            &[
+                "content/read",
+                "content/write",
+                "content/delete",
+                "trust/write",
+            ],
+        );
+        let reader = f.token("reader", "samples/app", &["content/read"]);
+        // May delete trust data and rotate keys (the API's rule) without push or pull.
+        let cleaner = f.token("cleaner", "samples/app", &["content/delete", "trust/write"]);
+        let admin = basic("admin", "admin-secret");
+        let cases: Vec<(&str, &str, &[&str])> = vec![
+            (&signer, "push,pull", &["push", "pull"]),
+            (&signer, "*", &[]),
+            (&pusher, "push,pull", &["pull"]),
+            (&reader, "pull", &["pull"]),
+            (&reader, "push,pull", &["pull"]),
+            (&owner, "*,push,pull", &["*", "push", "pull"]),
+            (&admin, "push,pull", &["pull"]),
+            (&admin, "*", &["*"]),
+            (&cleaner, "*", &["*"]),
+            (&cleaner, "push,pull", &[]),
+        ];
+        for (who, actions, expected) in cases {
+            let granted = f.grant(&scope(actions), Some(who)).await;
+            let expected = if expected.is_empty() {
+                vec![]
+            } else {
+                vec![entry("repository", GUN, expected)]
+            };
+            assert_eq!(granted, expected, "{who} {actions}");
+        }
+        // Another repository's GUN gets nothing; anonymous gets an empty grant, not an error.
+        let other = "repository:127.0.0.1:5443/samples/other:push,pull";
+        assert!(f.grant(other, Some(&signer)).await.is_empty());
+        assert!(f.grant(&scope("pull"), None).await.is_empty());
+        // A GUN without a port is also a repository name: both readings count.
+        let both = "repository:registry.example.com/samples/app:push,pull";
+        assert_eq!(
+            f.grant(both, Some(&signer)).await,
             vec![entry(
                 "repository",
-                "localhost:5443/samples/app",
+                "registry.example.com/samples/app",
                 &["push", "pull"]
             )]
         );

@@ -120,7 +120,8 @@ pub struct TokenWithSecrets {
 
 /// The control-plane store; open once per process and share the `Arc`.
 pub struct IdentityStore {
-    db: Database,
+    /// Shared with the trust store, whose tables live in the same file.
+    db: Arc<Database>,
     current: ArcSwap<IdentitySnapshot>,
     write_lock: Mutex<()>,
     changes: watch::Sender<u64>,
@@ -312,11 +313,16 @@ impl IdentityStore {
         txn.commit().map_err(db_err)?;
         let (changes, _) = watch::channel(snap.version);
         Ok(Arc::new(IdentityStore {
-            db,
+            db: Arc::new(db),
             current: ArcSwap::from_pointee(snap),
             write_lock: Mutex::new(()),
             changes,
         }))
+    }
+
+    /// The control-plane database, for other stores keeping their tables in it.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
     }
 
     /// The current snapshot; cheap (one atomic load).

@@ -197,10 +197,11 @@ struct Loaded {
     /// Those that can apply and read `context`: the only ones evaluated per request.
     contextual: HashMap<(Kind, Action), Contextual>,
     /// The (principal kind, action) pairs whose decisions depend on the repository
-    /// only through the scope-map rules matching it and its attributes: no
-    /// context-free policy reads `resource` but for its flags, and no contextual one
-    /// reads it at all. Their context-free outcome is shared by every repository with
-    /// the same matching rules and attributes, and no repository entity is built.
+    /// only through the scope-map rules matching it and its attributes: no policy
+    /// reads `resource` but for its flags. Their context-free outcome is shared by
+    /// every repository with the same matching rules and attributes, and no repository
+    /// entity is built (contextual policies that read flags get a flags-only one, shared
+    /// by every repository with the same attributes).
     by_rules: HashSet<(Kind, Action)>,
 }
 
@@ -209,6 +210,8 @@ struct Contextual {
     /// The context fields the set reads (`None`: it uses `context` as a whole), so a
     /// request builds only those.
     fields: Option<Vec<String>>,
+    /// Some policy of the set reads a repository flag (`resource.signedOnly`).
+    reads_flags: bool,
 }
 
 impl Loaded {
@@ -225,18 +228,26 @@ impl Loaded {
                     .partition(reads_context);
                 if free
                     .iter()
+                    .chain(&reads)
                     .all(|p| repository_use(p) <= RepositoryUse::Flags)
-                    && reads
-                        .iter()
-                        .all(|p| repository_use(p) == RepositoryUse::None)
                 {
                     by_rules.insert((kind, action));
                 }
                 let fields = context_fields(&reads);
+                let reads_flags = reads
+                    .iter()
+                    .any(|p| repository_use(p) == RepositoryUse::Flags);
                 let set =
                     PolicySet::from_policies(reads).map_err(|e| PolicyError::Set(e.to_string()))?;
                 sliced.insert((kind, action), free);
-                contextual.insert((kind, action), Contextual { set, fields });
+                contextual.insert(
+                    (kind, action),
+                    Contextual {
+                        set,
+                        fields,
+                        reads_flags,
+                    },
+                );
             }
         }
         Ok(Loaded {
@@ -555,6 +566,9 @@ pub struct PolicyEngine {
     prepared: Cache<PreparedKey, Arc<Result<Prepared, String>>>,
     fixed: Cache<FixedKey, Arc<Result<Outcome, String>>>,
     principals: Cache<PrincipalKey, Arc<Result<PrincipalEntry, String>>>,
+    /// The principal and a flags-only repository, for contextual policies that read
+    /// repository flags in `decide_by_rules`.
+    flagged: Cache<(PrincipalKey, RepositoryAttributes), Arc<Result<Entities, String>>>,
     compiled: Cache<String, Arc<CompiledEntry>>,
     /// `ip("…")` per source address: `RestrictedExpression::new_ip` parses the name
     /// `ip` with Cedar's parser on every call, about a third of a decision's cost.
@@ -597,6 +611,7 @@ impl PolicyEngine {
             prepared: presized(PREPARED_CACHE),
             fixed: presized(FIXED_CACHE),
             principals: Cache::new(PRINCIPAL_CACHE),
+            flagged: Cache::new(PRINCIPAL_CACHE),
             compiled: Cache::new(COMPILED_CACHE),
             source_ips: Cache::new(SOURCE_IP_CACHE),
             hits: AtomicU64::new(0),
@@ -816,14 +831,45 @@ impl PolicyEngine {
             Ok(fixed) => fixed,
             Err(e) => return Decision::deny(e.clone()),
         };
-        self.decide_contextual(
-            loaded,
-            request,
-            fixed,
-            &principal.uid,
-            || entity_uid("Repository", &request.repository),
-            &principal.entities,
-        )
+        let reads_flags = loaded
+            .contextual
+            .get(&(Kind::of(&request.principal), request.action))
+            .is_some_and(|c| c.reads_flags);
+        if !reads_flags {
+            return self.decide_contextual(
+                loaded,
+                request,
+                fixed,
+                &principal.uid,
+                || entity_uid("Repository", &request.repository),
+                &principal.entities,
+            );
+        }
+        // The policies read flags only (not the name, not `resource` as a value), so a
+        // repository entity that carries just the flags decides them for every
+        // repository with these attributes.
+        let flagged_key = (
+            PrincipalKey {
+                principal: request.principal.clone(),
+                version: identity.version,
+                anonymous_pull,
+            },
+            key.attributes.clone(),
+        );
+        let entities = self.flagged.get_with(flagged_key, || {
+            Arc::new(flags_entities(&principal.entity, &key.attributes))
+        });
+        match entities.as_ref() {
+            Ok(entities) => self.decide_contextual(
+                loaded,
+                request,
+                fixed,
+                &principal.uid,
+                || entity_uid("Repository", FLAGS_REPOSITORY),
+                entities,
+            ),
+            Err(e) => Decision::deny(e.clone()),
+        }
     }
 
     /// Evaluates the policies that read the request context and combines their outcome
@@ -837,7 +883,7 @@ impl PolicyEngine {
         resource: impl FnOnce() -> Result<EntityUid, String>,
         entities: &Entities,
     ) -> Decision {
-        let Some(Contextual { set, fields }) = loaded
+        let Some(Contextual { set, fields, .. }) = loaded
             .contextual
             .get(&(Kind::of(&request.principal), request.action))
         else {
@@ -1182,16 +1228,36 @@ fn repository_entity(
     uid: EntityUid,
 ) -> Result<Entity, String> {
     let attributes = identity.repository_attributes(repository);
+    let mut attrs = flag_attributes(&attributes);
+    attrs.insert("name".to_owned(), string(repository));
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| format!("cannot build repository: {e}"))
+}
+
+/// The id of the flags-only repository entity `decide_by_rules` evaluates with.
+const FLAGS_REPOSITORY: &str = "";
+
+/// The repository entity's attribute flags ([`REPOSITORY_FLAGS`]).
+fn flag_attributes(attributes: &RepositoryAttributes) -> HashMap<String, RestrictedExpression> {
     let flag = RestrictedExpression::new_bool;
-    let attrs = HashMap::from([
-        ("name".to_owned(), string(repository)),
+    HashMap::from([
         ("readEnabled".to_owned(), flag(attributes.read_enabled)),
         ("writeEnabled".to_owned(), flag(attributes.write_enabled)),
         ("deleteEnabled".to_owned(), flag(attributes.delete_enabled)),
         ("listEnabled".to_owned(), flag(attributes.list_enabled)),
         ("signedOnly".to_owned(), flag(attributes.signed_only)),
-    ]);
-    Entity::new(uid, attrs, HashSet::new()).map_err(|e| format!("cannot build repository: {e}"))
+    ])
+}
+
+/// The principal and a repository ([`FLAGS_REPOSITORY`]) with `attributes`' flags only.
+fn flags_entities(
+    principal: &Entity,
+    attributes: &RepositoryAttributes,
+) -> Result<Entities, String> {
+    let uid = entity_uid("Repository", FLAGS_REPOSITORY)?;
+    let repository = Entity::new(uid, flag_attributes(attributes), HashSet::new())
+        .map_err(|e| format!("cannot build repository: {e}"))?;
+    Entities::from_entities([principal.clone(), repository], None)
+        .map_err(|e| format!("cannot build entities: {e}"))
 }
 
 fn principal_label(principal: &Principal) -> String {

@@ -588,11 +588,23 @@ fn only_policies_reading_context_are_evaluated_per_request() {
         policies.iter().map(|p| p.id().to_string()).collect()
     };
     let per_request = &loaded.contextual[&(Kind::Token, ContentRead)];
+    let mut per_request_ids = ids(per_request.set.policies().collect());
+    per_request_ids.sort();
     assert_eq!(
-        ids(per_request.set.policies().collect()),
-        vec!["base/password-expired".to_owned()]
+        per_request_ids,
+        vec![
+            "base/password-expired".to_owned(),
+            "base/repository-signed-only".to_owned()
+        ]
     );
-    assert_eq!(per_request.fields, Some(vec!["now".to_owned()]));
+    assert_eq!(
+        per_request.fields,
+        Some(vec![
+            "now".to_owned(),
+            "referenceKind".to_owned(),
+            "signed".to_owned()
+        ])
+    );
     let once: Vec<&Policy> = loaded.sliced[&(Kind::Token, ContentRead)].iter().collect();
     let once = ids(once);
     assert!(once.contains(&"base/token-disabled".to_owned()), "{once:?}");
@@ -601,10 +613,48 @@ fn only_policies_reading_context_are_evaluated_per_request() {
         "{once:?}"
     );
     assert!(
-        loaded.contextual[&(Kind::Admin, ContentRead)]
+        loaded.contextual[&(Kind::Admin, ContentWrite)]
             .set
             .is_empty()
     );
+    // The signed-only rule reads the context and a repository flag only: pulls keep the
+    // shortcut by matching rules and attributes.
+    assert!(loaded.contextual[&(Kind::Admin, ContentRead)].reads_flags);
+    assert!(loaded.by_rules.contains(&(Kind::Token, ContentRead)));
+}
+
+#[test]
+fn signed_only_repositories_refuse_unsigned_manifests_only() {
+    let e = engine();
+    let mut snap = snapshot(1, vec![], vec![token("t", "_repositories_pull")]);
+    snap.repositories.insert(
+        "trusted".into(),
+        RepositoryAttributes {
+            signed_only: true,
+            ..Default::default()
+        },
+    );
+    for principal in [tok("t"), Principal::Admin] {
+        let mut r = req(principal.clone(), ContentRead, "trusted");
+        // A blob: no manifest reference.
+        assert!(e.authorize(&snap, &r).allowed, "{principal:?}");
+        for reference in [
+            Reference::Tag("v1".into()),
+            Reference::Digest("sha256:00".into()),
+        ] {
+            r.context.reference = Some(reference);
+            r.context.signed = false;
+            let d = e.authorize(&snap, &r);
+            assert!(!d.allowed);
+            assert_eq!(d.policies, vec!["base/repository-signed-only".to_owned()]);
+            r.context.signed = true;
+            assert!(e.authorize(&snap, &r).allowed);
+        }
+        // Elsewhere an unsigned manifest is fine.
+        r.repository = "other".into();
+        r.context.signed = false;
+        assert!(e.authorize(&snap, &r).allowed);
+    }
 }
 
 #[test]
@@ -796,7 +846,13 @@ fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
             m => tok(&format!("tok-{}", m - 2)),
         };
         let action = Action::ALL[next(Action::ALL.len())];
-        let r = req(principal, action, &name(&mut next));
+        let mut r = req(principal, action, &name(&mut next));
+        r.context.reference = match next(3) {
+            0 => None,
+            1 => Some(Reference::Tag("v1".into())),
+            _ => Some(Reference::Digest("sha256:00".into())),
+        };
+        r.context.signed = next(2) == 0;
         let fast = e.authorize(&snap, &r);
         assert_eq!(fast, e.decide(&slow, &snap, &r, true), "{r:?}");
         let (allowed, ids) = reference_decision(&e, &snap, &r, true);

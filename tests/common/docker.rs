@@ -46,6 +46,11 @@ impl Docker {
         }
     }
 
+    /// This client's `DOCKER_CONFIG` (`config.json`, `trust/`, `tls/`).
+    pub fn config_dir(&self) -> &Path {
+        self.config.path()
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
         cmd.args(args)

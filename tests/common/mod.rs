@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub mod trust;
+
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 pub fn bin() -> &'static str {

@@ -13,6 +13,11 @@ use crate::error::StorageError;
 use crate::names::Digest;
 use crate::registry::Registry;
 
+/// Bytes read from a blob file per chunk of a GET: each read is one trip to the blocking
+/// pool, so large chunks (1 MiB: ~1000 trips per GiB instead of ~16000 at 64 KiB) keep
+/// a download at disk/socket speed while memory per download stays small.
+const READ_CHUNK: usize = 1024 * 1024;
+
 /// What a `Range` header asks of a blob of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeRequest {
@@ -108,7 +113,7 @@ pub(super) async fn get(
     } else {
         Body::from_stream(ReaderStream::with_capacity(
             reg.read_blob(digest, start, len).await?,
-            64 * 1024,
+            READ_CHUNK,
         ))
     };
     build(b, body)

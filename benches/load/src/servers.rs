@@ -1,0 +1,388 @@
+//! The four targets: starts each server on a free loopback port over a temporary data
+//! directory, waits until it answers, gives the client its credentials, reads the
+//! servers' peak RSS, and kills them when dropped.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tempfile::TempDir;
+
+use crate::client::{Conn, Endpoint, collect};
+use crate::content::REPOSITORY;
+
+const ADMIN_PASSWORD: &str = "bench-admin-password-1234";
+const BENCH_TOKEN: &str = "bench";
+
+/// One target of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Debian docker-registry 2.8.2, no auth: the anchor.
+    Registry,
+    /// `portcullis-storage serve`, no auth.
+    Storage,
+    /// `portcullis serve` (bearer token, Cedar) with the bundled backend.
+    Gateway,
+    /// `portcullis serve --upstream` in front of docker-registry.
+    GatewayUpstream,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Registry,
+        Target::Storage,
+        Target::Gateway,
+        Target::GatewayUpstream,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Registry => "registry",
+            Target::Storage => "storage",
+            Target::Gateway => "gateway",
+            Target::GatewayUpstream => "gateway-upstream",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Target::Registry => "(1) docker-registry 2.8.2 direct, no auth (anchor)",
+            Target::Storage => "(2) portcullis-storage serve direct, no auth",
+            Target::Gateway => "(3) portcullis serve, bearer token + Cedar → bundled backend",
+            Target::GatewayUpstream => {
+                "(4) portcullis serve --upstream, bearer token + Cedar → docker-registry 2.8.2"
+            }
+        }
+    }
+
+    pub fn is_gateway(self) -> bool {
+        matches!(self, Target::Gateway | Target::GatewayUpstream)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the server binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub portcullis: PathBuf,
+    pub storage: PathBuf,
+    pub registry: PathBuf,
+}
+
+impl Binaries {
+    /// Fails early, naming the binary, when one the targets need is missing.
+    pub fn check(&self, targets: &[Target]) -> Result<()> {
+        for target in targets {
+            let needed: &[&PathBuf] = match target {
+                Target::Registry => &[&self.registry],
+                Target::Storage => &[&self.storage],
+                Target::Gateway => &[&self.portcullis],
+                Target::GatewayUpstream => &[&self.portcullis, &self.registry],
+            };
+            if let Some(missing) = needed.iter().find(|b| !b.is_file()) {
+                bail!(
+                    "`{}` not found (build with `cargo build --release --bins`, or pass --bin-dir / --registry-bin)",
+                    missing.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A child process, killed when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Result<Process> {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = cmd
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join(format!("{name}.stdout")))?)
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process {
+            name,
+            child,
+            stderr,
+        })
+    }
+
+    /// The last lines the process wrote to stderr, for error messages.
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// VmHWM (peak resident set) in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmHWM for {}", self.name))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already exited is fine: there is nothing left to stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A started target: the endpoint the driver talks to and the processes serving it.
+pub struct Running {
+    pub target: Target,
+    pub endpoint: Endpoint,
+    /// For gateways: the token endpoint path with `service`, and the bench token's Basic
+    /// credentials (what `docker login` sends).
+    pub token_request: Option<(String, HeaderValue)>,
+    processes: Vec<Process>,
+    _dir: TempDir,
+}
+
+impl Running {
+    pub async fn start(target: Target, bins: &Binaries) -> Result<Running> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("portcullis-load-{target}-"))
+            .tempdir()?;
+        let mut processes = Vec::new();
+        let addr = free_port()?;
+        match target {
+            Target::Registry => {
+                processes.push(registry(bins, dir.path(), addr)?);
+            }
+            Target::Storage => {
+                processes.push(Process::spawn(
+                    "portcullis-storage",
+                    dir.path(),
+                    Command::new(&bins.storage)
+                        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+                        .arg(dir.path().join("data"))
+                        .env("RUST_LOG", "warn"),
+                )?);
+            }
+            Target::Gateway | Target::GatewayUpstream => {
+                let mut cmd = Command::new(&bins.portcullis);
+                cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+                    .arg(dir.path().join("data"))
+                    .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+                    .env("RUST_LOG", "warn");
+                if target == Target::GatewayUpstream {
+                    let upstream = free_port()?;
+                    let p = registry(bins, dir.path(), upstream)?;
+                    wait_ready(&p, upstream).await?;
+                    processes.push(p);
+                    cmd.arg("--upstream").arg(format!("http://{upstream}"));
+                }
+                processes.insert(0, Process::spawn("portcullis", dir.path(), &mut cmd)?);
+            }
+        }
+        wait_ready(&processes[0], addr).await?;
+        let mut running = Running {
+            target,
+            endpoint: Endpoint::new(addr)?,
+            token_request: None,
+            processes,
+            _dir: dir,
+        };
+        if target.is_gateway() {
+            running
+                .login()
+                .await
+                .with_context(|| format!("{target}: login"))?;
+        }
+        Ok(running)
+    }
+
+    /// Creates the bench token (content/read, content/write on the bench repository),
+    /// fetches a bearer token for pull and push, and uses it for every request.
+    async fn login(&mut self) -> Result<()> {
+        let mut conn = Conn::open(&self.endpoint).await?;
+        let resp = conn
+            .send(
+                self.endpoint
+                    .request(Method::GET, "/v2/", &HeaderMap::new(), Bytes::new())?,
+            )
+            .await?;
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("GET /v2/ gave no challenge"))?;
+        collect(resp).await?;
+        let realm_path = challenge_param(&challenge, "realm")
+            .map(|realm| crate::content::location_path(&realm))
+            .ok_or_else(|| anyhow!("no realm in `{challenge}`"))?;
+        let service =
+            challenge_param(&challenge, "service").unwrap_or_else(|| "portcullis".to_owned());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, basic("admin", ADMIN_PASSWORD)?);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = serde_json::to_vec(&serde_json::json!({
+            "name": BENCH_TOKEN,
+            "repositories": [{"repository": REPOSITORY, "actions": ["content/read", "content/write"]}],
+        }))?;
+        let resp = conn
+            .send(self.endpoint.request(
+                Method::POST,
+                "/admin/v1/tokens",
+                &headers,
+                Bytes::from(body),
+            )?)
+            .await?;
+        let status = resp.status();
+        let created: serde_json::Value = serde_json::from_slice(&collect(resp).await?)?;
+        if status != StatusCode::CREATED {
+            bail!("creating the bench token answered {status}: {created}");
+        }
+        let password = created["credentials"]["passwords"][0]["value"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no password in {created}"))?;
+        let credentials = basic(BENCH_TOKEN, password)?;
+
+        let path = format!("{realm_path}?service={service}&scope=repository:{REPOSITORY}:pull");
+        let push_path = format!("{path},push");
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, credentials.clone());
+        let resp = conn
+            .send(
+                self.endpoint
+                    .request(Method::GET, &push_path, &headers, Bytes::new())?,
+            )
+            .await?;
+        let status = resp.status();
+        let token: serde_json::Value = serde_json::from_slice(&collect(resp).await?)?;
+        let jwt = token["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("token endpoint answered {status}: {token}"))?;
+        self.endpoint.auth = Some(HeaderValue::from_str(&format!("Bearer {jwt}"))?);
+        self.token_request = Some((path, credentials));
+        Ok(())
+    }
+
+    /// The last stderr lines of each server process, to explain a failure.
+    pub fn stderr_tails(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| format!("--- {} stderr:\n{}", p.name, p.stderr_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Peak RSS (VmHWM) of each server process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<Vec<(&'static str, u64)>> {
+        self.processes
+            .iter()
+            .map(|p| Ok((p.name, p.peak_rss_kib()?)))
+            .collect()
+    }
+}
+
+fn basic(user: &str, password: &str) -> Result<HeaderValue> {
+    Ok(HeaderValue::from_str(&format!(
+        "Basic {}",
+        STANDARD.encode(format!("{user}:{password}"))
+    ))?)
+}
+
+/// `key="value"` out of a `WWW-Authenticate` challenge.
+fn challenge_param(challenge: &str, key: &str) -> Option<String> {
+    let start = challenge.find(&format!("{key}=\""))? + key.len() + 2;
+    let len = challenge[start..].find('"')?;
+    Some(challenge[start..start + len].to_owned())
+}
+
+/// A loopback port nobody listens on (the OS picks it; the server binds it right after).
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// docker-registry 2.8.2 with filesystem storage, the in-memory blob descriptor cache
+/// (as in its shipped config), and logs quiet so they do not cost it time.
+fn registry(bins: &Binaries, dir: &Path, addr: SocketAddr) -> Result<Process> {
+    let root = dir.join(format!("registry-{}", addr.port()));
+    fs::create_dir_all(&root)?;
+    let config = dir.join(format!("registry-{}.yml", addr.port()));
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n",
+            root.display()
+        ),
+    )?;
+    Process::spawn(
+        "docker-registry",
+        dir,
+        Command::new(&bins.registry).arg("serve").arg(&config),
+    )
+}
+
+/// Waits until `addr` answers `GET /v2/` (any status), or the process exits.
+async fn wait_ready(process: &Process, addr: SocketAddr) -> Result<()> {
+    let endpoint = Endpoint::new(addr)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut conn) = Conn::open(&endpoint).await {
+            let req = endpoint.request(Method::GET, "/v2/", &HeaderMap::new(), Bytes::new())?;
+            if let Ok(resp) = conn.send(req).await {
+                collect(resp).await?;
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not answer on {addr} within 30 s:\n{}",
+                process.name,
+                process.stderr_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_params_are_read() {
+        let c = r#"Bearer realm="http://127.0.0.1:5000/oauth2/token",service="portcullis""#;
+        assert_eq!(
+            challenge_param(c, "realm").as_deref(),
+            Some("http://127.0.0.1:5000/oauth2/token")
+        );
+        assert_eq!(challenge_param(c, "service").as_deref(), Some("portcullis"));
+        assert_eq!(challenge_param(c, "scope"), None);
+    }
+}

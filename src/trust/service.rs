@@ -1,0 +1,1008 @@
+//! The trust service: what the Notary API and the signed-only views ask of trust data.
+//! It validates updates (`validate::validate_update`) against the stored state and
+//! persists them atomically, refreshes expired timestamps/snapshots on GET, hands out
+//! and rotates the server-managed timestamp/snapshot keys, serves the changefeed, owns
+//! the registry-level content-trust switch, and caches each repository's signed targets
+//! for the views (invalidated on every change of that repository).
+//!
+//! Everything here is synchronous (redb and signing are quick); HTTP handlers call it
+//! from `spawn_blocking`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::Role;
+use super::keys::PublicKey;
+use super::metadata::{Root, SignedFile};
+use super::signer::{KeyAlgorithm, ServerKey};
+use super::store::{Change, NewFile, StoreError, Tables, TrustStore, TrustTxn, WriteTxn};
+use super::validate::{self, Files, TrustState, UpdateError};
+use crate::identity::pattern::is_valid_repository_name;
+
+/// Repositories whose signed targets stay cached (a few hundred bytes each).
+const SIGNED_TARGETS_CAPACITY: u64 = 10_000;
+/// How long signed targets stay cached without a change: metadata expiring in the
+/// meantime stops counting within this delay.
+const SIGNED_TARGETS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Changefeed page size when the client names none (notary's default).
+const DEFAULT_CHANGEFEED_RECORDS: i64 = 100;
+/// Largest changefeed page, either direction.
+const MAX_CHANGEFEED_RECORDS: i64 = 1000;
+/// Pending (not yet pinned by a root) server keys kept per GUN and role; older ones are
+/// dropped, so `GET <role>.key` on made-up GUNs cannot grow the store without bound.
+const MAX_PENDING_KEYS: usize = 4;
+
+/// The registry-level content-trust switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentTrustStatus {
+    Enabled,
+    #[default]
+    Disabled,
+}
+
+/// Which version of a role a GET asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataRef {
+    /// `<role>.json`
+    Current(Role),
+    /// `<role>.<sha256 hex>.json` (lowercase hex)
+    Checksum { role: Role, sha256: String },
+    /// `<version>.<role>.json`
+    Version { role: Role, version: u64 },
+}
+
+/// A stored TUF file as served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub bytes: Bytes,
+    /// When the server stored it (`Last-Modified`).
+    pub modified: OffsetDateTime,
+}
+
+/// A changefeed page, in notary's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Changefeed {
+    pub count: usize,
+    pub records: Vec<Change>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("content trust is disabled on this registry")]
+    Disabled,
+    #[error("{what} of `{gun}` does not exist")]
+    NotFound { gun: String, what: String },
+    /// The upload failed validation (notary's `INVALID_UPDATE` and friends).
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    /// A role's stored version is not older than the new one (notary's `VERSION`).
+    #[error("{0}")]
+    OldVersion(String),
+    #[error("the server manages only timestamp and snapshot keys, not `{0}`")]
+    NotServerManaged(String),
+    #[error("invalid changefeed parameter: {0}")]
+    InvalidParameter(String),
+    #[error("trust store: {0}")]
+    Store(StoreError),
+    #[error("stored server key of `{gun}` is unreadable: {reason}")]
+    CorruptKey { gun: String, reason: String },
+}
+
+impl From<StoreError> for TrustError {
+    fn from(e: StoreError) -> TrustError {
+        match e {
+            StoreError::OldVersion { .. } => TrustError::OldVersion(e.to_string()),
+            other => TrustError::Store(other),
+        }
+    }
+}
+
+/// The signed targets of one repository (`targets` and `targets/releases` of every GUN
+/// naming it), for the signed-only views. Several GUNs (hosts) may sign the same tag, each
+/// with its own digest: a tag is signed as any of them, so no GUN can veto another's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SignedTargets {
+    /// How many GUNs of the repository hold trust data.
+    guns: usize,
+    /// tag → every `sha256:<hex>` signed for it
+    tags: HashMap<String, BTreeSet<String>>,
+    /// `sha256:<hex>` of every signed target.
+    digests: HashSet<String>,
+}
+
+impl SignedTargets {
+    /// No trust data for the repository.
+    pub fn is_empty(&self) -> bool {
+        self.guns == 0
+    }
+
+    /// Whether `tag` has a signed target (in any GUN).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.contains_key(tag)
+    }
+
+    /// Whether `digest` (`sha256:<hex>`) is one of `tag`'s signed digests.
+    pub fn tag_has_digest(&self, tag: &str, digest: &str) -> bool {
+        self.tags.get(tag).is_some_and(|d| d.contains(digest))
+    }
+
+    /// Whether `digest` (`sha256:<hex>`) is a signed target.
+    pub fn has_digest(&self, digest: &str) -> bool {
+        self.digests.contains(digest)
+    }
+
+    /// Every signed (tag, digest `sha256:<hex>`) pair, a tag once per digest, in no order
+    /// (added by VIEWS for the signed-only tag list).
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tags
+            .iter()
+            .flat_map(|(t, ds)| ds.iter().map(move |d| (t.as_str(), d.as_str())))
+    }
+
+    /// One GUN's signed `tags` (tag, `sha256:<hex>`), for view tests (added by VIEWS).
+    #[cfg(test)]
+    pub fn from_tags(tags: &[(&str, &str)]) -> SignedTargets {
+        SignedTargets {
+            guns: 1,
+            tags: tags
+                .iter()
+                .map(|(t, d)| ((*t).to_owned(), BTreeSet::from([(*d).to_owned()])))
+                .collect(),
+            digests: tags.iter().map(|(_, d)| (*d).to_owned()).collect(),
+        }
+    }
+}
+
+/// `samples/app` from `127.0.0.1:5443/samples/app`: the first component is a host when it
+/// contains `.` or `:` or is `localhost` (docker's rule). `None` when the GUN has no host
+/// part or the rest is not a valid repository name.
+pub fn gun_repository(gun: &str) -> Option<&str> {
+    let (host, repository) = gun.split_once('/')?;
+    let hostlike = host.contains('.') || host.contains(':') || host == "localhost";
+    let host_chars = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    (hostlike && host_chars && is_valid_repository_name(repository)).then_some(repository)
+}
+
+pub struct TrustService {
+    store: TrustStore,
+    /// For new server-managed keys.
+    algorithm: Mutex<KeyAlgorithm>,
+    enabled: AtomicBool,
+    signed: Cache<String, Arc<SignedTargets>>,
+    /// Bumped after every committed change, so a signed-targets computation that raced
+    /// with one is not cached.
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for TrustService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustService")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrustService {
+    /// The trust tables in the control-plane database; new keys use `algorithm`.
+    pub fn open(db: Arc<redb::Database>, algorithm: KeyAlgorithm) -> Result<Arc<Self>, TrustError> {
+        let store = TrustStore::open(db)?;
+        let enabled = store.read()?.enabled()?;
+        Ok(Arc::new(TrustService {
+            store,
+            algorithm: Mutex::new(algorithm),
+            enabled: AtomicBool::new(enabled),
+            signed: Cache::builder()
+                .max_capacity(SIGNED_TARGETS_CAPACITY)
+                .time_to_live(SIGNED_TARGETS_TTL)
+                .build(),
+            epoch: AtomicU64::new(0),
+        }))
+    }
+
+    /// The algorithm of keys generated from now on (`trust.key_algorithm`).
+    pub fn set_key_algorithm(&self, algorithm: KeyAlgorithm) {
+        *self
+            .algorithm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = algorithm;
+    }
+
+    pub fn status(&self) -> ContentTrustStatus {
+        if self.enabled.load(Ordering::Acquire) {
+            ContentTrustStatus::Enabled
+        } else {
+            ContentTrustStatus::Disabled
+        }
+    }
+
+    /// Enabling keeps data; disabling deletes every GUN's trust data and keys (images are
+    /// not trust data and stay).
+    pub fn set_status(&self, status: ContentTrustStatus) -> Result<(), TrustError> {
+        let txn = self.store.write()?;
+        let enabled = status == ContentTrustStatus::Enabled;
+        if !enabled {
+            txn.delete_all(OffsetDateTime::now_utc())?;
+        }
+        txn.set_enabled(enabled)?;
+        txn.commit()?;
+        self.enabled.store(enabled, Ordering::Release);
+        self.changed(None);
+        Ok(())
+    }
+
+    /// For reads: the switch as last committed.
+    fn check_enabled(&self) -> Result<(), TrustError> {
+        match self.status() {
+            ContentTrustStatus::Enabled => Ok(()),
+            ContentTrustStatus::Disabled => Err(TrustError::Disabled),
+        }
+    }
+
+    /// For writes: a write transaction in which content trust is enabled. Checked inside
+    /// it, so a concurrent disable (which deletes everything) cannot be followed by a
+    /// write that recreates trust data.
+    fn write(&self) -> Result<WriteTxn, TrustError> {
+        let txn = self.store.write()?;
+        if !txn.enabled()? {
+            return Err(TrustError::Disabled);
+        }
+        Ok(txn)
+    }
+
+    /// A stored file. The current timestamp or snapshot is first regenerated (and
+    /// stored) when it has expired or no longer matches.
+    pub fn get(
+        &self,
+        gun: &str,
+        what: &MetadataRef,
+        now: OffsetDateTime,
+    ) -> Result<Metadata, TrustError> {
+        self.check_enabled()?;
+        if let MetadataRef::Current(role) = what
+            && matches!(role.as_str(), "timestamp" | "snapshot")
+        {
+            self.refresh(gun, role, now)?;
+        }
+        let txn = self.store.read()?;
+        let found = match what {
+            MetadataRef::Current(role) => txn.current(gun, role.as_str())?,
+            MetadataRef::Version { role, version } => txn.version(gun, role.as_str(), *version)?,
+            MetadataRef::Checksum { role, sha256 } => txn
+                .by_checksum(gun, sha256)?
+                .filter(|f| f.role == role.as_str()),
+        };
+        let file = found.ok_or_else(|| TrustError::NotFound {
+            gun: gun.to_owned(),
+            what: describe(what),
+        })?;
+        Ok(Metadata {
+            bytes: file.bytes,
+            modified: OffsetDateTime::from_unix_timestamp(file.stored_at)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        })
+    }
+
+    /// Regenerates and stores `role` (timestamp or snapshot) when `validate::refresh`
+    /// says so. Checked first, without signing, on a read transaction (the common case:
+    /// nothing to do), then regenerated under the write transaction that stores the
+    /// result. A failed refresh is logged and the stored file served: clients judge
+    /// expiry themselves.
+    fn refresh(&self, gun: &str, role: &Role, now: OffsetDateTime) -> Result<(), TrustError> {
+        let stale = {
+            let txn = self.store.read()?;
+            let state = GunState::new(&txn, gun);
+            let stale = validate::is_stale(&state, role, now);
+            state.finish()?;
+            stale
+        };
+        match stale {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(gun, role = role.as_str(), error = %e, "cannot refresh trust metadata");
+                return Ok(());
+            }
+        }
+        let txn = self.write()?;
+        let state = GunState::new(&txn, gun);
+        let regenerated = validate::refresh(gun, &state, role, now);
+        state.finish()?;
+        match regenerated {
+            Ok(Some(files)) => {
+                txn.update_many(gun, &new_files(files), now)?;
+                txn.commit()?;
+                self.changed(Some(gun));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(gun, role = role.as_str(), error = %e, "cannot refresh trust metadata");
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates an upload (multipart parts: role → bytes) and stores it with the
+    /// generated snapshot/timestamp, atomically. A new root also retires the pending
+    /// server keys it did not pin.
+    pub fn update(
+        &self,
+        gun: &str,
+        parts: Vec<(Role, Bytes)>,
+        now: OffsetDateTime,
+    ) -> Result<(), TrustError> {
+        let txn = self.write()?;
+        let state = GunState::new(&txn, gun);
+        let validated = validate::validate_update(gun, &state, parts, now);
+        state.finish()?;
+        let files = validated?;
+        let root = files
+            .iter()
+            .find(|(role, _)| *role == Role::root())
+            .map(|(_, file)| file.clone());
+        txn.update_many(gun, &new_files(files), now)?;
+        if let Some(root) = root {
+            for role in [Role::timestamp(), Role::snapshot()] {
+                txn.retain_server_keys(gun, role.as_str(), &pinned_key_ids(&root, &role), 0)?;
+            }
+        }
+        txn.commit()?;
+        self.changed(Some(gun));
+        Ok(())
+    }
+
+    /// `GET <role>.key` (notary's GetOrCreate…Key): the key the stored root pins for
+    /// `role` when the server holds it, else a new pending key (one per call, the
+    /// [`MAX_PENDING_KEYS`] newest kept; the root the client then publishes pins one).
+    pub fn public_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
+        server_managed(role)?;
+        let txn = self.write()?;
+        let pinned = match txn.current(gun, "root")? {
+            Some(root) => SignedFile::parse(root.bytes)
+                .map(|root| pinned_key_ids(&root, role))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for id in &pinned {
+            if let Some(bytes) = txn.server_key(gun, role.as_str(), id)? {
+                return Ok(decode_key(gun, &bytes)?.public());
+            }
+        }
+        let key = self.new_key(&txn, gun, role, &pinned)?;
+        txn.commit()?;
+        Ok(key)
+    }
+
+    /// `POST <role>.key`: always a new pending key, which takes effect when a root
+    /// listing it is published.
+    pub fn rotate_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
+        server_managed(role)?;
+        let txn = self.write()?;
+        let pinned = match txn.current(gun, "root")? {
+            Some(root) => SignedFile::parse(root.bytes)
+                .map(|root| pinned_key_ids(&root, role))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let key = self.new_key(&txn, gun, role, &pinned)?;
+        txn.commit()?;
+        Ok(key)
+    }
+
+    /// A new pending key of `gun`'s `role`; of the keys the root does not pin (`pinned`),
+    /// only the newest [`MAX_PENDING_KEYS`] stay.
+    fn new_key(
+        &self,
+        txn: &WriteTxn,
+        gun: &str,
+        role: &Role,
+        pinned: &[String],
+    ) -> Result<PublicKey, TrustError> {
+        let algorithm = *self
+            .algorithm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = ServerKey::generate(algorithm);
+        txn.put_server_key(gun, role.as_str(), &key.id(), &key.to_bytes())?;
+        txn.retain_server_keys(gun, role.as_str(), pinned, MAX_PENDING_KEYS)?;
+        Ok(key.public())
+    }
+
+    /// Deletes all trust data of `gun`.
+    pub fn delete(&self, gun: &str) -> Result<(), TrustError> {
+        let txn = self.write()?;
+        txn.delete(gun, OffsetDateTime::now_utc())?;
+        txn.commit()?;
+        self.changed(Some(gun));
+        Ok(())
+    }
+
+    /// Changefeed records after `change_id` (`records` < 0: the latest ones before it),
+    /// of `gun` or of every GUN. `records` 0 means notary's default page; at most
+    /// [`MAX_CHANGEFEED_RECORDS`] either way.
+    pub fn changefeed(
+        &self,
+        gun: Option<&str>,
+        change_id: Option<&str>,
+        records: i64,
+    ) -> Result<Changefeed, TrustError> {
+        self.check_enabled()?;
+        let change_id = match change_id.filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(id) => id.parse::<i64>().map_err(|_| {
+                TrustError::InvalidParameter(format!("change_id `{id}` is not an integer"))
+            })?,
+        };
+        let records = if records == 0 {
+            DEFAULT_CHANGEFEED_RECORDS
+        } else {
+            records.clamp(-MAX_CHANGEFEED_RECORDS, MAX_CHANGEFEED_RECORDS)
+        };
+        let records = self.store.read()?.changes(gun, change_id, records)?;
+        Ok(Changefeed {
+            count: records.len(),
+            records,
+        })
+    }
+
+    /// Signed targets of every GUN whose repository part is `repository` (cached; the
+    /// cache entry is dropped on every update/delete of the repository and on a status
+    /// change, and after [`SIGNED_TARGETS_TTL`] so expiry is noticed). Each GUN's roles are
+    /// verified as the notary client walks them (`validate::signed_targets`).
+    pub fn signed_targets(&self, repository: &str) -> Arc<SignedTargets> {
+        if let Some(hit) = self.signed.get(repository) {
+            return hit;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        match self.compute_signed_targets(repository) {
+            Ok(targets) => {
+                let targets = Arc::new(targets);
+                if self.epoch.load(Ordering::Acquire) == epoch {
+                    self.signed
+                        .insert(repository.to_owned(), Arc::clone(&targets));
+                }
+                targets
+            }
+            Err(e) => {
+                // Nothing cached: the next request tries again.
+                tracing::error!(repository, error = %e, "reading signed targets");
+                Arc::new(SignedTargets::default())
+            }
+        }
+    }
+
+    fn compute_signed_targets(&self, repository: &str) -> Result<SignedTargets, TrustError> {
+        let txn = self.store.read()?;
+        let mut out = SignedTargets::default();
+        for gun in txn.guns()? {
+            if gun_repository(&gun) != Some(repository) {
+                continue;
+            }
+            let state = GunState::new(&txn, &gun);
+            let targets = validate::signed_targets(&state, OffsetDateTime::now_utc());
+            state.finish()?;
+            out.guns += 1;
+            for target in targets {
+                let digest = format!("sha256:{}", target.sha256);
+                out.digests.insert(digest.clone());
+                out.tags.entry(target.name).or_default().insert(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a committed change of `gun` (`None`: of everything).
+    fn changed(&self, gun: Option<&str>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match gun.and_then(gun_repository) {
+            Some(repository) => self.signed.invalidate(repository),
+            None => self.signed.invalidate_all(),
+        }
+    }
+}
+
+/// The store seen by `validate` for one GUN. A read failure makes the file look absent
+/// to the validator and is reported by [`GunState::finish`], so it never passes as
+/// "nothing stored".
+struct GunState<'t, T> {
+    txn: &'t TrustTxn<T>,
+    gun: &'t str,
+    error: RefCell<Option<TrustError>>,
+}
+
+impl<'t, T: Tables> GunState<'t, T> {
+    fn new(txn: &'t TrustTxn<T>, gun: &'t str) -> Self {
+        GunState {
+            txn,
+            gun,
+            error: RefCell::new(None),
+        }
+    }
+
+    fn finish(self) -> Result<(), TrustError> {
+        self.error.into_inner().map_or(Ok(()), Err)
+    }
+
+    fn note<V>(&self, result: Result<Option<V>, TrustError>) -> Option<V> {
+        result.unwrap_or_else(|e| {
+            self.error.borrow_mut().get_or_insert(e);
+            None
+        })
+    }
+}
+
+impl<T: Tables> TrustState for GunState<'_, T> {
+    fn current(&self, role: &Role) -> Option<Bytes> {
+        let found = self
+            .txn
+            .current(self.gun, role.as_str())
+            .map_err(TrustError::from);
+        self.note(found).map(|f| f.bytes)
+    }
+
+    fn server_key(&self, role: &Role, key_id: &str) -> Option<ServerKey> {
+        let found = self
+            .txn
+            .server_key(self.gun, role.as_str(), key_id)
+            .map_err(TrustError::from)
+            .and_then(|bytes| bytes.map(|b| decode_key(self.gun, &b)).transpose());
+        self.note(found)
+    }
+}
+
+fn decode_key(gun: &str, bytes: &[u8]) -> Result<ServerKey, TrustError> {
+    ServerKey::from_bytes(bytes).map_err(|e| TrustError::CorruptKey {
+        gun: gun.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn server_managed(role: &Role) -> Result<(), TrustError> {
+    match role.as_str() {
+        "timestamp" | "snapshot" => Ok(()),
+        other => Err(TrustError::NotServerManaged(other.to_owned())),
+    }
+}
+
+/// Validated files as the store takes them.
+fn new_files(files: Files) -> Vec<NewFile> {
+    files
+        .into_iter()
+        .map(|(role, file)| NewFile {
+            role: role.as_str().to_owned(),
+            version: file.version,
+            bytes: file.raw,
+        })
+        .collect()
+}
+
+/// The key ids `root` lists for `role` (none when it does not parse: stored roots do).
+fn pinned_key_ids(root: &SignedFile, role: &Role) -> Vec<String> {
+    Root::parse(root)
+        .map(|root| root.role(role).keys.into_keys().collect())
+        .unwrap_or_default()
+}
+
+fn describe(what: &MetadataRef) -> String {
+    match what {
+        MetadataRef::Current(role) => format!("`{}.json`", role.as_str()),
+        MetadataRef::Checksum { role, sha256 } => format!("`{}.{sha256}.json`", role.as_str()),
+        MetadataRef::Version { role, version } => format!("`{version}.{}.json`", role.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use sha2::{Digest, Sha256};
+    use time::Duration;
+
+    use super::*;
+    use crate::trust::validate::testkit::{RootKeys, TestKey, root_json, sign, targets_json};
+
+    const GUN: &str = "127.0.0.1:5443/samples/app";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        service: Arc<TrustService>,
+        root: TestKey,
+        targets: TestKey,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("control.redb")).unwrap();
+        let service = TrustService::open(Arc::new(db), KeyAlgorithm::Ecdsa).unwrap();
+        service.set_status(ContentTrustStatus::Enabled).unwrap();
+        Fixture {
+            _dir: dir,
+            service,
+            root: TestKey::root(GUN),
+            targets: TestKey::ecdsa(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn role(name: &str) -> Role {
+        Role::parse(name).unwrap()
+    }
+
+    fn version_of(bytes: &[u8]) -> u64 {
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        v["signed"]["version"].as_u64().unwrap()
+    }
+
+    impl Fixture {
+        /// A root pinning the given server keys, signed by the root key.
+        fn root_file(&self, version: u64, timestamp: &PublicKey, snapshot: &PublicKey) -> Bytes {
+            let keys = RootKeys {
+                root: vec![&self.root.public],
+                targets: vec![&self.targets.public],
+                targets_threshold: 1,
+                snapshot,
+                timestamp,
+            };
+            sign(
+                &root_json(version, &keys, now() + Duration::days(3650)),
+                &[&self.root],
+            )
+        }
+
+        fn targets_file(&self, version: u64, tags: &[(&str, &[u8])]) -> Bytes {
+            let body = targets_json(version, tags, &[], now() + Duration::days(1000));
+            sign(&body, &[&self.targets])
+        }
+
+        /// docker's first push: server-managed timestamp and snapshot keys, root + targets.
+        fn publish(&self, tags: &[(&str, &[u8])]) -> Bytes {
+            let timestamp = self.service.public_key(GUN, &role("timestamp")).unwrap();
+            let snapshot = self.service.public_key(GUN, &role("snapshot")).unwrap();
+            let root = self.root_file(1, &timestamp, &snapshot);
+            let parts = vec![
+                (role("root"), root.clone()),
+                (role("targets"), self.targets_file(1, tags)),
+            ];
+            self.service.update(GUN, parts, now()).unwrap();
+            root
+        }
+
+        fn get(&self, what: MetadataRef) -> Result<Metadata, TrustError> {
+            self.service.get(GUN, &what, now())
+        }
+
+        fn current(&self, name: &str) -> Bytes {
+            self.get(MetadataRef::Current(role(name))).unwrap().bytes
+        }
+    }
+
+    #[test]
+    fn server_keys_are_pending_until_a_root_pins_one() {
+        let f = fixture();
+        let timestamp = role("timestamp");
+        let first = f.service.public_key(GUN, &timestamp).unwrap();
+        let second = f.service.public_key(GUN, &timestamp).unwrap();
+        assert_ne!(first.id(), second.id(), "each call creates a pending key");
+        let snapshot = f.service.public_key(GUN, &role("snapshot")).unwrap();
+        let root = f.root_file(1, &second, &snapshot);
+        let parts = vec![
+            (role("root"), root),
+            (role("targets"), f.targets_file(1, &[])),
+        ];
+        f.service.update(GUN, parts, now()).unwrap();
+        // The pinned key from now on, and it signed the timestamp.
+        for _ in 0..2 {
+            assert_eq!(
+                f.service.public_key(GUN, &timestamp).unwrap().id(),
+                second.id()
+            );
+        }
+        let stamp: Value = serde_json::from_slice(&f.current("timestamp")).unwrap();
+        assert_eq!(stamp["signatures"][0]["keyid"], second.id());
+        // The key nobody pinned is gone.
+        let txn = f.service.store.read().unwrap();
+        assert!(
+            txn.server_key(GUN, "timestamp", &first.id())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            txn.server_key(GUN, "timestamp", &second.id())
+                .unwrap()
+                .is_some()
+        );
+        // Rotation hands out a new key without changing the pinned one yet.
+        let rotated = f.service.rotate_key(GUN, &timestamp).unwrap();
+        assert_ne!(rotated.id(), second.id());
+        assert_eq!(
+            f.service.public_key(GUN, &timestamp).unwrap().id(),
+            second.id()
+        );
+        assert!(matches!(
+            f.service.public_key(GUN, &role("targets")),
+            Err(TrustError::NotServerManaged(_))
+        ));
+    }
+
+    #[test]
+    fn an_update_is_served_by_role_checksum_and_version() {
+        let f = fixture();
+        let root = f.publish(&[("v1", b"manifest")]);
+        assert_eq!(f.current("root"), root);
+        let snapshot = f.current("snapshot");
+        let timestamp = f.current("timestamp");
+        assert_eq!((version_of(&snapshot), version_of(&timestamp)), (1, 1));
+        let sha = hex::encode(Sha256::digest(&snapshot));
+        let by_sum = f.get(MetadataRef::Checksum {
+            role: role("snapshot"),
+            sha256: sha.clone(),
+        });
+        assert_eq!(by_sum.unwrap().bytes, snapshot);
+        // The checksum must be of that role.
+        assert!(matches!(
+            f.get(MetadataRef::Checksum {
+                role: role("targets"),
+                sha256: sha
+            }),
+            Err(TrustError::NotFound { .. })
+        ));
+        let v1 = f.get(MetadataRef::Version {
+            role: role("root"),
+            version: 1,
+        });
+        assert_eq!(v1.unwrap().bytes, root);
+        assert!(matches!(
+            f.get(MetadataRef::Current(role("targets/releases"))),
+            Err(TrustError::NotFound { .. })
+        ));
+        // A second publish of targets: snapshot and timestamp move on.
+        let parts = vec![(role("targets"), f.targets_file(2, &[("v2", b"other")]))];
+        f.service.update(GUN, parts, now()).unwrap();
+        assert_eq!(version_of(&f.current("snapshot")), 2);
+        assert_eq!(version_of(&f.current("timestamp")), 2);
+        // The same version again is refused and changes nothing.
+        let parts = vec![(role("targets"), f.targets_file(2, &[("v3", b"x")]))];
+        let err = f.service.update(GUN, parts, now()).unwrap_err();
+        assert!(matches!(err, TrustError::OldVersion(_)), "{err}");
+        assert_eq!(version_of(&f.current("timestamp")), 2);
+        let feed = f.service.changefeed(Some(GUN), None, 0).unwrap();
+        assert_eq!(feed.count, 2);
+        assert_eq!(feed.records[1].version, 2);
+    }
+
+    #[test]
+    fn an_expired_timestamp_is_regenerated_on_get() {
+        let f = fixture();
+        f.publish(&[]);
+        let later = now() + Duration::days(15);
+        let fresh = f
+            .service
+            .get(GUN, &MetadataRef::Current(role("timestamp")), later)
+            .unwrap();
+        assert_eq!(version_of(&fresh.bytes), 2);
+        // Stored: a plain read now serves it, and the version index has both.
+        assert_eq!(f.current("timestamp"), fresh.bytes);
+        assert!(
+            f.get(MetadataRef::Version {
+                role: role("timestamp"),
+                version: 1
+            })
+            .is_ok()
+        );
+        // Not expired: served as is.
+        let again = f
+            .service
+            .get(GUN, &MetadataRef::Current(role("timestamp")), later)
+            .unwrap();
+        assert_eq!(again.bytes, fresh.bytes);
+    }
+
+    #[test]
+    fn signed_targets_follow_every_change() {
+        let f = fixture();
+        let digest = |bytes: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        assert!(f.service.signed_targets("samples/app").is_empty());
+        f.publish(&[("v1", b"one")]);
+        let signed = f.service.signed_targets("samples/app");
+        assert!(!signed.is_empty());
+        assert!(signed.tag_has_digest("v1", &digest(b"one")));
+        assert!(signed.has_digest(&digest(b"one")));
+        assert!(f.service.signed_targets("samples/other").is_empty());
+        // Cached, and dropped when the repository's trust data changes.
+        assert!(Arc::ptr_eq(
+            &signed,
+            &f.service.signed_targets("samples/app")
+        ));
+        let parts = vec![(role("targets"), f.targets_file(2, &[("v1", b"two")]))];
+        f.service.update(GUN, parts, now()).unwrap();
+        let signed = f.service.signed_targets("samples/app");
+        assert!(signed.tag_has_digest("v1", &digest(b"two")));
+        assert!(!signed.tag_has_digest("v1", &digest(b"one")));
+        assert!(!signed.has_digest(&digest(b"one")));
+        f.service.delete(GUN).unwrap();
+        assert!(f.service.signed_targets("samples/app").is_empty());
+        assert!(matches!(
+            f.get(MetadataRef::Current(role("root"))),
+            Err(TrustError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn disabling_deletes_all_trust_data() {
+        let f = fixture();
+        f.publish(&[("v1", b"one")]);
+        assert!(!f.service.signed_targets("samples/app").is_empty());
+        f.service.set_status(ContentTrustStatus::Disabled).unwrap();
+        assert_eq!(f.service.status(), ContentTrustStatus::Disabled);
+        assert!(f.service.signed_targets("samples/app").is_empty());
+        assert!(matches!(
+            f.get(MetadataRef::Current(role("root"))),
+            Err(TrustError::Disabled)
+        ));
+        assert!(matches!(
+            f.service.public_key(GUN, &role("timestamp")),
+            Err(TrustError::Disabled)
+        ));
+        f.service.set_status(ContentTrustStatus::Enabled).unwrap();
+        assert!(matches!(
+            f.get(MetadataRef::Current(role("root"))),
+            Err(TrustError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn guns_name_a_host_and_a_repository() {
+        for (gun, repository) in [
+            ("127.0.0.1:5443/samples/app", Some("samples/app")),
+            ("localhost/app", Some("app")),
+            ("registry.example.com/a/b/c", Some("a/b/c")),
+            ("[::1]:5443/app", Some("app")),
+            ("samples/app", None),
+            ("app", None),
+            ("localhost:5443/", None),
+            ("localhost:5443/Bad", None),
+            ("host name:1/app", None),
+        ] {
+            assert_eq!(gun_repository(gun), repository, "{gun}");
+        }
+    }
+
+    #[test]
+    fn writes_check_the_switch_inside_their_transaction() {
+        let f = fixture();
+        f.publish(&[("v1", b"one")]);
+        // A disable committed after the (still enabled) in-memory switch was read.
+        let txn = f.service.store.write().unwrap();
+        txn.set_enabled(false).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(f.service.status(), ContentTrustStatus::Enabled);
+        let parts = vec![(role("targets"), f.targets_file(2, &[("v2", b"two")]))];
+        assert!(matches!(
+            f.service.update(GUN, parts, now()),
+            Err(TrustError::Disabled)
+        ));
+        for name in ["timestamp", "snapshot"] {
+            assert!(matches!(
+                f.service
+                    .public_key("127.0.0.1:5443/samples/new", &role(name)),
+                Err(TrustError::Disabled)
+            ));
+            assert!(matches!(
+                f.service.rotate_key(GUN, &role(name)),
+                Err(TrustError::Disabled)
+            ));
+        }
+        assert!(matches!(f.service.delete(GUN), Err(TrustError::Disabled)));
+        // The refresh of an expired timestamp does not write either.
+        let later = now() + Duration::days(15);
+        let stale = f
+            .service
+            .get(GUN, &MetadataRef::Current(role("timestamp")), later);
+        assert!(matches!(stale, Err(TrustError::Disabled)), "{stale:?}");
+        let txn = f.service.store.read().unwrap();
+        assert_eq!(txn.current(GUN, "targets").unwrap().unwrap().version, 1);
+        assert_eq!(txn.current(GUN, "timestamp").unwrap().unwrap().version, 1);
+    }
+
+    #[test]
+    fn pending_keys_are_bounded_per_gun_and_role() {
+        let f = fixture();
+        let gun = "made.up/samples/app";
+        let timestamp = role("timestamp");
+        let keys: Vec<PublicKey> = (0..10)
+            .map(|_| f.service.public_key(gun, &timestamp).unwrap())
+            .collect();
+        let txn = f.service.store.read().unwrap();
+        let held: Vec<bool> = keys
+            .iter()
+            .map(|k| txn.server_key(gun, "timestamp", &k.id()).unwrap().is_some())
+            .collect();
+        let mut expected = vec![false; 10 - MAX_PENDING_KEYS];
+        expected.extend(vec![true; MAX_PENDING_KEYS]);
+        assert_eq!(held, expected);
+        drop(txn);
+        // A pinned key is never dropped by later rotations.
+        f.publish(&[]);
+        let pinned = f.service.public_key(GUN, &timestamp).unwrap();
+        for _ in 0..(MAX_PENDING_KEYS + 2) {
+            f.service.rotate_key(GUN, &timestamp).unwrap();
+        }
+        assert_eq!(
+            f.service.public_key(GUN, &timestamp).unwrap().id(),
+            pinned.id()
+        );
+    }
+
+    #[test]
+    fn every_gun_of_a_repository_may_sign_a_tag() {
+        let f = fixture();
+        let digest = |bytes: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        f.publish(&[("v1", b"real")]);
+        // Another host's GUN for the same repository, sorting first, signs v1 differently.
+        let other = "a.example/samples/app";
+        let (root_key, targets_key) = (TestKey::root(other), TestKey::ecdsa());
+        let timestamp = f.service.public_key(other, &role("timestamp")).unwrap();
+        let snapshot = f.service.public_key(other, &role("snapshot")).unwrap();
+        let keys = RootKeys {
+            root: vec![&root_key.public],
+            targets: vec![&targets_key.public],
+            targets_threshold: 1,
+            snapshot: &snapshot,
+            timestamp: &timestamp,
+        };
+        let root = sign(
+            &root_json(1, &keys, now() + Duration::days(3650)),
+            &[&root_key],
+        );
+        let targets = sign(
+            &targets_json(1, &[("v1", b"other")], &[], now() + Duration::days(100)),
+            &[&targets_key],
+        );
+        let parts = vec![(role("root"), root), (role("targets"), targets)];
+        f.service.update(other, parts, now()).unwrap();
+        let signed = f.service.signed_targets("samples/app");
+        assert!(signed.tag_has_digest("v1", &digest(b"real")));
+        assert!(signed.tag_has_digest("v1", &digest(b"other")));
+        assert!(!signed.tag_has_digest("v1", &digest(b"neither")));
+        assert!(!signed.tag_has_digest("v2", &digest(b"real")));
+        let mut pairs: Vec<(&str, &str)> = signed.tags().collect();
+        pairs.sort_unstable();
+        let mut expected = [digest(b"real"), digest(b"other")];
+        expected.sort_unstable();
+        assert_eq!(
+            pairs,
+            [("v1", expected[0].as_str()), ("v1", expected[1].as_str())]
+        );
+    }
+
+    #[test]
+    fn changefeed_pages_are_capped() {
+        let f = fixture();
+        let txn = f.service.store.write().unwrap();
+        for version in 1..=1005 {
+            let file = NewFile {
+                role: "timestamp".to_owned(),
+                version,
+                bytes: Bytes::from(version.to_string()),
+            };
+            txn.update_many(GUN, &[file], now()).unwrap();
+        }
+        txn.commit().unwrap();
+        for records in [5000, -5000, i64::MAX, i64::MIN] {
+            let feed = f.service.changefeed(None, None, records).unwrap();
+            assert_eq!(feed.count, 1000, "{records}");
+        }
+        assert_eq!(f.service.changefeed(Some(GUN), None, 0).unwrap().count, 100);
+    }
+}

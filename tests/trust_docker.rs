@@ -1,0 +1,211 @@
+//! The real docker CLI (28.x, the last with content trust in push/pull) and engine against
+//! the gateway over TLS (issue 5, "How it is checked"): `DOCKER_CONTENT_TRUST=1 docker push`
+//! signs, a DCT pull with a fresh trust cache verifies, unsigned tags fail the DCT pull
+//! with the client's wording, signing needs `trust/write` and is refused to the admin
+//! account, and a repository demanding signatures serves plain pulls of signed tags only.
+// Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/docker.rs"]
+mod docker;
+
+use std::process::Output;
+
+use common::ADMIN_PASSWORD;
+use common::trust::{PASSPHRASE, TrustGateway};
+use docker::Docker;
+
+/// What the notary client inside the docker CLI says when the trust server answers 401.
+const NOT_AUTHORIZED: &str = "you are not authorized to perform this operation";
+
+/// A docker CLI logged in to `gateway` as `user`, trusting its CA for the trust server
+/// (`$DOCKER_CONFIG/tls/<host:port>/ca.crt`).
+fn client(gateway: &TrustGateway, user: &str, password: &str) -> Docker {
+    let docker = Docker::new();
+    let tls = docker.config_dir().join("tls").join(gateway.host());
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(&gateway.ca, tls.join("ca.crt")).unwrap();
+    let login = docker.login(gateway.host(), user, password);
+    assert!(
+        login.status.success(),
+        "docker login as {user}: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    docker
+}
+
+/// `docker args...` with content trust on and the key passphrases in the environment;
+/// returns success and stdout + stderr.
+fn trusted(docker: &Docker, args: &[&str]) -> (bool, String) {
+    let out: Output = docker
+        .command(args)
+        .env("DOCKER_CONTENT_TRUST", "1")
+        .env("DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE", PASSPHRASE)
+        .env("DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn trusted_ok(docker: &Docker, args: &[&str]) -> String {
+    let (success, text) = trusted(docker, args);
+    assert!(success, "DCT docker {} failed:\n{text}", args.join(" "));
+    text
+}
+
+fn trusted_fails(docker: &Docker, args: &[&str]) -> String {
+    let (success, text) = trusted(docker, args);
+    assert!(!success, "DCT docker {} succeeded:\n{text}", args.join(" "));
+    text
+}
+
+/// Forgets the client's cached trust metadata (keys stay), as on another machine.
+fn forget_trust_cache(docker: &Docker) {
+    let tuf = docker.config_dir().join("trust/tuf");
+    if tuf.exists() {
+        std::fs::remove_dir_all(tuf).unwrap();
+    }
+}
+
+#[test]
+fn signed_push_verified_pull_and_signed_only_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TrustGateway::start(dir.path(), &[]);
+    let host = gateway.host().to_owned();
+    let password = gateway.token(
+        "signer",
+        "samples/*",
+        &[
+            "content/read",
+            "content/write",
+            "metadata/read",
+            "trust/write",
+        ],
+    );
+    let docker = client(&gateway, "signer", &password);
+
+    // Signed push, then a verified pull from scratch.
+    let v1 = docker.import(
+        &format!("{host}/samples/app:v1"),
+        &format!("signed v1 {host}"),
+    );
+    let out = trusted_ok(&docker, &["push", &v1]);
+    assert!(
+        out.contains(&format!("Successfully signed {v1}")),
+        "DCT push of {v1}:\n{out}"
+    );
+    let v1_id = docker.image_id(&v1);
+    docker.run(&["rmi", &v1]);
+    forget_trust_cache(&docker);
+    let out = trusted_ok(&docker, &["pull", &v1]);
+    assert!(
+        out.contains("sha256:"),
+        "DCT pull of {v1} goes by digest:\n{out}"
+    );
+    assert_eq!(docker.image_id(&v1), v1_id, "pulled {v1}");
+
+    // A tag pushed without signing: no valid trust data for it.
+    let v2 = docker.import(
+        &format!("{host}/samples/app:v2"),
+        &format!("unsigned v2 {host}"),
+    );
+    docker.run(&["push", &v2]);
+    docker.run(&["rmi", &v2]);
+    forget_trust_cache(&docker);
+    let out = trusted_fails(&docker, &["pull", &v2]);
+    assert!(
+        out.contains("No valid trust data for v2"),
+        "DCT pull of unsigned {v2}:\n{out}"
+    );
+
+    // A repository without any trust data.
+    let plain = docker.import(
+        &format!("{host}/samples/plain:v1"),
+        &format!("plain v1 {host}"),
+    );
+    docker.run(&["push", &plain]);
+    docker.run(&["rmi", &plain]);
+    let out = trusted_fails(&docker, &["pull", &plain]);
+    let gun = gateway.gun("samples/plain");
+    assert!(
+        out.contains(&format!("does not have trust data for {gun}")),
+        "DCT pull of {plain}:\n{out}"
+    );
+
+    // The repository demands signatures: plain pulls get the signed tag only.
+    gateway.portcullis(&[
+        "repository",
+        "update",
+        "--repository",
+        "samples/app",
+        "--signed-only",
+        "true",
+    ]);
+    docker.run(&["rmi", &v1]);
+    let out = docker.fails(&["pull", &v2]);
+    assert!(
+        out.contains("not signed"),
+        "plain pull of unsigned {v2} from a signed-only repository:\n{out}"
+    );
+    docker.run(&["pull", &v1]);
+    assert_eq!(docker.image_id(&v1), v1_id, "plain pull of signed {v1}");
+    docker.run(&["rmi", &v1]);
+    forget_trust_cache(&docker);
+    trusted_ok(&docker, &["pull", &v1]);
+    assert_eq!(docker.image_id(&v1), v1_id, "DCT pull of signed {v1}");
+    docker.run(&["rmi", &v1]);
+}
+
+#[test]
+fn signing_needs_trust_write_and_is_refused_to_the_admin_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = TrustGateway::start(dir.path(), &[]);
+    let host = gateway.host().to_owned();
+    let password = gateway.token("pusher", "samples/*", &["content/read", "content/write"]);
+
+    for (who, user, password, repository) in [
+        (
+            "a token without trust/write",
+            "pusher",
+            password.as_str(),
+            "samples/pusher",
+        ),
+        (
+            "the admin account",
+            "admin",
+            ADMIN_PASSWORD,
+            "samples/admin",
+        ),
+    ] {
+        let docker = client(&gateway, user, password);
+        let image = docker.import(
+            &format!("{host}/{repository}:v1"),
+            &format!("{repository} {host}"),
+        );
+        let out = trusted_fails(&docker, &["push", &image]);
+        // The image itself is pushed (push rights); only the signing is refused.
+        assert!(
+            out.contains("digest: sha256:"),
+            "DCT push by {who}: image push\n{out}"
+        );
+        assert!(
+            !out.contains("Successfully signed") && out.contains(NOT_AUTHORIZED),
+            "DCT push by {who}: signing\n{out}"
+        );
+        docker.run(&["rmi", &image]);
+        let out = trusted_fails(&docker, &["pull", &image]);
+        assert!(
+            out.contains(&format!(
+                "does not have trust data for {}",
+                gateway.gun(repository)
+            )),
+            "DCT pull after a refused signing by {who}:\n{out}"
+        );
+    }
+}
