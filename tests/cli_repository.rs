@@ -12,7 +12,7 @@ mod registry;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{ADMIN_PASSWORD, Server, bin, cli};
+use common::{ADMIN_PASSWORD, Server, bin, cli, json_output, password1};
 use content::TestImage;
 use registry::DockerRegistry;
 use reqwest::blocking::{Client, RequestBuilder};
@@ -79,21 +79,7 @@ fn fails(server: &Server, who: As, args: &[&str]) -> String {
 fn token(server: &Server, name: &str, repo: &str, actions: &[&str]) -> String {
     let mut args = vec!["token", "create", "--name", name, "--repository", repo];
     args.extend_from_slice(actions);
-    let out = cli(server, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-    created["credentials"]["passwords"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "password1")
-        .and_then(|p| p["value"].as_str())
-        .unwrap()
-        .to_owned()
+    password1(&json_output(&args, &cli(server, &args)))
 }
 
 fn admin_auth(req: RequestBuilder) -> RequestBuilder {

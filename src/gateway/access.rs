@@ -165,19 +165,19 @@ pub async fn authorize(
     gw: &Gateway,
     who: &Authenticated,
     req: &RepositoryRequest,
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
     query: Option<&str>,
 ) -> Result<Disposition, GatewayError> {
     match &req.kind {
         RequestKind::ManifestGet { reference } => {
-            let signed = manifest_signed(gw, who, req, reference, meta).await?;
-            let result = decide_for(gw, who, &checks(req, &[]), meta, signed);
+            let signed = manifest_signed(gw, who, req, reference, source_ip).await?;
+            let result = decide_for(gw, who, &checks(req, &[]), source_ip, signed);
             gw.metrics.record_decision(result.is_ok());
             result.map(|()| Disposition::Forward)
         }
         RequestKind::TagsList => {
-            authorize_checks(gw, who, &checks(req, &[]), meta)?;
-            if !signature_demanded(gw, &who.principal, &req.repository, meta) {
+            authorize_checks(gw, who, &checks(req, &[]), source_ip)?;
+            if !signature_demanded(gw, &who.principal, &req.repository, source_ip) {
                 return Ok(Disposition::Forward);
             }
             let targets = signed::targets(gw, &req.repository);
@@ -188,7 +188,7 @@ pub async fn authorize(
                 query,
             )))
         }
-        _ => authorize_writes(gw, who, req, meta)
+        _ => authorize_writes(gw, who, req, source_ip)
             .await
             .map(|()| Disposition::Forward),
     }
@@ -202,7 +202,7 @@ async fn manifest_signed(
     who: &Authenticated,
     req: &RepositoryRequest,
     reference: &Reference,
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
 ) -> Result<bool, GatewayError> {
     let targets = signed::targets(gw, &req.repository);
     match (signed::signature(targets.as_deref(), reference), reference) {
@@ -217,7 +217,7 @@ async fn manifest_signed(
                         &identity,
                         &who.principal,
                         check,
-                        meta.source_ip,
+                        source_ip,
                         signed,
                     )
                     .allowed
@@ -244,7 +244,7 @@ fn signature_demanded(
     gw: &Gateway,
     principal: &Principal,
     repository: &str,
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
 ) -> bool {
     let identity = gw.store.snapshot();
     if identity.repository_attributes(repository).signed_only {
@@ -256,17 +256,8 @@ fn signature_demanded(
         operation: Operation::Pull,
         reference: Some(Reference::Tag(PROBE_TAG.to_owned())),
     };
-    let ask = |signed| {
-        ask_signed(
-            &gw.engine,
-            &identity,
-            principal,
-            &probe,
-            meta.source_ip,
-            signed,
-        )
-        .allowed
-    };
+    let ask =
+        |signed| ask_signed(&gw.engine, &identity, principal, &probe, source_ip, signed).allowed;
     !ask(false) && ask(true)
 }
 
@@ -276,13 +267,13 @@ async fn authorize_writes(
     gw: &Gateway,
     who: &Authenticated,
     req: &RepositoryRequest,
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
 ) -> Result<(), GatewayError> {
     let written = written_tags(&req.kind);
     if !written.is_empty() {
         // Decide as if every tag were new before asking the backend anything: a caller
         // who may not even create them costs no lookups and learns nothing.
-        if let Err(e) = decide_for(gw, who, &checks(req, &[]), meta, false) {
+        if let Err(e) = decide_for(gw, who, &checks(req, &[]), source_ip, false) {
             gw.metrics.record_decision(false);
             return Err(e);
         }
@@ -293,7 +284,7 @@ async fn authorize_writes(
             existing_tags.push(tag.to_owned());
         }
     }
-    authorize_checks(gw, who, &checks(req, &existing_tags), meta)
+    authorize_checks(gw, who, &checks(req, &existing_tags), source_ip)
 }
 
 /// Decides `checks` for an authenticated caller (see [`decide`]) and counts the
@@ -302,9 +293,9 @@ pub fn authorize_checks(
     gw: &Gateway,
     who: &Authenticated,
     checks: &[Check],
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
 ) -> Result<(), GatewayError> {
-    let result = decide_for(gw, who, checks, meta, false);
+    let result = decide_for(gw, who, checks, source_ip, false);
     gw.metrics.record_decision(result.is_ok());
     result
 }
@@ -313,7 +304,7 @@ fn decide_for(
     gw: &Gateway,
     who: &Authenticated,
     checks: &[Check],
-    meta: &RequestMeta,
+    source_ip: Option<IpAddr>,
     signed: bool,
 ) -> Result<(), GatewayError> {
     decide(
@@ -322,7 +313,7 @@ fn decide_for(
         &who.principal,
         |repository, action| claim_covers(who, repository, action),
         checks,
-        meta.source_ip,
+        source_ip,
         signed,
     )
 }
@@ -1160,7 +1151,7 @@ mod tests {
                     repository: REPO.into(),
                     kind,
                 };
-                authorize(&self.gw, &who, &req, &testing::meta(), query).await
+                authorize(&self.gw, &who, &req, testing::meta().source_ip, query).await
             }
 
             async fn pull(

@@ -37,8 +37,9 @@ const BAD_CREDENTIALS: &str = "invalid username or password";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub principal: Principal,
-    /// `Some` for bearer tokens: the JWT's access claim, which bounds what the request may do.
-    pub bearer_access: Option<Vec<AccessEntry>>,
+    /// `Some` for bearer tokens: the JWT's access claim, which bounds what the request may
+    /// do (shared with the cached verification, not copied per request).
+    pub bearer_access: Option<Arc<[AccessEntry]>>,
 }
 
 /// Cache hit and miss counts, for `/metrics`.
@@ -46,6 +47,12 @@ pub struct Authenticated {
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
+}
+
+/// A verified JWT: its claims, with the access claim moved out into a shared slice.
+struct Verified {
+    claims: Claims,
+    access: Arc<[AccessEntry]>,
 }
 
 /// (token name, SHA-256 of the secret, identity snapshot version): any control-plane
@@ -56,8 +63,9 @@ pub struct Authenticator {
     store: Arc<IdentityStore>,
     admin: Arc<AdminAccount>,
     issuer: Arc<Issuer>,
-    /// SHA-256 of the compact JWS → its verified claims.
-    bearer: Cache<[u8; 32], Arc<Claims>>,
+    /// The compact JWS itself → its verified claims. The exact string is the key: hashing
+    /// it with SHA-256 first cost more than the rest of authentication.
+    bearer: Cache<Arc<str>, Arc<Verified>>,
     basic: Cache<BasicKey, PasswordSlot>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -122,11 +130,11 @@ impl Authenticator {
                 bearer_access: None,
             })
         } else if scheme.eq_ignore_ascii_case("bearer") {
-            let claims = self.verify_bearer(credentials, now)?;
-            let principal = recheck(&self.store.snapshot(), &claims.subject, now)?;
+            let verified = self.verify_bearer(credentials, now)?;
+            let principal = recheck(&self.store.snapshot(), &verified.claims.subject, now)?;
             Ok(Authenticated {
                 principal,
-                bearer_access: Some(claims.access.clone()),
+                bearer_access: Some(Arc::clone(&verified.access)),
             })
         } else {
             Err(invalid(&format!(
@@ -190,24 +198,25 @@ impl Authenticator {
         })
     }
 
-    /// Verifies a JWS (cached by its hash until it expires) without re-checking the principal.
-    fn verify_bearer(&self, token: &str, now: UnixSeconds) -> Result<Arc<Claims>, GatewayError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.bearer.get(&key) {
+    /// Verifies a JWS (cached until it expires) without re-checking the principal.
+    fn verify_bearer(&self, token: &str, now: UnixSeconds) -> Result<Arc<Verified>, GatewayError> {
+        if let Some(verified) = self.bearer.get(token) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            claims
+            verified
+                .claims
                 .check_time(now)
                 .map_err(|e| invalid(&e.to_string()))?;
-            return Ok(claims);
+            return Ok(verified);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let claims = Arc::new(
-            self.issuer
-                .verify(token, TokenUse::Access, now)
-                .map_err(|e| invalid(&e.to_string()))?,
-        );
-        self.bearer.insert(key, Arc::clone(&claims));
-        Ok(claims)
+        let mut claims = self
+            .issuer
+            .verify(token, TokenUse::Access, now)
+            .map_err(|e| invalid(&e.to_string()))?;
+        let access = std::mem::take(&mut claims.access).into();
+        let verified = Arc::new(Verified { claims, access });
+        self.bearer.insert(Arc::from(token), Arc::clone(&verified));
+        Ok(verified)
     }
 
     /// Checks a refresh token (`grant_type=refresh_token`) and the principal it names,
@@ -291,7 +300,10 @@ fn recheck(
                 .password(slot)
                 .ok_or_else(|| invalid(&gone(name, slot)))?;
             if subject.password_created != Some(record.created_at)
-                || subject.password_id.as_deref() != Some(password_id(record).as_str())
+                || !subject
+                    .password_id
+                    .as_deref()
+                    .is_some_and(|id| password_id_matches(record, id))
             {
                 return Err(invalid(&format!(
                     "{} of token `{name}` has been regenerated",
@@ -312,7 +324,26 @@ fn recheck(
 /// Identifies one generated password without revealing anything about the secret: a
 /// hash of its random salt (a regenerated password gets a new salt).
 fn password_id(record: &PasswordRecord) -> String {
-    hex::encode(Sha256::digest(record.salt).get(..12).unwrap_or_default())
+    hex::encode(password_id_bytes(record))
+}
+
+/// `password_id(record) == id`, without allocating (it runs on every bearer request).
+fn password_id_matches(record: &PasswordRecord, id: &str) -> bool {
+    let mut expected = [0u8; 2 * PASSWORD_ID_LEN];
+    hex::encode_to_slice(password_id_bytes(record), &mut expected).is_ok()
+        && expected == id.as_bytes()
+}
+
+/// Bytes of the salt's SHA-256 that identify a password.
+const PASSWORD_ID_LEN: usize = 12;
+
+fn password_id_bytes(record: &PasswordRecord) -> [u8; PASSWORD_ID_LEN] {
+    let digest: [u8; 32] = Sha256::digest(record.salt).into();
+    let mut id = [0u8; PASSWORD_ID_LEN];
+    for (byte, digest_byte) in id.iter_mut().zip(digest) {
+        *byte = digest_byte;
+    }
+    id
 }
 
 fn decode_basic(credentials: &str) -> Result<(String, String), GatewayError> {
@@ -523,7 +554,7 @@ mod tests {
         let h = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
         let who = f.auth(&h).unwrap();
         assert_eq!(who.principal, token(PasswordSlot::Password1));
-        assert_eq!(who.bearer_access, Some(pull_access()));
+        assert_eq!(who.bearer_access, Some(pull_access().into()));
         let before = f.authn.cache_stats();
         assert_eq!(f.auth(&h).unwrap(), who);
         assert_eq!(f.authn.cache_stats().hits, before.hits + 1);
@@ -532,7 +563,7 @@ mod tests {
         let anon = f.bearer_for(&Principal::Anonymous, vec![]);
         let who = f.auth(&anon).unwrap();
         assert_eq!(who.principal, Principal::Anonymous);
-        assert_eq!(who.bearer_access, Some(vec![]));
+        assert_eq!(who.bearer_access, Some(Arc::from([])));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! and the list of repositories. The bundled store answers those in process; an
 //! upstream is asked over HTTP with the same API docker uses.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +28,10 @@ const UPSTREAM_PAGE: usize = 1000;
 
 pub enum Backend {
     /// The storage crate's registry in this process. The proxy calls `router` (the
-    /// store's own HTTP API) in process for every authorized request; the server also
-    /// listens on `socket` with it (`/readyz` probes it).
+    /// store's own HTTP API) in process for every authorized request: no socket.
     Bundled {
         registry: Arc<Registry>,
         router: axum::Router,
-        socket: PathBuf,
     },
     /// An existing registry reached over HTTP(S).
     Upstream {
@@ -47,24 +44,20 @@ pub enum Backend {
     },
 }
 
-/// Where pingora connects.
+/// Where pingora connects to an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAddress {
-    Unix(PathBuf),
-    Tcp {
-        /// `host:port`
-        addr: String,
-        tls: bool,
-        sni: String,
-    },
+pub struct PeerAddress {
+    /// `host:port`
+    pub addr: String,
+    pub tls: bool,
+    pub sni: String,
 }
 
 impl Backend {
-    pub fn bundled(registry: Arc<Registry>, socket: PathBuf) -> Backend {
+    pub fn bundled(registry: Arc<Registry>) -> Backend {
         Backend::Bundled {
             router: portcullis_storage::router(Arc::clone(&registry)),
             registry,
-            socket,
         }
     }
 
@@ -101,7 +94,7 @@ impl Backend {
             .map_err(|e| GatewayError::Internal(format!("http client: {e}")))?;
         Ok(Backend::Upstream {
             base: format!("{}://{host_header}", parsed.scheme()),
-            peer: PeerAddress::Tcp {
+            peer: PeerAddress {
                 // IPv6 literals keep their brackets, as `host:port` needs.
                 addr: format!("{host}:{port}"),
                 tls,
@@ -115,10 +108,11 @@ impl Backend {
         })
     }
 
-    pub fn peer(&self) -> PeerAddress {
+    /// The upstream pingora proxies to; `None` for the bundled store (called in process).
+    pub fn peer(&self) -> Option<&PeerAddress> {
         match self {
-            Backend::Bundled { socket, .. } => PeerAddress::Unix(socket.clone()),
-            Backend::Upstream { peer, .. } => peer.clone(),
+            Backend::Bundled { .. } => None,
+            Backend::Upstream { peer, .. } => Some(peer),
         }
     }
 
@@ -397,26 +391,26 @@ mod tests {
         let b = Backend::upstream("https://registry.example").unwrap();
         assert_eq!(
             b.peer(),
-            PeerAddress::Tcp {
+            Some(&PeerAddress {
                 addr: "registry.example:443".into(),
                 tls: true,
                 sni: "registry.example".into()
-            }
+            })
         );
         assert_eq!(b.host_header().as_deref(), Some("registry.example"));
         let b = Backend::upstream("http://127.0.0.1:5000/").unwrap();
         assert_eq!(
             b.peer(),
-            PeerAddress::Tcp {
+            Some(&PeerAddress {
                 addr: "127.0.0.1:5000".into(),
                 tls: false,
                 sni: "127.0.0.1".into()
-            }
+            })
         );
         assert_eq!(b.host_header().as_deref(), Some("127.0.0.1:5000"));
         let b = Backend::upstream("http://[::1]:5000").unwrap();
         assert!(
-            matches!(b.peer(), PeerAddress::Tcp { addr, sni, .. } if addr == "[::1]:5000" && sni == "::1")
+            matches!(b.peer(), Some(PeerAddress { addr, sni, .. }) if addr == "[::1]:5000" && sni == "::1")
         );
         for bad in [
             "ftp://x",
@@ -470,9 +464,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let socket = dir.path().join("backend.sock");
-        let backend = Backend::bundled(registry, socket.clone());
-        assert_eq!(backend.peer(), PeerAddress::Unix(socket));
+        let backend = Backend::bundled(registry);
+        assert_eq!(backend.peer(), None);
         assert_eq!(backend.host_header(), None);
         assert!(backend.tag_exists("a/one", "v1").await.unwrap());
         assert!(!backend.tag_exists("a/one", "v2").await.unwrap());

@@ -222,7 +222,7 @@ mod tests {
                 token_ttl: Duration::from_secs(300),
             })
             .unwrap();
-            let (registry, _) = bundled.unwrap();
+            let registry = bundled.unwrap();
             let digest = Digest::of(CONFIG);
             let manifest = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2,

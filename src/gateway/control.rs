@@ -96,31 +96,28 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The backend accepts connections: 200 `ready`, else 503 naming the backend.
+/// The backend can serve: 200 `ready`, else 503 naming the backend. The bundled store
+/// is ready once opened (it runs in this process); an upstream must accept connections.
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    let peer = gw.backend.peer();
-    let connected = tokio::time::timeout(READY_PROBE_TIMEOUT, async {
-        match &peer {
-            PeerAddress::Unix(path) => tokio::net::UnixStream::connect(path).await.map(drop),
-            PeerAddress::Tcp { addr, .. } => tokio::net::TcpStream::connect(addr).await.map(drop),
-        }
-    })
+    let Some(peer) = gw.backend.peer() else {
+        return (StatusCode::OK, "ready\n").into_response();
+    };
+    let connected = tokio::time::timeout(
+        READY_PROBE_TIMEOUT,
+        tokio::net::TcpStream::connect(&peer.addr),
+    )
     .await;
     match connected {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => not_ready(&peer, &e.to_string()),
-        Err(_) => not_ready(&peer, "timed out"),
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => not_ready(peer, &e.to_string()),
+        Err(_) => not_ready(peer, "timed out"),
     }
 }
 
 fn not_ready(peer: &PeerAddress, why: &str) -> Response {
-    let target = match peer {
-        PeerAddress::Unix(path) => path.display().to_string(),
-        PeerAddress::Tcp { addr, .. } => addr.clone(),
-    };
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: backend {target}: {why}\n"),
+        format!("not ready: backend {}: {why}\n", peer.addr),
     )
         .into_response()
 }

@@ -6,7 +6,7 @@
 //!   [`jwt`] signs and verifies the ES256 tokens; [`token`] is `/oauth2/token`.
 //! - [`access`]: a classified request + principal → the Cedar checks, and the Docker
 //!   scope grants the token endpoint hands out. **This is where a request is authorized.**
-//! - [`backend`]: where allowed requests go (the bundled store over a Unix socket, or an
+//! - [`backend`]: where allowed requests go (the bundled store, called in process, or an
 //!   upstream registry) and the lookups decisions need (does a tag exist, the catalog).
 //! - [`catalog`]: `/v2/_catalog` filtered to what the caller may read.
 //! - [`repository_api`]: repository attributes over HTTP for tokens and the admin.
@@ -91,8 +91,8 @@ pub struct GatewayOptions {
 /// An opened gateway and what the server must still start or show.
 pub struct Opened {
     pub gateway: Arc<Gateway>,
-    /// The bundled backend, which the server serves on `socket` (None with an upstream).
-    pub bundled: Option<(Arc<Registry>, PathBuf)>,
+    /// The bundled store, whose background tasks the server starts (None with an upstream).
+    pub bundled: Option<Arc<Registry>>,
     pub admin_password: AdminPasswordSource,
 }
 
@@ -123,10 +123,9 @@ impl Gateway {
             None => {
                 let registry = Registry::open(StorageConfig::new(data_dir.clone()))
                     .context("opening the storage backend")?;
-                let socket = data_dir.join("backend.sock");
                 (
-                    backend::Backend::bundled(Arc::clone(&registry), socket.clone()),
-                    Some((registry, socket)),
+                    backend::Backend::bundled(Arc::clone(&registry)),
+                    Some(registry),
                 )
             }
         };

@@ -184,9 +184,10 @@ impl Proxy {
             Err(e) => return self.refuse(session, ctx, &e).await,
         };
         ctx.principal = Some(who.principal.clone());
-        let meta = self.meta(session);
+        // The challenge (realm from the Host header) is built only if the request is refused.
+        let source_ip = client_ip(session);
         let query = session.req_header().uri.query().map(str::to_owned);
-        match access::authorize(&self.gw, &who, req, &meta, query.as_deref()).await {
+        match access::authorize(&self.gw, &who, req, source_ip, query.as_deref()).await {
             Ok(access::Disposition::Forward) => self.forward(session, ctx, req).await,
             Ok(access::Disposition::Respond(response)) => {
                 let (parts, body) = response.into_parts();
@@ -351,25 +352,21 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let mut peer = match self.gw.backend.peer() {
-            PeerAddress::Unix(path) => {
-                let path = path.to_str().ok_or_else(|| {
-                    Error::explain(ErrorType::InternalError, "backend socket path is not UTF-8")
-                })?;
-                HttpPeer::new_uds(path, false, String::new())?
-            }
-            PeerAddress::Tcp { addr, tls, sni } => {
-                let mut peer = HttpPeer::new(addr.as_str(), tls, sni);
-                peer.options.tcp_keepalive = Some(TcpKeepalive {
-                    idle: Duration::from_secs(60),
-                    interval: Duration::from_secs(10),
-                    count: 6,
-                    #[cfg(target_os = "linux")]
-                    user_timeout: Duration::from_secs(0),
-                });
-                peer
-            }
+        // Only an upstream is proxied: `forward` serves the bundled store in process.
+        let Some(PeerAddress { addr, tls, sni }) = self.gw.backend.peer() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "the bundled store has no upstream peer",
+            ));
         };
+        let mut peer = HttpPeer::new(addr.as_str(), *tls, sni.clone());
+        peer.options.tcp_keepalive = Some(TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+            #[cfg(target_os = "linux")]
+            user_timeout: Duration::from_secs(0),
+        });
         // No read/write timeouts: a multi-GB blob may legitimately take a long time,
         // and pingora applies them per operation across the whole exchange. A dead
         // upstream is noticed by connect timeout, TCP keepalive or a closed socket.

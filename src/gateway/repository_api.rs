@@ -160,7 +160,7 @@ fn authorize(
         operation,
         reference: None,
     };
-    access::authorize_checks(gw, &who, &[check], meta)
+    access::authorize_checks(gw, &who, &[check], meta.source_ip)
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
 //! Process wiring for `portcullis serve`: opens the gateway from the data directory,
-//! starts the background runtime, the bundled backend and the pingora server, and
+//! starts the background runtime, the bundled store's upkeep and the pingora server, and
 //! shuts down on a signal.
 //!
 //! Runtimes: pingora's `Server::run` owns its own runtimes (one per service) and blocks
 //! until shutdown; it cannot run inside another runtime. Tokio work that must outlive
-//! requests — the bundled backend's HTTP server on its Unix socket, the policy reloader,
-//! storage GC and upload expiry — runs on a dedicated runtime owned here, alive until
+//! requests — the policy reloader, storage GC and upload expiry — runs on a dedicated runtime owned here, alive until
 //! pingora returns.
 //!
 //! Shutdown: SIGTERM stops accepting, lets in-flight requests finish for the grace
 //! period (`shutdown_grace_seconds`), then exits; SIGINT exits at once (pingora's
-//! handling). The backend socket is removed on the way out.
+//! handling).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -22,7 +21,6 @@ use anyhow::Context;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
-use portcullis_storage::Registry;
 
 use super::config::{Config, TlsMode};
 use super::control::{self, AdminPlacement};
@@ -131,13 +129,12 @@ impl Prepared {
             let _guard = background.enter();
             gw.engine.spawn_reloader();
         }
-        let socket = match opened.bundled {
-            Some((registry, socket)) => {
-                serve_bundled(&background, registry, &socket)?;
-                Some(socket)
-            }
-            None => None,
-        };
+        if let Some(registry) = &opened.bundled {
+            // The store's own upkeep (e.g. expiring abandoned uploads); requests reach
+            // it in process through the proxy.
+            let _guard = background.enter();
+            registry.start_background();
+        }
 
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
@@ -194,9 +191,6 @@ impl Prepared {
         server.run(RunArgs::default());
 
         background.shutdown_timeout(Duration::from_secs(1));
-        if let Some(socket) = socket {
-            let _ = std::fs::remove_file(socket);
-        }
         tracing::info!("shut down");
         Ok(())
     }
@@ -213,40 +207,6 @@ fn server_conf(config: &Config) -> ServerConf {
         pid_file: config.data_dir.join("portcullis.pid").display().to_string(),
         upgrade_sock: config.data_dir.join("upgrade.sock").display().to_string(),
         ..ServerConf::default()
-    }
-}
-
-/// Serves the storage crate's router on `socket` (replacing a stale socket file left
-/// by an earlier run), on the background runtime.
-fn serve_bundled(
-    runtime: &tokio::runtime::Runtime,
-    registry: Arc<Registry>,
-    socket: &Path,
-) -> anyhow::Result<()> {
-    remove_stale_socket(socket)?;
-    let listener = {
-        let _guard = runtime.enter();
-        registry.start_background();
-        tokio::net::UnixListener::bind(socket)
-            .with_context(|| format!("binding the backend socket `{}`", socket.display()))?
-    };
-    // The backend trusts whoever connects: only this user may.
-    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("restricting the backend socket `{}`", socket.display()))?;
-    let app = portcullis_storage::router(registry);
-    runtime.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the bundled backend stopped");
-        }
-    });
-    Ok(())
-}
-
-fn remove_stale_socket(socket: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing stale socket `{}`", socket.display())),
     }
 }
 

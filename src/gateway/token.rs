@@ -505,7 +505,7 @@ mod tests {
                 slot: PasswordSlot::Password1
             }
         );
-        assert_eq!(who.bearer_access, Some(claims.access));
+        assert_eq!(who.bearer_access, Some(claims.access.into()));
     }
 
     #[tokio::test]

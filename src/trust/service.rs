@@ -366,12 +366,7 @@ impl TrustService {
     pub fn public_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
         server_managed(role)?;
         let txn = self.write()?;
-        let pinned = match txn.current(gun, "root")? {
-            Some(root) => SignedFile::parse(root.bytes)
-                .map(|root| pinned_key_ids(&root, role))
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let pinned = stored_pins(&txn, gun, role)?;
         for id in &pinned {
             if let Some(bytes) = txn.server_key(gun, role.as_str(), id)? {
                 return Ok(decode_key(gun, &bytes)?.public());
@@ -387,12 +382,7 @@ impl TrustService {
     pub fn rotate_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
         server_managed(role)?;
         let txn = self.write()?;
-        let pinned = match txn.current(gun, "root")? {
-            Some(root) => SignedFile::parse(root.bytes)
-                .map(|root| pinned_key_ids(&root, role))
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let pinned = stored_pins(&txn, gun, role)?;
         let key = self.new_key(&txn, gun, role, &pinned)?;
         txn.commit()?;
         Ok(key)
@@ -583,6 +573,16 @@ fn new_files(files: Files) -> Vec<NewFile> {
             bytes: file.raw,
         })
         .collect()
+}
+
+/// The key ids the stored root of `gun` lists for `role` (none without a root).
+fn stored_pins(txn: &WriteTxn, gun: &str, role: &Role) -> Result<Vec<String>, TrustError> {
+    Ok(match txn.current(gun, "root")? {
+        Some(root) => SignedFile::parse(root.bytes)
+            .map(|root| pinned_key_ids(&root, role))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    })
 }
 
 /// The key ids `root` lists for `role` (none when it does not parse: stored roots do).

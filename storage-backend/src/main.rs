@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use portcullis_storage::{Registry, StorageConfig, router};
 use tokio_util::sync::CancellationToken;
@@ -148,6 +149,13 @@ async fn serve(
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_watch(shutdown.clone()));
+    // Without TCP_NODELAY, Nagle holds back the tail of a small response until the
+    // client's delayed ACK (~40 ms per small blob GET).
+    let tcp = tcp.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "setting TCP_NODELAY");
+        }
+    });
     let tcp_server =
         axum::serve(tcp, app.clone()).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let servers = async {

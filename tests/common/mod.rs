@@ -111,6 +111,40 @@ impl Drop for Server {
     }
 }
 
+/// The JSON a successful CLI run printed (`Null` when it printed nothing); panics with
+/// the run's output when it failed or printed something else.
+pub fn json_output(args: &[&str], out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "portcullis {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "portcullis {}: output is not JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `password1` of what `portcullis token create` printed.
+pub fn password1(created: &serde_json::Value) -> String {
+    created["credentials"]["passwords"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "password1")
+        .and_then(|p| p["value"].as_str())
+        .unwrap_or_else(|| panic!("no password1 in {created}"))
+        .to_owned()
+}
+
 /// Runs the CLI against `server` with the admin password in the environment.
 pub fn cli(server: &Server, args: &[&str]) -> Output {
     Command::new(bin())

@@ -17,7 +17,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::{ADMIN_PASSWORD, Server, bin};
+use super::{ADMIN_PASSWORD, Server, bin, json_output, password1};
 
 /// One passphrase for every key the notary and docker CLIs create in tests.
 pub const PASSPHRASE: &str = "trust-test-passphrase";
@@ -81,24 +81,7 @@ impl TrustGateway {
     /// Runs the CLI as the admin account, asserts success, returns its JSON output (`Null`
     /// when it printed none).
     pub fn portcullis(&self, args: &[&str]) -> Value {
-        let out = self.portcullis_output(args);
-        assert!(
-            out.status.success(),
-            "portcullis {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "portcullis {}: output is not JSON ({e}): {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        json_output(args, &self.portcullis_output(args))
     }
 
     /// `portcullis token create --name NAME --repository REPO ACTIONS...`; returns password1.
@@ -112,15 +95,7 @@ impl TrustGateway {
             repository,
         ];
         args.extend_from_slice(actions);
-        let created = self.portcullis(&args);
-        created["credentials"]["passwords"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "password1")
-            .and_then(|p| p["value"].as_str())
-            .unwrap_or_else(|| panic!("no password1 in {created}"))
-            .to_owned()
+        password1(&self.portcullis(&args))
     }
 
     /// A bearer token from the token endpoint for `repository:<gun>:<actions>` with `user`'s

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use crate::common::{Server, cli};
+use crate::common::{Server, cli, json_output, password1};
 use crate::docker::Docker;
 
 const DENIED: &str = "requested access to the resource is denied";
@@ -20,23 +20,7 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
 
 /// Runs the CLI, asserts success, returns its JSON output (or `Null` when it printed none).
 pub fn portcullis(server: &Server, args: &[&str]) -> Value {
-    let out = cli(server, args);
-    assert!(
-        out.status.success(),
-        "portcullis {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Value::Null;
-    }
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "portcullis {}: output is not JSON ({e}): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    json_output(args, &cli(server, args))
 }
 
 /// `portcullis token create --name NAME --repository REPO ACTIONS...`; returns password1.
@@ -50,15 +34,7 @@ pub fn create_token(server: &Server, name: &str, repository: &str, actions: &[&s
         repository,
     ];
     args.extend_from_slice(actions);
-    let created = portcullis(server, &args);
-    created["credentials"]["passwords"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "password1")
-        .and_then(|p| p["value"].as_str())
-        .unwrap_or_else(|| panic!("no password1 in {created}"))
-        .to_owned()
+    password1(&portcullis(server, &args))
 }
 
 /// `portcullis scope-map update --name MAP` with `--add-repository` / `--remove-repository`
