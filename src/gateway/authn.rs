@@ -25,8 +25,13 @@ use crate::identity::{
     Principal, TokenStatus, UnixSeconds, now_unix,
 };
 
-/// How many verified JWTs and Basic credentials are remembered.
+/// How many Basic credentials are remembered.
 const CACHE_CAPACITY: u64 = 100_000;
+/// Bytes of verified JWTs remembered: keyed by the token itself (no hash per request), so
+/// the bound is on size, not count.
+const BEARER_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// What one cached claim set costs besides its token, roughly.
+const CLAIMS_WEIGHT: u32 = 512;
 /// Basic results are keyed by snapshot version, so old entries are merely unreachable;
 /// this bounds how long they occupy memory.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(600);
@@ -84,7 +89,12 @@ impl Authenticator {
             admin,
             issuer,
             bearer: Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
+                .max_capacity(BEARER_CACHE_BYTES)
+                .weigher(|token: &Arc<str>, _| {
+                    u32::try_from(token.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(CLAIMS_WEIGHT)
+                })
                 .time_to_live(bearer_ttl)
                 .build(),
             basic: Cache::builder()
