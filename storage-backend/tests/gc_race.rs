@@ -20,6 +20,7 @@ mod image;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::oci::{OCI_INDEX, OCI_MANIFEST, descriptor, image_manifest, push_blob, put_manifest};
@@ -30,18 +31,49 @@ const REPOS: [&str; 2] = ["race/a", "race/b"];
 const GRACE: Duration = Duration::from_secs(2);
 const INTERVAL: Duration = Duration::from_secs(1);
 const PUSH_FOR: Duration = Duration::from_secs(16);
-const POOL: usize = 24;
+/// How much longer pushes go on when GC has not yet collected a pool blob (a loaded
+/// machine pushes slower or faster than expected): the race must be exercised.
+const PUSH_AT_MOST: Duration = Duration::from_secs(45);
 
-/// How often one of `files` went from present to absent, sampled every 50 ms until `until`.
-fn count_disappearances(files: &[PathBuf], until: Instant) -> usize {
+/// When pushing and sampling stop: after `PUSH_FOR`, once a pool blob was collected.
+#[derive(Clone)]
+struct Window {
+    until: Instant,
+    limit: Instant,
+    raced: Arc<AtomicBool>,
+}
+
+impl Window {
+    fn new() -> Window {
+        let now = Instant::now();
+        Window {
+            until: now + PUSH_FOR,
+            limit: now + PUSH_AT_MOST,
+            raced: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn open(&self) -> bool {
+        let now = Instant::now();
+        now < self.until || (!self.raced.load(Ordering::Relaxed) && now < self.limit)
+    }
+}
+const POOL: usize = 64;
+
+/// How often one of `files` went from present to absent, sampled every 50 ms while
+/// `window` is open.
+fn count_disappearances(files: &[PathBuf], window: &Window) -> usize {
     let mut present: Vec<bool> = files.iter().map(|f| f.exists()).collect();
     let mut count = 0;
-    while Instant::now() < until {
+    while window.open() {
         std::thread::sleep(Duration::from_millis(50));
         for (file, was) in files.iter().zip(present.iter_mut()) {
             let is = file.exists();
             count += usize::from(*was && !is);
             *was = is;
+        }
+        if count > 0 {
+            window.raced.store(true, Ordering::Relaxed);
         }
     }
     count
@@ -61,7 +93,7 @@ struct Untagged {
     at: Instant,
 }
 
-/// Pushes until `until`: each image has a fresh config and layer plus two blobs
+/// Pushes while `window` is open: each image has a fresh config and layer plus two blobs
 /// from the shared pool (all uploaded, which refreshes the pool blobs), and is
 /// tagged `t<id>` (overwriting the previous one) or, one time in four, pushed
 /// under a throwaway tag that is deleted at once. Returns the untagged
@@ -70,14 +102,14 @@ fn pusher(
     base: &str,
     id: usize,
     pool: &[Vec<u8>],
-    until: Instant,
+    window: &Window,
     mut rng: Prng,
 ) -> Result<Vec<Untagged>, String> {
     let c = client();
     let mut untagged = Vec::new();
     let mut current: [Option<Untagged>; 2] = [None, None];
     let mut n = 0;
-    while Instant::now() < until {
+    while window.open() {
         n += 1;
         let r = rng.range(0, 2) as usize;
         let repo = REPOS[r];
@@ -160,16 +192,20 @@ fn background_gc_races_pushes_without_losing_referenced_blobs() {
     // More pool blobs than the tagged manifests can reference at once, so some
     // are always orphaned, collected, and uploaded again.
     let pool: Arc<Vec<Vec<u8>>> = Arc::new((0..POOL).map(|_| rng.bytes(20_000)).collect());
-    let until = Instant::now() + PUSH_FOR;
+    let window = Window::new();
     let pool_files: Vec<PathBuf> = pool
         .iter()
         .map(|b| blob_file(&server.data_dir, &digest(b)))
         .collect();
-    let sampler = std::thread::spawn(move || count_disappearances(&pool_files, until));
+    let sampler = {
+        let window = window.clone();
+        std::thread::spawn(move || count_disappearances(&pool_files, &window))
+    };
     let workers: Vec<_> = (0..4)
         .map(|id| {
             let (base, pool, r) = (server.url.clone(), pool.clone(), Prng::new(rng.next_u64()));
-            std::thread::spawn(move || pusher(&base, id, &pool, until, r))
+            let window = window.clone();
+            std::thread::spawn(move || pusher(&base, id, &pool, &window, r))
         })
         .collect();
     let mut untagged = Vec::new();
