@@ -127,48 +127,31 @@ impl Backend {
 
     /// Whether `repository:tag` exists, which makes a manifest PUT an overwrite.
     pub async fn tag_exists(&self, repository: &str, tag: &str) -> Result<bool, GatewayError> {
-        match self {
-            Backend::Bundled { registry, .. } => {
-                let reference = Reference::Tag(tag.to_owned());
-                match registry.get_manifest(repository, &reference, false).await {
-                    Ok(_) => Ok(true),
-                    Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
-                        Ok(false)
-                    }
-                    Err(e) => Err(GatewayError::Internal(format!(
-                        "looking up tag `{repository}:{tag}`: {e}"
-                    ))),
-                }
-            }
-            Backend::Upstream { base, client, .. } => {
-                let url = format!("{base}/v2/{repository}/manifests/{tag}");
-                let response = client
-                    .head(&url)
-                    .header(header::ACCEPT, MANIFEST_ACCEPT)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable(&url, e))?;
-                match response.status() {
-                    s if s.is_success() => Ok(true),
-                    StatusCode::NOT_FOUND => Ok(false),
-                    s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
-                }
-            }
-        }
+        Ok(self.lookup_tag(repository, tag).await?.is_some())
     }
 
-    /// The digest the backend serves for `repository:tag` (`None`: no such tag), for
-    /// signed-only views (added by VIEWS: the tag's signed digest must be this one).
+    /// The digest the backend serves for `repository:tag` (`None`: no such tag, or an
+    /// upstream that names no digest), for signed-only views.
     pub async fn manifest_digest(
         &self,
         repository: &str,
         tag: &str,
     ) -> Result<Option<String>, GatewayError> {
+        Ok(self.lookup_tag(repository, tag).await?.flatten())
+    }
+
+    /// `None` when `repository:tag` does not exist, else the digest served for it if the
+    /// backend names one.
+    async fn lookup_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<Option<String>>, GatewayError> {
         match self {
             Backend::Bundled { registry, .. } => {
                 let reference = Reference::Tag(tag.to_owned());
                 match registry.get_manifest(repository, &reference, false).await {
-                    Ok(found) => Ok(Some(found.digest.to_string())),
+                    Ok(found) => Ok(Some(Some(found.digest.to_string()))),
                     Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
                         Ok(None)
                     }
@@ -186,11 +169,13 @@ impl Backend {
                     .await
                     .map_err(|e| unavailable(&url, e))?;
                 match response.status() {
-                    s if s.is_success() => Ok(response
-                        .headers()
-                        .get("docker-content-digest")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)),
+                    s if s.is_success() => Ok(Some(
+                        response
+                            .headers()
+                            .get("docker-content-digest")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    )),
                     StatusCode::NOT_FOUND => Ok(None),
                     s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
                 }
