@@ -158,7 +158,7 @@ impl Case {
         // Warm the compiled scope map, policy set and (for hits) the decision.
         assert!(
             case.engine
-                .authorize(&case.snap, &request("team/app".into(), NOW))
+                .authorize(&case.snap, request("team/app".into(), NOW))
                 .allowed
         );
         case
@@ -171,7 +171,7 @@ impl Case {
             Mode::MissTime => request("team/app".into(), NOW + self.i),
             Mode::MissRepo => request(format!("team/app{}", self.i), NOW),
         };
-        self.engine.authorize(&self.snap, black_box(&r)).allowed
+        self.engine.authorize(&self.snap, black_box(r)).allowed
     }
 }
 

@@ -6,6 +6,7 @@
 //! every request is decided again, a claim is only an upper bound.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -393,7 +394,7 @@ pub(crate) fn ask(
     principal: &Principal,
     check: &Check,
     source_ip: Option<IpAddr>,
-) -> Decision {
+) -> Arc<Decision> {
     ask_signed(engine, identity, principal, check, source_ip, false)
 }
 
@@ -405,7 +406,7 @@ pub(crate) fn ask_signed(
     check: &Check,
     source_ip: Option<IpAddr>,
     signed: bool,
-) -> Decision {
+) -> Arc<Decision> {
     let request = AuthzRequest {
         principal: principal.clone(),
         action: check.action,
@@ -418,7 +419,7 @@ pub(crate) fn ask_signed(
             operation: check.operation,
         },
     };
-    engine.authorize(identity, &request)
+    engine.authorize(identity, request)
 }
 
 /// The refusal of a manifest that is not signed where a signature is demanded, naming

@@ -58,6 +58,10 @@ pub struct CacheStats {
 struct Verified {
     claims: Claims,
     access: Arc<[AccessEntry]>,
+    /// 1 + the identity snapshot version in which the token's password was last found to
+    /// be the one the JWT names (0: not yet). Snapshots are immutable, so within one
+    /// version the salt hash need not be computed again on every request.
+    password_seen: AtomicU64,
 }
 
 /// (token name, SHA-256 of the secret, identity snapshot version): any control-plane
@@ -70,7 +74,9 @@ pub struct Authenticator {
     issuer: Arc<Issuer>,
     /// The compact JWS itself → its verified claims. The exact string is the key: hashing
     /// it with SHA-256 first cost more than the rest of authentication.
-    bearer: Cache<Arc<str>, Arc<Verified>>,
+    /// aHash (keyed per process): SipHash over a JWT of several hundred bytes was the
+    /// larger part of a cache hit.
+    bearer: Cache<Arc<str>, Arc<Verified>, ahash::RandomState>,
     basic: Cache<BasicKey, PasswordSlot>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -96,7 +102,7 @@ impl Authenticator {
                         .saturating_add(CLAIMS_WEIGHT)
                 })
                 .time_to_live(bearer_ttl)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
             basic: Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(BASIC_CACHE_TTL)
@@ -141,7 +147,12 @@ impl Authenticator {
             })
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let verified = self.verify_bearer(credentials, now)?;
-            let principal = recheck(&self.store.snapshot(), &verified.claims.subject, now)?;
+            let principal = recheck(
+                &self.store.snapshot(),
+                &verified.claims.subject,
+                now,
+                Some(&verified.password_seen),
+            )?;
             Ok(Authenticated {
                 principal,
                 bearer_access: Some(Arc::clone(&verified.access)),
@@ -224,7 +235,11 @@ impl Authenticator {
             .verify(token, TokenUse::Access, now)
             .map_err(|e| invalid(&e.to_string()))?;
         let access = std::mem::take(&mut claims.access).into();
-        let verified = Arc::new(Verified { claims, access });
+        let verified = Arc::new(Verified {
+            claims,
+            access,
+            password_seen: AtomicU64::new(0),
+        });
         self.bearer.insert(Arc::from(token), Arc::clone(&verified));
         Ok(verified)
     }
@@ -237,7 +252,7 @@ impl Authenticator {
             .issuer
             .verify(refresh_token, TokenUse::Refresh, now)
             .map_err(|e| invalid(&e.to_string().replacen("bearer", "refresh", 1)))?;
-        recheck(&self.store.snapshot(), &claims.subject, now)
+        recheck(&self.store.snapshot(), &claims.subject, now, None)
     }
 
     /// What a token minted now for `principal` records about it, so that later uses can
@@ -285,11 +300,13 @@ impl Authenticator {
     }
 }
 
-/// The principal a token names, if it is still valid in `snapshot` at `now`.
+/// The principal a token names, if it is still valid in `snapshot` at `now`. `seen`
+/// remembers (per verified JWT) the snapshot in which the password was last matched.
 fn recheck(
     snapshot: &IdentitySnapshot,
     subject: &Subject,
     now: UnixSeconds,
+    seen: Option<&AtomicU64>,
 ) -> Result<Principal, GatewayError> {
     match subject.principal {
         PrincipalKind::Admin => Ok(Principal::Admin),
@@ -309,16 +326,22 @@ fn recheck(
             let record = token
                 .password(slot)
                 .ok_or_else(|| invalid(&gone(name, slot)))?;
+            let seen_in = snapshot.version.wrapping_add(1);
+            let known = seen.is_some_and(|s| s.load(Ordering::Relaxed) == seen_in);
             if subject.password_created != Some(record.created_at)
-                || !subject
-                    .password_id
-                    .as_deref()
-                    .is_some_and(|id| password_id_matches(record, id))
+                || !(known
+                    || subject
+                        .password_id
+                        .as_deref()
+                        .is_some_and(|id| password_id_matches(record, id)))
             {
                 return Err(invalid(&format!(
                     "{} of token `{name}` has been regenerated",
                     slot.as_str()
                 )));
+            }
+            if let Some(seen) = seen.filter(|_| !known) {
+                seen.store(seen_in, Ordering::Relaxed);
             }
             if record.is_expired(now) {
                 return Err(auth_error(name, AuthError::Expired(slot)));

@@ -27,12 +27,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 const UPSTREAM_PAGE: usize = 1000;
 
 pub enum Backend {
-    /// The storage crate's registry in this process. The proxy calls `router` (the
-    /// store's own HTTP API) in process for every authorized request: no socket.
-    Bundled {
-        registry: Arc<Registry>,
-        router: axum::Router,
-    },
+    /// The storage crate's registry in this process. The proxy hands every authorized
+    /// request to the store's own HTTP API (`portcullis_storage::serve`) in process: no
+    /// socket.
+    Bundled { registry: Arc<Registry> },
     /// An existing registry reached over HTTP(S).
     Upstream {
         /// Base URL without a trailing `/` (`https://registry.example:5000`).
@@ -55,10 +53,7 @@ pub struct PeerAddress {
 
 impl Backend {
     pub fn bundled(registry: Arc<Registry>) -> Backend {
-        Backend::Bundled {
-            router: portcullis_storage::router(Arc::clone(&registry)),
-            registry,
-        }
+        Backend::Bundled { registry }
     }
 
     /// An upstream registry at `url` (`http://` or `https://`, optional port, no path).

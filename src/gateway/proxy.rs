@@ -41,6 +41,8 @@ use tokio::sync::mpsc::Sender;
 use tower::ServiceExt;
 
 use super::authn::Authenticated;
+use portcullis_storage::Registry;
+
 use super::backend::{Backend, PeerAddress};
 use super::classify::{self, RepositoryRequest, RequestKind, Route};
 use super::errors::{Challenge, GatewayError};
@@ -214,7 +216,7 @@ impl Proxy {
         _req: &RepositoryRequest,
     ) -> Result<bool> {
         match &self.gw.backend {
-            Backend::Bundled { router, .. } => serve_in_process(session, ctx, router.clone()).await,
+            Backend::Bundled { registry } => serve_in_process(session, ctx, registry).await,
             Backend::Upstream { .. } => Ok(false),
         }
     }
@@ -616,11 +618,15 @@ fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
     Ok(header)
 }
 
-/// Runs `store` (the bundled store's router) on the request and writes its response.
+/// Runs the bundled store's HTTP API on the request and writes its response.
 /// A request body streams from the client into the store through a short queue, so
 /// uploads are hashed and written once, in memory bounded by the queue; the response
 /// body streams back the same way.
-async fn serve_in_process(session: &mut Session, ctx: &RequestCtx, store: Router) -> Result<bool> {
+async fn serve_in_process(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    store: &Arc<Registry>,
+) -> Result<bool> {
     let head = session.req_header();
     let mut request = http::Request::builder()
         .method(head.method.clone())
@@ -636,7 +642,7 @@ async fn serve_in_process(session: &mut Session, ctx: &RequestCtx, store: Router
             Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|chunk| (chunk, rx))
             }));
-        let call = pin!(store.oneshot(request));
+        let call = pin!(portcullis_storage::serve(store, request));
         let pump = pin!(pump_request_body(session, tx));
         match select(call, pump).await {
             // The store answered without reading the whole body (a refusal).
@@ -649,11 +655,7 @@ async fn serve_in_process(session: &mut Session, ctx: &RequestCtx, store: Router
             }
         }
     } else {
-        (store.oneshot(request).await, true)
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(never) => match never {},
+        (portcullis_storage::serve(store, request).await, true)
     };
     if !body_read {
         // The rest of the request body is not worth draining.

@@ -246,7 +246,7 @@ pub fn run_file(dir: &Path, path: &Path) -> Result<Vec<CaseResult>, TestFileErro
             Ok(CaseResult {
                 name: case.name.clone(),
                 expected_allow: case.expect == Expect::Allow,
-                decision: engine.authorize(&snapshot, &request),
+                decision: Decision::clone(&engine.authorize(&snapshot, request)),
             })
         })
         .collect()

@@ -98,7 +98,7 @@ fn tok(name: &str) -> Principal {
 }
 
 fn allowed(e: &PolicyEngine, snap: &IdentitySnapshot, p: &Principal, a: Action, r: &str) -> bool {
-    e.authorize(snap, &req(p.clone(), a, r)).allowed
+    e.authorize(snap, req(p.clone(), a, r)).allowed
 }
 
 /// The actions `p` holds on `repository`.
@@ -151,11 +151,11 @@ fn spec_additive_example() {
 fn determining_policies_name_the_rules() {
     let e = engine();
     let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
-    let d = e.authorize(&snap, &req(tok("t"), ContentRead, "sample/teama/projectb"));
+    let d = e.authorize(&snap, req(tok("t"), ContentRead, "sample/teama/projectb"));
     assert!(d.allowed);
     assert_eq!(d.policies, vec!["scopemap/teams/rule/1".to_owned()]);
     let x = e.explain(&snap, &req(tok("t"), ContentRead, "sample/teama/projectb"));
-    assert_eq!(x.decision, d);
+    assert_eq!(x.decision, *d);
     assert_eq!(
         x.matching_rules,
         vec![
@@ -226,7 +226,7 @@ fn admin_may_do_everything_but_trust_write() {
             MetadataWrite
         ]
     );
-    let d = e.authorize(&snap, &req(Principal::Admin, TrustWrite, "any/repo"));
+    let d = e.authorize(&snap, req(Principal::Admin, TrustWrite, "any/repo"));
     assert_eq!(d.policies, vec!["base/admin-no-trust-write".to_owned()]);
 }
 
@@ -300,7 +300,7 @@ fn every_identity_change_affects_the_very_next_decision() {
     let mut disabled = token("t", "teams");
     disabled.status = TokenStatus::Disabled;
     snap.tokens.insert("t".into(), Arc::new(disabled));
-    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    let d = e.authorize(&snap, req(t.clone(), ContentRead, repo));
     assert!(!d.allowed);
     assert_eq!(d.policies, vec!["base/token-disabled".to_owned()]);
 
@@ -313,7 +313,7 @@ fn every_identity_change_affects_the_very_next_decision() {
     let mut expired = token("t", "teams");
     expired.password1 = Some(password(Some(NOW)));
     snap.tokens.insert("t".into(), Arc::new(expired));
-    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    let d = e.authorize(&snap, req(t.clone(), ContentRead, repo));
     assert_eq!(d.policies, vec!["base/password-expired".to_owned()]);
     // The other slot still works (zero-downtime rotation).
     let t2 = Principal::Token {
@@ -331,13 +331,13 @@ fn every_identity_change_affects_the_very_next_decision() {
     let mut no_password = token("t", "teams");
     no_password.password1 = None;
     snap.tokens.insert("t".into(), Arc::new(no_password));
-    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    let d = e.authorize(&snap, req(t.clone(), ContentRead, repo));
     assert_eq!(d.policies, vec!["base/password-missing".to_owned()]);
 
     // Deleted token.
     snap.version += 1;
     snap.tokens.remove("t");
-    let d = e.authorize(&snap, &req(t.clone(), ContentRead, repo));
+    let d = e.authorize(&snap, req(t.clone(), ContentRead, repo));
     assert!(!d.allowed);
     assert_eq!(d.errors, vec!["unknown token `t`".to_owned()]);
 }
@@ -347,14 +347,14 @@ fn cache_hit_equals_miss_and_ignores_other_requests() {
     let e = engine();
     let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
     let r = req(tok("t"), ContentWrite, "sample/teama/x");
-    let miss = e.authorize(&snap, &r);
-    let hit = e.authorize(&snap, &r);
+    let miss = e.authorize(&snap, r.clone());
+    let hit = e.authorize(&snap, r.clone());
     assert_eq!(miss, hit);
     assert!(miss.allowed);
     // A different context field is a different key: not served from the cache.
     let mut later = r.clone();
     later.context.source_ip = Some("10.1.2.3".parse().unwrap());
-    assert_eq!(e.authorize(&snap, &later), miss);
+    assert_eq!(e.authorize(&snap, later.clone()), miss);
     assert_eq!(e.cache_stats(), CacheStats { hits: 1, misses: 2 });
 }
 
@@ -442,7 +442,7 @@ fn invalid_reload_keeps_previous_policies_and_reports_location() {
     );
     let e = PolicyEngine::load(&dirs).unwrap();
     let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
-    let d = e.authorize(&snap, &req(tok("t"), ContentDelete, "prod/app"));
+    let d = e.authorize(&snap, req(tok("t"), ContentDelete, "prod/app"));
     assert_eq!(d.policies, vec!["no-prod-deletes".to_owned()]);
 
     write(
@@ -452,7 +452,7 @@ fn invalid_reload_keeps_previous_policies_and_reports_location() {
     );
     let err = e.reload().unwrap_err().to_string();
     assert!(err.contains("prod.cedar:2:"), "{err}");
-    let d = e.authorize(&snap, &req(tok("t"), ContentDelete, "prod/app"));
+    let d = e.authorize(&snap, req(tok("t"), ContentDelete, "prod/app"));
     assert_eq!(d.policies, vec!["no-prod-deletes".to_owned()]);
 
     std::fs::remove_file(tmp.path().join("prod.cedar")).unwrap();
@@ -471,7 +471,7 @@ fn erroring_forbid_fails_closed() {
     );
     let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
     let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
-    let d = e.authorize(&snap, &req(tok("t"), ContentRead, "a"));
+    let d = e.authorize(&snap, req(tok("t"), ContentRead, "a"));
     assert!(!d.allowed);
     assert_eq!(d.policies, vec!["overflow".to_owned()]);
     assert!(
@@ -498,16 +498,16 @@ when { context has tag && context.tag == "latest" };
     let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
     let snap = snapshot(1, vec![], vec![token("t", "_repositories_push")]);
     let mut r = req(tok("t"), ContentWrite, "a/b");
-    assert!(!e.authorize(&snap, &r).allowed);
+    assert!(!e.authorize(&snap, r.clone()).allowed);
     r.context.source_ip = Some("10.9.8.7".parse().unwrap());
-    assert!(e.authorize(&snap, &r).allowed);
+    assert!(e.authorize(&snap, r.clone()).allowed);
     r.context.reference = Some(Reference::Tag("latest".into()));
     assert_eq!(
-        e.authorize(&snap, &r).policies,
+        e.authorize(&snap, r.clone()).policies,
         vec!["no-latest".to_owned()]
     );
     r.context.reference = Some(Reference::Digest("sha256:00".into()));
-    assert!(e.authorize(&snap, &r).allowed);
+    assert!(e.authorize(&snap, r.clone()).allowed);
 }
 
 #[test]
@@ -637,23 +637,23 @@ fn signed_only_repositories_refuse_unsigned_manifests_only() {
     for principal in [tok("t"), Principal::Admin] {
         let mut r = req(principal.clone(), ContentRead, "trusted");
         // A blob: no manifest reference.
-        assert!(e.authorize(&snap, &r).allowed, "{principal:?}");
+        assert!(e.authorize(&snap, r.clone()).allowed, "{principal:?}");
         for reference in [
             Reference::Tag("v1".into()),
             Reference::Digest("sha256:00".into()),
         ] {
             r.context.reference = Some(reference);
             r.context.signed = false;
-            let d = e.authorize(&snap, &r);
+            let d = e.authorize(&snap, r.clone());
             assert!(!d.allowed);
             assert_eq!(d.policies, vec!["base/repository-signed-only".to_owned()]);
             r.context.signed = true;
-            assert!(e.authorize(&snap, &r).allowed);
+            assert!(e.authorize(&snap, r.clone()).allowed);
         }
         // Elsewhere an unsigned manifest is fine.
         r.repository = "other".into();
         r.context.signed = false;
-        assert!(e.authorize(&snap, &r).allowed);
+        assert!(e.authorize(&snap, r.clone()).allowed);
     }
 }
 
@@ -682,7 +682,7 @@ when { 9223372036854775807 + 1 > 0 };
     let snap = snapshot(1, vec![], vec![token("t", "_repositories_admin")]);
     let mut r = req(tok("t"), ContentDelete, "prod/app");
     r.context.reference = Some(Reference::Tag("latest".into()));
-    let d = e.authorize(&snap, &r);
+    let d = e.authorize(&snap, r.clone());
     assert!(!d.allowed);
     assert_eq!(
         d.policies,
@@ -690,18 +690,18 @@ when { 9223372036854775807 + 1 > 0 };
     );
     r.repository = "dev/app".into();
     assert_eq!(
-        e.authorize(&snap, &r).policies,
+        e.authorize(&snap, r.clone()).policies,
         vec!["no-latest".to_owned()]
     );
     r.context.reference = None;
-    let d = e.authorize(&snap, &r);
+    let d = e.authorize(&snap, r.clone());
     assert!(d.allowed);
     assert_eq!(
         d.policies,
         vec!["scopemap/_repositories_admin/rule/1".to_owned()]
     );
     // A context-free forbid that errors still fails closed.
-    let d = e.authorize(&snap, &req(tok("t"), MetadataWrite, "dev/app"));
+    let d = e.authorize(&snap, req(tok("t"), MetadataWrite, "dev/app"));
     assert!(!d.allowed);
     assert_eq!(d.policies, vec!["overflow".to_owned()]);
 }
@@ -853,11 +853,15 @@ fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
             _ => Some(Reference::Digest("sha256:00".into())),
         };
         r.context.signed = next(2) == 0;
-        let fast = e.authorize(&snap, &r);
-        assert_eq!(fast, e.decide(&slow, &snap, &r, true), "{r:?}");
+        let fast = e.authorize(&snap, r.clone());
+        assert_eq!(*fast, e.decide(&slow, &snap, &r, true), "{r:?}");
         let (allowed, ids) = reference_decision(&e, &snap, &r, true);
         allows += usize::from(allowed);
-        assert_eq!((fast.allowed, fast.policies), (allowed, ids), "{r:?}");
+        assert_eq!(
+            (fast.allowed, fast.policies.clone()),
+            (allowed, ids),
+            "{r:?}"
+        );
     }
     // Both outcomes are exercised.
     assert!((200..1_800).contains(&allows), "{allows} allows");

@@ -37,6 +37,6 @@ pub mod route;
 pub mod upload;
 
 pub use error::StorageError;
-pub use http::router;
+pub use http::{router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use registry::{Registry, StorageConfig};

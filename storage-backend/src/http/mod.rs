@@ -29,26 +29,30 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
-        .layer(axum::middleware::map_response(api_version))
         .with_state(registry)
 }
 
-async fn api_version(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-    res
+async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
+    serve(&reg, req).await
 }
 
-async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
+/// Answers one `/v2/…` request: what [`router`] serves, without its routing layer, for a
+/// caller that has already classified the request (the gateway, in process).
+pub async fn serve(reg: &Arc<Registry>, req: Request) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    match handle(&reg, req).await {
+    // A cheap clone (shared bytes), kept for the log line of a refusal.
+    let uri = req.uri().clone();
+    let mut response = match handle(reg, &method, req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(%method, %path, error = %e, "request refused");
+            tracing::debug!(%method, path = uri.path(), error = %e, "request refused");
             OciError::from(e).into_response()
         }
-    }
+    };
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
 }
 
 /// Decoded query parameters, in order (repeated keys kept).
@@ -79,11 +83,10 @@ impl Query {
     }
 }
 
-async fn handle(reg: &Arc<Registry>, req: Request) -> Result<Response, StorageError> {
+async fn handle(reg: &Arc<Registry>, m: &Method, req: Request) -> Result<Response, StorageError> {
     let route = Route::parse(req.uri().path())?;
     let query = Query::from_uri(req.uri());
     let (parts, body) = req.into_parts();
-    let m = &parts.method;
     let h = &parts.headers;
     let head = m == Method::HEAD;
     match route {
