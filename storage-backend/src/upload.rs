@@ -5,25 +5,45 @@
 //! and repository are metadata (see `meta`).
 
 use std::collections::HashMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::error::StorageError;
 use crate::names::Digest;
 
+/// Body bytes gathered before one write to the file.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// The running state of one upload; lock it for the length of a request so
 /// concurrent requests on one session are serialised.
-#[derive(Default)]
 pub struct UploadState {
     pub offset: u64,
-    /// `None` until synchronised with the file (fresh after restart or error).
+    /// `None` until synchronised with the file (fresh after restart, error or a
+    /// request that did not finish).
     hasher: Option<Sha256>,
+    /// One permit, held by the file write in flight: a write left running by a
+    /// cancelled request still lands before the file is re-read, appended to or synced.
+    writing: Arc<Semaphore>,
+}
+
+impl Default for UploadState {
+    fn default() -> UploadState {
+        UploadState {
+            offset: 0,
+            hasher: None,
+            writing: Arc::new(Semaphore::new(1)),
+        }
+    }
 }
 
 pub type SessionLock = Arc<tokio::sync::Mutex<UploadState>>;
@@ -96,6 +116,8 @@ impl Uploads {
         if state.hasher.is_some() {
             return Ok(());
         }
+        let gate = Arc::clone(&state.writing);
+        let _quiet = gate.acquire().await;
         let path = self.path(id);
         let mut f = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -118,15 +140,14 @@ impl Uploads {
             hasher.update(chunk);
             offset += n as u64;
         }
-        *state = UploadState {
-            offset,
-            hasher: Some(hasher),
-        };
+        state.offset = offset;
+        state.hasher = Some(hasher);
         Ok(())
     }
 
-    /// Streams `body` onto the end of the session file. On any failure the
-    /// state is marked unsynchronised so the next request re-reads the file.
+    /// Streams `body` onto the end of the session file. The state stays
+    /// unsynchronised until the whole body is written, so after any failure, or a
+    /// request dropped midway, the next request re-reads the file.
     pub async fn append(
         &self,
         id: &str,
@@ -134,28 +155,20 @@ impl Uploads {
         body: Body,
     ) -> Result<(), StorageError> {
         self.sync(id, state).await?;
-        let result = self.append_synced(id, state, body).await;
-        if result.is_err() {
-            state.hasher = None;
-        }
-        result
-    }
-
-    async fn append_synced(
-        &self,
-        id: &str,
-        state: &mut UploadState,
-        body: Body,
-    ) -> Result<(), StorageError> {
+        let mut hasher = state.hasher.take().ok_or_else(|| {
+            StorageError::Corrupt(format!("upload `{id}` is not synchronised with its file"))
+        })?;
+        let mut offset = state.offset;
         let path = self.path(id);
         let io_err = |e| StorageError::io(&path, e);
         let file = tokio::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .await
-            .map_err(io_err)?;
-        // Each tokio file write is a blocking-pool round trip; batch small body chunks.
-        let mut f = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            .map_err(io_err)?
+            .into_std()
+            .await;
+        let mut writer = BatchWriter::new(file, Arc::clone(&state.writing));
         let mut stream = body.into_data_stream();
         let mut result = Ok(());
         while let Some(chunk) = stream.next().await {
@@ -168,19 +181,21 @@ impl Uploads {
                     break;
                 }
             };
-            if let Err(e) = f.write_all(&chunk).await {
+            // Hashing here overlaps the write of the previous batch.
+            hasher.update(&chunk);
+            offset += chunk.len() as u64;
+            if let Err(e) = writer.push(chunk).await {
                 result = Err(io_err(e));
                 break;
             }
-            if let Some(h) = state.hasher.as_mut() {
-                h.update(&chunk);
-            }
-            state.offset += chunk.len() as u64;
         }
-        // Flush even after an error: no write may still be in flight when
-        // the next request re-reads the file.
-        let flushed = f.flush().await.map_err(io_err);
-        result.and(flushed)
+        // Write what was received even after an error: the next request re-reads
+        // the file, and a client may resume from its length.
+        let written = writer.finish().await.map_err(io_err);
+        result.and(written)?;
+        state.hasher = Some(hasher);
+        state.offset = offset;
+        Ok(())
     }
 
     /// fsyncs the file and returns the digest and size of everything uploaded.
@@ -190,6 +205,7 @@ impl Uploads {
         state: &mut UploadState,
     ) -> Result<(Digest, u64), StorageError> {
         self.sync(id, state).await?;
+        let _quiet = state.writing.acquire().await;
         let path = self.path(id);
         let f = tokio::fs::File::open(&path)
             .await
@@ -198,6 +214,94 @@ impl Uploads {
         let hasher = state.hasher.clone().unwrap_or_default();
         Ok((Digest::from_sha256(&hasher.finalize()), state.offset))
     }
+}
+
+/// Appends body chunks to an upload file on the blocking pool, a batch at a time,
+/// while the caller receives and hashes the next batch. Chunks are written as they
+/// arrived (one `writev` per batch, no copy). Flushing to disk is left to the fsync
+/// that completes the upload: flushing every 16 MiB on the way measured slower here.
+struct BatchWriter {
+    /// The file, while no write holds it.
+    file: Option<File>,
+    in_flight: Option<JoinHandle<(File, io::Result<()>)>>,
+    batch: Vec<Bytes>,
+    batched: usize,
+    gate: Arc<Semaphore>,
+}
+
+impl BatchWriter {
+    fn new(file: File, gate: Arc<Semaphore>) -> BatchWriter {
+        BatchWriter {
+            file: Some(file),
+            in_flight: None,
+            batch: Vec::new(),
+            batched: 0,
+            gate,
+        }
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.batched += chunk.len();
+        self.batch.push(chunk);
+        if self.batched >= WRITE_BATCH {
+            self.write_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the previous write, then starts one of the gathered chunks.
+    async fn write_batch(&mut self) -> io::Result<()> {
+        let mut file = match self.file.take() {
+            Some(file) => file,
+            None => self.wait().await?,
+        };
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        let permit = Arc::clone(&self.gate)
+            .acquire_owned()
+            .await
+            .map_err(io::Error::other)?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let result = write_all(&mut file, &batch);
+            (file, result)
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> io::Result<File> {
+        let write = self
+            .in_flight
+            .take()
+            .ok_or_else(|| io::Error::other("no upload write in flight"))?;
+        let (file, result) = write.await.map_err(io::Error::other)?;
+        result.map(|()| file)
+    }
+
+    /// Writes the rest and waits until every write has returned.
+    async fn finish(mut self) -> io::Result<()> {
+        if !self.batch.is_empty() {
+            self.write_batch().await?;
+        }
+        if self.in_flight.is_some() {
+            self.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+fn write_all(file: &mut File, batch: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,5 +334,35 @@ mod tests {
             up2.sync("gone", &mut *lock.lock().await).await,
             Err(StorageError::UploadUnknown(_))
         ));
+    }
+
+    /// A request dropped midway (its client went away) leaves the session to be
+    /// re-read: the digest always matches the bytes in the file.
+    #[tokio::test]
+    async fn a_cancelled_append_leaves_a_consistent_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Uploads::new(dir.path().to_owned());
+        up.create("u").await.unwrap();
+        let lock = up.session("u");
+        let mut st = lock.lock().await;
+        // 3 MiB arrive, then the body stalls until the request is dropped.
+        let sent = futures_util::stream::iter(
+            (0..3u8).map(|i| Ok::<_, io::Error>(Bytes::from(vec![i; 1 << 20]))),
+        );
+        let body = Body::from_stream(sent.chain(futures_util::stream::pending()));
+        let cancelled = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            up.append("u", &mut st, body),
+        )
+        .await;
+        assert!(
+            cancelled.is_err(),
+            "the append must still be waiting for its body"
+        );
+        up.append("u", &mut st, Body::from("tail")).await.unwrap();
+        let (digest, size) = up.finish("u", &mut st).await.unwrap();
+        let on_disk = std::fs::read(up.path("u")).unwrap();
+        assert_eq!((digest, size), (Digest::of(&on_disk), on_disk.len() as u64));
+        assert!(on_disk.ends_with(b"tail"));
     }
 }
