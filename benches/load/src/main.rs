@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the targets one after the other, measure them, print (and write) the results.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write RESULTS.md and results.png again from DIR/results.json.
     Render {
         #[arg(long, value_name = "DIR")]
@@ -79,6 +79,10 @@ struct RunArgs {
     bin_dir: Option<PathBuf>,
     #[arg(long, value_name = "FILE", default_value = "/usr/bin/docker-registry")]
     registry_bin: PathBuf,
+    /// `RUST_LOG` of portcullis and portcullis-storage: `warn` keeps them as quiet as the
+    /// anchor; `info` is the gateway's default, with one audit line per decision.
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    server_log: String,
     /// Write results.json, RESULTS.md and results.png into DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -87,7 +91,7 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Render { out } => report::Run::load(&out)?.write(&out),
     }
 }
@@ -134,7 +138,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut measurements = Vec::new();
     for &target in &targets {
         eprintln!("== {}", target.description());
-        let running = Running::start(target, &bins).await?;
+        let running = Running::start(target, &bins, &args.server_log).await?;
         let measured = async {
             let mut conn = client::Conn::open(&running.endpoint).await?;
             image

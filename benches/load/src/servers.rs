@@ -168,7 +168,8 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn start(target: Target, bins: &Binaries) -> Result<Running> {
+    /// `log` is the `RUST_LOG` of our servers.
+    pub async fn start(target: Target, bins: &Binaries, log: &str) -> Result<Running> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("portcullis-load-{target}-"))
             .tempdir()?;
@@ -185,7 +186,7 @@ impl Running {
                     Command::new(&bins.storage)
                         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
                         .arg(dir.path().join("data"))
-                        .env("RUST_LOG", "warn"),
+                        .env("RUST_LOG", log),
                 )?);
             }
             Target::Gateway | Target::GatewayUpstream => {
@@ -193,7 +194,7 @@ impl Running {
                 cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
                     .arg(dir.path().join("data"))
                     .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
-                    .env("RUST_LOG", "warn");
+                    .env("RUST_LOG", log);
                 if target == Target::GatewayUpstream {
                     let upstream = free_port()?;
                     let p = registry(bins, dir.path(), upstream)?;
