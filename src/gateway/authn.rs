@@ -326,8 +326,11 @@ fn recheck(
             let record = token
                 .password(slot)
                 .ok_or_else(|| invalid(&gone(name, slot)))?;
-            let seen_in = snapshot.version.wrapping_add(1);
-            let known = seen.is_some_and(|s| s.load(Ordering::Relaxed) == seen_in);
+            // 0 means "not yet", so a version that has no successor is never remembered.
+            let seen_in = snapshot.version.checked_add(1);
+            let known = seen
+                .zip(seen_in)
+                .is_some_and(|(s, v)| s.load(Ordering::Relaxed) == v);
             if subject.password_created != Some(record.created_at)
                 || !(known
                     || subject
@@ -340,8 +343,8 @@ fn recheck(
                     slot.as_str()
                 )));
             }
-            if let Some(seen) = seen.filter(|_| !known) {
-                seen.store(seen_in, Ordering::Relaxed);
+            if let (Some(seen), Some(v), false) = (seen, seen_in, known) {
+                seen.store(v, Ordering::Relaxed);
             }
             if record.is_expired(now) {
                 return Err(auth_error(name, AuthError::Expired(slot)));
