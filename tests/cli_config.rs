@@ -5,19 +5,8 @@
 
 mod common;
 
-use common::{ADMIN_PASSWORD, Server, cli};
-use serde_json::{Value, json};
-
-fn ok(server: &Server, args: &[&str]) -> Value {
-    let out = cli(server, args);
-    assert!(
-        out.status.success(),
-        "portcullis {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{ADMIN_PASSWORD, Server, cli, cli_json as ok};
+use serde_json::json;
 
 #[test]
 fn content_trust_is_switched_and_disabling_needs_yes() {

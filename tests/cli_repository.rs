@@ -12,7 +12,7 @@ mod registry;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{ADMIN_PASSWORD, Server, bin, cli, json_output, password1};
+use common::{ADMIN_PASSWORD, Server, bin, create_token as token, json_output};
 use content::TestImage;
 use registry::DockerRegistry;
 use reqwest::blocking::{Client, RequestBuilder};
@@ -48,17 +48,7 @@ fn run(server: &Server, who: As, args: &[&str]) -> Output {
 
 /// Runs the CLI, asserts success, returns its JSON output (`Null` when it printed none).
 fn ok(server: &Server, who: As, args: &[&str]) -> Value {
-    let out = run(server, who, args);
-    assert!(
-        out.status.success(),
-        "portcullis {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Value::Null;
-    }
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_output(args, &run(server, who, args))
 }
 
 /// Runs the CLI, asserts exit code 1, returns stderr.
@@ -73,13 +63,6 @@ fn fails(server: &Server, who: As, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     stderr
-}
-
-/// `token create --name NAME --repository REPO ACTIONS...` (admin CLI); returns password1.
-fn token(server: &Server, name: &str, repo: &str, actions: &[&str]) -> String {
-    let mut args = vec!["token", "create", "--name", name, "--repository", repo];
-    args.extend_from_slice(actions);
-    password1(&json_output(&args, &cli(server, &args)))
 }
 
 fn admin_auth(req: RequestBuilder) -> RequestBuilder {

@@ -171,10 +171,9 @@ pub async fn authorize(
 ) -> Result<Disposition, GatewayError> {
     match &req.kind {
         RequestKind::ManifestGet { reference } => {
-            let signed = manifest_signed(gw, who, req, reference, source_ip).await?;
-            let result = decide_for(gw, who, &checks(req, &[]), source_ip, signed);
-            gw.metrics.record_decision(result.is_ok());
-            result.map(|()| Disposition::Forward)
+            let checks = checks(req, &[]);
+            let signed = manifest_signed(gw, who, req, &checks, reference, source_ip).await?;
+            decide_counted(gw, who, &checks, source_ip, signed).map(|()| Disposition::Forward)
         }
         RequestKind::TagsList => {
             authorize_checks(gw, who, &checks(req, &[]), source_ip)?;
@@ -202,6 +201,7 @@ async fn manifest_signed(
     gw: &Gateway,
     who: &Authenticated,
     req: &RepositoryRequest,
+    checks: &[Check],
     reference: &Reference,
     source_ip: Option<IpAddr>,
 ) -> Result<bool, GatewayError> {
@@ -211,7 +211,7 @@ async fn manifest_signed(
         (Signature::Signed, _) => Ok(true),
         (Signature::TagSigned, Reference::Tag(tag)) => {
             let identity = gw.store.snapshot();
-            let depends = checks(req, &[]).iter().any(|check| {
+            let depends = checks.iter().any(|check| {
                 let ask = |signed| {
                     ask_signed(
                         &gw.engine,
@@ -288,15 +288,27 @@ async fn authorize_writes(
     authorize_checks(gw, who, &checks(req, &existing_tags), source_ip)
 }
 
-/// Decides `checks` for an authenticated caller (see [`decide`]) and counts the
-/// decision in the metrics: the one place every registry decision passes through.
+/// Decides `checks` that name no manifest for an authenticated caller (see
+/// [`decide_counted`]).
 pub fn authorize_checks(
     gw: &Gateway,
     who: &Authenticated,
     checks: &[Check],
     source_ip: Option<IpAddr>,
 ) -> Result<(), GatewayError> {
-    let result = decide_for(gw, who, checks, source_ip, false);
+    decide_counted(gw, who, checks, source_ip, false)
+}
+
+/// Decides `checks` and counts the decision in the metrics: the one place every
+/// registry decision passes through.
+fn decide_counted(
+    gw: &Gateway,
+    who: &Authenticated,
+    checks: &[Check],
+    source_ip: Option<IpAddr>,
+    signed: bool,
+) -> Result<(), GatewayError> {
+    let result = decide_for(gw, who, checks, source_ip, signed);
     gw.metrics.record_decision(result.is_ok());
     result
 }

@@ -14,7 +14,7 @@ use portcullis_storage::names::{DigestError, Reference as StorageReference};
 use portcullis_storage::route::{Route as Api, RouteError};
 use portcullis_storage::{Digest, is_valid_repository_name, is_valid_tag};
 
-use super::errors::GatewayError;
+use super::errors::{GatewayError, clip};
 use crate::policy::Reference;
 use crate::trust::Role;
 use crate::trust::service::{MetadataRef, gun_repository};
@@ -246,7 +246,7 @@ fn trust(method: &Method, path: &str, gun: &str, rest: &str) -> Result<Route, Ga
             if let Some(stem) = file.strip_suffix(".key") {
                 let role = Role::parse(stem)
                     .ok()
-                    .filter(|r| matches!(r.as_str(), "timestamp" | "snapshot"))
+                    .filter(Role::is_server_managed)
                     .ok_or_else(not_found)?;
                 match method {
                     Method::GET => TrustKind::Key(role),
@@ -383,14 +383,7 @@ fn not_found(method: &Method, path: &str) -> GatewayError {
 
 /// Input quoted in an error message, cut to a bounded length.
 fn echoed(input: &str) -> String {
-    if input.len() <= MAX_ECHOED_PATH {
-        return input.to_owned();
-    }
-    let mut end = MAX_ECHOED_PATH;
-    while !input.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", input.get(..end).unwrap_or_default())
+    clip(input, MAX_ECHOED_PATH)
 }
 
 #[cfg(test)]

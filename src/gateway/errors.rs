@@ -176,6 +176,19 @@ impl GatewayError {
     }
 }
 
+/// `text` quoted in an error message: at most `max` bytes (cut on a character boundary,
+/// marked with `…`), so a long input cannot blow up the response.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text.get(..end).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::{PasswordSlot, UnixSeconds};
+use crate::trust::signer::random_p256_key;
 
 /// The key file inside the data directory.
 pub const SIGNING_KEY_FILE: &str = "token-signing-key.pem";
@@ -330,7 +331,7 @@ fn create_key(path: &Path) -> Result<SigningKey, JwtError> {
         path: path.to_owned(),
         source,
     };
-    let signing = random_key();
+    let signing = random_p256_key();
     let pem = signing
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| JwtError::Encode(e.to_string()))?;
@@ -354,17 +355,6 @@ fn create_key(path: &Path) -> Result<SigningKey, JwtError> {
             parse_key(path, &pem)
         }
         Err(e) => Err(io(e)),
-    }
-}
-
-/// A uniformly random P-256 scalar: 32 random bytes, retried in the (2^-32) case
-/// they are not a valid scalar.
-fn random_key() -> SigningKey {
-    loop {
-        let bytes: [u8; 32] = rand::random();
-        if let Ok(key) = SigningKey::from_bytes(&bytes.into()) {
-            return key;
-        }
     }
 }
 
@@ -528,7 +518,8 @@ mod tests {
     #[test]
     fn another_key_is_rejected_even_with_our_kid() {
         let (_d, ours) = issuer();
-        let theirs = Issuer::new(random_key(), "registry.test", Duration::from_secs(300)).unwrap();
+        let theirs =
+            Issuer::new(random_p256_key(), "registry.test", Duration::from_secs(300)).unwrap();
         let signed = theirs
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();

@@ -190,31 +190,20 @@ impl Proxy {
         let source_ip = client_ip(session);
         let query = session.req_header().uri.query().map(str::to_owned);
         match access::authorize(&self.gw, &who, req, source_ip, query.as_deref()).await {
-            Ok(access::Disposition::Forward) => self.forward(session, ctx, req).await,
+            Ok(access::Disposition::Forward) => self.forward(session, ctx).await,
             Ok(access::Disposition::Respond(response)) => {
                 let (parts, body) = response.into_parts();
-                let mut header =
-                    ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
-                for (name, value) in &parts.headers {
-                    header.append_header(name.clone(), value.clone())?;
-                }
-                header.insert_header(header::CONTENT_LENGTH, body.len())?;
-                write(session, header, body).await
+                write_buffered(session, parts, body).await
             }
             Err(e) => self.refuse(session, ctx, &e).await,
         }
     }
 
     /// An authorized repository request. The bundled store is called in process: its
-    /// router is the code its own listener serves, so statuses, headers and error
+    /// `/v2` handler is the code its own listener serves, so statuses, headers and error
     /// bodies are the store's, without a second HTTP hop. An upstream gets the request
     /// through pingora (`Ok(false)`).
-    async fn forward(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        _req: &RepositoryRequest,
-    ) -> Result<bool> {
+    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match &self.gw.backend {
             Backend::Bundled { registry } => serve_in_process(session, ctx, registry).await,
             Backend::Upstream { .. } => Ok(false),
@@ -261,13 +250,7 @@ impl Proxy {
             body.extend_from_slice(&chunk);
         }
         let meta = self.meta(session);
-        let head = session.req_header();
-        let mut request = http::Request::builder()
-            .method(head.method.clone())
-            .uri(head.uri.clone())
-            .body(axum::body::Body::from(body.freeze()))
-            .map_err(|e| Error::because(ErrorType::InternalError, "building control request", e))?;
-        *request.headers_mut() = head.headers.clone();
+        let mut request = in_process_request(session, Body::from(body.freeze()))?;
         request.extensions_mut().insert(meta);
         let response = match self.control.clone().oneshot(request).await {
             Ok(response) => response,
@@ -277,12 +260,7 @@ impl Proxy {
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(|e| Error::because(ErrorType::InternalError, "control response body", e))?;
-        let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
-        for (name, value) in &parts.headers {
-            header.append_header(name.clone(), value.clone())?;
-        }
-        header.insert_header(header::CONTENT_LENGTH, bytes.len())?;
-        write(session, header, bytes).await
+        write_buffered(session, parts, bytes).await
     }
 
     async fn too_large(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
@@ -627,13 +605,7 @@ async fn serve_in_process(
     ctx: &RequestCtx,
     store: &Arc<Registry>,
 ) -> Result<bool> {
-    let head = session.req_header();
-    let mut request = http::Request::builder()
-        .method(head.method.clone())
-        .uri(head.uri.clone())
-        .body(Body::empty())
-        .map_err(|e| Error::because(ErrorType::InternalError, "building store request", e))?;
-    *request.headers_mut() = head.headers.clone();
+    let mut request = in_process_request(session, Body::empty())?;
     // The store trusts the gateway's decision; it never sees the credentials.
     request.headers_mut().remove(header::AUTHORIZATION);
     let (response, body_read) = if ctx.has_body {
@@ -717,6 +689,32 @@ async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>)
             }
         }
     }
+}
+
+/// The client's request as an `http::Request` for a service called in process.
+fn in_process_request(session: &Session, body: Body) -> Result<http::Request<Body>> {
+    let head = session.req_header();
+    let mut request = http::Request::builder()
+        .method(head.method.clone())
+        .uri(head.uri.clone())
+        .body(body)
+        .map_err(|e| Error::because(ErrorType::InternalError, "building in-process request", e))?;
+    *request.headers_mut() = head.headers.clone();
+    Ok(request)
+}
+
+/// Writes a response whose whole body is in memory, with its length.
+async fn write_buffered(
+    session: &mut Session,
+    parts: http::response::Parts,
+    body: Bytes,
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
+    for (name, value) in &parts.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    header.insert_header(header::CONTENT_LENGTH, body.len())?;
+    write(session, header, body).await
 }
 
 /// Writes a complete response the gateway produced itself.

@@ -82,9 +82,7 @@ pub async fn signed_tags(
         return Ok(Vec::new());
     };
     // Owned names: a stream of borrowed ones makes the proxy's future not `Send`.
-    let mut candidates: Vec<String> = targets.tags().map(|(tag, _)| tag.to_owned()).collect();
-    candidates.sort_unstable();
-    candidates.dedup();
+    let candidates: Vec<String> = targets.tag_names().map(str::to_owned).collect();
     let mut tags: Vec<String> = futures_util::stream::iter(candidates)
         .map(|tag| async move {
             let matches = serves_signed(gw, targets, repository, &tag).await?;

@@ -31,7 +31,7 @@ use time::macros::format_description;
 use super::access::{self, Check};
 use super::authn::Authenticated;
 use super::classify::{self, Route, TrustKind, TrustRequest};
-use super::errors::{Challenge, GatewayError};
+use super::errors::{Challenge, GatewayError, clip};
 use super::{Gateway, RequestMeta};
 use crate::identity::{Action, Principal};
 use crate::policy::Operation;
@@ -487,14 +487,7 @@ impl NotaryError {
 
 /// `text` cut to [`MAX_ERROR_TEXT`] bytes (on a character boundary).
 fn cut(text: &str) -> String {
-    if text.len() <= MAX_ERROR_TEXT {
-        return text.to_owned();
-    }
-    let mut end = MAX_ERROR_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", text.get(..end).unwrap_or_default())
+    clip(text, MAX_ERROR_TEXT)
 }
 
 /// A detail whose strings are cut, so the whole body stays under 1 KiB.

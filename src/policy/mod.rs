@@ -22,6 +22,7 @@ mod compile;
 mod files;
 pub mod testcases;
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -608,13 +609,10 @@ impl PolicyEngine {
             anonymous_pull: AtomicBool::new(false),
             actions,
             authorizer: Authorizer::new(),
-            decisions: Cache::builder()
-                .max_capacity(DECISION_CACHE)
-                .initial_capacity(usize::try_from(DECISION_CACHE).unwrap_or(usize::MAX))
-                .build_with_hasher(ahash::RandomState::new()),
+            decisions: presized(DECISION_CACHE, ahash::RandomState::new()),
             sets: Cache::new(SET_CACHE),
-            prepared: presized(PREPARED_CACHE),
-            fixed: presized(FIXED_CACHE),
+            prepared: presized(PREPARED_CACHE, RandomState::new()),
+            fixed: presized(FIXED_CACHE, RandomState::new()),
             principals: Cache::new(PRINCIPAL_CACHE),
             flagged: Cache::new(PRINCIPAL_CACHE),
             compiled: Cache::new(COMPILED_CACHE),
@@ -1153,15 +1151,16 @@ impl PolicyEngine {
 
 /// A cache with its table allocated up front: growing it rehashes every entry inside
 /// some request's insert, the slowest decisions of a cold cache.
-fn presized<K, V>(capacity: u64) -> Cache<K, V>
+fn presized<K, V, S>(capacity: u64, hasher: S) -> Cache<K, V, S>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
 {
     Cache::builder()
         .max_capacity(capacity)
         .initial_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
-        .build()
+        .build_with_hasher(hasher)
 }
 
 fn string(s: &str) -> RestrictedExpression {

@@ -284,8 +284,12 @@ impl Root {
     }
 
     /// The keys of a base role (always present after [`Root::parse`]).
-    pub fn role(&self, role: &Role) -> RoleKeys {
-        self.roles.get(role.as_str()).cloned().unwrap_or_default()
+    pub fn role(&self, role: &Role) -> &RoleKeys {
+        static NONE: RoleKeys = RoleKeys {
+            keys: BTreeMap::new(),
+            threshold: 0,
+        };
+        self.roles.get(role.as_str()).unwrap_or(&NONE)
     }
 }
 
@@ -603,7 +607,7 @@ mod tests {
                 (timestamp, "timestamp"),
             ] {
                 let role = role(name);
-                file(bytes).verify(&role, &body.role(&role)).unwrap();
+                file(bytes).verify(&role, body.role(&role)).unwrap();
             }
         }
         let releases = file(V03_RELEASES);
@@ -656,7 +660,7 @@ mod tests {
         let tampered = SignedFile::parse(Bytes::from(text)).unwrap();
         let root = Root::parse(&file(V03_ROOT)).unwrap();
         let err = tampered
-            .verify(&Role::targets(), &root.role(&Role::targets()))
+            .verify(&Role::targets(), root.role(&Role::targets()))
             .unwrap_err();
         assert!(
             matches!(
@@ -674,7 +678,7 @@ mod tests {
     #[test]
     fn signature_key_id_must_be_the_key_s_id() {
         let root = Root::parse(&file(V03_ROOT)).unwrap();
-        let mut keys = root.role(&Role::targets());
+        let mut keys = root.role(&Role::targets()).clone();
         let (id, key) = keys.keys.pop_first().unwrap();
         // The same key filed under the id of another key: notary's ErrInvalidKeyID.
         let mut wrong = file(V03_TARGETS);
@@ -688,7 +692,7 @@ mod tests {
         let mut upper = file(V03_TARGETS);
         upper.signatures[0].keyid = id.to_uppercase();
         let err = upper
-            .verify(&Role::targets(), &root.role(&Role::targets()))
+            .verify(&Role::targets(), root.role(&Role::targets()))
             .unwrap_err();
         assert!(matches!(err, MetadataError::Threshold { valid: 0, .. }));
     }
@@ -746,7 +750,7 @@ mod tests {
         let at_cap = SignedFile::parse(Bytes::from(serde_json::to_vec(&doc).unwrap())).unwrap();
         // 64 copies of one valid signature are one key, not a threshold of 2.
         let root = Root::parse(&file(V03_ROOT)).unwrap();
-        let mut keys = root.role(&Role::targets());
+        let mut keys = root.role(&Role::targets()).clone();
         at_cap.verify(&Role::targets(), &keys).unwrap();
         keys.threshold = 2;
         assert!(matches!(

@@ -63,6 +63,12 @@ impl Role {
         Role("timestamp".to_owned())
     }
 
+    /// Timestamp and snapshot: the roles whose keys the server may hold and whose files
+    /// it signs.
+    pub fn is_server_managed(&self) -> bool {
+        matches!(self.as_str(), "timestamp" | "snapshot")
+    }
+
     /// The delegation docker signs tags with.
     pub fn releases() -> Role {
         Role("targets/releases".to_owned())

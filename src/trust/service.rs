@@ -139,8 +139,13 @@ impl SignedTargets {
         self.digests.contains(digest)
     }
 
-    /// Every signed (tag, digest `sha256:<hex>`) pair, a tag once per digest, in no order
-    /// (added by VIEWS for the signed-only tag list).
+    /// Every signed tag, once, in no order (the signed-only tag list).
+    pub fn tag_names(&self) -> impl Iterator<Item = &str> {
+        self.tags.keys().map(String::as_str)
+    }
+
+    /// Every signed (tag, digest `sha256:<hex>`) pair, a tag once per digest, in no order.
+    #[cfg(test)]
     pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
         self.tags
             .iter()
@@ -269,7 +274,7 @@ impl TrustService {
     ) -> Result<Metadata, TrustError> {
         self.check_enabled()?;
         if let MetadataRef::Current(role) = what
-            && matches!(role.as_str(), "timestamp" | "snapshot")
+            && role.is_server_managed()
         {
             self.refresh(gun, role, now)?;
         }
@@ -557,9 +562,10 @@ fn decode_key(gun: &str, bytes: &[u8]) -> Result<ServerKey, TrustError> {
 }
 
 fn server_managed(role: &Role) -> Result<(), TrustError> {
-    match role.as_str() {
-        "timestamp" | "snapshot" => Ok(()),
-        other => Err(TrustError::NotServerManaged(other.to_owned())),
+    if role.is_server_managed() {
+        Ok(())
+    } else {
+        Err(TrustError::NotServerManaged(role.as_str().to_owned()))
     }
 }
 
@@ -588,7 +594,7 @@ fn stored_pins(txn: &WriteTxn, gun: &str, role: &Role) -> Result<Vec<String>, Tr
 /// The key ids `root` lists for `role` (none when it does not parse: stored roots do).
 fn pinned_key_ids(root: &SignedFile, role: &Role) -> Vec<String> {
     Root::parse(root)
-        .map(|root| root.role(role).keys.into_keys().collect())
+        .map(|root| root.role(role).keys.keys().cloned().collect())
         .unwrap_or_default()
 }
 

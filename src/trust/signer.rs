@@ -41,13 +41,13 @@ impl std::fmt::Debug for ServerKey {
 
 impl ServerKey {
     pub fn generate(algorithm: KeyAlgorithm) -> ServerKey {
-        loop {
-            let seed: [u8; 32] = rand::random();
-            // Only a P-256 scalar ≥ n (probability ~2^-32) is refused; draw again.
-            if let Ok(key) = ServerKey::from_secret(algorithm, &seed) {
-                return key;
+        let secret = match algorithm {
+            KeyAlgorithm::Ecdsa => Secret::Ecdsa(random_p256_key()),
+            KeyAlgorithm::Ed25519 => {
+                Secret::Ed25519(ed25519_dalek::SigningKey::from_bytes(&rand::random()))
             }
-        }
+        };
+        ServerKey { secret }
     }
 
     fn from_secret(algorithm: KeyAlgorithm, secret: &[u8; 32]) -> Result<ServerKey, KeyError> {
@@ -125,6 +125,17 @@ impl ServerKey {
             Secret::Ed25519(key) => ("eddsa", key.sign(message).to_bytes().to_vec()),
         };
         json!({"keyid": self.id(), "method": method, "sig": B64.encode(sig)})
+    }
+}
+
+/// A uniformly random P-256 scalar: 32 random bytes, retried in the (2^-32) case
+/// they are not a valid scalar.
+pub(crate) fn random_p256_key() -> p256::ecdsa::SigningKey {
+    loop {
+        let bytes: [u8; 32] = rand::random();
+        if let Ok(key) = p256::ecdsa::SigningKey::from_bytes(&bytes.into()) {
+            return key;
+        }
     }
 }
 

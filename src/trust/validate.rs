@@ -112,14 +112,13 @@ impl Loaded {
                     .targets
                     .get(&parent)
                     .ok_or_else(|| format!("{role}: parent {parent} is not available"))?;
-                parent_body
+                &parent_body
                     .delegation(role)
                     .ok_or_else(|| format!("{role} is not delegated by {parent}"))?
                     .keys
-                    .clone()
             }
         };
-        file.verify(role, &keys).map_err(|e| e.to_string())?;
+        file.verify(role, keys).map_err(|e| e.to_string())?;
         file.check_common(role, now).map_err(|e| e.to_string())?;
         self.targets.insert(role.clone(), (file, body));
         Ok(())
@@ -229,8 +228,8 @@ pub fn validate_update(
 struct Stale {
     root: Root,
     snapshot: SignedFile,
-    /// The snapshot expired and the server holds its key: re-sign it.
-    resign_snapshot: bool,
+    /// The snapshot expired and the server holds its keys: re-sign it with these.
+    resign_snapshot: Option<Vec<ServerKey>>,
 }
 
 /// Whether a GET of `role` (timestamp or snapshot) finds the stored timestamp expired or
@@ -249,26 +248,36 @@ fn staleness(
     role: &Role,
     now: OffsetDateTime,
 ) -> Result<Option<Stale>, UpdateError> {
-    if *role != Role::timestamp() && *role != Role::snapshot() {
+    if !role.is_server_managed() {
         return Ok(None);
     }
-    let (Some(timestamp), Some(snapshot), Some(root)) = (
+    let (Some(timestamp), Some(snapshot)) = (
         stored(state, &Role::timestamp())?,
         stored(state, &Role::snapshot())?,
-        stored(state, &Role::root())?,
     ) else {
         return Ok(None);
     };
-    let root = Root::parse(&root).map_err(stored_error)?;
-    let timestamp_body = Timestamp::parse(&timestamp).map_err(stored_error)?;
-    // An expired snapshot the server cannot sign is left to the client to judge.
-    let resign_snapshot = snapshot.expires < now
-        && signers(state, &Role::snapshot(), &root.role(&Role::snapshot())).is_some();
-    let consistent = timestamp_body
+    let consistent = Timestamp::parse(&timestamp)
+        .map_err(stored_error)?
         .snapshot
         .check(&Role::snapshot(), &snapshot.raw)
         .is_ok();
-    if !resign_snapshot && timestamp.expires >= now && consistent {
+    let timestamp_fresh = timestamp.expires >= now && consistent;
+    // The common case, on every signed pull: nothing expired, so the root is not read.
+    if timestamp_fresh && snapshot.expires >= now {
+        return Ok(None);
+    }
+    let Some(root) = stored(state, &Role::root())? else {
+        return Ok(None);
+    };
+    let root = Root::parse(&root).map_err(stored_error)?;
+    // An expired snapshot the server cannot sign is left to the client to judge.
+    let resign_snapshot = if snapshot.expires < now {
+        signers(state, &Role::snapshot(), root.role(&Role::snapshot()))
+    } else {
+        None
+    };
+    if resign_snapshot.is_none() && timestamp_fresh {
         return Ok(None);
     }
     Ok(Some(Stale {
@@ -296,7 +305,7 @@ pub fn refresh(
     };
     let mut files = Vec::new();
     let mut snapshot_bytes = snapshot.raw.clone();
-    if resign_snapshot {
+    if let Some(signers) = resign_snapshot {
         // The same meta, re-signed.
         let meta = snapshot
             .signed
@@ -304,13 +313,7 @@ pub fn refresh(
             .cloned()
             .unwrap_or_else(|| json!({}));
         let signed = snapshot_body(meta, next_version(&Role::snapshot(), Some(&snapshot))?, now);
-        let file = sign_with(
-            state,
-            &Role::snapshot(),
-            &root.role(&Role::snapshot()),
-            &signed,
-        )?
-        .ok_or_else(|| UpdateError::Validation("the snapshot key is gone".to_owned()))?;
+        let file = sign_by(&signers, &signed)?;
         snapshot_bytes = file.raw.clone();
         files.push((Role::snapshot(), file));
     }
@@ -338,7 +341,7 @@ pub fn signed_targets(state: &dyn TrustState, now: OffsetDateTime) -> Vec<Signed
     };
     let Some(snapshot) = load(&Role::snapshot())
         .filter(|f| {
-            f.verify(&Role::snapshot(), &root.role(&Role::snapshot()))
+            f.verify(&Role::snapshot(), root.role(&Role::snapshot()))
                 .is_ok()
         })
         .and_then(|f| Snapshot::parse(&f).ok())
@@ -353,7 +356,7 @@ pub fn signed_targets(state: &dyn TrustState, now: OffsetDateTime) -> Vec<Signed
         file.check_common(role, Some(now)).ok()?;
         Targets::parse(&file, role).ok()
     };
-    let Some(targets) = trusted(&Role::targets(), &root.role(&Role::targets())) else {
+    let Some(targets) = trusted(&Role::targets(), root.role(&Role::targets())) else {
         return Vec::new();
     };
     let releases = targets
@@ -438,7 +441,7 @@ fn valid_root_keys(
     gun: &str,
     now: Option<OffsetDateTime>,
 ) -> Result<RoleKeys, String> {
-    let mut role = root.role(&Role::root());
+    let mut role = root.role(&Role::root()).clone();
     let mut first_error = None;
     role.keys
         .retain(|id, key| match key.check_root_certificate(gun, now) {
@@ -467,7 +470,7 @@ fn check_snapshot(
     now: OffsetDateTime,
 ) -> Result<(), MetadataError> {
     let body = Snapshot::parse(file)?;
-    file.verify(&Role::snapshot(), &loaded.root_body.role(&Role::snapshot()))?;
+    file.verify(&Role::snapshot(), loaded.root_body.role(&Role::snapshot()))?;
     file.check_common(&Role::snapshot(), Some(now))?;
     let mut roles: Vec<(Role, Bytes)> = vec![(Role::root(), loaded.root.raw.clone())];
     roles.extend(
@@ -521,7 +524,7 @@ fn generate_snapshot(
     let version = next_version(&Role::snapshot(), previous.as_ref())?;
     let signed = snapshot_body(Value::Object(meta), version, now);
     let keys = loaded.root_body.role(&Role::snapshot());
-    sign_with(state, &Role::snapshot(), &keys, &signed)?.ok_or_else(|| {
+    sign_with(state, &Role::snapshot(), keys, &signed)?.ok_or_else(|| {
         UpdateError::BadHierarchy {
             missing: "snapshot".to_owned(),
             msg: "no snapshot was included in update and server does not hold current snapshot key for repository"
@@ -556,7 +559,7 @@ fn generate_timestamp(
         "version": next_version(&Role::timestamp(), previous.as_ref())?,
     });
     let keys = root.role(&Role::timestamp());
-    sign_with(state, &Role::timestamp(), &keys, &signed)?
+    sign_with(state, &Role::timestamp(), keys, &signed)?
         .ok_or_else(|| UpdateError::BadRoot("no timestamp keys exist on the server".to_owned()))
 }
 
@@ -577,14 +580,18 @@ fn sign_with(
     keys: &RoleKeys,
     signed: &Value,
 ) -> Result<Option<SignedFile>, UpdateError> {
-    let Some(signers) = signers(state, role, keys) else {
-        return Ok(None);
-    };
+    signers(state, role, keys)
+        .map(|signers| sign_by(&signers, signed))
+        .transpose()
+}
+
+/// Signs `signed` with each of `signers`.
+fn sign_by(signers: &[ServerKey], signed: &Value) -> Result<SignedFile, UpdateError> {
     let invalid = |e: MetadataError| UpdateError::Validation(e.to_string());
     let message = canonical_json(signed).map_err(|e| UpdateError::Validation(e.to_string()))?;
     let signatures: Vec<Value> = signers.iter().map(|key| key.sign(&message)).collect();
     let bytes = envelope(signed, &signatures).map_err(invalid)?;
-    SignedFile::parse(bytes).map(Some).map_err(invalid)
+    SignedFile::parse(bytes).map_err(invalid)
 }
 
 /// RFC 3339 in whole seconds, UTC (what Go's `time.Time` parses).
@@ -961,12 +968,7 @@ mod tests {
             &crate::trust::metadata::SignedFile::parse(fixture(V03_ROOT)).unwrap(),
         )
         .unwrap();
-        let key = root
-            .role(&Role::targets())
-            .keys
-            .into_values()
-            .next()
-            .unwrap();
+        let key = root.role(&Role::targets()).keys.values().next().unwrap();
         let message = crate::trust::canonical::canonical_json(&file.signed).unwrap();
         let err = key
             .verify("ecdsa", &message, &file.signatures[0].sig)
@@ -1093,7 +1095,7 @@ mod tests {
         .unwrap();
         let snapshot = parsed(files, "snapshot");
         snapshot
-            .verify(&Role::snapshot(), &root.role(&Role::snapshot()))
+            .verify(&Role::snapshot(), root.role(&Role::snapshot()))
             .unwrap();
         assert_eq!(snapshot.version, versions.0);
         let body = Snapshot::parse(&snapshot).unwrap();
@@ -1104,7 +1106,7 @@ mod tests {
         }
         let timestamp = parsed(files, "timestamp");
         timestamp
-            .verify(&Role::timestamp(), &root.role(&Role::timestamp()))
+            .verify(&Role::timestamp(), root.role(&Role::timestamp()))
             .unwrap();
         assert_eq!(timestamp.version, versions.1);
         assert!(timestamp.expires > repo.now + Duration::days(13));

@@ -133,6 +133,38 @@ pub fn json_output(args: &[&str], out: &Output) -> serde_json::Value {
     })
 }
 
+/// Runs the CLI as the admin, asserts success, returns its JSON output (or `Null` when it
+/// printed none).
+pub fn cli_json(server: &Server, args: &[&str]) -> serde_json::Value {
+    json_output(args, &cli(server, args))
+}
+
+/// The arguments of `portcullis token create --name NAME --repository REPO ACTIONS...`.
+pub fn token_create_args<'a>(
+    name: &'a str,
+    repository: &'a str,
+    actions: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "token",
+        "create",
+        "--name",
+        name,
+        "--repository",
+        repository,
+    ];
+    args.extend_from_slice(actions);
+    args
+}
+
+/// `portcullis token create …` as the admin; returns password1.
+pub fn create_token(server: &Server, name: &str, repository: &str, actions: &[&str]) -> String {
+    password1(&cli_json(
+        server,
+        &token_create_args(name, repository, actions),
+    ))
+}
+
 /// `password1` of what `portcullis token create` printed.
 pub fn password1(created: &serde_json::Value) -> String {
     created["credentials"]["passwords"]

@@ -17,7 +17,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::{ADMIN_PASSWORD, Server, bin, json_output, password1};
+use super::{ADMIN_PASSWORD, Server, bin, json_output, password1, token_create_args};
 
 /// One passphrase for every key the notary and docker CLIs create in tests.
 pub const PASSPHRASE: &str = "trust-test-passphrase";
@@ -86,16 +86,7 @@ impl TrustGateway {
 
     /// `portcullis token create --name NAME --repository REPO ACTIONS...`; returns password1.
     pub fn token(&self, name: &str, repository: &str, actions: &[&str]) -> String {
-        let mut args = vec![
-            "token",
-            "create",
-            "--name",
-            name,
-            "--repository",
-            repository,
-        ];
-        args.extend_from_slice(actions);
-        password1(&self.portcullis(&args))
+        password1(&self.portcullis(&token_create_args(name, repository, actions)))
     }
 
     /// A bearer token from the token endpoint for `repository:<gun>:<actions>` with `user`'s

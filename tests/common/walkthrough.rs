@@ -11,31 +11,12 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use crate::common::{Server, cli, json_output, password1};
+use crate::common::{Server, cli_json as portcullis, create_token};
 use crate::docker::Docker;
 
 const DENIED: &str = "requested access to the resource is denied";
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.oci.image.manifest.v1+json";
-
-/// Runs the CLI, asserts success, returns its JSON output (or `Null` when it printed none).
-pub fn portcullis(server: &Server, args: &[&str]) -> Value {
-    json_output(args, &cli(server, args))
-}
-
-/// `portcullis token create --name NAME --repository REPO ACTIONS...`; returns password1.
-pub fn create_token(server: &Server, name: &str, repository: &str, actions: &[&str]) -> String {
-    let mut args = vec![
-        "token",
-        "create",
-        "--name",
-        name,
-        "--repository",
-        repository,
-    ];
-    args.extend_from_slice(actions);
-    password1(&portcullis(server, &args))
-}
 
 /// `portcullis scope-map update --name MAP` with `--add-repository` / `--remove-repository`
 /// groups (each `[repo, action...]`).

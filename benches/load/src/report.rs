@@ -200,8 +200,7 @@ impl Run {
                 continue;
             }
             let gw = self.find(Target::Gateway, test, connections);
-            if let Some((gw, r)) = gw.and_then(|g| Some((g, self.ratio(g)?))) {
-                let _ = gw;
+            if let Some(r) = gw.and_then(|g| self.ratio(g)) {
                 row(
                     format!("manifest GET ×{connections}: gateway ≥ 10× anchor"),
                     format!("{r:.2}×"),
