@@ -874,6 +874,76 @@ mod tests {
     }
 
     #[test]
+    fn repository_delete_removes_everything_of_the_repository_only() {
+        let (_dir, m) = meta();
+        for repo in ["r", "s"] {
+            m.commit_blob(repo, &d('a'), 1, "x").unwrap();
+            m.commit_blob(repo, &d('b'), 1, "x").unwrap();
+        }
+        // Linked but referenced by no manifest: the link goes too.
+        m.commit_blob("r", &d('c'), 1, "x").unwrap();
+        let (bytes, parsed) = image(&d('a'), &d('b'), None);
+        let md = Digest::of(&bytes);
+        m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "a".into()])
+            .unwrap();
+        m.put_manifest("s", &md, &bytes, &parsed, &["v1".into()])
+            .unwrap();
+        let (sig, sp) = image(&d('a'), &d('a'), Some(&md));
+        let sd = Digest::of(&sig);
+        m.put_manifest("r", &sd, &sig, &sp, &[]).unwrap();
+
+        let mut manifests = vec![md.to_string(), sd.to_string()];
+        manifests.sort();
+        assert_eq!(
+            m.delete_repository("r").unwrap(),
+            Some(Deleted {
+                manifests,
+                tags: vec!["a".into(), "v1".into()],
+            })
+        );
+        assert_eq!(m.delete_repository("r").unwrap(), None);
+        assert!(m.tags("r", None, None).unwrap().is_none());
+        assert!(m.manifest("r", &md, false).unwrap().is_none());
+        assert!(m.referrers("r", &md).unwrap().is_empty());
+        for c in ['a', 'b', 'c'] {
+            assert!(m.linked_blob_size("r", &d(c)).unwrap().is_none(), "{c}");
+        }
+        assert_eq!(m.catalog(None, None).unwrap().items, vec!["s"]);
+        // The other repository keeps its manifest, tag and links.
+        assert_eq!(
+            m.resolve("s", &Reference::Tag("v1".into())).unwrap(),
+            Some(md.clone())
+        );
+        assert!(m.linked_blob_size("s", &d('a')).unwrap().is_some());
+        // GC then collects what only `r` had: blob 'c'; 'a' and 'b' stay for `s`.
+        let r = m.gc(now_secs() + 100, false).unwrap();
+        assert_eq!((r.manifests, r.blobs), (0, vec![d('c')]));
+    }
+
+    #[test]
+    fn image_delete_by_tag_removes_every_tag_of_its_manifest() {
+        let (_dir, m) = meta();
+        m.commit_blob("r", &d('a'), 1, "x").unwrap();
+        m.commit_blob("r", &d('b'), 1, "x").unwrap();
+        let (bytes, parsed) = image(&d('a'), &d('b'), None);
+        let md = Digest::of(&bytes);
+        m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "latest".into()])
+            .unwrap();
+        assert_eq!(
+            m.delete_image("r", &Reference::Tag("v1".into())).unwrap(),
+            Some(Deleted {
+                manifests: vec![md.to_string()],
+                tags: vec!["latest".into(), "v1".into()],
+            })
+        );
+        assert_eq!(
+            m.delete_image("r", &Reference::Tag("v1".into())).unwrap(),
+            None
+        );
+        assert_eq!(m.delete_image("r", &Reference::Digest(md)).unwrap(), None);
+    }
+
+    #[test]
     fn index_children_must_exist_and_are_kept_by_the_index() {
         let (_dir, m) = meta();
         m.commit_blob("r", &d('a'), 1, "x").unwrap();
