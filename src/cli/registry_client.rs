@@ -5,7 +5,7 @@
 
 use clap::Args;
 use reqwest::blocking::{Client, Response};
-use reqwest::{Method, StatusCode, Url, header};
+use reqwest::{Method, Url, header};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -322,6 +322,23 @@ impl RegistryClient {
         self.send(Method::DELETE, &url, None, None).map(drop)
     }
 
+    /// The gateway's repository API: `DELETE` a whole repository (`reference: None`) or
+    /// an image (the manifest a tag or digest names, with every tag on it). Returns what
+    /// went: `{"manifestsDeleted": [...], "tagsDeleted": [...]}`.
+    pub fn delete_repository(
+        &self,
+        repository: &str,
+        reference: Option<&Reference>,
+    ) -> Result<Value, RegistryError> {
+        let path = match reference {
+            None => format!("/portcullis/v1/repositories/{repository}"),
+            Some(r) => format!("/portcullis/v1/repositories/{repository}/_manifests/{r}"),
+        };
+        let url = self.url(&path)?;
+        let resp = self.send(Method::DELETE, &url, None, None)?;
+        self.read_json(&url, resp)
+    }
+
     /// The gateway's repository API: `GET` or `PATCH` a repository's attributes.
     pub fn repository_attributes(
         &self,
@@ -364,12 +381,6 @@ fn header_info(resp: &Response) -> Option<ManifestInfo> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     })
-}
-
-/// Whether a refusal means the thing does not exist (so a delete has nothing to do).
-pub fn is_not_found(err: &RegistryError) -> bool {
-    matches!(err, RegistryError::Client(ClientError::Server { status, .. })
-        if *status == StatusCode::NOT_FOUND.as_u16())
 }
 
 #[cfg(test)]
