@@ -322,19 +322,26 @@ impl RegistryClient {
         self.send(Method::DELETE, &url, None, None).map(drop)
     }
 
-    /// The gateway's repository API: `DELETE` a whole repository (`reference: None`) or
-    /// an image (the manifest a tag or digest names, with every tag on it). Returns what
-    /// went: `{"manifestsDeleted": [...], "tagsDeleted": [...]}`.
-    pub fn delete_repository(
+    /// The gateway's repository API: `DELETE` a whole repository. Returns what went:
+    /// `{"manifestsDeleted": [...], "tagsDeleted": [...]}`.
+    pub fn delete_repository(&self, repository: &str) -> Result<Value, RegistryError> {
+        self.delete_json(&format!("/portcullis/v1/repositories/{repository}"))
+    }
+
+    /// The gateway's repository API: `DELETE` an image, the manifest a tag or digest
+    /// names with every tag on it. Returns what went, as [`Self::delete_repository`].
+    pub fn delete_image(
         &self,
         repository: &str,
-        reference: Option<&Reference>,
+        reference: &Reference,
     ) -> Result<Value, RegistryError> {
-        let path = match reference {
-            None => format!("/portcullis/v1/repositories/{repository}"),
-            Some(r) => format!("/portcullis/v1/repositories/{repository}/_manifests/{r}"),
-        };
-        let url = self.url(&path)?;
+        self.delete_json(&format!(
+            "/portcullis/v1/repositories/{repository}/_manifests/{reference}"
+        ))
+    }
+
+    fn delete_json(&self, path: &str) -> Result<Value, RegistryError> {
+        let url = self.url(path)?;
         let resp = self.send(Method::DELETE, &url, None, None)?;
         self.read_json(&url, resp)
     }

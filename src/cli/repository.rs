@@ -193,7 +193,7 @@ fn delete_image(client: &RegistryClient, image: &Image, yes: bool) -> anyhow::Re
         yes,
         &format!("This deletes the manifest of `{named}` and every tag pointing at it."),
     )?;
-    Ok(client.delete_repository(&image.repository, Some(&image.reference))?)
+    Ok(client.delete_image(&image.repository, &image.reference)?)
 }
 
 /// Deletes a whole repository, server-side in one request.
@@ -206,7 +206,7 @@ fn delete_repository(
         yes,
         &format!("This deletes repository `{repository}` with every manifest and tag in it."),
     )?;
-    Ok(client.delete_repository(repository, None)?)
+    Ok(client.delete_repository(repository)?)
 }
 
 /// Asks on the terminal unless `--yes`; without a terminal, refuses.
