@@ -243,12 +243,9 @@ fn content_delete_deletes_images_and_whole_repositories() {
     // A second manifest in hello, so deleting one image leaves the other.
     TestImage::new("hello-2").push(&http, &server.base, HELLO, "v3", &admin_auth);
 
-    let password = token(
-        &server,
-        "cleaner",
-        "samples/*",
-        &["content/delete", "content/read", "metadata/read"],
-    );
+    // content/delete alone: the deletes are done server-side, without listing tags
+    // (metadata/read) or reading manifests (content/read), as in ACR.
+    let password = token(&server, "cleaner", "samples/*", &["content/delete"]);
     let cleaner = As::Token("cleaner", &password);
     let lister_pw = token(&server, "lister", HELLO, &["metadata/read", "content/read"]);
     let lister = As::Token("lister", &lister_pw);
@@ -288,7 +285,10 @@ fn content_delete_deletes_images_and_whole_repositories() {
             "--yes",
         ],
     );
-    assert_eq!(deleted, json!({"manifestsDeleted": [hello.digest()]}));
+    assert_eq!(
+        deleted,
+        json!({"manifestsDeleted": [hello.digest()], "tagsDeleted": ["v1", "v2"]})
+    );
     assert_eq!(
         ok(
             &server,
@@ -308,16 +308,27 @@ fn content_delete_deletes_images_and_whole_repositories() {
         deleted,
         json!({"manifestsDeleted": [TestImage::new("other").digest()], "tagsDeleted": ["v1"]})
     );
-    let tags = ok(
+    // Gone whole: out of the catalog, its tag list unknown.
+    assert_eq!(
+        ok(&server, As::Admin, &["repository", "list"]),
+        json!([HELLO])
+    );
+    let err = fails(
         &server,
         As::Admin,
         &["repository", "show-tags", "--repository", OTHER],
     );
-    assert_eq!(tags, json!([]));
+    assert!(err.contains("404"), "{err}");
     let resp = admin_auth(http.get(server.url(&format!("/v2/{OTHER}/manifests/v1"))))
         .send()
         .unwrap();
     assert_eq!(resp.status(), 404);
+    let err = fails(
+        &server,
+        cleaner,
+        &["repository", "delete", "--repository", OTHER, "--yes"],
+    );
+    assert!(err.contains("404"), "{err}");
 }
 
 #[test]
@@ -519,10 +530,14 @@ fn commands_work_through_an_upstream_registry() {
     assert_eq!(list[0]["tags"], json!(["v1", "v2"]));
     assert_eq!(list[0]["os"], "linux");
 
-    ok(
+    let deleted = ok(
         &server,
         ops,
         &["repository", "delete", "--repository", OTHER, "--yes"],
+    );
+    assert_eq!(
+        deleted,
+        json!({"manifestsDeleted": [TestImage::new("other").digest()], "tagsDeleted": ["v1"]})
     );
     assert_eq!(
         ok(
@@ -532,7 +547,7 @@ fn commands_work_through_an_upstream_registry() {
         ),
         json!([])
     );
-    ok(
+    let deleted = ok(
         &server,
         ops,
         &[
@@ -542,6 +557,10 @@ fn commands_work_through_an_upstream_registry() {
             &format!("{HELLO}:v1"),
             "--yes",
         ],
+    );
+    assert_eq!(
+        deleted,
+        json!({"manifestsDeleted": [hello.digest()], "tagsDeleted": ["v1", "v2"]})
     );
     assert_eq!(
         ok(

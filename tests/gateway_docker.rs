@@ -20,6 +20,14 @@ fn token_walkthrough_with_docker() {
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&dir);
     walkthrough::token_walkthrough(&server);
+    // The deleted repository left the catalog (the upstream test cannot ask this of
+    // distribution, which keeps emptied repositories listed).
+    let catalog = common::cli_json(&server, &["repository", "list"]);
+    assert_eq!(
+        catalog,
+        serde_json::json!(["samples/hello-world"]),
+        "catalog after the repository delete"
+    );
 }
 
 #[test]

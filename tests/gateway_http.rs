@@ -956,10 +956,17 @@ fn hostile_requests_are_refused_before_the_backend() {
     assert!(!metrics.contains("BREW"), "{metrics}");
     assert!(metrics.contains("method=\"other\""), "{metrics}");
 
-    // An invalid tag is TAG_INVALID, an unknown route 404 UNSUPPORTED, as the store says.
+    // A pull by an invalid tag is a missing manifest (404 MANIFEST_UNKNOWN), a push
+    // by one TAG_INVALID, an unknown route 404 UNSUPPORTED, as the store says.
     let resp = admin(http.get(server.url("/v2/hostile/secret/manifests/-bad")))
         .send()
         .unwrap();
+    let (status, code, _) = oci_error(resp);
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let resp = image.put_manifest(&http, &server.base, "hostile/secret", "-bad", &admin);
     let (status, code, _) = oci_error(resp);
     assert_eq!(
         (status, code.as_str()),
@@ -970,5 +977,319 @@ fn hostile_requests_are_refused_before_the_backend() {
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::NOT_FOUND, "UNSUPPORTED")
+    );
+}
+
+/// A pull by a reference that can name no manifest (an invalid tag, a malformed digest)
+/// is decided like any pull — 401 with a challenge to an anonymous caller, 403 without
+/// `content/read` — and only then answered as a missing manifest: 404
+/// `MANIFEST_UNKNOWN`, as distribution and zot answer it. A push by one stays 400.
+#[test]
+fn reads_by_an_invalid_reference_are_404_once_authorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    let image = seed(&server, "samples/app", "v1");
+    let (reader_pw, _) = create_token(&server, "reader", &[("samples/app", &["content/read"])]);
+    let (outsider_pw, _) =
+        create_token(&server, "outsider", &[("samples/other", &["content/read"])]);
+    let (writer_pw, _) = create_token(
+        &server,
+        "writer",
+        &[("samples/app", &["content/read", "content/write"])],
+    );
+    let reader = Auth::Basic("reader", &reader_pw);
+    let long_tag = "t".repeat(129);
+    for reference in ["-bad", ".dot", long_tag.as_str(), "sha256:zz"] {
+        let what = |who: &str| format!("GET samples/app by {reference:.20} as {who}");
+        let resp = get_manifest(&server, "samples/app", reference, Auth::Anonymous);
+        assert!(
+            resp.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("scope=\"repository:samples/app:pull\""),
+            "{}",
+            what("anonymous")
+        );
+        assert_unauthorized(resp, &what("anonymous"));
+        assert_denied(
+            get_manifest(
+                &server,
+                "samples/app",
+                reference,
+                Auth::Basic("outsider", &outsider_pw),
+            ),
+            &what("outsider"),
+        );
+        let (status, code, message) =
+            oci_error(get_manifest(&server, "samples/app", reference, reader));
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            "{}: {message}",
+            what("reader")
+        );
+    }
+    // HEAD, as curl sends it: 404 and no body.
+    let url = server.url("/v2/samples/app/manifests/-bad");
+    let out = curl(&[
+        "-I",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-u",
+        &format!("reader:{reader_pw}"),
+        &url,
+    ]);
+    assert_eq!(out, "404", "HEAD {url}");
+    // A push by an invalid tag is refused as one.
+    let resp = image.put_manifest(&Client::new(), &server.base, "samples/app", "-bad", &|rb| {
+        rb.basic_auth("writer", Some(&writer_pw))
+    });
+    let (status, code, _) = oci_error(resp);
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "TAG_INVALID")
+    );
+}
+
+fn delete(server: &Server, path: &str, auth: Auth) -> Response {
+    auth.apply(Client::new().delete(server.url(path)))
+        .send()
+        .unwrap()
+}
+
+/// The JSON body of an accepted delete.
+fn deleted(resp: Response, what: &str) -> Value {
+    let status = resp.status();
+    let text = resp.text().unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{what}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"))
+}
+
+/// A repository or an image is deleted server-side on ONE `content/delete` decision:
+/// a token holding only `content/delete` deletes, without listing tags or reading
+/// manifests; everyone else is refused as for any other delete.
+#[test]
+fn repository_and_image_deletes_need_only_content_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    let http = Client::new();
+    let v1 = seed(&server, "samples/nginx", "v1");
+    v1.put_manifest(&http, &server.base, "samples/nginx", "stable", &admin);
+    let v2 = seed(&server, "samples/nginx", "v2");
+    seed(&server, "samples/other", "v1");
+    let (deleter_pw, _) = create_token(
+        &server,
+        "deleter",
+        &[("samples/nginx", &["content/delete"])],
+    );
+    let deleter = Auth::Basic("deleter", &deleter_pw);
+    let (reader_pw, _) = create_token(
+        &server,
+        "reader",
+        &[("samples/nginx", &["content/read", "metadata/read"])],
+    );
+    let repository = "/portcullis/v1/repositories/samples/nginx";
+
+    // Refusals: anonymous 401 with a challenge, no content/delete 403, another
+    // repository 403, a delete-disabled repository 403; nothing is deleted.
+    let resp = delete(&server, repository, Auth::Anonymous);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("repository:samples/nginx:delete"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_unauthorized(resp, "anonymous repository delete");
+    assert_denied(
+        delete(&server, repository, Auth::Basic("reader", &reader_pw)),
+        "repository delete without content/delete",
+    );
+    assert_denied(
+        delete(
+            &server,
+            "/portcullis/v1/repositories/samples/other",
+            deleter,
+        ),
+        "repository delete out of scope",
+    );
+    assert_denied(
+        delete(
+            &server,
+            "/portcullis/v1/repositories/samples/other/_manifests/v1",
+            deleter,
+        ),
+        "image delete out of scope",
+    );
+    let attributes = "/admin/v1/repositories/samples/nginx/attributes";
+    admin_send(
+        &server,
+        Method::PUT,
+        attributes,
+        Some(json!({"deleteEnabled": false})),
+    );
+    assert_denied(
+        delete(&server, repository, deleter),
+        "repository delete in a delete-disabled repository",
+    );
+    assert_denied(
+        delete(&server, &format!("{repository}/_manifests/v1"), deleter),
+        "image delete in a delete-disabled repository",
+    );
+    admin_send(&server, Method::PUT, attributes, Some(json!({})));
+    let resp = get_manifest(
+        &server,
+        "samples/nginx",
+        "v1",
+        Auth::Basic("admin", ADMIN_PASSWORD),
+    );
+    assert_eq!(resp.status(), StatusCode::OK, "v1 survives the refusals");
+
+    // An image by tag: its manifest and every tag on it.
+    let body = deleted(
+        delete(&server, &format!("{repository}/_manifests/stable"), deleter),
+        "image delete",
+    );
+    assert_eq!(
+        body,
+        json!({"manifestsDeleted": [v1.digest()], "tagsDeleted": ["stable", "v1"]})
+    );
+    let (status, code, _) = oci_error(delete(
+        &server,
+        &format!("{repository}/_manifests/{}", v1.digest()),
+        deleter,
+    ));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+
+    // The whole repository, at ACR's path.
+    let body = deleted(
+        delete(&server, "/acr/v1/samples/nginx", deleter),
+        "repository delete",
+    );
+    assert_eq!(
+        body,
+        json!({"manifestsDeleted": [v2.digest()], "tagsDeleted": ["v2"]})
+    );
+    let catalog: Value = admin(http.get(server.url("/v2/_catalog")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(catalog["repositories"], json!(["samples/other"]));
+    let (status, code, _) = oci_error(
+        admin(http.get(server.url("/v2/samples/nginx/tags/list")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    // Gone: NAME_UNKNOWN, but only to a caller who may delete there.
+    let (status, code, _) = oci_error(delete(&server, repository, deleter));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    assert_denied(
+        delete(&server, repository, Auth::Basic("reader", &reader_pw)),
+        "delete of a deleted repository without content/delete",
+    );
+
+    // A bearer token needs `delete` in its access claim.
+    let service = service(&server);
+    let pull = bearer(
+        &server,
+        &service,
+        &["repository:samples/other:pull"],
+        "admin",
+        ADMIN_PASSWORD,
+    );
+    let resp = delete(
+        &server,
+        "/portcullis/v1/repositories/samples/other",
+        Auth::Bearer(&pull),
+    );
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_unauthorized(resp, "repository delete with a pull-only bearer token");
+    let delete_scope = bearer(
+        &server,
+        &service,
+        &["repository:samples/other:delete"],
+        "admin",
+        ADMIN_PASSWORD,
+    );
+    deleted(
+        delete(
+            &server,
+            "/portcullis/v1/repositories/samples/other",
+            Auth::Bearer(&delete_scope),
+        ),
+        "repository delete with a delete bearer token",
+    );
+}
+
+/// `context.operation` tells a whole-repository delete from an image delete, so a
+/// policy can forbid one and allow the other.
+#[test]
+fn policy_can_forbid_whole_repository_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("no-repository-deletes.cedar"),
+        r#"// Images may be deleted one by one, repositories not at once.
+@id("test/no-repository-deletes")
+forbid (principal, action == Action::"content/delete", resource)
+when { context.operation == "delete-repository" };
+"#,
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        Some(ADMIN_PASSWORD),
+        &["--policy-dir", policies.to_str().unwrap()],
+    );
+    let image = seed(&server, "samples/app", "v1");
+    let (pw, _) = create_token(&server, "janitor", &[("samples/*", &["content/delete"])]);
+    let janitor = Auth::Basic("janitor", &pw);
+    let resp = delete(&server, "/portcullis/v1/repositories/samples/app", janitor);
+    let (status, code, _) = oci_error(resp);
+    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+    assert_denied(
+        delete(
+            &server,
+            "/acr/v1/samples/app",
+            Auth::Basic("admin", ADMIN_PASSWORD),
+        ),
+        "the admin's repository delete",
+    );
+    let body = deleted(
+        delete(
+            &server,
+            &format!(
+                "/portcullis/v1/repositories/samples/app/_manifests/{}",
+                image.digest()
+            ),
+            janitor,
+        ),
+        "image delete by digest",
+    );
+    assert_eq!(
+        body,
+        json!({"manifestsDeleted": [image.digest()], "tagsDeleted": ["v1"]})
     );
 }

@@ -46,6 +46,12 @@ fn token_walkthrough_through_an_upstream_registry() {
         tags("samples/hello-world")["tags"],
         serde_json::json!(["v1"])
     );
+    // The repository delete deleted nginx's manifests upstream, which untagged them.
+    let nginx = tags("samples/nginx");
+    assert!(
+        nginx["tags"].as_array().is_none_or(|t| t.is_empty()),
+        "upstream tags of the deleted samples/nginx: {nginx}"
+    );
     let catalog: Value = Client::new()
         .get(format!("{}/v2/_catalog", upstream.url))
         .send()

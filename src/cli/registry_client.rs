@@ -5,7 +5,7 @@
 
 use clap::Args;
 use reqwest::blocking::{Client, Response};
-use reqwest::{Method, StatusCode, Url, header};
+use reqwest::{Method, Url, header};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -322,6 +322,30 @@ impl RegistryClient {
         self.send(Method::DELETE, &url, None, None).map(drop)
     }
 
+    /// The gateway's repository API: `DELETE` a whole repository. Returns what went:
+    /// `{"manifestsDeleted": [...], "tagsDeleted": [...]}`.
+    pub fn delete_repository(&self, repository: &str) -> Result<Value, RegistryError> {
+        self.delete_json(&format!("/portcullis/v1/repositories/{repository}"))
+    }
+
+    /// The gateway's repository API: `DELETE` an image, the manifest a tag or digest
+    /// names with every tag on it. Returns what went, as [`Self::delete_repository`].
+    pub fn delete_image(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<Value, RegistryError> {
+        self.delete_json(&format!(
+            "/portcullis/v1/repositories/{repository}/_manifests/{reference}"
+        ))
+    }
+
+    fn delete_json(&self, path: &str) -> Result<Value, RegistryError> {
+        let url = self.url(path)?;
+        let resp = self.send(Method::DELETE, &url, None, None)?;
+        self.read_json(&url, resp)
+    }
+
     /// The gateway's repository API: `GET` or `PATCH` a repository's attributes.
     pub fn repository_attributes(
         &self,
@@ -364,12 +388,6 @@ fn header_info(resp: &Response) -> Option<ManifestInfo> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     })
-}
-
-/// Whether a refusal means the thing does not exist (so a delete has nothing to do).
-pub fn is_not_found(err: &RegistryError) -> bool {
-    matches!(err, RegistryError::Client(ClientError::Server { status, .. })
-        if *status == StatusCode::NOT_FOUND.as_u16())
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! through the gateway's repository API (like `az acr repository`). Works with token
 //! credentials: what succeeds is what the token's scope map (and policy) allows.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use clap::{ArgGroup, Args, Subcommand};
@@ -11,9 +10,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::admin_client::{cell, print, render_table};
-use super::registry_client::{
-    Image, Reference, RegistryArgs, RegistryClient, RegistryError, is_not_found,
-};
+use super::registry_client::{Image, Reference, RegistryArgs, RegistryClient, RegistryError};
 
 #[derive(Debug, Args)]
 pub struct RepositoryArgs {
@@ -77,14 +74,14 @@ pub enum RepositoryCommand {
         #[arg(long)]
         image: Image,
     },
-    /// Delete an image's manifest (and every tag on it), or every manifest of a
-    /// repository (`content/delete`; resolving tags needs `metadata/read`, `content/read`).
+    /// Delete an image's manifest (and every tag on it), or a whole repository with
+    /// every manifest and tag (`content/delete`, done server-side in one request).
     #[command(group(ArgGroup::new("target").required(true).args(["image", "repository"])))]
     Delete {
         /// `REPOSITORY:TAG` or `REPOSITORY@DIGEST`.
         #[arg(long)]
         image: Option<Image>,
-        /// Every manifest reachable from the repository's tags.
+        /// The whole repository: every manifest and tag; it leaves the catalog.
         #[arg(long)]
         repository: Option<String>,
         /// Do not prompt for confirmation.
@@ -185,82 +182,31 @@ fn tag_details(
     Ok(Value::Array(out))
 }
 
-/// Deletes the manifest an image names (resolving a tag to its digest first, since a
-/// `DELETE` by tag only untags).
+/// Deletes the manifest an image names and every tag pointing at it (the gateway
+/// resolves a tag itself, so `content/delete` is all the caller needs).
 fn delete_image(client: &RegistryClient, image: &Image, yes: bool) -> anyhow::Result<Value> {
-    let digest = match &image.reference {
-        Reference::Digest(d) => d.clone(),
-        Reference::Tag(_) => {
-            client
-                .head_manifest(&image.repository, &image.reference)?
-                .digest
-        }
+    let named = match &image.reference {
+        Reference::Tag(tag) => format!("{}:{tag}", image.repository),
+        Reference::Digest(digest) => format!("{}@{digest}", image.repository),
     };
     confirm(
         yes,
-        &format!(
-            "This deletes manifest `{}@{digest}` and every tag pointing at it.",
-            image.repository
-        ),
+        &format!("This deletes the manifest of `{named}` and every tag pointing at it."),
     )?;
-    client.delete_manifest(&image.repository, &Reference::Digest(digest.clone()))?;
-    Ok(json!({ "manifestsDeleted": [digest] }))
+    Ok(client.delete_image(&image.repository, &image.reference)?)
 }
 
-/// Deletes every manifest reachable from the repository's tags (and the children of
-/// indexes), which removes every tag with them.
+/// Deletes a whole repository, server-side in one request.
 fn delete_repository(
     client: &RegistryClient,
     repository: &str,
     yes: bool,
 ) -> anyhow::Result<Value> {
-    let tags = client.tags(repository)?;
-    // digest → tags on it; children of indexes are deleted after their parents.
-    let mut manifests: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut children = Vec::new();
-    for tag in &tags {
-        let info = client.head_manifest(repository, &Reference::Tag(tag.clone()))?;
-        if is_index(&info.media_type) && !manifests.contains_key(&info.digest) {
-            let (_, index) =
-                client.get_manifest(repository, &Reference::Digest(info.digest.clone()))?;
-            children.extend(
-                index["manifests"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m["digest"].as_str())
-                    .map(str::to_owned),
-            );
-        }
-        manifests.entry(info.digest).or_default().push(tag.clone());
-    }
     confirm(
         yes,
-        &format!(
-            "This deletes {} manifest(s) and {} tag(s) of repository `{repository}`.",
-            manifests.len(),
-            tags.len()
-        ),
+        &format!("This deletes repository `{repository}` with every manifest and tag in it."),
     )?;
-    let mut deleted = Vec::new();
-    let children = children
-        .into_iter()
-        .filter(|c| !manifests.contains_key(c))
-        .collect::<Vec<_>>();
-    for digest in manifests.keys().chain(&children) {
-        match client.delete_manifest(repository, &Reference::Digest(digest.clone())) {
-            Ok(()) => deleted.push(digest.clone()),
-            // Shared by two indexes, or deleted concurrently: already gone.
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(json!({ "manifestsDeleted": deleted, "tagsDeleted": tags }))
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.oci.image.index.v1+json")
-        || media_type.starts_with("application/vnd.docker.distribution.manifest.list.v2+json")
+    Ok(client.delete_repository(repository)?)
 }
 
 /// Asks on the terminal unless `--yes`; without a terminal, refuses.
@@ -318,11 +264,15 @@ fn attributes_table(v: &Value) -> String {
 }
 
 fn deleted_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["manifestsDeleted"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| vec![cell(d)])
-        .collect();
-    render_table(&["MANIFEST DELETED"], &rows)
+    let rows = |field: &str, kind: &str| -> Vec<Vec<String>> {
+        v[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| vec![kind.to_owned(), cell(d)])
+            .collect()
+    };
+    let mut all = rows("manifestsDeleted", "manifest");
+    all.extend(rows("tagsDeleted", "tag"));
+    render_table(&["DELETED", "NAME"], &all)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::authn::Authenticated;
-use super::classify::{RepositoryRequest, RequestKind};
+use super::classify::{DeleteRequest, RepositoryRequest, RequestKind};
 use super::errors::GatewayError;
 use super::jwt::AccessEntry;
 use super::signed::{self, Signature};
@@ -44,7 +44,11 @@ pub fn checks(req: &RepositoryRequest, existing_tags: &[String]) -> Vec<Check> {
         RequestKind::ManifestGet { reference } => {
             vec![check(Action::ContentRead, Operation::Pull, Some(reference))]
         }
-        RequestKind::BlobGet { .. } => vec![check(Action::ContentRead, Operation::Pull, None)],
+        // Nothing is served, so nothing about a manifest is asked: whether the caller
+        // may pull from the repository decides between a refusal and the 404.
+        RequestKind::BlobGet { .. } | RequestKind::ManifestGetInvalid { .. } => {
+            vec![check(Action::ContentRead, Operation::Pull, None)]
+        }
         RequestKind::UploadStart { mount: None } | RequestKind::Upload => {
             vec![check(Action::ContentWrite, Operation::PushBlob, None)]
         }
@@ -103,6 +107,21 @@ pub fn checks(req: &RepositoryRequest, existing_tags: &[String]) -> Vec<Check> {
             Operation::ListReferrers,
             Some(&Reference::Digest(digest.clone())),
         )],
+    }
+}
+
+/// The one check of a repository API delete: `content/delete`, as `delete-repository`
+/// for a whole repository, as `delete-manifest` (with the reference) for an image.
+pub fn delete_check(req: &DeleteRequest) -> Check {
+    let operation = match req.reference {
+        Some(_) => Operation::DeleteManifest,
+        None => Operation::DeleteRepository,
+    };
+    Check {
+        action: Action::ContentDelete,
+        repository: req.repository.clone(),
+        operation,
+        reference: req.reference.clone(),
     }
 }
 
@@ -174,6 +193,13 @@ pub async fn authorize(
             let checks = checks(req, &[]);
             let signed = manifest_signed(gw, who, req, &checks, reference, source_ip).await?;
             decide_counted(gw, who, &checks, source_ip, signed).map(|()| Disposition::Forward)
+        }
+        RequestKind::ManifestGetInvalid { reference } => {
+            authorize_checks(gw, who, &checks(req, &[]), source_ip)?;
+            Err(GatewayError::ManifestUnknown {
+                repository: req.repository.clone(),
+                reference: reference.clone(),
+            })
         }
         RequestKind::TagsList => {
             authorize_checks(gw, who, &checks(req, &[]), source_ip)?;

@@ -4,14 +4,17 @@
 //! and the list of repositories. The bundled store answers those in process; an
 //! upstream is asked over HTTP with the same API docker uses.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
+pub use portcullis_storage::meta::Deleted;
 use portcullis_storage::names::Reference;
-use portcullis_storage::{Registry, StorageError};
+use portcullis_storage::{Digest, Registry, StorageError};
 
 use super::errors::GatewayError;
+use crate::policy::Reference as PolicyReference;
 
 /// Manifest media types asked for when probing a tag, so a registry that only has an
 /// index or a Docker list still answers 200.
@@ -193,6 +196,278 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Deletes a whole repository: every manifest and tag, and (bundled store) its blob
+    /// links and catalog entry, in one transaction. An upstream registry has no such
+    /// operation: its tags are listed and each manifest is deleted by digest (indexes
+    /// before their children), which untags it; the repository may stay in its catalog.
+    pub async fn delete_repository(&self, repository: &str) -> Result<Deleted, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => registry
+                .delete_repository(repository)
+                .await
+                .map_err(|e| storage_error(repository, None, e)),
+            Backend::Upstream { base, client, .. } => {
+                let upstream = Upstream {
+                    client,
+                    base,
+                    repository,
+                };
+                upstream.delete_repository().await
+            }
+        }
+    }
+
+    /// Deletes the manifest `reference` names (a tag's manifest) and every tag pointing
+    /// at it.
+    pub async fn delete_image(
+        &self,
+        repository: &str,
+        reference: &PolicyReference,
+    ) -> Result<Deleted, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                let stored = match reference {
+                    PolicyReference::Tag(t) => Reference::Tag(t.clone()),
+                    PolicyReference::Digest(d) => Reference::Digest(
+                        Digest::parse(d).map_err(|_| GatewayError::DigestInvalid(d.clone()))?,
+                    ),
+                };
+                registry
+                    .delete_image(repository, &stored)
+                    .await
+                    .map_err(|e| storage_error(repository, Some(reference), e))
+            }
+            Backend::Upstream { base, client, .. } => {
+                let upstream = Upstream {
+                    client,
+                    base,
+                    repository,
+                };
+                upstream.delete_image(reference).await
+            }
+        }
+    }
+}
+
+/// A reference as written in a path.
+fn reference_str(reference: &PolicyReference) -> &str {
+    match reference {
+        PolicyReference::Tag(s) | PolicyReference::Digest(s) => s,
+    }
+}
+
+/// A bundled-store refusal of a delete, as the gateway reports it.
+fn storage_error(
+    repository: &str,
+    reference: Option<&PolicyReference>,
+    e: StorageError,
+) -> GatewayError {
+    match (e, reference) {
+        (StorageError::NameUnknown(_), None) => GatewayError::NameUnknown(repository.to_owned()),
+        (StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_), Some(r)) => {
+            GatewayError::ManifestUnknown {
+                repository: repository.to_owned(),
+                reference: reference_str(r).to_owned(),
+            }
+        }
+        (e, _) => GatewayError::Internal(format!("deleting from `{repository}`: {e}")),
+    }
+}
+
+/// One repository of an upstream registry, for the deletes done on a client's behalf.
+struct Upstream<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+    repository: &'a str,
+}
+
+impl Upstream<'_> {
+    async fn delete_repository(&self) -> Result<Deleted, GatewayError> {
+        let tags = self
+            .tags()
+            .await?
+            .ok_or_else(|| GatewayError::NameUnknown(self.repository.to_owned()))?;
+        // digest → its tags; children of indexes go after their parents.
+        let mut manifests: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut children = Vec::new();
+        for tag in &tags {
+            // A tag deleted meanwhile is simply not there to delete.
+            let Some((digest, media_type)) = self.head(tag).await? else {
+                continue;
+            };
+            if is_index(&media_type) && !manifests.contains_key(&digest) {
+                children.extend(self.children(&digest).await?);
+            }
+            manifests.entry(digest).or_default().push(tag.clone());
+        }
+        let mut deleted = Deleted::default();
+        for (digest, tags) in &manifests {
+            if self.delete(digest).await? {
+                deleted.manifests.push(digest.clone());
+                deleted.tags.extend(tags.iter().cloned());
+            }
+        }
+        children.retain(|c| !manifests.contains_key(c));
+        children.sort();
+        children.dedup();
+        for digest in children {
+            // A child shared by two indexes, or deleted concurrently: already gone.
+            if self.delete(&digest).await? {
+                deleted.manifests.push(digest);
+            }
+        }
+        deleted.manifests.sort();
+        deleted.tags.sort();
+        Ok(deleted)
+    }
+
+    async fn delete_image(&self, reference: &PolicyReference) -> Result<Deleted, GatewayError> {
+        let unknown = || GatewayError::ManifestUnknown {
+            repository: self.repository.to_owned(),
+            reference: reference_str(reference).to_owned(),
+        };
+        let digest = match reference {
+            PolicyReference::Digest(d) => d.clone(),
+            PolicyReference::Tag(t) => self.head(t).await?.ok_or_else(unknown)?.0,
+        };
+        // The tags the delete removes with the manifest (distribution untags them).
+        let mut tags = Vec::new();
+        for tag in self.tags().await?.ok_or_else(unknown)? {
+            if self.head(&tag).await?.is_some_and(|(d, _)| d == digest) {
+                tags.push(tag);
+            }
+        }
+        if !self.delete(&digest).await? {
+            return Err(unknown());
+        }
+        tags.sort();
+        Ok(Deleted {
+            manifests: vec![digest],
+            tags,
+        })
+    }
+
+    /// Every tag (following `Link` pages); `None` if the repository is unknown.
+    async fn tags(&self) -> Result<Option<Vec<String>>, GatewayError> {
+        let prefix = format!("/v2/{}/tags/list?", self.repository);
+        let mut tags = Vec::new();
+        let mut next = Some(format!("{prefix}n={UPSTREAM_PAGE}"));
+        while let Some(path) = next {
+            let url = format!("{}{path}", self.base);
+            let response = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| unavailable(&url, e))?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => return Ok(None),
+                s => return Err(GatewayError::Unavailable(format!("GET {url}: {s}"))),
+            }
+            next = next_link(response.headers(), &prefix);
+            let page: TagsPage = response.json().await.map_err(|e| unavailable(&url, e))?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(Some(tags))
+    }
+
+    /// Digest and media type of a manifest; `None` if there is none.
+    async fn head(&self, reference: &str) -> Result<Option<(String, String)>, GatewayError> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
+        let response = self
+            .client
+            .head(&url)
+            .header(header::ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .map_err(|e| unavailable(&url, e))?;
+        let text = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match response.status() {
+            s if s.is_success() => match text("docker-content-digest") {
+                Some(digest) => Ok(Some((digest, text("content-type").unwrap_or_default()))),
+                None => Err(GatewayError::Unavailable(format!(
+                    "HEAD {url}: no Docker-Content-Digest"
+                ))),
+            },
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
+        }
+    }
+
+    /// The manifests an index lists.
+    async fn children(&self, digest: &str) -> Result<Vec<String>, GatewayError> {
+        let url = format!("{}/v2/{}/manifests/{digest}", self.base, self.repository);
+        let response = self
+            .client
+            .get(&url)
+            .header(header::ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .map_err(|e| unavailable(&url, e))?;
+        if !response.status().is_success() {
+            return Err(GatewayError::Unavailable(format!(
+                "GET {url}: {}",
+                response.status()
+            )));
+        }
+        let index: IndexManifest = response.json().await.map_err(|e| unavailable(&url, e))?;
+        Ok(index.manifests.into_iter().map(|m| m.digest).collect())
+    }
+
+    /// `DELETE` by digest; false if the upstream had no such manifest.
+    async fn delete(&self, digest: &str) -> Result<bool, GatewayError> {
+        let path = format!("/v2/{}/manifests/{digest}", self.repository);
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .client
+            .delete(&url)
+            .send()
+            .await
+            .map_err(|e| unavailable(&url, e))?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            // distribution without `storage.delete.enabled`.
+            StatusCode::METHOD_NOT_ALLOWED => Err(GatewayError::Unsupported {
+                method: "DELETE".into(),
+                path: format!("{path} (the upstream registry does not allow deletes)"),
+            }),
+            s => Err(GatewayError::Unavailable(format!("DELETE {url}: {s}"))),
+        }
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.index.v1+json")
+        || media_type.starts_with("application/vnd.docker.distribution.manifest.list.v2+json")
+}
+
+#[derive(serde::Deserialize)]
+struct TagsPage {
+    tags: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexManifest {
+    #[serde(default)]
+    manifests: Vec<ChildDescriptor>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChildDescriptor {
+    digest: String,
+}
+
 /// Every repository of an upstream, following `_catalog` pages of `page` names.
 async fn upstream_catalog(
     client: &reqwest::Client,
@@ -214,7 +489,7 @@ async fn upstream_catalog(
                 response.status()
             )));
         }
-        next = next_link(response.headers());
+        next = next_link(response.headers(), "/v2/_catalog?");
         let body: CatalogPage = response.json().await.map_err(|e| unavailable(&url, e))?;
         names.extend(body.repositories);
     }
@@ -229,8 +504,9 @@ struct CatalogPage {
     repositories: Vec<String>,
 }
 
-/// The target of `Link: <…>; rel="next"`, as a path on the same registry.
-fn next_link(headers: &HeaderMap) -> Option<String> {
+/// The target of `Link: <…>; rel="next"`, as a path on the same registry that starts
+/// with `prefix` (the listing being paged).
+fn next_link(headers: &HeaderMap, prefix: &str) -> Option<String> {
     headers
         .get_all(header::LINK)
         .iter()
@@ -242,9 +518,7 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
             let end = link.find('>')?;
             let target = link.get(start + 1..end)?;
             // Only ever follow links on the upstream itself.
-            target
-                .starts_with("/v2/_catalog?")
-                .then(|| target.to_owned())
+            target.starts_with(prefix).then(|| target.to_owned())
         })
 }
 
@@ -408,7 +682,7 @@ mod tests {
         let link = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::LINK, v.parse().unwrap());
-            next_link(&h)
+            next_link(&h, "/v2/_catalog?")
         };
         assert_eq!(
             link("</v2/_catalog?last=b&n=2>; rel=\"next\"").as_deref(),

@@ -32,10 +32,14 @@ pub enum Route {
     Token,
     /// `/admin/v1/…`
     Admin,
-    /// `/portcullis/v1/repositories/<name>`
+    /// `/portcullis/v1/repositories/<name>` (GET, PATCH)
     RepositoryAttributes {
         repository: String,
     },
+    /// `DELETE /portcullis/v1/repositories/<name>` (ACR: `DELETE /acr/v1/<name>`) and
+    /// `DELETE /portcullis/v1/repositories/<name>/_manifests/<reference>`: one
+    /// `content/delete` decision, then the gateway deletes server-side.
+    RepositoryDelete(DeleteRequest),
     /// `/metrics`
     Metrics,
     /// `/healthz`, `/readyz`
@@ -43,6 +47,18 @@ pub enum Route {
     /// `/v2/<gun>/_trust/…`: the Notary v1 API.
     Trust(TrustRequest),
 }
+
+/// A whole repository (`reference: None`) or an image to delete: the manifest a tag or
+/// digest names, with every tag pointing at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRequest {
+    pub repository: String,
+    pub reference: Option<Reference>,
+}
+
+/// Separates the repository from the reference in an image delete path; `_` cannot
+/// begin a repository name component, so the split is unambiguous.
+const MANIFESTS_MARKER: &str = "/_manifests/";
 
 /// A Notary API request on one GUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +98,12 @@ pub enum RequestKind {
     /// GET and HEAD.
     ManifestGet {
         reference: Reference,
+    },
+    /// GET and HEAD by a reference that can name no manifest (an invalid tag, a malformed
+    /// or unsupported digest): decided as a pull, then answered 404 `MANIFEST_UNKNOWN`,
+    /// as registries answer any missing manifest.
+    ManifestGetInvalid {
+        reference: String,
     },
     ManifestPut {
         reference: Reference,
@@ -143,6 +165,24 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
         // The admin API routes (and refuses) its own methods and paths.
         return Ok(Route::Admin);
     }
+    if let Some(rest) = path.strip_prefix("/portcullis/v1/repositories/")
+        && method == Method::DELETE
+    {
+        return repository_delete(rest).map(Route::RepositoryDelete);
+    }
+    if let Some(name) = path.strip_prefix("/acr/v1/") {
+        if method != Method::DELETE {
+            return Err(unsupported());
+        }
+        return if is_valid_repository_name(name) {
+            Ok(Route::RepositoryDelete(DeleteRequest {
+                repository: name.to_owned(),
+                reference: None,
+            }))
+        } else {
+            Err(GatewayError::NameInvalid(echoed(name)))
+        };
+    }
     if let Some(name) = path.strip_prefix("/portcullis/v1/repositories/") {
         return if is_valid_repository_name(name) {
             Ok(Route::RepositoryAttributes {
@@ -161,14 +201,21 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     {
         return trust(method, path, gun, rest);
     }
-    let api = Api::parse(path).map_err(|e| match e {
-        RouteError::NotFound(_) => not_found(method, path),
-        RouteError::NameInvalid(name) => GatewayError::NameInvalid(echoed(&name)),
-        RouteError::TagInvalid(tag) => GatewayError::ReferenceInvalid(echoed(&tag)),
-        RouteError::Digest(e) => digest_error(e),
-    })?;
     let repository = |repository: String, kind: RequestKind| {
         Route::Repository(RepositoryRequest { repository, kind })
+    };
+    let api = match Api::parse(path) {
+        Ok(api) => api,
+        Err(RouteError::ManifestReference {
+            name, reference, ..
+        }) if read => {
+            let reference = echoed(&reference);
+            return Ok(repository(
+                name,
+                RequestKind::ManifestGetInvalid { reference },
+            ));
+        }
+        Err(e) => return Err(route_error(method, path, e)),
     };
     Ok(match api {
         Api::Base => allow(read, Route::Base)?,
@@ -212,6 +259,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
             }
             _ => return Err(unsupported()),
         },
+        // Only under `/acr/v1/`, answered above.
+        Api::Repository { .. } => return Err(not_found(method, path)),
         Api::Referrers { name, digest } => allow(
             get,
             repository(
@@ -221,6 +270,40 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
                 },
             ),
         )?,
+    })
+}
+
+/// Why a path is no registry route, as the gateway refuses it.
+fn route_error(method: &Method, path: &str, e: RouteError) -> GatewayError {
+    match e {
+        RouteError::NotFound(_) => not_found(method, path),
+        RouteError::NameInvalid(name) => GatewayError::NameInvalid(echoed(&name)),
+        RouteError::TagInvalid(tag) => GatewayError::ReferenceInvalid(echoed(&tag)),
+        RouteError::Digest(e) => digest_error(e),
+        RouteError::ManifestReference { cause, .. } => route_error(method, path, *cause),
+    }
+}
+
+/// `<name>` or `<name>/_manifests/<reference>` of a repository API `DELETE`.
+fn repository_delete(rest: &str) -> Result<DeleteRequest, GatewayError> {
+    let (name, reference) = match rest.split_once(MANIFESTS_MARKER) {
+        Some((name, reference)) => (name, Some(reference)),
+        None => (rest, None),
+    };
+    if !is_valid_repository_name(name) {
+        return Err(GatewayError::NameInvalid(echoed(name)));
+    }
+    let reference = match reference {
+        None => None,
+        Some(r) if r.contains(':') => Some(Reference::Digest(
+            Digest::parse(r).map_err(digest_error)?.to_string(),
+        )),
+        Some(r) if is_valid_tag(r) => Some(Reference::Tag(r.to_owned())),
+        Some(r) => return Err(GatewayError::ReferenceInvalid(echoed(r))),
+    };
+    Ok(DeleteRequest {
+        repository: name.to_owned(),
+        reference,
     })
 }
 
@@ -651,6 +734,60 @@ mod tests {
                 repository: "samples/app".into()
             }
         );
+        let delete = |repository: &str, reference| {
+            Route::RepositoryDelete(DeleteRequest {
+                repository: repository.into(),
+                reference,
+            })
+        };
+        assert_eq!(
+            ok("DELETE", "/portcullis/v1/repositories/samples/app", None),
+            delete("samples/app", None)
+        );
+        assert_eq!(
+            ok("DELETE", "/acr/v1/samples/app", None),
+            delete("samples/app", None)
+        );
+        assert_eq!(
+            ok(
+                "DELETE",
+                "/portcullis/v1/repositories/samples/app/_manifests/v1",
+                None
+            ),
+            delete("samples/app", Some(tag("v1")))
+        );
+        assert_eq!(
+            ok(
+                "DELETE",
+                &format!("/portcullis/v1/repositories/a/_manifests/{D}"),
+                None
+            ),
+            delete("a", Some(digest()))
+        );
+    }
+
+    #[test]
+    fn reads_by_an_invalid_reference_are_classified_for_a_404() {
+        let long = "t".repeat(129);
+        for reference in ["-x", ".dot", long.as_str(), "sha256:abc", ""] {
+            for method in ["GET", "HEAD"] {
+                assert_eq!(
+                    ok(method, &format!("/v2/a/b/manifests/{reference}"), None),
+                    repo(
+                        "a/b",
+                        RequestKind::ManifestGetInvalid {
+                            reference: reference.into()
+                        }
+                    ),
+                    "{method} {reference}"
+                );
+            }
+        }
+        // Writes by an invalid reference are still refused as invalid.
+        assert!(matches!(
+            err("PUT", "/v2/a/manifests/-x", None),
+            GatewayError::ReferenceInvalid(_)
+        ));
     }
 
     /// Whether an error is the expected one.
@@ -687,15 +824,42 @@ mod tests {
                 matches!(e, GatewayError::NameInvalid(_))
             }),
             (
-                "GET",
+                "DELETE",
                 "/v2/a/manifests/-x".into(),
                 None,
                 |e| matches!(e, GatewayError::ReferenceInvalid(r) if r == "-x"),
             ),
+            ("GET", "/v2/A/manifests/-x".into(), None, |e| {
+                matches!(e, GatewayError::NameInvalid(_))
+            }),
+            (
+                "DELETE",
+                "/portcullis/v1/repositories/a/_manifests/-x".into(),
+                None,
+                |e| matches!(e, GatewayError::ReferenceInvalid(r) if r == "-x"),
+            ),
+            (
+                "DELETE",
+                "/portcullis/v1/repositories/a/_manifests/sha256:0".into(),
+                None,
+                |e| matches!(e, GatewayError::DigestInvalid(_)),
+            ),
+            (
+                "DELETE",
+                "/portcullis/v1/repositories/a/_tags/v1".into(),
+                None,
+                |e| matches!(e, GatewayError::NameInvalid(_)),
+            ),
+            ("DELETE", "/acr/v1/A".into(), None, |e| {
+                matches!(e, GatewayError::NameInvalid(_))
+            }),
+            ("GET", "/acr/v1/a".into(), None, |e| {
+                matches!(e, GatewayError::Unsupported { .. })
+            }),
             ("PUT", "/v2/a/manifests/".into(), None, |e| {
                 matches!(e, GatewayError::ReferenceInvalid(_))
             }),
-            ("GET", "/v2/a/manifests/sha256:abc".into(), None, |e| {
+            ("PUT", "/v2/a/manifests/sha256:abc".into(), None, |e| {
                 matches!(e, GatewayError::DigestInvalid(_))
             }),
             ("GET", "/v2/a/blobs/latest".into(), None, |e| {
@@ -958,6 +1122,15 @@ mod tests {
             for path in hostile {
                 for query in [None, Some("mount=%ff%fe&from=%"), Some("&&=&=%zz&from")] {
                     let result = classify(&method, path, query);
+                    if let Ok(Route::Repository(RepositoryRequest {
+                        kind: RequestKind::ManifestGetInvalid { reference },
+                        ..
+                    })) = &result
+                    {
+                        // A read of what cannot exist: decided, then 404.
+                        assert!(method == Method::GET && reference.len() <= MAX_ECHOED_PATH + 4);
+                        continue;
+                    }
                     assert!(result.is_err(), "{method} {path:.80} → {result:?}");
                     if let Err(e) = result {
                         assert!(e.to_string().len() < 1024, "{e:.80}");

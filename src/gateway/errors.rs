@@ -37,6 +37,13 @@ pub enum GatewayError {
     ReferenceInvalid(String),
     #[error("invalid digest `{0}`")]
     DigestInvalid(String),
+    #[error("repository `{0}` not known to registry")]
+    NameUnknown(String),
+    #[error("manifest `{reference}` unknown to repository `{repository}`")]
+    ManifestUnknown {
+        repository: String,
+        reference: String,
+    },
     #[error("no such route: {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not supported on {path}")]
@@ -78,6 +85,8 @@ impl GatewayError {
             GatewayError::NameInvalid(_) => ErrorCode::NameInvalid,
             GatewayError::ReferenceInvalid(_) => ErrorCode::TagInvalid,
             GatewayError::DigestInvalid(_) => ErrorCode::DigestInvalid,
+            GatewayError::NameUnknown(_) => ErrorCode::NameUnknown,
+            GatewayError::ManifestUnknown { .. } => ErrorCode::ManifestUnknown,
             // As the bundled store answers an unknown route: 404 UNSUPPORTED.
             GatewayError::NotFound { .. } => ErrorCode::Unsupported,
             GatewayError::Unsupported { .. } => ErrorCode::Unsupported,

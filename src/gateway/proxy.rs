@@ -321,6 +321,7 @@ impl ProxyHttp for Proxy {
             | Route::Token
             | Route::Admin
             | Route::RepositoryAttributes { .. }
+            | Route::RepositoryDelete(_)
             | Route::Metrics
             | Route::Health
             | Route::Trust(_) => self.control(session, ctx).await,
@@ -503,11 +504,14 @@ fn route_label(route: &Route) -> &'static str {
         Route::Token => "token",
         Route::Admin => "admin",
         Route::RepositoryAttributes { .. } => "repository_api",
+        Route::RepositoryDelete(_) => "repository_delete",
         Route::Metrics => "metrics",
         Route::Health => "health",
         Route::Trust(_) => "trust",
         Route::Repository(req) => match req.kind {
-            RequestKind::ManifestGet { .. } => "manifest_get",
+            RequestKind::ManifestGet { .. } | RequestKind::ManifestGetInvalid { .. } => {
+                "manifest_get"
+            }
             RequestKind::ManifestPut { .. } => "manifest_put",
             RequestKind::ManifestDelete { .. } => "manifest_delete",
             RequestKind::BlobGet { .. } => "blob_get",

@@ -5,6 +5,13 @@
 //! `metadata/write` (`write-attributes`) for `PATCH`. The base policy enforces the
 //! stored attributes on every registry request. Besides ACR's four, `signedOnly`
 //! (content trust): the repository serves only signed manifests.
+//!
+//! Deletes as ACR does them: `DELETE /portcullis/v1/repositories/<name>` (or ACR's
+//! `DELETE /acr/v1/<name>`) removes the whole repository, `DELETE
+//! /portcullis/v1/repositories/<name>/_manifests/<reference>` an image (the manifest and
+//! every tag on it). Each is one `content/delete` decision (`delete-repository`,
+//! `delete-manifest`); the gateway then deletes server-side, without the caller
+//! needing to list tags or read manifests.
 
 use std::sync::Arc;
 
@@ -12,23 +19,29 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::{HeaderMap, header};
+use axum::routing::{delete, get};
+use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde::{Deserialize, Serialize};
 
 use super::access::{self, Check};
+use super::backend::Deleted;
+use super::classify::{Route, classify};
 use super::errors::GatewayError;
 use super::{Gateway, RequestMeta};
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Action, RepositoryAttributes};
 use crate::policy::Operation;
 
-/// `GET` (metadata/read) and `PATCH` (metadata/write) of a repository's attributes.
+/// `GET` (metadata/read) and `PATCH` (metadata/write) of a repository's attributes;
+/// `DELETE` (content/delete) of a repository or an image, also at ACR's
+/// `/acr/v1/<name>`.
 pub fn router() -> Router<Arc<Gateway>> {
-    Router::new().route(
-        "/portcullis/v1/repositories/{*name}",
-        get(show).patch(update),
-    )
+    Router::new()
+        .route(
+            "/portcullis/v1/repositories/{*name}",
+            get(show).patch(update).delete(remove),
+        )
+        .route("/acr/v1/{*name}", delete(remove))
 }
 
 /// The attributes a `metadata/write` holder may change, as ACR names them, and
@@ -135,6 +148,51 @@ async fn patch(
         .map_err(|e| GatewayError::Internal(format!("attribute write task: {e}")))?
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     Ok(attributes)
+}
+
+/// `DELETE` of a whole repository (`<name>`) or an image (`<name>/_manifests/<ref>`):
+/// one decision, then the backend deletes everything server-side, so `content/delete`
+/// alone suffices (as in ACR). 202 with what went, in ACR's shape.
+async fn remove(
+    State(gw): State<Arc<Gateway>>,
+    Extension(meta): Extension<RequestMeta>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    match delete_target(&gw, &meta, &headers, uri.path()).await {
+        Ok(deleted) => {
+            let body = serde_json::json!({
+                "manifestsDeleted": deleted.manifests,
+                "tagsDeleted": deleted.tags,
+            });
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        Err(e) => e.into_axum(&meta.challenge),
+    }
+}
+
+async fn delete_target(
+    gw: &Gateway,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Deleted, GatewayError> {
+    // The proxy classified this path already; the same parser names the target.
+    let req = match classify(&Method::DELETE, path, None)? {
+        Route::RepositoryDelete(req) => req,
+        _ => {
+            return Err(GatewayError::NotFound {
+                method: Method::DELETE.to_string(),
+                path: path.to_owned(),
+            });
+        }
+    };
+    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
+    access::authorize_checks(gw, &who, &[access::delete_check(&req)], meta.source_ip)?;
+    match &req.reference {
+        None => gw.backend.delete_repository(&req.repository).await,
+        Some(reference) => gw.backend.delete_image(&req.repository, reference).await,
+    }
 }
 
 /// Authenticates the caller and asks Cedar whether it holds `action` on `name`; a

@@ -82,8 +82,11 @@ pub enum Operation {
     PushManifest,
     /// Manifest DELETE by tag (untag).
     DeleteTag,
-    /// Manifest DELETE by digest.
+    /// Manifest DELETE by digest, or an image delete (the manifest a tag or digest
+    /// names, with every tag on it: `context.tag`/`context.digest` say which).
     DeleteManifest,
+    /// A whole repository deleted at once: every manifest and tag, and its catalog entry.
+    DeleteRepository,
     DeleteBlob,
     ListTags,
     ListReferrers,
@@ -110,6 +113,7 @@ impl Operation {
             Operation::PushManifest => "push-manifest",
             Operation::DeleteTag => "delete-tag",
             Operation::DeleteManifest => "delete-manifest",
+            Operation::DeleteRepository => "delete-repository",
             Operation::DeleteBlob => "delete-blob",
             Operation::ListTags => "list-tags",
             Operation::ListReferrers => "list-referrers",

@@ -101,6 +101,9 @@ impl From<StorageError> for OciError {
                 return OciError::new(ErrorCode::Unsupported, msg)
                     .with_status(http::StatusCode::NOT_FOUND);
             }
+            S::Route(RouteError::ManifestReference { cause, .. }) => {
+                return OciError::from(S::Route((**cause).clone()));
+            }
             S::Route(RouteError::NameInvalid(_)) => ErrorCode::NameInvalid,
             S::Route(RouteError::TagInvalid(_)) | S::TagInvalid(_) => ErrorCode::TagInvalid,
             S::Route(RouteError::Digest(d)) | S::Digest(d) => match d {

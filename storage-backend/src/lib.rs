@@ -21,9 +21,15 @@
 //!   write transaction, ordered against GC), so "layer already exists"
 //!   cannot be followed by GC deleting that layer before the manifest PUT.
 //! - A repository exists (catalog, tags list) from its first blob link or
-//!   manifest until GC finds it empty.
+//!   manifest until GC finds it empty or it is deleted.
 //! - Mount without `from`, or from a repository without the blob, opens a
 //!   new upload session (202) rather than revealing anything.
+//! - A manifest GET/HEAD by a reference that is no valid tag or digest is
+//!   404 `MANIFEST_UNKNOWN` (nothing can exist there); a PUT or DELETE by one
+//!   is 400 `TAG_INVALID`/`DIGEST_INVALID`.
+//! - `DELETE /acr/v1/<name>` (ACR's path; the distribution API has none)
+//!   removes a repository whole in one transaction — manifests, tags, blob
+//!   links, catalog entry — and answers 202 with what it deleted.
 
 pub mod blobstore;
 pub mod errcode;

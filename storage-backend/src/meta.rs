@@ -79,6 +79,13 @@ pub struct Page {
     pub more: bool,
 }
 
+/// What a repository or image delete removed: manifest digests and tags, sorted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub manifests: Vec<String>,
+    pub tags: Vec<String>,
+}
+
 /// What a GC pass removed (or would remove, in a dry run).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
@@ -395,23 +402,112 @@ impl Meta {
 
     /// Removes a manifest with its references, referrer row and tags.
     pub fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
-        let removed = Meta::remove_manifest(&tx, repo, digest.as_str())?;
-        tx.commit()?;
-        Ok(removed)
+        Ok(self
+            .delete_image(repo, &Reference::Digest(digest.clone()))?
+            .is_some())
     }
 
+    /// Removes the manifest `reference` names (a tag is resolved in the same
+    /// transaction) with every tag pointing at it; `None` if there is no such manifest.
+    pub fn delete_image(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<Deleted>, StorageError> {
+        let tx = self.db.begin_write()?;
+        let digest = match reference {
+            Reference::Digest(d) => Some(d.to_string()),
+            Reference::Tag(t) => tx
+                .open_table(TAGS)?
+                .get((repo, t.as_str()))?
+                .map(|g| g.value().to_owned()),
+        };
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        let Some(mut tags) = Meta::remove_manifest(&tx, repo, &digest)? else {
+            return Ok(None);
+        };
+        tx.commit()?;
+        tags.sort();
+        Ok(Some(Deleted {
+            manifests: vec![digest],
+            tags,
+        }))
+    }
+
+    /// Removes a repository in one transaction: its manifests (bytes, references,
+    /// referrer rows), tags and blob links, and its catalog entry. Blobs stay until GC
+    /// finds them unlinked and unreferenced. `None` if the repository is unknown.
+    /// Upload sessions are left alone: one that completes recreates the repository,
+    /// as a push after the delete would.
+    pub fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError> {
+        let tx = self.db.begin_write()?;
+        if tx.open_table(REPOS)?.remove(repo)?.is_none() {
+            return Ok(None);
+        }
+        let mut deleted = Deleted::default();
+        {
+            let mut tags = tx.open_table(TAGS)?;
+            for entry in tags.range((repo, "")..)? {
+                let (k, _) = entry?;
+                let (r, tag) = k.value();
+                if r != repo {
+                    break;
+                }
+                deleted.tags.push(tag.to_owned());
+            }
+            for tag in &deleted.tags {
+                tags.remove((repo, tag.as_str()))?;
+            }
+        }
+        {
+            let manifests = tx.open_table(MANIFESTS)?;
+            for entry in manifests.range((repo, "")..)? {
+                let (k, _) = entry?;
+                let (r, digest) = k.value();
+                if r != repo {
+                    break;
+                }
+                deleted.manifests.push(digest.to_owned());
+            }
+        }
+        for digest in &deleted.manifests {
+            Meta::remove_manifest(&tx, repo, digest)?;
+        }
+        {
+            // Links are keyed by digest first (for GC's probe), so finding a
+            // repository's links is a scan, as in GC.
+            let mut links = tx.open_table(BLOB_LINKS)?;
+            let mut doomed = Vec::new();
+            for entry in links.iter()? {
+                let (k, _) = entry?;
+                let (digest, r) = k.value();
+                if r == repo {
+                    doomed.push(digest.to_owned());
+                }
+            }
+            for digest in &doomed {
+                links.remove((digest.as_str(), repo))?;
+            }
+        }
+        tx.commit()?;
+        Ok(Some(deleted))
+    }
+
+    /// Removes a manifest with its bytes, references, referrer row and tags; returns
+    /// the tags removed, `None` if the manifest did not exist.
     fn remove_manifest(
         tx: &WriteTransaction,
         repo: &str,
         digest: &str,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Vec<String>>, StorageError> {
         let Some(rec) = tx
             .open_table(MANIFESTS)?
             .remove((repo, digest))?
             .map(|g| decode(g.value()))
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let rec = rec?;
         tx.open_table(MANIFEST_BYTES)?.remove((repo, digest))?;
@@ -435,10 +531,10 @@ impl Meta {
                 doomed.push(tag.to_owned());
             }
         }
-        for tag in doomed {
+        for tag in &doomed {
             tags.remove((repo, tag.as_str()))?;
         }
-        Ok(true)
+        Ok(Some(doomed))
     }
 
     /// Tags of `repo` after `last`, at most `n`; `None` if the repository is unknown.
@@ -775,6 +871,76 @@ mod tests {
         assert!(m.delete_manifest("r", &md).unwrap());
         assert!(m.tags("r", None, None).unwrap().unwrap().items.is_empty());
         assert!(m.manifest("r", &md, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn repository_delete_removes_everything_of_the_repository_only() {
+        let (_dir, m) = meta();
+        for repo in ["r", "s"] {
+            m.commit_blob(repo, &d('a'), 1, "x").unwrap();
+            m.commit_blob(repo, &d('b'), 1, "x").unwrap();
+        }
+        // Linked but referenced by no manifest: the link goes too.
+        m.commit_blob("r", &d('c'), 1, "x").unwrap();
+        let (bytes, parsed) = image(&d('a'), &d('b'), None);
+        let md = Digest::of(&bytes);
+        m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "a".into()])
+            .unwrap();
+        m.put_manifest("s", &md, &bytes, &parsed, &["v1".into()])
+            .unwrap();
+        let (sig, sp) = image(&d('a'), &d('a'), Some(&md));
+        let sd = Digest::of(&sig);
+        m.put_manifest("r", &sd, &sig, &sp, &[]).unwrap();
+
+        let mut manifests = vec![md.to_string(), sd.to_string()];
+        manifests.sort();
+        assert_eq!(
+            m.delete_repository("r").unwrap(),
+            Some(Deleted {
+                manifests,
+                tags: vec!["a".into(), "v1".into()],
+            })
+        );
+        assert_eq!(m.delete_repository("r").unwrap(), None);
+        assert!(m.tags("r", None, None).unwrap().is_none());
+        assert!(m.manifest("r", &md, false).unwrap().is_none());
+        assert!(m.referrers("r", &md).unwrap().is_empty());
+        for c in ['a', 'b', 'c'] {
+            assert!(m.linked_blob_size("r", &d(c)).unwrap().is_none(), "{c}");
+        }
+        assert_eq!(m.catalog(None, None).unwrap().items, vec!["s"]);
+        // The other repository keeps its manifest, tag and links.
+        assert_eq!(
+            m.resolve("s", &Reference::Tag("v1".into())).unwrap(),
+            Some(md.clone())
+        );
+        assert!(m.linked_blob_size("s", &d('a')).unwrap().is_some());
+        // GC then collects what only `r` had: blob 'c'; 'a' and 'b' stay for `s`.
+        let r = m.gc(now_secs() + 100, false).unwrap();
+        assert_eq!((r.manifests, r.blobs), (0, vec![d('c')]));
+    }
+
+    #[test]
+    fn image_delete_by_tag_removes_every_tag_of_its_manifest() {
+        let (_dir, m) = meta();
+        m.commit_blob("r", &d('a'), 1, "x").unwrap();
+        m.commit_blob("r", &d('b'), 1, "x").unwrap();
+        let (bytes, parsed) = image(&d('a'), &d('b'), None);
+        let md = Digest::of(&bytes);
+        m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "latest".into()])
+            .unwrap();
+        assert_eq!(
+            m.delete_image("r", &Reference::Tag("v1".into())).unwrap(),
+            Some(Deleted {
+                manifests: vec![md.to_string()],
+                tags: vec!["latest".into(), "v1".into()],
+            })
+        );
+        assert_eq!(
+            m.delete_image("r", &Reference::Tag("v1".into())).unwrap(),
+            None
+        );
+        assert_eq!(m.delete_image("r", &Reference::Digest(md)).unwrap(), None);
     }
 
     #[test]

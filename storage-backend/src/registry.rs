@@ -12,7 +12,7 @@ use axum::body::Body;
 use crate::blobstore::{BlobReader, BlobStore, FsBlobStore};
 use crate::error::StorageError;
 use crate::manifest;
-use crate::meta::{GcReport, ManifestRecord, Meta, Page, now_secs};
+use crate::meta::{Deleted, GcReport, ManifestRecord, Meta, Page, now_secs};
 use crate::names::{Digest, Reference, is_valid_tag};
 use crate::upload::Uploads;
 
@@ -441,6 +441,32 @@ impl Registry {
                 reference: reference.to_string(),
             })
         }
+    }
+
+    /// Deletes the manifest `reference` names and every tag pointing at it (by tag:
+    /// the manifest the tag points at, resolved in the same transaction). Blob bytes
+    /// are left to GC.
+    pub async fn delete_image(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Deleted, StorageError> {
+        let (r, rf) = (repo.to_owned(), reference.clone());
+        self.meta(move |m| m.delete_image(&r, &rf))
+            .await?
+            .ok_or_else(|| StorageError::ManifestUnknown {
+                name: repo.to_owned(),
+                reference: reference.to_string(),
+            })
+    }
+
+    /// Deletes a whole repository atomically: every manifest, tag, referrer row and
+    /// blob link, and its catalog entry. Blob bytes are left to GC.
+    pub async fn delete_repository(&self, repo: &str) -> Result<Deleted, StorageError> {
+        let r = repo.to_owned();
+        self.meta(move |m| m.delete_repository(&r))
+            .await?
+            .ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
     }
 
     // ---- discovery ----

@@ -1,4 +1,4 @@
-//! Parses a `/v2/...` path into a typed [`Route`].
+//! Parses a `/v2/...` (or ACR's `/acr/v1/<name>`) path into a typed [`Route`].
 //!
 //! Repository names contain `/`, so axum's router cannot express the API; the
 //! router has one catch-all route and this parser recognises the suffix
@@ -25,6 +25,9 @@ pub enum Route {
     Upload { name: String, id: String },
     /// `/v2/<name>/referrers/<digest>`
     Referrers { name: String, digest: Digest },
+    /// `/acr/v1/<name>`: the repository itself (ACR's path; `DELETE` removes it whole,
+    /// which the distribution API cannot express).
+    Repository { name: String },
 }
 
 /// Why a path is not a valid API route.
@@ -38,12 +41,30 @@ pub enum RouteError {
     TagInvalid(String),
     #[error(transparent)]
     Digest(#[from] DigestError),
+    /// A manifest path whose reference is neither a tag nor a digest (`cause` says
+    /// which it looked like). Nothing can exist there: a `GET`/`HEAD` is answered 404
+    /// `MANIFEST_UNKNOWN` as for any missing manifest, a `PUT`/`DELETE` with `cause`.
+    #[error("{cause}")]
+    ManifestReference {
+        name: String,
+        reference: String,
+        cause: Box<RouteError>,
+    },
 }
 
 impl Route {
     /// Parses a request path (`/v2/...`, not percent-decoded).
     pub fn parse(path: &str) -> Result<Route, RouteError> {
         let not_found = || RouteError::NotFound(path.to_owned());
+        if let Some(name) = path.strip_prefix("/acr/v1/") {
+            return if is_valid_repository_name(name) {
+                Ok(Route::Repository {
+                    name: name.to_owned(),
+                })
+            } else {
+                Err(RouteError::NameInvalid(name.to_owned()))
+            };
+        }
         let rest = match path {
             "/v2" | "/v2/" => return Ok(Route::Base),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,
@@ -89,13 +110,22 @@ impl Route {
             (_, Some("manifests"), Some(r)) if n > 2 => {
                 let name = name_of(2)?;
                 let reference = if r.contains(':') {
-                    Reference::Digest(Digest::parse(r)?)
+                    Digest::parse(r)
+                        .map(Reference::Digest)
+                        .map_err(RouteError::Digest)
                 } else if is_valid_tag(r) {
-                    Reference::Tag(r.to_owned())
+                    Ok(Reference::Tag(r.to_owned()))
                 } else {
-                    return Err(RouteError::TagInvalid(r.to_owned()));
+                    Err(RouteError::TagInvalid(r.to_owned()))
                 };
-                Ok(Route::Manifest { name, reference })
+                match reference {
+                    Ok(reference) => Ok(Route::Manifest { name, reference }),
+                    Err(cause) => Err(RouteError::ManifestReference {
+                        name,
+                        reference: r.to_owned(),
+                        cause: Box::new(cause),
+                    }),
+                }
             }
             (_, Some("blobs"), Some(d)) if n > 2 => {
                 let name = name_of(2)?;
@@ -174,6 +204,12 @@ mod tests {
                 digest: Digest::parse(D).unwrap()
             }
         );
+        assert_eq!(
+            Route::parse("/acr/v1/samples/nginx").unwrap(),
+            Route::Repository {
+                name: "samples/nginx".into()
+            }
+        );
         // A repository may be called "blobs" or "manifests".
         assert_eq!(
             Route::parse("/v2/manifests/manifests/v1").unwrap(),
@@ -198,7 +234,26 @@ mod tests {
         );
         assert!(matches!(
             Route::parse("/v2/a/manifests/-bad"),
-            Err(RouteError::TagInvalid(_))
+            Err(RouteError::ManifestReference { name, reference, cause })
+                if name == "a" && reference == "-bad" && matches!(*cause, RouteError::TagInvalid(_))
+        ));
+        assert!(matches!(
+            Route::parse("/v2/a/b/manifests/sha256:12"),
+            Err(RouteError::ManifestReference { name, cause, .. })
+                if name == "a/b" && matches!(*cause, RouteError::Digest(_))
+        ));
+        // The name is checked first.
+        assert!(matches!(
+            Route::parse("/v2/A/manifests/-bad"),
+            Err(RouteError::NameInvalid(_))
+        ));
+        assert!(matches!(
+            Route::parse("/acr/v1/a/B"),
+            Err(RouteError::NameInvalid(n)) if n == "a/B"
+        ));
+        assert!(matches!(
+            Route::parse("/acr/v1/"),
+            Err(RouteError::NameInvalid(_))
         ));
         assert!(matches!(
             Route::parse("/v2/a/blobs/sha256:12"),

@@ -414,11 +414,162 @@ fn invalid_tag_name_and_digest_are_refused() {
         400,
         &["NAME_INVALID"],
     );
+    assert_error(
+        put_manifest(&c, &s.url, "lib/a", "sha256:zz", OCI_MANIFEST, &body),
+        400,
+        &["DIGEST_INVALID"],
+    );
     let r = c
-        .get(format!("{}/v2/lib/a/manifests/sha256:zz", s.url))
+        .delete(format!("{}/v2/lib/a/manifests/-dash", s.url))
         .send()
         .unwrap();
-    assert_error(r, 400, &["DIGEST_INVALID"]);
+    assert_error(r, 400, &["TAG_INVALID"]);
+}
+
+/// A GET or HEAD by a reference that can name no manifest (an invalid tag, a malformed
+/// or unsupported digest) is answered like any missing manifest: 404 `MANIFEST_UNKNOWN`,
+/// as distribution and zot answer it. The name is still checked first.
+#[test]
+fn get_by_an_invalid_reference_is_manifest_unknown() {
+    let s = Server::start(&[]);
+    let c = client();
+    push_image(&c, &s.url, "lib/a", "v1", "a");
+    let long_tag = "t".repeat(129);
+    let sha512 = format!("sha512:{}", "a".repeat(128));
+    for reference in [
+        "-dash",
+        ".dot",
+        long_tag.as_str(),
+        "t%21",
+        "sha256:zz",
+        sha512.as_str(),
+    ] {
+        for repo in ["lib/a", "lib/nothing"] {
+            let url = format!("{}/v2/{repo}/manifests/{reference}", s.url);
+            let code = assert_error(c.get(&url).send().unwrap(), 404, &["MANIFEST_UNKNOWN"]);
+            assert_eq!(code, "MANIFEST_UNKNOWN", "GET {url}");
+            let r = c.head(&url).send().unwrap();
+            assert_eq!(r.status(), 404, "HEAD {url}");
+        }
+    }
+    let r = c
+        .get(format!("{}/v2/Lib/A/manifests/-dash", s.url))
+        .send()
+        .unwrap();
+    assert_error(r, 400, &["NAME_INVALID"]);
+}
+
+fn tags_of(c: &Client, base: &str, repo: &str) -> serde_json::Value {
+    c.get(format!("{base}/v2/{repo}/tags/list"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// `DELETE /acr/v1/<name>` removes the repository whole, in one transaction: every
+/// manifest (indexes, children and referrers included), every tag, its blob links and
+/// its catalog entry; other repositories keep what they share with it.
+#[test]
+fn repository_delete_removes_everything_of_the_repository() {
+    let s = Server::start(&[]);
+    let c = client();
+    let first = push_image(&c, &s.url, "lib/a", "v1", "first");
+    let second = push_image(&c, &s.url, "lib/a", "keep", "second");
+    assert_eq!(
+        put_manifest(&c, &s.url, "lib/a", "v1-alias", OCI_MANIFEST, &first).status(),
+        201
+    );
+    let index = index_manifest(OCI_INDEX, &[(OCI_MANIFEST, &second)]);
+    assert_eq!(
+        put_manifest(&c, &s.url, "lib/a", "multi", OCI_INDEX, &index).status(),
+        201
+    );
+    push_blob(&c, &s.url, "lib/a", b"{}");
+    push_blob(&c, &s.url, "lib/a", b"signature");
+    let referrer = artifact_manifest(Some("application/x.sig"), OCI_CONFIG, b"signature", &first);
+    let r = put_manifest(
+        &c,
+        &s.url,
+        "lib/a",
+        &digest(&referrer),
+        OCI_MANIFEST,
+        &referrer,
+    );
+    assert_eq!(r.status(), 201);
+    // Another repository with the same image: untouched by the delete.
+    let other = push_image(&c, &s.url, "lib/b", "v1", "first");
+    assert_eq!(other, first);
+
+    let r = c.delete(format!("{}/acr/v1/lib/a", s.url)).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().unwrap();
+    let mut manifests = vec![
+        digest(&first),
+        digest(&second),
+        digest(&index),
+        digest(&referrer),
+    ];
+    manifests.sort();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "manifestsDeleted": manifests,
+            "tagsDeleted": ["keep", "multi", "v1", "v1-alias"],
+        })
+    );
+
+    let catalog: serde_json::Value = c
+        .get(format!("{}/v2/_catalog", s.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(["lib/b"]));
+    let r = c
+        .get(format!("{}/v2/lib/a/tags/list", s.url))
+        .send()
+        .unwrap();
+    assert_error(r, 404, &["NAME_UNKNOWN"]);
+    for m in &manifests {
+        let r = c
+            .get(format!("{}/v2/lib/a/manifests/{m}", s.url))
+            .send()
+            .unwrap();
+        assert_error(r, 404, &["MANIFEST_UNKNOWN"]);
+    }
+    let r = c
+        .get(format!("{}/v2/lib/a/referrers/{}", s.url, digest(&first)))
+        .send()
+        .unwrap();
+    let referrers: serde_json::Value = r.json().unwrap();
+    assert_eq!(referrers["manifests"], serde_json::json!([]));
+    // The blob links went too: a blob of the repository is unknown there.
+    let r = c
+        .get(format!("{}/v2/lib/a/blobs/{}", s.url, digest(b"signature")))
+        .send()
+        .unwrap();
+    assert_error(r, 404, &["BLOB_UNKNOWN"]);
+    assert_served(&c, &s.url, "lib/b", "v1", OCI_MANIFEST, &first);
+    assert_eq!(
+        tags_of(&c, &s.url, "lib/b")["tags"],
+        serde_json::json!(["v1"])
+    );
+
+    // Gone: a second delete is NAME_UNKNOWN; a bad name is NAME_INVALID.
+    let r = c.delete(format!("{}/acr/v1/lib/a", s.url)).send().unwrap();
+    assert_error(r, 404, &["NAME_UNKNOWN"]);
+    let r = c.delete(format!("{}/acr/v1/Lib/A", s.url)).send().unwrap();
+    assert_error(r, 400, &["NAME_INVALID"]);
+    let r = c.get(format!("{}/acr/v1/lib/b", s.url)).send().unwrap();
+    assert_error(r, 405, &["UNSUPPORTED"]);
+
+    // A push recreates it from nothing.
+    push_image(&c, &s.url, "lib/a", "v2", "again");
+    assert_eq!(
+        tags_of(&c, &s.url, "lib/a")["tags"],
+        serde_json::json!(["v2"])
+    );
 }
 
 #[test]

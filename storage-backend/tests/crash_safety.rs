@@ -569,5 +569,35 @@ fn acknowledged_writes_survive_sigkill() {
         .unwrap();
     assert_eq!(resp.status(), 200, "mounted blob after SIGKILL");
     assert!(resp.bytes().unwrap() == b2, "mounted blob bytes");
+
+    // The whole repository deleted (one transaction): no manifest, tag or blob link
+    // of it comes back, and it stays out of the catalog; the mirror keeps its mount.
+    assert_status(
+        c.delete(format!("{}/acr/v1/{REPO}", server.url))
+            .send()
+            .unwrap(),
+        202,
+        "repository DELETE",
+    );
+    for want in model.blobs.values_mut().chain(model.manifests.values_mut()) {
+        *want = None;
+    }
+    server = crash_and_check(server, dir, &model, "repository delete 202");
+    let catalog: serde_json::Value = c
+        .get(format!("{}/v2/_catalog", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([mirror]));
+    let resp = c
+        .get(format!("{}/v2/{mirror}/blobs/{}", server.url, digest(&b2)))
+        .send()
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "mounted blob after the repository delete"
+    );
     server.stop();
 }

@@ -368,6 +368,11 @@ fn script(base: &str) -> Vec<(&'static str, Obs)> {
         ("manifest GET list", "list".to_owned()),
         ("manifest GET unknown tag", "nope".to_owned()),
         ("manifest GET unknown digest", missing.clone()),
+        (
+            "manifest GET malformed digest",
+            format!("sha256:{}", "0".repeat(40)),
+        ),
+        ("manifest GET invalid tag", ".bad".to_owned()),
     ] {
         let u = url(&format!("/v2/diff/a/manifests/{reference}"));
         run.record(step, Kind::Manifest, c.get(&u).header("accept", ACCEPT));
@@ -624,6 +629,20 @@ const EXPECTED_DIFFERENCES: &[(&str, Check, Check, &str)] = &[
         |o| is(o, 400, Some("TAG_INVALID")),
         |o| is(o, 404, None),
         "2.8.2's router does not match tags outside the grammar; the spec has TAG_INVALID",
+    ),
+    (
+        "manifest GET malformed digest",
+        |o| is(o, 404, Some("MANIFEST_UNKNOWN")),
+        |o| is(o, 500, Some("UNKNOWN")),
+        "2.8.2 takes a digest it cannot parse for a tag, which its storage cannot look up (500); \
+         we answer what cannot exist as any missing manifest",
+    ),
+    (
+        "manifest GET invalid tag",
+        |o| is(o, 404, Some("MANIFEST_UNKNOWN")),
+        |o| is(o, 404, None),
+        "2.8.2's router does not match tags outside the grammar (a plain-text 404); we answer \
+         what cannot exist as any missing manifest",
     ),
     (
         "upload 2 PATCH out of order",

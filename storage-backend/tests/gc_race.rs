@@ -473,3 +473,65 @@ fn offline_gc_deletes_only_unreferenced_content() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     server.stop();
 }
+
+/// A deleted repository leaves its blob bytes to GC: the next pass (offline here)
+/// removes the blobs only it had, and keeps those another repository still links.
+#[test]
+fn gc_collects_the_blobs_of_a_deleted_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start_in(dir, &["--gc-interval-seconds", "0"]);
+    let c = client();
+    let mut rng = Prng::from_time();
+    let (shared, own_layer, config_a, config_b) = (
+        rng.bytes(5000),
+        rng.bytes(6000),
+        config_of(&mut rng),
+        config_of(&mut rng),
+    );
+    for blob in [&shared, &own_layer, &config_a] {
+        push_blob(&c, &server.url, "gone/app", blob);
+    }
+    for blob in [&shared, &config_b] {
+        push_blob(&c, &server.url, "kept/app", blob);
+    }
+    let a = image_manifest(OCI_MANIFEST, &config_a, &[&shared, &own_layer]);
+    let b = image_manifest(OCI_MANIFEST, &config_b, &[&shared]);
+    assert_eq!(
+        put_manifest(&c, &server.url, "gone/app", "v1", OCI_MANIFEST, &a).status(),
+        201
+    );
+    assert_eq!(
+        put_manifest(&c, &server.url, "kept/app", "v1", OCI_MANIFEST, &b).status(),
+        201
+    );
+    let r = c
+        .delete(format!("{}/acr/v1/gone/app", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    server.stop();
+
+    let own = [&own_layer, &config_a];
+    let kept = [&shared, &config_b];
+    let exists = |b: &Vec<u8>| blob_file(dir, &digest(b)).exists();
+    assert!(
+        own.iter().chain(&kept).all(|b| exists(b)),
+        "the delete removed blob files itself"
+    );
+    assert_gc_ok(&gc(dir, &["--grace-seconds", "0"]));
+    for b in own {
+        assert!(
+            !exists(b),
+            "gc kept blob {} of the deleted repository",
+            digest(b)
+        );
+    }
+    for b in kept {
+        assert!(
+            exists(b),
+            "gc deleted blob {} still linked elsewhere",
+            digest(b)
+        );
+    }
+}

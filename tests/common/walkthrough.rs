@@ -73,8 +73,9 @@ pub fn status_and_code(resp: reqwest::blocking::Response) -> (StatusCode, String
     (status, code)
 }
 
-/// The walkthrough: push allowed and denied, a live scope-map change without a new
-/// login, pulls, `content/delete` and `metadata/read`.
+/// The walkthrough, step by step as ACR documents it: push allowed and denied, a live
+/// scope-map change without a new login, pulls, `content/delete` and a whole-repository
+/// delete, `metadata/read` and the tag list.
 pub fn token_walkthrough(server: &Server) {
     const TOKEN: &str = "walkthrough";
     const MAP: &str = "walkthrough-scope-map";
@@ -128,7 +129,10 @@ pub fn token_walkthrough(server: &Server) {
     assert_eq!(docker.image_id(&hello_v1), hello_id, "pulled {hello_v1}");
     assert_eq!(docker.image_id(&nginx_v1), nginx_id, "pulled {nginx_v1}");
 
-    // content/delete lets the token delete nginx (refused before it is granted).
+    // content/delete lets the token delete the nginx repository (refused before it is
+    // granted), as ACR's `az acr repository delete --repository samples/nginx
+    // --username MyToken --password ...`: one server-side delete that needs
+    // content/delete alone (the token cannot list nginx's tags: no metadata/read).
     let api = Basic {
         server,
         user: TOKEN,
@@ -136,25 +140,24 @@ pub fn token_walkthrough(server: &Server) {
         http: Client::new(),
     };
     let digest = api.manifest_digest("samples/nginx", "v1");
-    let by_digest = format!("/v2/samples/nginx/manifests/{digest}");
-    assert_eq!(
-        status_and_code(api.send(reqwest::Method::DELETE, &by_digest)),
-        (StatusCode::FORBIDDEN, "DENIED".to_owned()),
-        "DELETE {by_digest} without content/delete"
+    let delete_nginx = [
+        "repository",
+        "delete",
+        "--repository",
+        "samples/nginx",
+        "--yes",
+    ];
+    let refused = as_token_fails(server, TOKEN, &password, &delete_nginx);
+    assert!(
+        refused.contains(DENIED) && refused.contains("content/delete"),
+        "repository delete without content/delete: {refused}"
     );
     update_scope_map(server, MAP, &[&["samples/nginx", "content/delete"]], &[]);
-    // Through `portcullis repository delete` with the token's credentials.
-    as_token(
-        server,
-        TOKEN,
-        &password,
-        &[
-            "repository",
-            "delete",
-            "--image",
-            &format!("samples/nginx@{digest}"),
-            "--yes",
-        ],
+    let deleted = as_token(server, TOKEN, &password, &delete_nginx);
+    assert_eq!(
+        deleted,
+        serde_json::json!({"manifestsDeleted": [digest], "tagsDeleted": ["v1"]}),
+        "repository delete"
     );
     for reference in ["v1", digest.as_str()] {
         let path = format!("/v2/samples/nginx/manifests/{reference}");
@@ -201,16 +204,37 @@ pub fn token_walkthrough(server: &Server) {
     docker.run(&["rmi", &hello_v1]);
 }
 
-/// Runs the CLI as token `user`, asserts success, returns its JSON output.
-fn as_token(server: &Server, user: &str, password: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(crate::common::bin())
+fn run_as_token(
+    server: &Server,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(crate::common::bin())
         .args(args)
         .env("PORTCULLIS_REGISTRY", &server.base)
         .env_remove("PORTCULLIS_ADMIN_PASSWORD")
         .env("PORTCULLIS_USERNAME", user)
         .env("PORTCULLIS_PASSWORD", password)
+        .stdin(std::process::Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the CLI as token `user`, asserts failure, returns its stderr.
+fn as_token_fails(server: &Server, user: &str, password: &str, args: &[&str]) -> String {
+    let out = run_as_token(server, user, password, args);
+    assert!(
+        !out.status.success(),
+        "portcullis {} as {user} should fail",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the CLI as token `user`, asserts success, returns its JSON output.
+fn as_token(server: &Server, user: &str, password: &str, args: &[&str]) -> Value {
+    let out = run_as_token(server, user, password, args);
     assert!(
         out.status.success(),
         "portcullis {} as {user} failed: {}",

@@ -1,4 +1,4 @@
-//! Manifest GET/HEAD/PUT/DELETE by tag or digest.
+//! Manifest GET/HEAD/PUT/DELETE by tag or digest, and whole-repository DELETE.
 
 use std::sync::Arc;
 
@@ -116,5 +116,22 @@ pub(super) async fn delete(
             .status(StatusCode::ACCEPTED)
             .header(header::CONTENT_LENGTH, 0),
         Body::empty(),
+    )
+}
+
+/// `DELETE /acr/v1/<name>`: the whole repository, answered as ACR does (202 with
+/// `{"manifestsDeleted": [...], "tagsDeleted": [...]}`).
+pub(super) async fn delete_repository(
+    reg: &Arc<Registry>,
+    name: &str,
+) -> Result<Response, StorageError> {
+    let deleted = reg.delete_repository(name).await?;
+    super::json(
+        StatusCode::ACCEPTED,
+        "application/json",
+        &serde_json::json!({
+            "manifestsDeleted": deleted.manifests,
+            "tagsDeleted": deleted.tags,
+        }),
     )
 }

@@ -1,4 +1,5 @@
-//! The HTTP edge: one catch-all `/v2/…` route, our own path parser
+//! The HTTP edge: one catch-all `/v2/…` route (and ACR's `DELETE /acr/v1/<name>`,
+//! a whole-repository delete), our own path parser
 //! ([`Route`]), a handler per area, and the single place where
 //! [`StorageError`] becomes an OCI error response.
 
@@ -19,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use crate::errcode::{ErrorCode, OciError};
 use crate::error::StorageError;
 use crate::registry::Registry;
-use crate::route::Route;
+use crate::route::{Route, RouteError};
 
 const API_VERSION: &str = "docker-distribution-api-version";
 
@@ -29,6 +30,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/acr/v1/{*rest}", any(dispatch))
         .with_state(registry)
 }
 
@@ -84,11 +86,19 @@ impl Query {
 }
 
 async fn handle(reg: &Arc<Registry>, m: &Method, req: Request) -> Result<Response, StorageError> {
-    let route = Route::parse(req.uri().path())?;
+    let head = m == Method::HEAD;
+    let route = match Route::parse(req.uri().path()) {
+        // What cannot exist is missing, as registries answer any missing manifest.
+        Err(RouteError::ManifestReference {
+            name, reference, ..
+        }) if m == Method::GET || head => {
+            return Err(StorageError::ManifestUnknown { name, reference });
+        }
+        route => route?,
+    };
     let query = Query::from_uri(req.uri());
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
-    let head = m == Method::HEAD;
     match route {
         Route::Base if m == Method::GET || head => {
             json(StatusCode::OK, "application/json", &serde_json::json!({}))
@@ -123,6 +133,9 @@ async fn handle(reg: &Arc<Registry>, m: &Method, req: Request) -> Result<Respons
         }
         Route::Manifest { name, reference } if m == Method::DELETE => {
             manifests::delete(reg, &name, &reference).await
+        }
+        Route::Repository { name } if m == Method::DELETE => {
+            manifests::delete_repository(reg, &name).await
         }
         _ => Ok(OciError::new(
             ErrorCode::Unsupported,
