@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
-use portcullis_storage::names::Reference;
+use portcullis_storage::names::{Digest, Reference};
 use portcullis_storage::{Registry, StorageError};
 
 use super::errors::GatewayError;
@@ -189,6 +189,31 @@ impl Backend {
             Backend::Upstream { base, client, .. } => {
                 upstream_catalog(client, base, UPSTREAM_PAGE).await
             }
+        }
+    }
+}
+
+impl Backend {
+    /// Up to `limit` repositories holding blob `digest` (the candidates of a mount
+    /// without `from`); `None` from an upstream, which cannot be asked.
+    pub async fn blob_repositories(
+        &self,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                let parsed = Digest::parse(digest)
+                    .map_err(|_| GatewayError::DigestInvalid(digest.to_owned()))?;
+                registry
+                    .blob_repositories(&parsed, limit)
+                    .await
+                    .map(Some)
+                    .map_err(|e| {
+                        GatewayError::Internal(format!("finding repositories of `{digest}`: {e}"))
+                    })
+            }
+            Backend::Upstream { .. } => Ok(None),
         }
     }
 }

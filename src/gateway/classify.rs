@@ -112,11 +112,12 @@ pub enum RequestKind {
     },
 }
 
-/// A cross-repository blob mount: `digest` linked into the target from `from`.
+/// A cross-repository blob mount: `digest` linked into the target from `from`, or
+/// (without `from`, OCI 1.1 automatic mount) from a repository the gateway picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub digest: String,
-    pub from: String,
+    pub from: Option<String>,
 }
 
 /// Longest path echoed back in an error message.
@@ -292,8 +293,8 @@ fn metadata_ref(stem: &str) -> Option<MetadataRef> {
     Role::parse(stem).ok().map(MetadataRef::Current)
 }
 
-/// The query of an upload start. A mount needs both `mount` and `from` (without
-/// `from` the backend opens a plain session, as the spec says). Each key may appear
+/// The query of an upload start. A mount without `from` is an automatic mount (the
+/// gateway picks a readable source, or opens a plain session). Each key may appear
 /// once: a second `from` that the backend read instead of ours would let a mount
 /// copy from a repository nobody checked.
 fn upload_start(query: &str) -> Result<Option<Mount>, GatewayError> {
@@ -316,15 +317,14 @@ fn upload_start(query: &str) -> Result<Option<Mount>, GatewayError> {
         return Ok(None);
     };
     let digest = Digest::parse(digest).map_err(digest_error)?;
-    let Some(from) = from else {
-        return Ok(None);
-    };
-    if !is_valid_repository_name(from) {
+    if let Some(from) = from
+        && !is_valid_repository_name(from)
+    {
         return Err(GatewayError::NameInvalid(echoed(from)));
     }
     Ok(Some(Mount {
         digest: digest.to_string(),
-        from: from.to_owned(),
+        from: from.map(str::to_owned),
     }))
 }
 
@@ -551,7 +551,7 @@ mod tests {
                     "a",
                     upload(Some(Mount {
                         digest: D.into(),
-                        from: "other/repo".into(),
+                        from: Some("other/repo".into()),
                     })),
                 ),
             ),
@@ -567,16 +567,22 @@ mod tests {
                     "a",
                     upload(Some(Mount {
                         digest: D.into(),
-                        from: "other/repo".into(),
+                        from: Some("other/repo".into()),
                     })),
                 ),
             ),
-            // A mount without `from` is a plain upload session.
+            // A mount without `from`: an automatic mount.
             (
                 "POST",
                 "/v2/a/blobs/uploads/".into(),
                 Some(format!("mount={D}")),
-                repo("a", upload(None)),
+                repo(
+                    "a",
+                    upload(Some(Mount {
+                        digest: D.into(),
+                        from: None,
+                    })),
+                ),
             ),
             (
                 "GET",

@@ -87,7 +87,10 @@ async fn handle(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, NotaryError> {
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION))
+        .map_err(|e| e.with_scope(|| trust_scope(req)))?;
     authorize(gw, &who, req, meta)?;
     let reading = matches!(req.kind, TrustKind::Metadata(_) | TrustKind::Changefeed);
     let fail = |e: TrustError| NotaryError::Trust { error: e, reading };
@@ -202,6 +205,15 @@ pub(crate) fn action_checks(
     }
 }
 
+/// The challenge scope of a trust request: the GUN with every notary action it needs.
+fn trust_scope(req: &TrustRequest) -> String {
+    format!(
+        "repository:{}:{}",
+        req.gun,
+        claim_actions(&req.kind).join(",")
+    )
+}
+
 /// Cedar decides every check; then the bearer claim (if any) must cover the GUN.
 fn authorize(
     gw: &Gateway,
@@ -210,7 +222,7 @@ fn authorize(
     meta: &RequestMeta,
 ) -> Result<(), NotaryError> {
     let claim = claim_actions(&req.kind);
-    let scope = format!("repository:{}:{}", req.gun, claim.join(","));
+    let scope = trust_scope(req);
     let identity = gw.store.snapshot();
     let checks = claim
         .iter()
