@@ -42,6 +42,9 @@ pub enum Route {
     Health,
     /// `/v2/<gun>/_trust/…`: the Notary v1 API.
     Trust(TrustRequest),
+    /// `GET /v2/_trust/changefeed`: notary's changefeed of every GUN (the caller sees
+    /// the GUNs it may read).
+    TrustChangefeed,
 }
 
 /// A Notary API request on one GUN.
@@ -156,6 +159,14 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     if path != "/v2" && !path.starts_with("/v2/") {
         return Err(not_found(method, path));
     }
+    if path == GLOBAL_CHANGEFEED {
+        // As notary-server routes it: GET only, anything else is not found.
+        return if get {
+            Ok(Route::TrustChangefeed)
+        } else {
+            Err(not_found(method, path))
+        };
+    }
     if let Some((gun, rest)) = path
         .strip_prefix("/v2/")
         .and_then(|p| p.split_once(TRUST_MARKER))
@@ -227,6 +238,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
 
 /// Separates a GUN from the Notary API path after it.
 const TRUST_MARKER: &str = "/_trust/";
+/// Notary's changefeed of every GUN (no GUN before `_trust`).
+const GLOBAL_CHANGEFEED: &str = "/v2/_trust/changefeed";
 
 /// A Notary API route: `rest` is what follows `<gun>/_trust/`. Unknown files and
 /// methods are 404, as notary-server answers them (HEAD included).
@@ -883,6 +896,12 @@ mod tests {
                 "/v2/localhost/app/_trust/tuf/".into(),
                 trust("localhost/app", "app", TrustKind::Update),
             ),
+            // The changefeed of every GUN.
+            (
+                "GET",
+                "/v2/_trust/changefeed".into(),
+                Route::TrustChangefeed,
+            ),
         ];
         for (method, path, expected) in cases {
             assert_eq!(ok(method, &path, None), expected, "{method} {path}");
@@ -900,6 +919,9 @@ mod tests {
             ("GET", at("tuf/root.abc.json")),
             ("GET", at("other")),
             ("POST", at("changefeed")),
+            ("POST", "/v2/_trust/changefeed".into()),
+            ("HEAD", "/v2/_trust/changefeed".into()),
+            ("GET", "/v2/_trust/tuf/root.json".into()),
         ];
         for (method, path) in not_found {
             let e = err(method, &path, None);

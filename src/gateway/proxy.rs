@@ -334,7 +334,8 @@ impl ProxyHttp for Proxy {
             | Route::RepositoryAttributes { .. }
             | Route::Metrics
             | Route::Health
-            | Route::Trust(_) => self.control(session, ctx).await,
+            | Route::Trust(_)
+            | Route::TrustChangefeed => self.control(session, ctx).await,
         }
     }
 
@@ -520,7 +521,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::RepositoryAttributes { .. } => "repository_api",
         Route::Metrics => "metrics",
         Route::Health => "health",
-        Route::Trust(_) => "trust",
+        Route::Trust(_) | Route::TrustChangefeed => "trust",
         Route::Repository(req) => match req.kind {
             RequestKind::ManifestGet { .. } => "manifest_get",
             RequestKind::ManifestPut { .. } => "manifest_put",
