@@ -262,8 +262,9 @@ pub async fn authorize(
 /// blob from the first repository holding it that the caller may mount from — policy
 /// allows the mount into `repository` and a pull of the source, and a bearer claim
 /// covers that pull —, else a plain upload. Which repositories hold it is never
-/// revealed: an unreadable holder reads as no holder. An upstream gets the request as
-/// it came (it cannot be asked which repositories hold a blob).
+/// revealed: an unreadable holder reads as no holder. An upstream cannot be asked which
+/// repositories hold a blob, so it gets a plain upload: one that mounts automatically
+/// would otherwise mount from repositories the caller may not read.
 async fn automatic_mount(
     gw: &Gateway,
     who: &Authenticated,
@@ -276,7 +277,7 @@ async fn automatic_mount(
         .blob_repositories(digest, MAX_MOUNT_CANDIDATES)
         .await?
     else {
-        return Ok(Disposition::Forward);
+        return Ok(Disposition::ForwardWithQuery(String::new()));
     };
     let identity = gw.store.snapshot();
     let allowed = |check: &Check| {
