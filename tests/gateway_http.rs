@@ -899,6 +899,193 @@ fn cross_repository_mount_needs_read_on_the_source() {
     assert_eq!(head(&layer), StatusCode::NOT_FOUND);
 }
 
+/// The `scope` parameter of a `WWW-Authenticate` challenge.
+fn challenge_scope(resp: &Response) -> String {
+    let header = resp.headers()["www-authenticate"].to_str().unwrap();
+    let (_, rest) = header
+        .split_once(",scope=\"")
+        .unwrap_or_else(|| panic!("challenge {header:?} names no scope"));
+    rest.split('"').next().unwrap().to_owned()
+}
+
+#[test]
+fn mount_challenge_names_every_scope_and_its_token_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    let service = service(&server);
+    let source = seed(&server, "samples/src", "v1");
+    let (pw, _) = create_token(
+        &server,
+        "mount-bot",
+        &[
+            ("samples/dst", &["content/read", "content/write"]),
+            ("samples/src", &["content/read"]),
+        ],
+    );
+    let layer = content::digest(&source.layer);
+    let path = format!("/v2/samples/dst/blobs/uploads/?mount={layer}&from=samples/src");
+    let mount = |auth: Auth| {
+        auth.apply(Client::new().post(server.url(&path)))
+            .send()
+            .unwrap()
+    };
+    let both = "repository:samples/dst:push,pull repository:samples/src:pull";
+
+    // Anonymous, bad credentials, and a token for the target only: every challenge
+    // names both repositories, in one space-separated `scope` (as distribution does).
+    let resp = mount(Auth::Anonymous);
+    assert_eq!(challenge_scope(&resp), both, "anonymous mount");
+    assert_unauthorized(resp, "anonymous mount");
+    let resp = mount(Auth::Basic("mount-bot", "wrong"));
+    assert_eq!(challenge_scope(&resp), both, "bad password");
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .ends_with(",error=\"invalid_token\"")
+    );
+    let target_only = bearer(
+        &server,
+        &service,
+        &["repository:samples/dst:push,pull"],
+        "mount-bot",
+        &pw,
+    );
+    let resp = mount(Auth::Bearer(&target_only));
+    assert_eq!(challenge_scope(&resp), both, "target-only token");
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .ends_with(",error=\"insufficient_scope\"")
+    );
+    assert_unauthorized(resp, "mount with a target-only token");
+
+    // A client that fetches one token for exactly the challenge's scope (one `scope`
+    // parameter, as given) then mounts.
+    let resp = Client::new()
+        .get(server.url("/oauth2/token"))
+        .query(&[("service", service.as_str()), ("scope", both)])
+        .basic_auth("mount-bot", Some(&pw))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token = resp.json::<Value>().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(mount(Auth::Bearer(&token)).status(), StatusCode::CREATED);
+    let resp = Auth::Bearer(&token)
+        .apply(Client::new().head(server.url(&format!("/v2/samples/dst/blobs/{layer}"))))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[test]
+fn automatic_mount_comes_only_from_readable_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    let service = service(&server);
+    let public = seed(&server, "samples/pub", "v1");
+    let secret = seed(&server, "private/src", "v1");
+    let (pw, _) = create_token(
+        &server,
+        "auto-bot",
+        &[
+            ("samples/dst", &["content/read", "content/write"]),
+            ("samples/pub", &["content/read"]),
+        ],
+    );
+    // `?mount=` without `from` (OCI 1.1).
+    let mount = |digest: &str, auth: Auth| {
+        auth.apply(
+            Client::new()
+                .post(server.url(&format!("/v2/samples/dst/blobs/uploads/?mount={digest}"))),
+        )
+        .send()
+        .unwrap()
+    };
+    let head = |digest: &str| {
+        Client::new()
+            .head(server.url(&format!("/v2/samples/dst/blobs/{digest}")))
+            .basic_auth("auto-bot", Some(&pw))
+            .send()
+            .unwrap()
+            .status()
+    };
+    let basic = Auth::Basic("auto-bot", &pw);
+    let is_upload = |resp: Response, what: &str| {
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{what}");
+        let location = resp.headers()["location"].to_str().unwrap();
+        assert!(
+            location.contains("/v2/samples/dst/blobs/uploads/"),
+            "{what}: {location}"
+        );
+    };
+
+    // In a readable repository: mounted.
+    let layer = content::digest(&public.layer);
+    let resp = mount(&layer, basic);
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "mount of a readable blob"
+    );
+    assert_eq!(
+        resp.headers()["docker-content-digest"].to_str().unwrap(),
+        layer
+    );
+    assert_eq!(head(&layer), StatusCode::OK);
+
+    // Only in an unreadable repository: a plain upload, as if it existed nowhere.
+    let hidden = content::digest(&secret.layer);
+    is_upload(
+        mount(&hidden, basic),
+        "blob only in an unreadable repository",
+    );
+    assert_eq!(head(&hidden), StatusCode::NOT_FOUND);
+    is_upload(
+        mount(&content::digest(b"in no repository"), basic),
+        "blob nowhere",
+    );
+
+    // A bearer token is bounded by its claim: without the source in it, an upload.
+    let config = content::digest(&public.config);
+    let target_only = bearer(
+        &server,
+        &service,
+        &["repository:samples/dst:push,pull"],
+        "auto-bot",
+        &pw,
+    );
+    is_upload(
+        mount(&config, Auth::Bearer(&target_only)),
+        "source outside the bearer claim",
+    );
+    assert_eq!(head(&config), StatusCode::NOT_FOUND);
+    let with_source = bearer(
+        &server,
+        &service,
+        &[
+            "repository:samples/dst:push,pull",
+            "repository:samples/pub:pull",
+        ],
+        "auto-bot",
+        &pw,
+    );
+    assert_eq!(
+        mount(&config, Auth::Bearer(&with_source)).status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(head(&config), StatusCode::OK);
+
+    // Whoever may not push gets the push refusal, not a hint about the blob.
+    let resp = mount(&layer, Auth::Anonymous);
+    assert_eq!(challenge_scope(&resp), "repository:samples/dst:push,pull");
+    assert_unauthorized(resp, "anonymous automatic mount");
+}
+
 #[test]
 fn hostile_requests_are_refused_before_the_backend() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! skopeo with `--creds` against `portcullis serve`: the additive wildcard example of
 //! SPEC §2 (`sample/*` read, `sample/teamA/*` write, `sample/teamA/projectB` delete)
 //! enforced on live copy / inspect / list-tags / delete traffic, the catalog filtered to
-//! what a token may read (Basic and bearer), and a disabled or deleted token refused on
-//! its next request.
+//! what a token may read (Basic and bearer), a disabled or deleted token refused on
+//! its next request, and a registry-to-registry copy that mounts its blobs.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -295,6 +295,80 @@ fn parse_challenge(header: &str) -> (String, String) {
         header[start..start + len].to_owned()
     };
     (param("realm"), param("service"))
+}
+
+/// How many upload starts the gateway answered 201 (mounts: skopeo never pushes
+/// monolithically), from `/metrics`.
+fn mounts_answered(server: &Server) -> u64 {
+    let metrics = Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("portcullis_requests_total{")
+                && l.contains("route=\"upload_start\"")
+                && l.contains("status=\"201\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn skopeo_copy_between_repositories_mounts_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let layout = dir.path().join("layout");
+    let image = TestImage::new("skopeo mount");
+    write_oci_layout(&layout, &[("v1", &image)]);
+    let created = portcullis_ok(
+        &server,
+        &[
+            "token",
+            "create",
+            "--name",
+            "mount-bot",
+            "--repository",
+            "samples/*",
+            "content/read",
+            "content/write",
+        ],
+    );
+    let password = created["credentials"]["passwords"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bot = Skopeo {
+        server: &server,
+        creds: format!("mount-bot:{password}"),
+    };
+    let out = bot.copy(&layout, "v1", "samples/src:v1");
+    assert!(out.status.success(), "copy into samples/src: {out:?}");
+    let before = mounts_answered(&server);
+    // Registry to registry, same host: skopeo mounts the blobs from samples/src.
+    skopeo_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        &bot.creds,
+        "--dest-creds",
+        &bot.creds,
+        &bot.reference("samples/src:v1"),
+        &bot.reference("samples/dst:v1"),
+    ]);
+    assert!(
+        mounts_answered(&server) > before,
+        "skopeo copied without a mount"
+    );
+    let inspected = skopeo_ok(&bot.args("inspect", &bot.reference("samples/dst:v1")));
+    assert!(
+        inspected.contains(&content::digest(&image.layer)),
+        "{inspected}"
+    );
 }
 
 #[test]

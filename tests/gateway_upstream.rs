@@ -120,4 +120,21 @@ fn blobs_stream_through_to_the_upstream_with_gateway_locations() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200, "the blob is stored upstream");
+
+    // A mount without `from` reaches the upstream as a plain upload (the gateway cannot
+    // tell which upstream repositories the caller may read): a session at the gateway.
+    let resp = admin(Client::new().post(format!(
+        "{}/v2/samples/other/blobs/uploads/?mount={}",
+        server.base,
+        content::digest(&blob)
+    )))
+    .send()
+    .unwrap();
+    assert_eq!(resp.status(), 202, "automatic mount through an upstream");
+    let location = resp.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("/v2/samples/other/blobs/uploads/")
+            || location.starts_with(&format!("{}/v2/samples/other/blobs/uploads/", server.base)),
+        "{location}"
+    );
 }

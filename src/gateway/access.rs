@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::authn::Authenticated;
-use super::classify::{DeleteRequest, RepositoryRequest, RequestKind};
+use super::classify::{DeleteRequest, Mount, RepositoryRequest, RequestKind};
 use super::errors::GatewayError;
 use super::jwt::AccessEntry;
 use super::signed::{self, Signature};
@@ -49,19 +49,19 @@ pub fn checks(req: &RepositoryRequest, existing_tags: &[String]) -> Vec<Check> {
         RequestKind::BlobGet { .. } | RequestKind::ManifestGetInvalid { .. } => {
             vec![check(Action::ContentRead, Operation::Pull, None)]
         }
-        RequestKind::UploadStart { mount: None } | RequestKind::Upload => {
+        // An automatic mount (no `from`) needs what its fallback, an upload, needs; the
+        // source it may mount from is chosen by [`automatic_mount`].
+        RequestKind::UploadStart {
+            mount: None | Some(Mount { from: None, .. }),
+        }
+        | RequestKind::Upload => {
             vec![check(Action::ContentWrite, Operation::PushBlob, None)]
         }
-        RequestKind::UploadStart { mount: Some(mount) } => vec![
-            check(Action::ContentWrite, Operation::Mount, None),
-            // The blob leaves `from`: that is a pull from it.
-            Check {
-                action: Action::ContentRead,
-                repository: mount.from.clone(),
-                operation: Operation::Pull,
-                reference: None,
-            },
-        ],
+        RequestKind::UploadStart {
+            mount: Some(Mount {
+                from: Some(from), ..
+            }),
+        } => mount_checks(&req.repository, from),
         RequestKind::ManifestPut { reference, .. } => {
             let digest_push = match reference {
                 Reference::Digest(_) => Some(check(
@@ -125,6 +125,25 @@ pub fn delete_check(req: &DeleteRequest) -> Check {
     }
 }
 
+/// The checks of mounting a blob from `from` into `repository`.
+fn mount_checks(repository: &str, from: &str) -> Vec<Check> {
+    vec![
+        Check {
+            action: Action::ContentWrite,
+            repository: repository.to_owned(),
+            operation: Operation::Mount,
+            reference: None,
+        },
+        // The blob leaves `from`: that is a pull from it.
+        Check {
+            action: Action::ContentRead,
+            repository: from.to_owned(),
+            operation: Operation::Pull,
+            reference: None,
+        },
+    ]
+}
+
 /// The tags a manifest PUT writes: its tag reference and its `?tag=` values.
 fn written_tags(kind: &RequestKind) -> Vec<&str> {
     match kind {
@@ -151,14 +170,45 @@ pub fn scope_action(check: &Check) -> &'static str {
     }
 }
 
-/// The scope a client should ask the token endpoint for to pass `check` (docker asks
-/// for `push,pull` when it pushes).
-fn challenge_scope(check: &Check) -> String {
-    let actions = match scope_action(check) {
-        "push" => "push,pull",
-        other => other,
-    };
-    format!("repository:{}:{actions}", check.repository)
+/// The `scope` a client should ask the token endpoint for to pass every one of `checks`:
+/// one `repository:<name>:<actions>` per repository, actions merged, space-separated, as
+/// distribution's token authentication lists its whole access set. A client that fetches
+/// one token per challenge (many do) then gets a token for the whole request, e.g. both
+/// sides of a cross-repository mount. Docker asks for `push,pull` when it pushes.
+pub fn challenge_scopes(checks: &[Check]) -> String {
+    let mut scopes: Vec<(&str, Vec<&str>)> = Vec::new();
+    for check in checks {
+        let actions: &[&str] = match scope_action(check) {
+            "push" => &["push", "pull"],
+            "pull" => &["pull"],
+            _ => &["delete"],
+        };
+        let at = match scopes.iter().position(|(r, _)| *r == check.repository) {
+            Some(at) => at,
+            None => {
+                scopes.push((&check.repository, Vec::new()));
+                scopes.len() - 1
+            }
+        };
+        if let Some((_, merged)) = scopes.get_mut(at) {
+            for action in actions {
+                if !merged.contains(action) {
+                    merged.push(action);
+                }
+            }
+        }
+    }
+    scopes
+        .iter()
+        .map(|(repository, actions)| format!("repository:{repository}:{}", actions.join(",")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The challenge scope of a whole repository request (for a 401 given before its
+/// checks are decided, e.g. on bad credentials).
+pub fn request_scopes(req: &RepositoryRequest) -> String {
+    challenge_scopes(&checks(req, &[]))
 }
 
 /// What to do with an authorized repository request.
@@ -168,7 +218,15 @@ pub enum Disposition {
     Forward,
     /// Answer it from the gateway: the tag list of a caller under a signature demand.
     Respond(http::Response<Bytes>),
+    /// Hand it to the backend with this query instead of the client's: an automatic
+    /// mount, resolved to `mount=<digest>&from=<readable source>` or to a plain upload
+    /// (empty), so the backend never picks a source itself.
+    ForwardWithQuery(String),
 }
+
+/// Most repositories holding a blob that an automatic mount considers as its source
+/// (each costs a policy decision; beyond them the client uploads the blob).
+const MAX_MOUNT_CANDIDATES: usize = 64;
 
 /// The tag a tag-list request is judged for: whether policy demands signatures of this
 /// caller on this repository is asked as for a pull of this tag.
@@ -214,10 +272,51 @@ pub async fn authorize(
                 query,
             )))
         }
+        RequestKind::UploadStart {
+            mount: Some(Mount { digest, from: None }),
+        } => {
+            authorize_checks(gw, who, &checks(req, &[]), source_ip)?;
+            automatic_mount(gw, who, &req.repository, digest, source_ip).await
+        }
         _ => authorize_writes(gw, who, req, source_ip)
             .await
             .map(|()| Disposition::Forward),
     }
+}
+
+/// An authorized upload start with `?mount=<digest>` and no `from` (OCI 1.1): mount the
+/// blob from the first repository holding it that the caller may mount from — policy
+/// allows the mount into `repository` and a pull of the source, and a bearer claim
+/// covers that pull —, else a plain upload. Which repositories hold it is never
+/// revealed: an unreadable holder reads as no holder. An upstream cannot be asked which
+/// repositories hold a blob, so it gets a plain upload: one that mounts automatically
+/// would otherwise mount from repositories the caller may not read.
+async fn automatic_mount(
+    gw: &Gateway,
+    who: &Authenticated,
+    repository: &str,
+    digest: &str,
+    source_ip: Option<IpAddr>,
+) -> Result<Disposition, GatewayError> {
+    let Some(holders) = gw
+        .backend
+        .blob_repositories(digest, MAX_MOUNT_CANDIDATES)
+        .await?
+    else {
+        return Ok(Disposition::ForwardWithQuery(String::new()));
+    };
+    let identity = gw.store.snapshot();
+    let allowed = |check: &Check| {
+        ask(&gw.engine, &identity, &who.principal, check, source_ip).allowed
+            && claim_covers(who, &check.repository, scope_action(check))
+    };
+    let source = holders
+        .iter()
+        .find(|from| mount_checks(repository, from).iter().all(allowed));
+    Ok(Disposition::ForwardWithQuery(match source {
+        Some(from) => format!("mount={digest}&from={from}"),
+        None => String::new(),
+    }))
 }
 
 /// `context.signed` of a manifest pull. Free without trust data for the repository; a
@@ -388,11 +487,12 @@ pub fn claim_covers(who: &Authenticated, repository: &str, action: &str) -> bool
 }
 
 /// Decides `checks` for `principal` in order; the first refusal wins. Policy is asked
-/// first, so a request policy forbids is a 403 even when the bearer claim is also too
-/// narrow; a request policy allows but the claim does not cover is a 401
-/// `insufficient_scope`, on which docker fetches a fresh token (that is how a widened
-/// scope map takes effect without a new login). `signed` is `context.signed` of the
-/// manifest a pull names (false for every other request).
+/// first (for every check), so a request policy forbids is a 403 even when the bearer
+/// claim is also too narrow; a request policy allows but the claim does not cover is a
+/// 401 `insufficient_scope` naming every scope of the request, on which docker fetches
+/// a fresh token (that is how a widened scope map takes effect without a new login).
+/// `signed` is `context.signed` of the manifest a pull names (false for every other
+/// request).
 fn decide(
     engine: &PolicyEngine,
     identity: &IdentitySnapshot,
@@ -413,13 +513,18 @@ fn decide(
             {
                 return Err(unsigned(check, &decision));
             }
-            return Err(refusal(principal, check, &decision));
+            return Err(refusal(principal, checks, check, &decision));
         }
-        if !covered(&check.repository, scope_action(check)) {
-            return Err(GatewayError::InsufficientScope {
-                scope: challenge_scope(check),
-            });
-        }
+    }
+    // Only once policy allows every check: a claim too narrow for any of them asks for
+    // a token for all of them.
+    if !checks
+        .iter()
+        .all(|check| covered(&check.repository, scope_action(check)))
+    {
+        return Err(GatewayError::InsufficientScope {
+            scope: challenge_scopes(checks),
+        });
     }
     Ok(())
 }
@@ -480,10 +585,17 @@ fn unsigned(check: &Check, decision: &Decision) -> GatewayError {
     }
 }
 
-fn refusal(principal: &Principal, check: &Check, decision: &Decision) -> GatewayError {
+/// The refusal of `check`, one of `checks`: an anonymous caller is asked to log in for
+/// all of them.
+fn refusal(
+    principal: &Principal,
+    checks: &[Check],
+    check: &Check,
+    decision: &Decision,
+) -> GatewayError {
     if *principal == Principal::Anonymous {
         return GatewayError::AuthenticationRequired {
-            scope: Some(challenge_scope(check)),
+            scope: Some(challenge_scopes(checks)),
         };
     }
     let mut reason = format!(
@@ -705,7 +817,7 @@ mod tests {
         use Operation::*;
         let mount = Some(classify::Mount {
             digest: D.into(),
-            from: "other".into(),
+            from: Some("other".into()),
         });
         let cases: Vec<(RequestKind, bool, Vec<Expected>)> = vec![
             (
@@ -871,7 +983,7 @@ mod tests {
         let mount = |from: &str| RequestKind::UploadStart {
             mount: Some(Mount {
                 digest: D.into(),
-                from: from.into(),
+                from: Some(from.into()),
             }),
         };
         let t = f.token(
@@ -886,6 +998,78 @@ mod tests {
         );
         // Read on the source does not make the target writable.
         denied(f.decide(&t, "b", mount("a"), false));
+        // Every 401 names both sides of the mount, whichever check failed.
+        let both = "repository:a:push,pull repository:b:pull";
+        assert_eq!(
+            f.decide(&Principal::Anonymous, "a", mount("b"), false),
+            Err(GatewayError::AuthenticationRequired {
+                scope: Some(both.into())
+            })
+        );
+        let bearer = |entries: &[(&str, &[&str])]| Authenticated {
+            principal: t.clone(),
+            bearer_access: Some(
+                entries
+                    .iter()
+                    .map(|(name, actions)| AccessEntry {
+                        kind: "repository".into(),
+                        name: (*name).into(),
+                        actions: actions.iter().map(|a| a.to_string()).collect(),
+                    })
+                    .collect(),
+            ),
+        };
+        for claim in [
+            bearer(&[("a", &["push", "pull"])]),
+            bearer(&[("b", &["pull"])]),
+            bearer(&[]),
+        ] {
+            assert_eq!(
+                f.decide_as(&claim, "a", mount("b"), false),
+                Err(GatewayError::InsufficientScope { scope: both.into() })
+            );
+        }
+        f.decide_as(
+            &bearer(&[("a", &["push", "pull"]), ("b", &["pull"])]),
+            "a",
+            mount("b"),
+            false,
+        )
+        .unwrap();
+        // Without `from` it is an upload's check only (the source is chosen later).
+        let automatic = RequestKind::UploadStart {
+            mount: Some(Mount {
+                digest: D.into(),
+                from: None,
+            }),
+        };
+        assert_eq!(
+            f.decide(&Principal::Anonymous, "a", automatic, false),
+            Err(GatewayError::AuthenticationRequired {
+                scope: Some("repository:a:push,pull".into())
+            })
+        );
+    }
+
+    #[test]
+    fn challenge_scopes_merge_actions_per_repository() {
+        let check = |action, repository: &str, operation| Check {
+            action,
+            repository: repository.into(),
+            operation,
+            reference: None,
+        };
+        assert_eq!(
+            challenge_scopes(&[
+                check(Action::ContentRead, "a", Operation::Pull),
+                check(Action::ContentWrite, "b", Operation::Mount),
+                check(Action::ContentWrite, "a", Operation::PushBlob),
+                check(Action::ContentDelete, "b", Operation::DeleteBlob),
+                check(Action::ContentRead, "b", Operation::Pull),
+            ]),
+            "repository:a:pull,push repository:b:push,pull,delete"
+        );
+        assert_eq!(challenge_scopes(&[]), "");
     }
 
     #[test]
@@ -1203,7 +1387,7 @@ mod tests {
                     .await?
                 {
                     Disposition::Forward => Ok(()),
-                    Disposition::Respond(r) => panic!("a pull answered by the gateway: {r:?}"),
+                    other => panic!("a pull not forwarded as it came: {other:?}"),
                 }
             }
 
@@ -1219,6 +1403,7 @@ mod tests {
                     .unwrap()
                 {
                     Disposition::Forward => None,
+                    Disposition::ForwardWithQuery(q) => panic!("a tag list rewritten to {q}"),
                     Disposition::Respond(r) => {
                         assert_eq!(r.status(), http::StatusCode::OK);
                         let link = r

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
 pub use portcullis_storage::meta::Deleted;
-use portcullis_storage::names::Reference;
-use portcullis_storage::{Digest, Registry, StorageError};
+use portcullis_storage::names::{Digest, Reference};
+use portcullis_storage::{Registry, StorageError};
 
 use super::errors::GatewayError;
 use crate::policy::Reference as PolicyReference;
@@ -246,6 +246,29 @@ impl Backend {
                 };
                 upstream.delete_image(reference).await
             }
+        }
+    }
+
+    /// Up to `limit` repositories holding blob `digest` (the candidates of a mount
+    /// without `from`); `None` from an upstream, which cannot be asked.
+    pub async fn blob_repositories(
+        &self,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                let parsed = Digest::parse(digest)
+                    .map_err(|_| GatewayError::DigestInvalid(digest.to_owned()))?;
+                registry
+                    .blob_repositories(&parsed, limit)
+                    .await
+                    .map(Some)
+                    .map_err(|e| {
+                        GatewayError::Internal(format!("finding repositories of `{digest}`: {e}"))
+                    })
+            }
+            Backend::Upstream { .. } => Ok(None),
         }
     }
 }

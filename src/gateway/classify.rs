@@ -46,6 +46,9 @@ pub enum Route {
     Health,
     /// `/v2/<gun>/_trust/…`: the Notary v1 API.
     Trust(TrustRequest),
+    /// `GET /v2/_trust/changefeed`: notary's changefeed of every GUN (the caller sees
+    /// the GUNs it may read).
+    TrustChangefeed,
 }
 
 /// A whole repository (`reference: None`) or an image to delete: the manifest a tag or
@@ -134,11 +137,12 @@ pub enum RequestKind {
     },
 }
 
-/// A cross-repository blob mount: `digest` linked into the target from `from`.
+/// A cross-repository blob mount: `digest` linked into the target from `from`, or
+/// (without `from`, OCI 1.1 automatic mount) from a repository the gateway picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub digest: String,
-    pub from: String,
+    pub from: Option<String>,
 }
 
 /// Longest path echoed back in an error message.
@@ -194,6 +198,14 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     }
     if path != "/v2" && !path.starts_with("/v2/") {
         return Err(not_found(method, path));
+    }
+    if path == GLOBAL_CHANGEFEED {
+        // As notary-server routes it: GET only, anything else is not found.
+        return if get {
+            Ok(Route::TrustChangefeed)
+        } else {
+            Err(not_found(method, path))
+        };
     }
     if let Some((gun, rest)) = path
         .strip_prefix("/v2/")
@@ -309,6 +321,8 @@ fn repository_delete(rest: &str) -> Result<DeleteRequest, GatewayError> {
 
 /// Separates a GUN from the Notary API path after it.
 const TRUST_MARKER: &str = "/_trust/";
+/// Notary's changefeed of every GUN (no GUN before `_trust`).
+const GLOBAL_CHANGEFEED: &str = "/v2/_trust/changefeed";
 
 /// A Notary API route: `rest` is what follows `<gun>/_trust/`. Unknown files and
 /// methods are 404, as notary-server answers them (HEAD included).
@@ -375,8 +389,8 @@ fn metadata_ref(stem: &str) -> Option<MetadataRef> {
     Role::parse(stem).ok().map(MetadataRef::Current)
 }
 
-/// The query of an upload start. A mount needs both `mount` and `from` (without
-/// `from` the backend opens a plain session, as the spec says). Each key may appear
+/// The query of an upload start. A mount without `from` is an automatic mount (the
+/// gateway picks a readable source, or opens a plain session). Each key may appear
 /// once: a second `from` that the backend read instead of ours would let a mount
 /// copy from a repository nobody checked.
 fn upload_start(query: &str) -> Result<Option<Mount>, GatewayError> {
@@ -399,15 +413,14 @@ fn upload_start(query: &str) -> Result<Option<Mount>, GatewayError> {
         return Ok(None);
     };
     let digest = Digest::parse(digest).map_err(digest_error)?;
-    let Some(from) = from else {
-        return Ok(None);
-    };
-    if !is_valid_repository_name(from) {
+    if let Some(from) = from
+        && !is_valid_repository_name(from)
+    {
         return Err(GatewayError::NameInvalid(echoed(from)));
     }
     Ok(Some(Mount {
         digest: digest.to_string(),
-        from: from.to_owned(),
+        from: from.map(str::to_owned),
     }))
 }
 
@@ -634,7 +647,7 @@ mod tests {
                     "a",
                     upload(Some(Mount {
                         digest: D.into(),
-                        from: "other/repo".into(),
+                        from: Some("other/repo".into()),
                     })),
                 ),
             ),
@@ -650,16 +663,22 @@ mod tests {
                     "a",
                     upload(Some(Mount {
                         digest: D.into(),
-                        from: "other/repo".into(),
+                        from: Some("other/repo".into()),
                     })),
                 ),
             ),
-            // A mount without `from` is a plain upload session.
+            // A mount without `from`: an automatic mount.
             (
                 "POST",
                 "/v2/a/blobs/uploads/".into(),
                 Some(format!("mount={D}")),
-                repo("a", upload(None)),
+                repo(
+                    "a",
+                    upload(Some(Mount {
+                        digest: D.into(),
+                        from: None,
+                    })),
+                ),
             ),
             (
                 "GET",
@@ -1041,6 +1060,12 @@ mod tests {
                 "/v2/localhost/app/_trust/tuf/".into(),
                 trust("localhost/app", "app", TrustKind::Update),
             ),
+            // The changefeed of every GUN.
+            (
+                "GET",
+                "/v2/_trust/changefeed".into(),
+                Route::TrustChangefeed,
+            ),
         ];
         for (method, path, expected) in cases {
             assert_eq!(ok(method, &path, None), expected, "{method} {path}");
@@ -1058,6 +1083,9 @@ mod tests {
             ("GET", at("tuf/root.abc.json")),
             ("GET", at("other")),
             ("POST", at("changefeed")),
+            ("POST", "/v2/_trust/changefeed".into()),
+            ("HEAD", "/v2/_trust/changefeed".into()),
+            ("GET", "/v2/_trust/tuf/root.json".into()),
         ];
         for (method, path) in not_found {
             let e = err(method, &path, None);

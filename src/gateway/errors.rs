@@ -126,6 +126,26 @@ impl GatewayError {
         }
     }
 
+    /// This refusal with the challenge scope `scope` if it is a 401 that names none yet
+    /// (credentials are checked before the request's scopes are known).
+    pub fn with_scope(self, scope: impl FnOnce() -> String) -> GatewayError {
+        match self {
+            GatewayError::AuthenticationRequired { scope: None } => {
+                GatewayError::AuthenticationRequired {
+                    scope: Some(scope()),
+                }
+            }
+            GatewayError::InvalidCredentials {
+                reason,
+                scope: None,
+            } => GatewayError::InvalidCredentials {
+                reason,
+                scope: Some(scope()),
+            },
+            other => other,
+        }
+    }
+
     /// The challenge for a 401, per the Docker token spec: realm, service, the scope the
     /// request needs, and `error=` when credentials were given but did not suffice.
     fn challenge(&self, challenge: &Challenge) -> Option<HeaderValue> {
@@ -246,6 +266,28 @@ mod tests {
                 .unwrap()
                 .ends_with(",scope=\"repository:a:push\",error=\"insufficient_scope\"")
         );
+    }
+
+    #[test]
+    fn with_scope_fills_only_a_401_that_names_none() {
+        let scope = || "repository:a:pull repository:b:pull".to_owned();
+        let filled = GatewayError::InvalidCredentials {
+            reason: "bad".into(),
+            scope: None,
+        }
+        .with_scope(scope);
+        let h = filled.to_response(&challenge()).www_authenticate.unwrap();
+        assert!(
+            h.to_str().unwrap().ends_with(
+                ",scope=\"repository:a:pull repository:b:pull\",error=\"invalid_token\""
+            )
+        );
+        let named = GatewayError::AuthenticationRequired {
+            scope: Some("registry:catalog:*".into()),
+        };
+        assert_eq!(named.clone().with_scope(scope), named);
+        let denied = GatewayError::Denied { reason: "x".into() };
+        assert_eq!(denied.clone().with_scope(scope), denied);
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct RequestCtx {
     principal: Option<Principal>,
     /// The request declares a body (`Content-Length` > 0 or chunked).
     has_body: bool,
+    /// The query the backend gets instead of the client's (an automatic mount that
+    /// access resolved).
+    query: Option<String>,
 }
 
 impl Proxy {
@@ -183,7 +186,10 @@ impl Proxy {
         }
         let who = match self.authenticate(session) {
             Ok(who) => who,
-            Err(e) => return self.refuse(session, ctx, &e).await,
+            Err(e) => {
+                let e = e.with_scope(|| access::request_scopes(req));
+                return self.refuse(session, ctx, &e).await;
+            }
         };
         ctx.principal = Some(who.principal.clone());
         // The challenge (realm from the Host header) is built only if the request is refused.
@@ -191,6 +197,10 @@ impl Proxy {
         let query = session.req_header().uri.query().map(str::to_owned);
         match access::authorize(&self.gw, &who, req, source_ip, query.as_deref()).await {
             Ok(access::Disposition::Forward) => self.forward(session, ctx).await,
+            Ok(access::Disposition::ForwardWithQuery(query)) => {
+                ctx.query = Some(query);
+                self.forward(session, ctx).await
+            }
             Ok(access::Disposition::Respond(response)) => {
                 let (parts, body) = response.into_parts();
                 write_buffered(session, parts, body).await
@@ -288,6 +298,7 @@ impl ProxyHttp for Proxy {
             route: "unclassified",
             principal: None,
             has_body: false,
+            query: None,
         }
     }
 
@@ -324,7 +335,8 @@ impl ProxyHttp for Proxy {
             | Route::RepositoryDelete(_)
             | Route::Metrics
             | Route::Health
-            | Route::Trust(_) => self.control(session, ctx).await,
+            | Route::Trust(_)
+            | Route::TrustChangefeed => self.control(session, ctx).await,
         }
     }
 
@@ -361,7 +373,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let forwarded_for = match (
             upstream
@@ -385,6 +397,10 @@ impl ProxyHttp for Proxy {
             upstream.insert_header(header::HOST, host)?;
         }
         upstream.remove_header(&header::AUTHORIZATION);
+        if let Some(query) = &ctx.query {
+            let uri = with_query(&upstream.uri, query)?;
+            upstream.set_uri(uri);
+        }
         Ok(())
     }
 
@@ -507,7 +523,7 @@ fn route_label(route: &Route) -> &'static str {
         Route::RepositoryDelete(_) => "repository_delete",
         Route::Metrics => "metrics",
         Route::Health => "health",
-        Route::Trust(_) => "trust",
+        Route::Trust(_) | Route::TrustChangefeed => "trust",
         Route::Repository(req) => match req.kind {
             RequestKind::ManifestGet { .. } | RequestKind::ManifestGetInvalid { .. } => {
                 "manifest_get"
@@ -612,6 +628,9 @@ async fn serve_in_process(
     let mut request = in_process_request(session, Body::empty())?;
     // The store trusts the gateway's decision; it never sees the credentials.
     request.headers_mut().remove(header::AUTHORIZATION);
+    if let Some(query) = &ctx.query {
+        *request.uri_mut() = with_query(request.uri(), query)?;
+    }
     let (response, body_read) = if ctx.has_body {
         let (tx, rx) = tokio::sync::mpsc::channel(BODY_QUEUE);
         *request.body_mut() =
@@ -705,6 +724,19 @@ fn in_process_request(session: &Session, body: Body) -> Result<http::Request<Bod
         .map_err(|e| Error::because(ErrorType::InternalError, "building in-process request", e))?;
     *request.headers_mut() = head.headers.clone();
     Ok(request)
+}
+
+/// `uri` with its query replaced by `query` (none when empty).
+fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri> {
+    let path = uri.path();
+    let replaced = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    replaced
+        .parse()
+        .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the request query", e))
 }
 
 /// Writes a response whose whole body is in memory, with its length.

@@ -207,18 +207,21 @@ fn authorize(
     if !is_valid_repository_name(name) {
         return Err(GatewayError::NameInvalid(name.to_owned()));
     }
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
     let operation = match action {
         Action::MetadataWrite => Operation::WriteAttributes,
         _ => Operation::ReadAttributes,
     };
-    let check = Check {
+    let checks = [Check {
         action,
         repository: name.to_owned(),
         operation,
         reference: None,
-    };
-    access::authorize_checks(gw, &who, &[check], meta.source_ip)
+    }];
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION))
+        .map_err(|e| e.with_scope(|| access::challenge_scopes(&checks)))?;
+    access::authorize_checks(gw, &who, &checks, meta.source_ip)
 }
 
 #[cfg(test)]

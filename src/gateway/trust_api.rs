@@ -1,7 +1,8 @@
 //! The Notary v1 server API on the registry host, `/v2/<gun>/_trust/…`, over
 //! [`TrustService`](crate::trust::service::TrustService): metadata GET by role, checksum
 //! and version (with notary's caching headers), the atomic multipart POST, the
-//! `timestamp`/`snapshot` `.key` routes, DELETE and the changefeed. Errors use notary's
+//! `timestamp`/`snapshot` `.key` routes, DELETE and the changefeed (of one GUN, and of
+//! every GUN the caller may read at `/v2/_trust/changefeed`). Errors use notary's
 //! own code table (`{"errors":[{"code","message","detail"}]}`, bodies under 1 KiB since
 //! clients read no more), not the OCI codes.
 //!
@@ -17,6 +18,7 @@
 //! `INVALID_UPDATE` (validation detail), both saying content trust is disabled: clients
 //! then report missing trust data, or the message, instead of retrying or failing opaquely.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,7 +38,7 @@ use super::{Gateway, RequestMeta};
 use crate::identity::{Action, Principal};
 use crate::policy::Operation;
 use crate::trust::Role;
-use crate::trust::service::{MetadataRef, TrustError};
+use crate::trust::service::{MetadataRef, TrustError, gun_repository};
 use crate::trust::validate::UpdateError;
 
 /// `Cache-Control` of current metadata (`<role>.json`): notary's 5-minute default. Shared
@@ -67,6 +69,12 @@ async fn trust(
 ) -> Response {
     let req = match classify::classify(&method, uri.path(), uri.query()) {
         Ok(Route::Trust(req)) => req,
+        Ok(Route::TrustChangefeed) => {
+            return match global_changefeed(&gw, &meta, uri.query(), &headers).await {
+                Ok(response) => response,
+                Err(e) => e.response(&meta.challenge),
+            };
+        }
         Ok(_) => {
             return NotaryError::NotFound(format!("no trust route {method} {}", uri.path()))
                 .response(&meta.challenge);
@@ -87,7 +95,10 @@ async fn handle(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, NotaryError> {
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION))
+        .map_err(|e| e.with_scope(|| trust_scope(req)))?;
     authorize(gw, &who, req, meta)?;
     let reading = matches!(req.kind, TrustKind::Metadata(_) | TrustKind::Changefeed);
     let fail = |e: TrustError| NotaryError::Trust { error: e, reading };
@@ -159,6 +170,85 @@ async fn handle(
     }
 }
 
+/// What notary-server asks for on its changefeed of every GUN.
+const CATALOG_SCOPE: &str = "registry:catalog:*";
+
+/// `GET /v2/_trust/changefeed`: the records of the GUNs the caller may read
+/// (`content/read` on the GUN's repository, as each GUN's own changefeed needs; the admin
+/// account reads every one), with notary's paging. Authentication is notary-server's for
+/// this route: anonymous callers are challenged for `registry:catalog:*` and a bearer
+/// token must carry that scope; what it shows is then up to policy alone, so a token
+/// scoped to one repository learns no other repository's name.
+async fn global_changefeed(
+    gw: &Arc<Gateway>,
+    meta: &RequestMeta,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, NotaryError> {
+    let catalog = || CATALOG_SCOPE.to_owned();
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION))
+        .map_err(|e| e.with_scope(catalog))?;
+    if who.principal == Principal::Anonymous {
+        gw.metrics.record_decision(false);
+        return Err(GatewayError::AuthenticationRequired {
+            scope: Some(catalog()),
+        }
+        .into());
+    }
+    if !claim_covers_catalog(&who) {
+        gw.metrics.record_decision(false);
+        return Err(GatewayError::InsufficientScope { scope: catalog() }.into());
+    }
+    gw.metrics.record_decision(true);
+    let (change_id, records) = changefeed_query(query.unwrap_or_default())?;
+    let (gw, principal, source_ip) = (Arc::clone(gw), who.principal, meta.source_ip);
+    let feed = blocking(move || {
+        let identity = gw.store.snapshot();
+        // One decision per repository, however many records it has.
+        let mut readable: HashMap<String, bool> = HashMap::new();
+        let visible = |gun: &str| {
+            let Some(repository) = gun_repository(gun) else {
+                return false;
+            };
+            if let Some(&known) = readable.get(repository) {
+                return known;
+            }
+            let check = Check {
+                action: Action::ContentRead,
+                repository: repository.to_owned(),
+                operation: Operation::ReadTrust,
+                reference: None,
+            };
+            let allowed = access::ask(&gw.engine, &identity, &principal, &check, source_ip).allowed;
+            readable.insert(repository.to_owned(), allowed);
+            allowed
+        };
+        gw.trust
+            .changefeed_of(visible, change_id.as_deref(), records)
+    })
+    .await?
+    .map_err(|error| NotaryError::Trust {
+        error,
+        reading: true,
+    })?;
+    let body = serde_json::to_string(&feed)
+        .map_err(|e| NotaryError::Internal(format!("changefeed json: {e}")))?;
+    Ok(json(StatusCode::OK, body))
+}
+
+/// Whether a bearer claim (if any) grants `registry:catalog:*`.
+fn claim_covers_catalog(who: &Authenticated) -> bool {
+    who.bearer_access.as_deref().is_none_or(|claim| {
+        claim.iter().any(|entry| {
+            entry.kind == "registry"
+                && entry.name == "catalog"
+                && entry.actions.iter().any(|a| a == "*")
+        })
+    })
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NotaryError> {
@@ -202,6 +292,15 @@ pub(crate) fn action_checks(
     }
 }
 
+/// The challenge scope of a trust request: the GUN with every notary action it needs.
+fn trust_scope(req: &TrustRequest) -> String {
+    format!(
+        "repository:{}:{}",
+        req.gun,
+        claim_actions(&req.kind).join(",")
+    )
+}
+
 /// Cedar decides every check; then the bearer claim (if any) must cover the GUN.
 fn authorize(
     gw: &Gateway,
@@ -210,7 +309,7 @@ fn authorize(
     meta: &RequestMeta,
 ) -> Result<(), NotaryError> {
     let claim = claim_actions(&req.kind);
-    let scope = format!("repository:{}:{}", req.gun, claim.join(","));
+    let scope = trust_scope(req);
     let identity = gw.store.snapshot();
     let checks = claim
         .iter()

@@ -430,6 +430,17 @@ impl TrustService {
         change_id: Option<&str>,
         records: i64,
     ) -> Result<Changefeed, TrustError> {
+        self.changefeed_of(|g| gun.is_none_or(|gun| gun == g), change_id, records)
+    }
+
+    /// [`changefeed`](Self::changefeed) of the GUNs `visible` accepts (asked once per
+    /// record): a page is full unless the feed ends, however many records it skips.
+    pub fn changefeed_of(
+        &self,
+        visible: impl FnMut(&str) -> bool,
+        change_id: Option<&str>,
+        records: i64,
+    ) -> Result<Changefeed, TrustError> {
         self.check_enabled()?;
         let change_id = match change_id.filter(|c| !c.is_empty()) {
             None => 0,
@@ -442,7 +453,7 @@ impl TrustService {
         } else {
             records.clamp(-MAX_CHANGEFEED_RECORDS, MAX_CHANGEFEED_RECORDS)
         };
-        let records = self.store.read()?.changes(gun, change_id, records)?;
+        let records = self.store.read()?.changes_of(visible, change_id, records)?;
         Ok(Changefeed {
             count: records.len(),
             records,
@@ -1010,5 +1021,40 @@ mod tests {
             assert_eq!(feed.count, 1000, "{records}");
         }
         assert_eq!(f.service.changefeed(Some(GUN), None, 0).unwrap().count, 100);
+    }
+
+    #[test]
+    fn a_filtered_changefeed_still_fills_its_pages() {
+        let f = fixture();
+        let other = "registry.test/other";
+        let txn = f.service.store.write().unwrap();
+        // Change ids alternate: odd ones are GUN's, even ones the other's.
+        for version in 1..=6 {
+            for gun in [GUN, other] {
+                let file = NewFile {
+                    role: "timestamp".to_owned(),
+                    version,
+                    bytes: Bytes::from(format!("{gun} {version}")),
+                };
+                txn.update_many(gun, &[file], now()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let ids = |change_id: Option<&str>, records| -> Vec<String> {
+            let feed = f
+                .service
+                .changefeed_of(|g| g == GUN, change_id, records)
+                .unwrap();
+            assert_eq!(feed.count, feed.records.len());
+            assert!(feed.records.iter().all(|c| c.gun == GUN));
+            feed.records.into_iter().map(|c| c.id).collect()
+        };
+        assert_eq!(ids(None, 2), ["1", "3"]);
+        assert_eq!(ids(Some("3"), 2), ["5", "7"]);
+        assert_eq!(ids(Some("9"), 5), ["11"], "only the end gives a short page");
+        assert_eq!(ids(None, -2), ["9", "11"]);
+        assert_eq!(ids(Some("9"), -2), ["5", "7"]);
+        assert_eq!(ids(Some("3"), -5), ["1"]);
+        assert_eq!(f.service.changefeed(None, Some("3"), 2).unwrap().count, 2);
     }
 }

@@ -262,6 +262,17 @@ impl<T: Tables> TrustTxn<T> {
         change_id: i64,
         records: i64,
     ) -> Result<Vec<Change>, StoreError> {
+        self.changes_of(|g| gun.is_none_or(|gun| gun == g), change_id, records)
+    }
+
+    /// [`changes`](Self::changes) of the GUNs `wanted` accepts: records it refuses do not
+    /// count, so a page is full unless the feed ends.
+    pub fn changes_of(
+        &self,
+        mut wanted: impl FnMut(&str) -> bool,
+        change_id: i64,
+        records: i64,
+    ) -> Result<Vec<Change>, StoreError> {
         let table = self.txn.table(CHANGES)?;
         let limit = usize::try_from(records.unsigned_abs()).unwrap_or(usize::MAX);
         let backward = records < 0 || change_id < 0;
@@ -269,7 +280,6 @@ impl<T: Tables> TrustTxn<T> {
             serde_json::from_slice::<Change>(bytes)
                 .map_err(|_| StoreError::Corrupt(format!("change {id}")))
         };
-        let wanted = |c: &Change| gun.is_none_or(|g| g == c.gun);
         let mut out = Vec::new();
         if backward {
             // Before `change_id` (everything when it is not positive), newest first.
@@ -281,7 +291,7 @@ impl<T: Tables> TrustTxn<T> {
             for entry in range.rev() {
                 let (k, v) = entry.map_err(db_err)?;
                 let change = decode(v.value(), k.value())?;
-                if wanted(&change) {
+                if wanted(&change.gun) {
                     out.push(change);
                     if out.len() == limit {
                         break;
@@ -294,7 +304,7 @@ impl<T: Tables> TrustTxn<T> {
             for entry in table.range((after + 1)..).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 let change = decode(v.value(), k.value())?;
-                if wanted(&change) {
+                if wanted(&change.gun) {
                     out.push(change);
                     if out.len() == limit {
                         break;

@@ -267,6 +267,47 @@ impl Meta {
         Ok(Some(size))
     }
 
+    /// Up to `limit` repositories `digest` is linked into, in name order (the
+    /// candidates of a mount without `from`).
+    pub fn blob_repositories(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let rx = self.db.begin_read()?;
+        let links = rx.open_table(BLOB_LINKS)?;
+        let mut out = Vec::new();
+        for entry in links.range((digest.as_str(), "")..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry?;
+            let (d, repo) = k.value();
+            if d != digest.as_str() {
+                break;
+            }
+            out.push(repo.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Links `digest` into `repo` if it is linked into any repository; returns its
+    /// size. One transaction, so the link it copies cannot vanish meanwhile.
+    pub fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let tx = self.db.begin_write()?;
+        let linked = has_prefix2(&tx.open_table(BLOB_LINKS)?, digest.as_str())?;
+        let size = tx
+            .open_table(BLOBS)?
+            .get(digest.as_str())?
+            .map(|g| g.value().0);
+        let Some(size) = size.filter(|_| linked) else {
+            return Ok(None);
+        };
+        Meta::link(&tx, repo, digest, size, now_secs())?;
+        tx.commit()?;
+        Ok(Some(size))
+    }
+
     /// Removes the link of `digest` from `repo`; false if there was none.
     pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
         let tx = self.db.begin_write()?;
@@ -837,6 +878,16 @@ mod tests {
         m.mount("other", "r", &d('b')).unwrap();
         m.put_manifest("other", &md, &bytes, &parsed, &[]).unwrap();
         assert_eq!(m.catalog(None, None).unwrap().items, vec!["other", "r"]);
+        // A mount without `from` finds the blob wherever it is linked.
+        assert_eq!(
+            m.blob_repositories(&d('a'), 10).unwrap(),
+            vec!["other", "r"]
+        );
+        assert_eq!(m.blob_repositories(&d('a'), 1).unwrap(), vec!["other"]);
+        assert!(m.blob_repositories(&d('c'), 10).unwrap().is_empty());
+        assert_eq!(m.mount_any("third", &d('a')).unwrap(), Some(1));
+        assert_eq!(m.mount_any("third", &d('c')).unwrap(), None);
+        assert!(m.linked_blob_size("third", &d('a')).unwrap().is_some());
     }
 
     #[test]

@@ -309,6 +309,23 @@ impl Registry {
         Ok(self.meta(move |m| m.mount(&r, &f, &d)).await?.is_some())
     }
 
+    /// Links `digest` into `repo` from whichever repository has it (a mount without
+    /// `from`); false if none has.
+    pub async fn mount_any(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+        let (r, d) = (repo.to_owned(), digest.clone());
+        Ok(self.meta(move |m| m.mount_any(&r, &d)).await?.is_some())
+    }
+
+    /// Up to `limit` repositories `digest` is linked into, in name order.
+    pub async fn blob_repositories(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let d = digest.clone();
+        self.meta(move |m| m.blob_repositories(&d, limit)).await
+    }
+
     /// Removes sessions idle for longer than the expiry, and stray files.
     pub async fn expire_uploads(&self) -> Result<usize, StorageError> {
         let cutoff = std::time::SystemTime::now()

@@ -1,7 +1,7 @@
 //! Blob pushes over real HTTP (OCI distribution-spec v1.1 "Pushing blobs"): POST+PUT,
 //! monolithic POST `?digest=`, chunked PATCH with and without `Content-Range` (also with
 //! chunked transfer encoding), out-of-order chunks, upload status, cancel, cross-repository
-//! mount, digest verification.
+//! mount (with `from` and automatic), digest verification.
 
 #![allow(
     clippy::unwrap_used,
@@ -380,6 +380,46 @@ fn mount_from_another_repository_is_201() {
             .is_some_and(|l| l.ends_with(&format!("/v2/lib/dst/blobs/{d}")))
     );
     assert_eq!(get_blob(&c, &s.url, "lib/dst", &d), data);
+}
+
+#[test]
+fn mount_without_from_finds_the_blob_in_any_repository() {
+    let s = Server::start(&[]);
+    let c = client();
+    let data = b"layer somewhere".to_vec();
+    let d = push_blob(&c, &s.url, "lib/holder", &data);
+    // OCI 1.1 automatic mount: no `from`, the store looks for it itself.
+    let r = c
+        .post(format!("{}/v2/lib/auto/blobs/uploads/?mount={d}", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        header(r.headers(), "docker-content-digest").as_deref(),
+        Some(d.as_str())
+    );
+    assert!(
+        header(r.headers(), "location")
+            .is_some_and(|l| l.ends_with(&format!("/v2/lib/auto/blobs/{d}")))
+    );
+    assert_eq!(get_blob(&c, &s.url, "lib/auto", &d), data);
+    // A blob no repository has: a working upload session instead.
+    let missing = b"in no repository".to_vec();
+    let md = digest(&missing);
+    let r = c
+        .post(format!("{}/v2/lib/auto/blobs/uploads/?mount={md}", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let url = absolute(&s.url, &header(r.headers(), "location").expect("Location"));
+    assert_eq!(blob_status(&c, &s.url, "lib/auto", &md), 404);
+    let r = c
+        .put(with_query(&url, "digest", &md))
+        .body(missing)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(blob_status(&c, &s.url, "lib/auto", &md), 200);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Blob uploads: POST (session, monolithic `?digest=`, cross-repository
-//! `?mount=&from=`), PATCH (streamed chunks, with or without
+//! `?mount=&from=`, automatic `?mount=` without `from`), PATCH (streamed chunks, with or without
 //! `Content-Range: start-end`), PUT `?digest=` (optional final chunk),
 //! GET status and DELETE.
 
@@ -62,10 +62,15 @@ pub(super) async fn start(
 ) -> Result<Response, StorageError> {
     if let Some(mount) = q.get("mount") {
         let digest = Digest::parse(mount)?;
-        // Without a usable `from`, fall back to a new session (spec: 202).
-        if let Some(from) = q.get("from").filter(|f| is_valid_repository_name(f))
-            && reg.mount(name, from, &digest).await?
-        {
+        // Without `from`, the blob comes from any repository that has it (OCI 1.1
+        // automatic mount; the store has no authorization: the gateway in front names
+        // a readable `from` itself). Not found, or an unusable `from`: a new session
+        // (spec: 202).
+        let mounted = match q.get("from") {
+            None => reg.mount_any(name, &digest).await?,
+            Some(from) => is_valid_repository_name(from) && reg.mount(name, from, &digest).await?,
+        };
+        if mounted {
             return blob_created(name, &digest);
         }
     } else if q.get("digest").is_some() {
