@@ -1480,3 +1480,97 @@ when { context.operation == "delete-repository" };
         json!({"manifestsDeleted": [image.digest()], "tagsDeleted": ["v1"]})
     );
 }
+
+/// Sends `bytes` on a fresh connection and returns everything the gateway answers
+/// until it closes the connection.
+fn raw_exchange(server: &Server, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.host()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status and the OCI error code of a raw HTTP/1.1 answer.
+fn raw_oci_error(answer: &str) -> (u16, String) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let (_, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    let v: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: body {body:?} of {answer:?}"));
+    (status, v["errors"][0]["code"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn malformed_framing_is_the_clients_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir);
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+
+    // A bad chunk line, without credentials, on a route the gateway answers itself…
+    let answer = raw_exchange(
+        &server,
+        b"POST /oauth2/token HTTP/1.1\r\nHost: registry\r\nTransfer-Encoding: chunked\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(
+        raw_oci_error(&answer),
+        (400, "UNSUPPORTED".into()),
+        "{answer}"
+    );
+    assert!(answer.contains("chunk"), "{answer}");
+    // …and with credentials on an upload the bundled store reads in process.
+    let resp = admin(Client::new().post(server.url("/v2/framing/app/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let request = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: registry\r\nAuthorization: Basic {creds}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+         4\r\nabcd\r\nzz\r\nabc\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(&server, request.as_bytes());
+    assert_eq!(raw_oci_error(&answer).0, 400, "{answer}");
+    // Neither is the gateway's error: nothing is logged at ERROR (the servers run at warn).
+    let log = server.stderr();
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // What pingora's HTTP/1 parser refuses (too many headers, a bad Content-Length,
+    // bytes that are not HTTP) is answered 400 and the connection closed, before any
+    // gateway code runs: pingora writes that answer itself (empty body; see
+    // `HttpProxy::handle_new_request`), so no OCI JSON can be given there.
+    let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let garbage = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0u8, 60))
+        .collect::<Vec<u8>>();
+    for (what, bytes) in [
+        (
+            "1000 headers",
+            format!("GET /v2/ HTTP/1.1\r\nHost: registry\r\n{many}\r\n").into_bytes(),
+        ),
+        (
+            "bad Content-Length",
+            b"POST /oauth2/token HTTP/1.1\r\nHost: registry\r\nContent-Length: 12abc\r\n\r\n"
+                .to_vec(),
+        ),
+        ("garbage", garbage),
+    ] {
+        let answer = raw_exchange(&server, &bytes);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
+    }
+    // The gateway still serves.
+    let resp = admin(Client::new().get(server.url("/v2/"))).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

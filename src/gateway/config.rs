@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_SERVICE: &str = "portcullis";
 pub const DEFAULT_GRACE_SECS: u64 = 5;
+/// Concurrent HTTP/2 streams per connection (pingora's bounded default).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,6 +61,17 @@ pub struct FileConfig {
     pub tls: FileTls,
     #[serde(default)]
     pub trust: FileTrust,
+    #[serde(default)]
+    pub http2: FileHttp2,
+}
+
+/// `[http2]`: HTTP/2 beside HTTP/1.1 on every listener (ALPN `h2` on TLS, prior
+/// knowledge `h2c` on plain TCP).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp2 {
+    pub enabled: Option<bool>,
+    pub max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -141,6 +154,14 @@ pub struct Config {
     pub tls: TlsMode,
     /// Algorithm of new server-managed trust keys (existing keys keep theirs).
     pub trust_key_algorithm: KeyAlgorithm,
+    pub http2: Http2,
+}
+
+/// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    pub enabled: bool,
+    pub max_concurrent_streams: u32,
 }
 
 impl Config {
@@ -194,6 +215,15 @@ impl Config {
             ),
             tls,
             trust_key_algorithm: file.trust.key_algorithm.unwrap_or_default(),
+            http2: Http2 {
+                enabled: file.http2.enabled.unwrap_or(true),
+                // 0 would stall every client: at least one stream.
+                max_concurrent_streams: file
+                    .http2
+                    .max_concurrent_streams
+                    .unwrap_or(DEFAULT_H2_MAX_STREAMS)
+                    .max(1),
+            },
         })
     }
 }
@@ -217,6 +247,19 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert!(!c.anonymous_pull);
         assert_eq!(c.trust_key_algorithm, KeyAlgorithm::Ecdsa);
+        assert_eq!(
+            c.http2,
+            Http2 {
+                enabled: true,
+                max_concurrent_streams: DEFAULT_H2_MAX_STREAMS
+            }
+        );
+        let f = file("[http2]\nenabled = false\nmax_concurrent_streams = 8\n");
+        let c = Config::resolve(Overrides::default(), f).unwrap();
+        assert_eq!(
+            (c.http2.enabled, c.http2.max_concurrent_streams),
+            (false, 8)
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -16,6 +17,9 @@ pub struct Metrics {
     decisions: IntCounterVec,
     authentications: IntCounterVec,
     caches: IntGaugeVec,
+    /// Requests over HTTP/1.x and over HTTP/2, resolved once (no label lookup per request).
+    http1: IntCounter,
+    http2: IntCounter,
 }
 
 /// Hit and miss counts of one cache (`authn`: verified credentials, `decision`:
@@ -69,6 +73,14 @@ impl Metrics {
             ),
             &["cache", "result"],
         )?;
+        let protocols = IntCounterVec::new(
+            Opts::new(
+                "requests_by_protocol_total",
+                "Requests answered, by HTTP protocol (http/1.1, h2).",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(protocols.clone()))?;
         registry.register(Box::new(caches.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -81,7 +93,18 @@ impl Metrics {
             decisions,
             authentications,
             caches,
+            http1: protocols.with_label_values(&["http/1.1"]),
+            http2: protocols.with_label_values(&["h2"]),
         })
+    }
+
+    /// One finished request's protocol: `h2` or anything else (HTTP/1.x).
+    pub fn observe_protocol(&self, protocol: &str) {
+        if protocol == "h2" {
+            self.http2.inc();
+        } else {
+            self.http1.inc();
+        }
     }
 
     /// One finished request. `route` is a route kind (`manifest_get`, `blob_get`, `token`…).
@@ -173,6 +196,7 @@ mod tests {
         m.record_decision(true);
         m.record_decision(false);
         m.record_authentication("bearer");
+        m.observe_protocol("h2");
         let text = m.render(&[CacheReading {
             cache: "authn",
             hits: 7,
@@ -184,6 +208,7 @@ mod tests {
         assert!(text.contains("portcullis_request_duration_seconds_bucket{route=\"blob_get\""));
         assert!(text.contains("portcullis_decisions_total{decision=\"deny\"} 1"));
         assert!(text.contains("portcullis_authentications_total{result=\"bearer\"} 1"));
+        assert!(text.contains("portcullis_requests_by_protocol_total{protocol=\"h2\"} 1"));
         assert!(text.contains("portcullis_cache_lookups{cache=\"authn\",result=\"hit\"} 7"));
     }
 }

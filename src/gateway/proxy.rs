@@ -253,7 +253,7 @@ impl Proxy {
             return self.too_large(session, ctx).await;
         }
         let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
+        while let Some(chunk) = read_body(session).await? {
             if body.len() + chunk.len() > CONTROL_BODY_LIMIT {
                 return self.too_large(session, ctx).await;
             }
@@ -303,8 +303,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/2 has no Transfer-Encoding and may omit Content-Length: a body is
+        // whatever DATA frames follow a HEADERS frame without END_STREAM.
+        ctx.has_body = if session.is_http2() {
+            !session.is_body_empty()
+        } else {
+            declares_body(&session.req_header().headers)
+        };
         let head = session.req_header();
-        ctx.has_body = declares_body(&head.headers);
         let route = match classify::classify(&head.method, head.uri.path(), head.uri.query()) {
             Ok(route) => route,
             Err(e) => {
@@ -460,7 +466,9 @@ impl ProxyHttp for Proxy {
         }
         let error = match e.etype() {
             ErrorType::HTTPStatus(code) if *code < 500 => GatewayError::BadRequest(e.to_string()),
-            _ if e.esource() == &ErrorSource::Downstream => GatewayError::BadRequest(e.to_string()),
+            _ if e.esource() == &ErrorSource::Downstream => {
+                GatewayError::BadRequest(client_fault(e))
+            }
             // Clients do not learn where the backend is; the access log has the cause.
             _ => GatewayError::Unavailable("the storage backend is not answering".into()),
         };
@@ -476,13 +484,21 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// A client's own mistake (a malformed body, a client gone midway) is not the
+    /// gateway's error: the access line records it, at info.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
+        let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
         let head = session.req_header();
         self.gw
             .metrics
             .observe_request(ctx.route, head.method.as_str(), status, elapsed);
+        self.gw.metrics.observe_protocol(protocol);
         let principal = match &ctx.principal {
             Some(Principal::Admin) => "admin",
             Some(Principal::Token { name, .. }) => name.as_str(),
@@ -494,6 +510,7 @@ impl ProxyHttp for Proxy {
             method = %head.method,
             path = head.uri.path(),
             route = ctx.route,
+            protocol,
             status,
             principal,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -501,6 +518,21 @@ impl ProxyHttp for Proxy {
             "request"
         );
     }
+}
+
+/// What a client did wrong, from a downstream error: pingora's reason in lowercase
+/// words (e.g. "malformed request body: invalid chunked encoding: InvalidChunkSize").
+fn client_fault(e: &Error) -> String {
+    let reason = e
+        .context
+        .as_ref()
+        .map_or_else(|| e.etype().as_str().to_owned(), |c| c.to_string());
+    let mut chars = reason.chars();
+    let reason = match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => reason,
+    };
+    format!("malformed request body: {reason}")
 }
 
 /// The not-found refusal for a route this listener does not serve.
@@ -698,7 +730,9 @@ async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>)
         session.write_continue_response().await?;
     }
     loop {
-        match session.read_request_body().await {
+        match read_body(session).await {
+            // HTTP/2 may end the body with an empty DATA frame: nothing to pass on.
+            Ok(Some(chunk)) if chunk.is_empty() => {}
             Ok(Some(chunk)) => {
                 if tx.send(Ok(chunk)).await.is_err() {
                     // The store stopped reading: it has its answer.
@@ -712,6 +746,17 @@ async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>)
             }
         }
     }
+}
+
+/// The next chunk of the request body. Every failure here is the client's (a malformed
+/// chunk, a body cut short, a reset stream), so it is marked as coming from downstream:
+/// `fail_to_proxy` answers it 400 (or not at all when the client is gone), never as a
+/// backend failure.
+async fn read_body(session: &mut Session) -> Result<Option<Bytes>> {
+    session.read_request_body().await.map_err(|mut e| {
+        e.as_down();
+        e
+    })
 }
 
 /// The client's request as an `http::Request` for a service called in process.

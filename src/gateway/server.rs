@@ -18,11 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::apps::HttpServerOptions;
+use pingora::protocols::http::v2::server::{H2Options, default_h2_options};
+use pingora::proxy::{HttpProxy, http_proxy_service_with_name};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
 
-use super::config::{Config, TlsMode};
+use super::config::{Config, Http2, TlsMode};
 use super::control::{self, AdminPlacement};
 use super::proxy::{Listener, Proxy};
 use super::tls::{self, TlsFiles};
@@ -34,6 +37,14 @@ use crate::identity::AdminPasswordSource;
 const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// How long the first listener may take to accept connections before startup fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control windows. The protocol's 64 KiB default makes a blob upload wait
+/// for a window update every 64 KiB; 1 MiB per stream keeps a push streaming, and the
+/// connection window bounds what one client can have buffered here across streams.
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// An HTTP/2 connection without streams is closed after this long (HTTP/1.1's
+/// keepalive timeout in pingora is 60 s too).
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A gateway opened and its listen addresses resolved, ready to [`run`](Prepared::run).
 pub struct Prepared {
@@ -138,7 +149,15 @@ impl Prepared {
 
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
-        let settings = |files: &TlsFiles| tls::settings(files).map_err(anyhow::Error::from);
+        let http2 = config.http2;
+        let settings = |files: &TlsFiles| {
+            let mut settings = tls::settings(files)?;
+            if http2.enabled {
+                // ALPN offers h2 first, http/1.1 still for clients that ask for it.
+                settings.enable_h2();
+            }
+            anyhow::Ok(settings)
+        };
         let main_listener = Listener::Main {
             admin_api: admin_listen.is_none(),
         };
@@ -155,6 +174,7 @@ impl Prepared {
         );
         let mut service =
             http_proxy_service_with_name(&server.configuration, proxy, "portcullis gateway");
+        enable_h2(&mut service, http2);
         match &tls {
             Some(files) => {
                 service.add_tls_with_settings(&listen.to_string(), None, settings(files)?)
@@ -172,6 +192,7 @@ impl Prepared {
             );
             let mut service =
                 http_proxy_service_with_name(&server.configuration, proxy, "portcullis admin");
+            enable_h2(&mut service, http2);
             match &tls {
                 Some(files) => {
                     service.add_tls_with_settings(&admin_addr.to_string(), None, settings(files)?)
@@ -194,6 +215,33 @@ impl Prepared {
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// HTTP/2 on a listener: prior-knowledge h2c on plain TCP (pingora peeks for the
+/// connection preface and keeps HTTP/1.1 otherwise; on TLS, ALPN decides), with the
+/// stream limit and flow-control windows.
+fn enable_h2(service: &mut Service<HttpProxy<Proxy>>, http2: Http2) {
+    if !http2.enabled {
+        return;
+    }
+    let Some(proxy) = service.app_logic_mut() else {
+        return;
+    };
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
+    proxy.server_options = Some(options);
+    proxy.h2_options = Some(h2_options(http2));
+}
+
+fn h2_options(http2: Http2) -> H2Options {
+    // pingora's defaults bound the decoded header list (64 KiB) too.
+    let mut options = default_h2_options();
+    options
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    options
 }
 
 /// Pingora settings: one worker thread per core, the configured grace period, and

@@ -117,7 +117,13 @@ impl From<StorageError> for OciError {
                 return OciError::new(ErrorCode::ManifestBlobUnknown, msg)
                     .with_detail(serde_json::json!({ "digest": d.as_str() }));
             }
-            S::Manifest(ManifestError::Digest(_)) | S::Manifest(_) => ErrorCode::ManifestInvalid,
+            S::Manifest(m) => {
+                let invalid = OciError::new(ErrorCode::ManifestInvalid, msg);
+                return match m.field() {
+                    Some(field) => invalid.with_detail(serde_json::json!({ "field": field })),
+                    None => invalid,
+                };
+            }
             S::ManifestTooLarge { .. } => {
                 return OciError::new(ErrorCode::SizeInvalid, msg)
                     .with_status(http::StatusCode::PAYLOAD_TOO_LARGE);

@@ -332,25 +332,8 @@ impl Meta {
         let now = now_secs();
         let tx = self.db.begin_write()?;
         {
-            let links = tx.open_table(BLOB_LINKS)?;
-            if let Some(missing) =
-                parsed
-                    .blobs
-                    .iter()
-                    .find_map(|b| match links.get((b.as_str(), repo)) {
-                        Ok(Some(_)) => None,
-                        Ok(None) => Some(Ok(b)),
-                        Err(e) => Some(Err(e)),
-                    })
-            {
-                return Err(StorageError::ManifestBlobUnknown(missing?.clone()));
-            }
+            check_declared(&tx, repo, parsed)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
-            for c in &parsed.children {
-                if manifests.get((repo, c.as_str()))?.is_none() {
-                    return Err(StorageError::ManifestChildUnknown(c.clone()));
-                }
-            }
             let record = ManifestRecord {
                 media_type: parsed.media_type.clone(),
                 size: bytes.len() as u64,
@@ -808,6 +791,55 @@ impl Meta {
     }
 }
 
+/// Every descriptor of `parsed` against the stored content: config and layers are
+/// blobs linked into `repo` and index children manifests of `repo`, each with the
+/// declared size; a subject, when present in `repo`, has its declared size too.
+fn check_declared(
+    tx: &WriteTransaction,
+    repo: &str,
+    parsed: &ParsedManifest,
+) -> Result<(), StorageError> {
+    use crate::manifest::{ManifestError, Target};
+    let links = tx.open_table(BLOB_LINKS)?;
+    let blobs = tx.open_table(BLOBS)?;
+    let manifests = tx.open_table(MANIFESTS)?;
+    for d in &parsed.declared {
+        let stored = match d.target {
+            Target::Blob => {
+                let size = match links.get((d.digest.as_str(), repo))? {
+                    Some(_) => blobs.get(d.digest.as_str())?.map(|g| g.value().0),
+                    None => None,
+                };
+                Some(size.ok_or_else(|| StorageError::ManifestBlobUnknown(d.digest.clone()))?)
+            }
+            Target::Manifest | Target::Subject => {
+                let record = manifests.get((repo, d.digest.as_str()))?;
+                match (record, d.target) {
+                    (Some(r), _) => Some(
+                        serde_json::from_slice::<ManifestRecord>(r.value())
+                            .map_err(|e| StorageError::Corrupt(e.to_string()))?
+                            .size,
+                    ),
+                    (None, Target::Subject) => None,
+                    (None, _) => return Err(StorageError::ManifestChildUnknown(d.digest.clone())),
+                }
+            }
+        };
+        if let Some(stored) = stored
+            && stored != d.size
+        {
+            return Err(ManifestError::SizeMismatch {
+                field: format!("{}.size", d.field),
+                digest: d.digest.clone(),
+                declared: d.size,
+                stored,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,15 +852,15 @@ mod tests {
     fn image(
         config: &Digest,
         layer: &Digest,
-        subject: Option<&Digest>,
+        subject: Option<(&Digest, usize)>,
     ) -> (Vec<u8>, ParsedManifest) {
         let mut m = serde_json::json!({
             "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.as_str(), "size": 1},
-            "layers": [{"mediaType": "l", "digest": layer.as_str(), "size": 1}],
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.as_str(), "size": 1}],
         });
-        if let Some(s) = subject {
-            m["subject"] = serde_json::json!({"mediaType": manifest::OCI_MANIFEST, "digest": s.as_str(), "size": 1});
+        if let Some((s, size)) = subject {
+            m["subject"] = serde_json::json!({"mediaType": manifest::OCI_MANIFEST, "digest": s.as_str(), "size": size});
         }
         let bytes = serde_json::to_vec(&m).unwrap();
         let parsed = manifest::parse(&bytes, None).unwrap();
@@ -939,7 +971,7 @@ mod tests {
             .unwrap();
         m.put_manifest("s", &md, &bytes, &parsed, &["v1".into()])
             .unwrap();
-        let (sig, sp) = image(&d('a'), &d('a'), Some(&md));
+        let (sig, sp) = image(&d('a'), &d('a'), Some((&md, bytes.len())));
         let sd = Digest::of(&sig);
         m.put_manifest("r", &sd, &sig, &sp, &[]).unwrap();
 
@@ -1033,7 +1065,7 @@ mod tests {
         let td = Digest::of(&tagged);
         m.put_manifest("r", &td, &tagged, &tp, &["latest".into()])
             .unwrap();
-        let (sig, sp) = image(&d('e'), &d('e'), Some(&td));
+        let (sig, sp) = image(&d('e'), &d('e'), Some((&td, tagged.len())));
         let sd = Digest::of(&sig);
         m.put_manifest("r", &sd, &sig, &sp, &[]).unwrap();
         assert_eq!(m.referrers("r", &td).unwrap().len(), 1);

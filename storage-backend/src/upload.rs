@@ -241,6 +241,11 @@ impl BatchWriter {
     }
 
     async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        // An empty chunk (an HTTP/2 DATA frame may be empty) would be a zero-length
+        // slice left over after the data is written: `write_vectored` answers 0.
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.batched += chunk.len();
         self.batch.push(chunk);
         if self.batched >= WRITE_BATCH {
@@ -307,6 +312,18 @@ fn write_all(file: &mut File, batch: &[Bytes]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn empty_chunks_are_skipped_not_a_write_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let mut w = BatchWriter::new(file, Arc::new(Semaphore::new(1)));
+        w.push(Bytes::from_static(b"ab")).await.unwrap();
+        w.push(Bytes::new()).await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+    }
 
     #[tokio::test]
     async fn running_hash_survives_restart() {

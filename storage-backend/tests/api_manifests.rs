@@ -161,6 +161,116 @@ fn unparsable_manifest_is_manifest_invalid() {
     assert_error(r, 400, &["MANIFEST_INVALID"]);
 }
 
+/// Manifests that are not valid images or indexes are refused with the field at fault
+/// named (OCI image spec: descriptors, `schemaVersion`, `config`/`layers`/`manifests`;
+/// sizes checked against the stored content; schema 1 refused as distribution does).
+#[test]
+fn invalid_images_and_indexes_are_refused_naming_the_field() {
+    let s = Server::start(&[]);
+    let c = client();
+    let (base, repo) = (s.url.as_str(), "lib/strict");
+    let config = b"{\"architecture\":\"amd64\"}".as_slice();
+    let layer = vec![7u8; 1024 * 1024];
+    push_blob(&c, base, repo, config);
+    push_blob(&c, base, repo, &layer);
+    let child = image_manifest(OCI_MANIFEST, config, &[&layer]);
+    assert_eq!(
+        put_manifest(&c, base, repo, "child", OCI_MANIFEST, &child).status(),
+        201
+    );
+    let image: serde_json::Value = serde_json::from_slice(&child).unwrap();
+    let with = |path: &[&str], value: serde_json::Value| {
+        let mut m = image.clone();
+        let mut at = &mut m;
+        for key in &path[..path.len() - 1] {
+            at = match key.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*key],
+            };
+        }
+        let last = path[path.len() - 1];
+        match value {
+            serde_json::Value::Null => {
+                at.as_object_mut().unwrap().remove(last);
+            }
+            v => at[last] = v,
+        }
+        serde_json::to_vec(&m).unwrap()
+    };
+    let index = |size: serde_json::Value| {
+        let mut d = descriptor(OCI_MANIFEST, &child);
+        d["size"] = size;
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d]}))
+        .unwrap()
+    };
+    let null = serde_json::Value::Null;
+    let schema1 = br#"{"schemaVersion":1,"name":"lib/strict","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#;
+    let cases: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
+        ("bare schemaVersion", OCI_MANIFEST, br#"{"schemaVersion":2}"#.to_vec(), "MANIFEST_INVALID", "config"),
+        ("schemaVersion 3", OCI_MANIFEST, with(&["schemaVersion"], 3.into()), "MANIFEST_INVALID", "schemaVersion"),
+        ("no schemaVersion", OCI_MANIFEST, with(&["schemaVersion"], null.clone()), "MANIFEST_INVALID", "schemaVersion"),
+        ("no layers", OCI_MANIFEST, with(&["layers"], null.clone()), "MANIFEST_INVALID", "layers"),
+        ("docker, no config", DOCKER_MANIFEST, br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#.to_vec(), "MANIFEST_INVALID", "config"),
+        ("size -1", OCI_MANIFEST, with(&["layers", "0", "size"], (-1).into()), "MANIFEST_INVALID", "layers[0].size"),
+        ("size 2^62", OCI_MANIFEST, with(&["layers", "0", "size"], (1u64 << 62).into()), "MANIFEST_INVALID", "layers[0].size"),
+        ("size 5 for 1 MiB", OCI_MANIFEST, with(&["layers", "0", "size"], 5.into()), "MANIFEST_INVALID", "layers[0].size"),
+        ("size as string", OCI_MANIFEST, with(&["config", "size"], "24".into()), "MANIFEST_INVALID", "config.size"),
+        ("no size", OCI_MANIFEST, with(&["config", "size"], null.clone()), "MANIFEST_INVALID", "config.size"),
+        ("no digest", OCI_MANIFEST, with(&["layers", "0", "digest"], null.clone()), "MANIFEST_INVALID", "layers[0].digest"),
+        ("no descriptor mediaType", OCI_MANIFEST, with(&["config", "mediaType"], null.clone()), "MANIFEST_INVALID", "config.mediaType"),
+        ("missing layer", OCI_MANIFEST, with(&["layers", "0", "digest"], digest(b"absent").into()), "MANIFEST_BLOB_UNKNOWN", "sha256:"),
+        ("index without manifests", OCI_INDEX, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#.to_vec(), "MANIFEST_INVALID", "manifests"),
+        ("index child size", OCI_INDEX, index(3.into()), "MANIFEST_INVALID", "manifests[0].size"),
+        ("index child size -1", OCI_INDEX, index((-1).into()), "MANIFEST_INVALID", "manifests[0].size"),
+        ("invalid UTF-8", OCI_MANIFEST, b"{\"schemaVersion\":2,\"x\":\"\xff\xfe\"}".to_vec(), "MANIFEST_INVALID", "UTF-8"),
+        ("unsigned schema1", "application/vnd.docker.distribution.manifest.v1+json", schema1.to_vec(), "MANIFEST_INVALID", "schema 1"),
+        ("schema1 without Content-Type", "", schema1.to_vec(), "MANIFEST_INVALID", "schema 1"),
+    ];
+    for (name, media_type, body, code, names) in cases {
+        let r = if media_type.is_empty() {
+            c.put(format!("{base}/v2/{repo}/manifests/bad"))
+                .body(body)
+                .send()
+                .unwrap()
+        } else {
+            put_manifest(&c, base, repo, "bad", media_type, &body)
+        };
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        assert_eq!(status, 400, "{name}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let e = &v["errors"][0];
+        assert_eq!(e["code"], code, "{name}: {text}");
+        let said = format!("{} {}", e["message"], e["detail"]);
+        assert!(said.contains(names), "{name}: {said} should name {names}");
+    }
+    // Nothing was tagged.
+    assert_error(
+        c.get(format!("{base}/v2/{repo}/manifests/bad"))
+            .send()
+            .unwrap(),
+        404,
+        &["MANIFEST_UNKNOWN"],
+    );
+    // The same shapes done right are accepted, the empty artifact config included.
+    push_blob(&c, base, repo, b"{}");
+    let artifact = artifact_manifest(
+        Some("application/vnd.example.sig"),
+        OCI_EMPTY,
+        &layer,
+        &child,
+    );
+    assert_eq!(
+        put_manifest(&c, base, repo, "sig", OCI_MANIFEST, &artifact).status(),
+        201
+    );
+    assert_eq!(
+        put_manifest(&c, base, repo, "idx", OCI_INDEX, &index(child.len().into())).status(),
+        201
+    );
+}
+
 #[test]
 fn missing_layer_or_config_is_manifest_blob_unknown() {
     let s = Server::start(&[]);

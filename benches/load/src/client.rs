@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 keep-alive client on hyper's connection API: one connection per
-//! task and no pool, so the driver's own cost per request stays small and the same for
-//! every target.
+//! A minimal keep-alive client on hyper's connection API: one connection per task and
+//! no pool, so the driver's own cost per request stays small and the same for every
+//! target. HTTP/1.1, or HTTP/2 by prior knowledge (h2c) for the gateway's h2 rows, where
+//! one connection may also be shared by several tasks as concurrent streams.
 
 use std::net::SocketAddr;
 
@@ -10,8 +11,8 @@ use http::header::{AUTHORIZATION, HOST, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 /// Where requests go and the credentials every registry request carries.
@@ -81,38 +82,103 @@ impl Call {
     }
 }
 
+/// The protocol of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge.
+    H2c,
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
 /// One keep-alive connection; reopened transparently when the server closes it.
 pub struct Conn {
     endpoint: Endpoint,
-    send: SendRequest<Full<Bytes>>,
+    send: Sender,
 }
 
 impl Conn {
     pub async fn open(endpoint: &Endpoint) -> Result<Conn> {
+        Conn::open_with(endpoint, Protocol::Http1).await
+    }
+
+    pub async fn open_with(endpoint: &Endpoint, protocol: Protocol) -> Result<Conn> {
         let stream = TcpStream::connect(endpoint.addr)
             .await
             .with_context(|| format!("connecting to {}", endpoint.addr))?;
         stream.set_nodelay(true)?;
-        let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // A connection error surfaces on the next send; nothing to report here.
-            let _ = conn.await;
-        });
+        let io = TokioIo::new(stream);
+        let send = match protocol {
+            Protocol::Http1 => {
+                let (send, conn) = http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    // A connection error surfaces on the next send; nothing to report here.
+                    let _ = conn.await;
+                });
+                Sender::Http1(send)
+            }
+            Protocol::H2c => {
+                let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                    // Windows as large as the gateway's, so a blob is not window-bound.
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(8 << 20)
+                    .handshake(io)
+                    .await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::H2(send)
+            }
+        };
         Ok(Conn {
             endpoint: endpoint.clone(),
             send,
         })
     }
 
+    /// Another handle on the same HTTP/2 connection (a concurrent stream); `None` for
+    /// HTTP/1.1, which has one request at a time.
+    pub fn share(&self) -> Option<Conn> {
+        match &self.send {
+            Sender::H2(send) => Some(Conn {
+                endpoint: self.endpoint.clone(),
+                send: Sender::H2(send.clone()),
+            }),
+            Sender::Http1(_) => None,
+        }
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>> {
-        if self.send.is_closed() || self.send.ready().await.is_err() {
-            *self = Conn::open(&self.endpoint).await?;
+    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>> {
+        match &mut self.send {
+            Sender::Http1(send) => {
+                if send.is_closed() || send.ready().await.is_err() {
+                    *self = Conn::open(&self.endpoint).await?;
+                }
+            }
+            Sender::H2(send) => {
+                if send.is_closed() || send.ready().await.is_err() {
+                    *self = Conn::open_with(&self.endpoint, Protocol::H2c).await?;
+                }
+                // HTTP/2 carries the scheme and authority as pseudo-headers.
+                if req.uri().scheme().is_none() {
+                    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    *req.uri_mut() = format!("http://{}{path}", self.endpoint.addr).parse()?;
+                }
+                req.headers_mut().remove(HOST);
+            }
         }
-        Ok(self.send.send_request(req).await?)
+        Ok(match &mut self.send {
+            Sender::Http1(send) => send.send_request(req).await?,
+            Sender::H2(send) => send.send_request(req).await?,
+        })
     }
 
     /// Sends `call` and drains the body; the number of body bytes, or an error for an

@@ -10,7 +10,7 @@ use http::header::{ACCEPT, AUTHORIZATION};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Call, Conn, Endpoint};
+use crate::client::{Call, Conn, Endpoint, Protocol};
 use crate::content::{Blob, Image, REPOSITORY, TAG, push_chunked, push_monolithic, reseed};
 use crate::servers::{Running, Target};
 
@@ -31,10 +31,14 @@ pub enum Phase {
     PushChunked,
     /// `/oauth2/token` rate (gateways only).
     Token,
+    /// Gateways only, over HTTP/2 by prior knowledge: manifest GET at each
+    /// `--connections` (one stream per connection, as the HTTP/1.1 rows) and as that
+    /// many concurrent streams on one connection; the large blob GET and chunked push.
+    H2,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::ManifestGet,
         Phase::ManifestHead,
         Phase::SmallBlob,
@@ -42,6 +46,7 @@ impl Phase {
         Phase::PushMonolithic,
         Phase::PushChunked,
         Phase::Token,
+        Phase::H2,
     ];
 }
 
@@ -137,25 +142,42 @@ pub async fn measure(
                     .header(ACCEPT, crate::content::MANIFEST_TYPE)?;
                 for &conns in &settings.connections {
                     let m = Measurement::new(target, test, conns, "req/s");
-                    results.push(rate(endpoint, &call, m, settings).await?);
+                    results.push(rate(endpoint, &call, m, settings, Open::Http1).await?);
                 }
             }
             Phase::SmallBlob => {
                 let path = format!("/v2/{REPOSITORY}/blobs/{}", image.small.digest);
                 let call = Call::new(Method::GET, path, StatusCode::OK);
                 let m = Measurement::new(target, "4 KiB blob GET", conns0, "req/s");
-                results.push(rate(endpoint, &call, m, settings).await?);
+                results.push(rate(endpoint, &call, m, settings, Open::Http1).await?);
             }
-            Phase::LargeGet => results.push(large_get(running, image, settings).await?),
+            Phase::LargeGet => {
+                results.push(large_get(running, image, settings, Protocol::Http1).await?);
+            }
             Phase::PushMonolithic | Phase::PushChunked => {
-                results.push(push(running, image, settings, phase).await?);
+                results.push(push(running, image, settings, phase, Protocol::Http1).await?);
             }
+            Phase::H2 if target.is_gateway() => {
+                let call = Call::new(Method::GET, manifest.clone(), StatusCode::OK)
+                    .header(ACCEPT, crate::content::MANIFEST_TYPE)?;
+                for &conns in &settings.connections {
+                    let m = Measurement::new(target, "manifest GET h2c", conns, "req/s");
+                    results.push(rate(endpoint, &call, m, settings, Open::H2c).await?);
+                }
+                let m = Measurement::new(target, "manifest GET h2c, 1 conn", conns0, "req/s");
+                results.push(rate(endpoint, &call, m, settings, Open::H2cShared).await?);
+                results.push(large_get(running, image, settings, Protocol::H2c).await?);
+                let chunked = Phase::PushChunked;
+                results.push(push(running, image, settings, chunked, Protocol::H2c).await?);
+            }
+            // HTTP/2 is the gateway's (the anchor and the bare store speak HTTP/1.1 here).
+            Phase::H2 => {}
             Phase::Token => {
                 if let Some((path, credentials)) = &running.token_request {
                     let mut call = Call::new(Method::GET, path.clone(), StatusCode::OK);
                     call.headers.insert(AUTHORIZATION, credentials.clone());
                     let m = Measurement::new(target, "token endpoint", conns0, "req/s");
-                    results.push(rate(endpoint, &call, m, settings).await?);
+                    results.push(rate(endpoint, &call, m, settings, Open::Http1).await?);
                 }
             }
         }
@@ -179,17 +201,36 @@ fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-/// `call` on `m.connections` keep-alive connections for the warm-up and then the
-/// measured duration; requests started in the measured window count.
+/// How the clients of a rate phase connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Open {
+    Http1,
+    /// One h2c connection per client.
+    H2c,
+    /// One h2c connection, each client a concurrent stream on it.
+    H2cShared,
+}
+
+/// `call` on `m.connections` keep-alive connections (or streams) for the warm-up and
+/// then the measured duration; requests started in the measured window count.
 async fn rate(
     endpoint: &Endpoint,
     call: &Call,
     mut m: Measurement,
     settings: &Settings,
+    open: Open,
 ) -> Result<Measurement> {
-    let mut conns = Vec::with_capacity(m.connections);
+    let mut conns: Vec<Conn> = Vec::with_capacity(m.connections);
     for _ in 0..m.connections {
-        conns.push(Conn::open(endpoint).await?);
+        let shared = match (open, conns.first()) {
+            (Open::H2cShared, Some(first)) => first.share(),
+            _ => None,
+        };
+        conns.push(match (shared, open) {
+            (Some(conn), _) => conn,
+            (None, Open::Http1) => Conn::open(endpoint).await?,
+            (None, Open::H2c | Open::H2cShared) => Conn::open_with(endpoint, Protocol::H2c).await?,
+        });
     }
     // Fail fast (e.g. a 401) rather than timing errors.
     if let Some(conn) = conns.first_mut() {
@@ -247,14 +288,20 @@ async fn rate(
 
 /// The large blob downloaded again and again on one connection for the duration
 /// (at least once).
-async fn large_get(running: &Running, image: &Image, settings: &Settings) -> Result<Measurement> {
-    let mut m = Measurement::new(running.target, &large_name(image, "blob GET"), 1, "MB/s");
+async fn large_get(
+    running: &Running,
+    image: &Image,
+    settings: &Settings,
+    protocol: Protocol,
+) -> Result<Measurement> {
+    let test = large_name(image, &format!("blob GET{}", suffix(protocol)));
+    let mut m = Measurement::new(running.target, &test, 1, "MB/s");
     let call = Call::new(
         Method::GET,
         format!("/v2/{REPOSITORY}/blobs/{}", image.large.digest),
         StatusCode::OK,
     );
-    let mut conn = Conn::open(&running.endpoint).await?;
+    let mut conn = Conn::open_with(&running.endpoint, protocol).await?;
     let size = image.large.data.len() as u64;
     let start = Instant::now();
     let mut bytes = 0u64;
@@ -286,18 +333,20 @@ async fn push(
     image: &Image,
     settings: &Settings,
     phase: Phase,
+    protocol: Protocol,
 ) -> Result<Measurement> {
     let chunked = phase == Phase::PushChunked;
     let test = if chunked {
         format!(
-            "blob push chunked ({} MiB PATCHes)",
-            settings.chunk_bytes >> 20
+            "blob push chunked ({} MiB PATCHes){}",
+            settings.chunk_bytes >> 20,
+            suffix(protocol)
         )
     } else {
-        "blob push monolithic".to_owned()
+        format!("blob push monolithic{}", suffix(protocol))
     };
     let mut m = Measurement::new(running.target, &large_name(image, &test), 1, "MB/s");
-    let mut conn = Conn::open(&running.endpoint).await?;
+    let mut conn = Conn::open_with(&running.endpoint, protocol).await?;
     let mut data = image.large.data.to_vec();
     let mut busy = Duration::ZERO;
     for round in 0..settings.push_rounds.max(1) {
@@ -314,6 +363,14 @@ async fn push(
     }
     m.value = (m.count * image.large.data.len() as u64) as f64 / 1e6 / busy.as_secs_f64();
     Ok(m)
+}
+
+/// How a test's name says it ran over HTTP/2 (HTTP/1.1 rows keep their names).
+fn suffix(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "",
+        Protocol::H2c => " h2c",
+    }
 }
 
 fn large_name(image: &Image, what: &str) -> String {

@@ -116,7 +116,8 @@ impl Run {
              the same cores as the server, so absolute numbers are noisy and low: **the ratios to \
              the anchor, measured minutes apart in the same run, are what counts.** Each target \
              runs alone, started fresh over an empty temporary directory, on loopback, HTTP/1.1 \
-             keep-alive. Rates count requests started in the measured window; latencies are \
+             keep-alive (rows marked h2c: HTTP/2 by prior knowledge, gateways only; \
+             `1 conn`: that many concurrent streams on one connection). Rates count requests started in the measured window; latencies are \
              per request (HDR histogram). MB/s are 10^6 bytes per second. Peak RSS is VmHWM.\n"
         );
         let _ = writeln!(s, "Targets:\n");
