@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Call, Conn, Endpoint};
 use crate::content::{Blob, Image, REPOSITORY, TAG, push_chunked, push_monolithic, reseed};
+use crate::lean;
 use crate::servers::{Running, Target};
 
 /// What a run measures; `--phase` picks a subset.
@@ -31,12 +32,18 @@ pub enum Phase {
     PushChunked,
     /// `/oauth2/token` rate (gateways only).
     Token,
+    /// Manifest GET by tag driven by `wrk` (a leaner client), at the first `--connections`.
+    WrkManifestGet,
+    /// Manifest HEAD by tag driven by `ab -k -i`, at the first `--connections`.
+    AbManifestHead,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::ManifestGet,
         Phase::ManifestHead,
+        Phase::WrkManifestGet,
+        Phase::AbManifestHead,
         Phase::SmallBlob,
         Phase::LargeGet,
         Phase::PushMonolithic,
@@ -44,6 +51,10 @@ impl Phase {
         Phase::Token,
     ];
 }
+
+/// Test names of the phases driven by wrk and ab (the report's goals look them up).
+pub const WRK_GET: &str = "wrk manifest GET";
+pub const AB_HEAD: &str = "ab -k manifest HEAD";
 
 /// How long and how hard each phase runs.
 #[derive(Clone, Debug)]
@@ -149,6 +160,26 @@ pub async fn measure(
             Phase::LargeGet => results.push(large_get(running, image, settings).await?),
             Phase::PushMonolithic | Phase::PushChunked => {
                 results.push(push(running, image, settings, phase).await?);
+            }
+            Phase::WrkManifestGet | Phase::AbManifestHead => {
+                let mut headers =
+                    vec![(ACCEPT.to_string(), crate::content::MANIFEST_TYPE.to_owned())];
+                if let Some(auth) = &endpoint.auth {
+                    headers.push((AUTHORIZATION.to_string(), auth.to_str()?.to_owned()));
+                }
+                let req = lean::Request {
+                    addr: endpoint.addr,
+                    path: &manifest,
+                    headers,
+                };
+                let (warmup, duration) = (settings.warmup, settings.duration);
+                results.push(if phase == Phase::WrkManifestGet {
+                    let m = Measurement::new(target, WRK_GET, conns0, "req/s");
+                    lean::wrk_get(&req, m, warmup, duration).await?
+                } else {
+                    let m = Measurement::new(target, AB_HEAD, conns0, "req/s");
+                    lean::ab_head(&req, m, warmup, duration).await?
+                });
             }
             Phase::Token => {
                 if let Some((path, credentials)) = &running.token_request {
