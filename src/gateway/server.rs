@@ -21,9 +21,11 @@ use anyhow::Context;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
 
 use super::config::{Config, TlsMode};
 use super::control::{self, AdminPlacement};
+use super::direct::Direct;
 use super::proxy::{Listener, Proxy};
 use super::tls::{self, TlsFiles};
 use super::{GatewayOptions, Opened};
@@ -138,7 +140,6 @@ impl Prepared {
 
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
-        let settings = |files: &TlsFiles| tls::settings(files).map_err(anyhow::Error::from);
         let main_listener = Listener::Main {
             admin_api: admin_listen.is_none(),
         };
@@ -153,15 +154,13 @@ impl Prepared {
             tls.is_some(),
             config.public_url.clone(),
         );
-        let mut service =
-            http_proxy_service_with_name(&server.configuration, proxy, "portcullis gateway");
-        match &tls {
-            Some(files) => {
-                service.add_tls_with_settings(&listen.to_string(), None, settings(files)?)
-            }
-            None => service.add_tcp(&listen.to_string()),
-        }
-        server.add_service(service);
+        add_service(
+            &mut server,
+            proxy,
+            "portcullis gateway",
+            listen,
+            tls.as_ref(),
+        )?;
         if let Some(admin_addr) = admin_listen {
             let proxy = Proxy::new(
                 Arc::clone(&gw),
@@ -170,15 +169,13 @@ impl Prepared {
                 tls.is_some(),
                 config.public_url.clone(),
             );
-            let mut service =
-                http_proxy_service_with_name(&server.configuration, proxy, "portcullis admin");
-            match &tls {
-                Some(files) => {
-                    service.add_tls_with_settings(&admin_addr.to_string(), None, settings(files)?)
-                }
-                None => service.add_tcp(&admin_addr.to_string()),
-            }
-            server.add_service(service);
+            add_service(
+                &mut server,
+                proxy,
+                "portcullis admin",
+                admin_addr,
+                tls.as_ref(),
+            )?;
         }
 
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -194,6 +191,41 @@ impl Prepared {
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// Adds a listener's pingora service. Only requests for an upstream are proxied, so
+/// only then does it run pingora's proxy (`HttpProxy`); with the bundled store every
+/// response is the gateway's own, and [`Direct`] serves it without the proxy layer.
+fn add_service(
+    server: &mut Server,
+    proxy: Proxy,
+    name: &str,
+    addr: SocketAddr,
+    tls: Option<&TlsFiles>,
+) -> anyhow::Result<()> {
+    fn listen<A>(
+        service: &mut Service<A>,
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<()> {
+        match tls {
+            Some(files) => {
+                service.add_tls_with_settings(&addr.to_string(), None, tls::settings(files)?)
+            }
+            None => service.add_tcp(&addr.to_string()),
+        }
+        Ok(())
+    }
+    if proxy.proxies() {
+        let mut service = http_proxy_service_with_name(&server.configuration, proxy, name);
+        listen(&mut service, addr, tls)?;
+        server.add_service(service);
+    } else {
+        let mut service = Service::new(name.to_owned(), Direct::new(proxy));
+        listen(&mut service, addr, tls)?;
+        server.add_service(service);
+    }
+    Ok(())
 }
 
 /// Pingora settings: one worker thread per core, the configured grace period, and
