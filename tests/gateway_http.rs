@@ -1546,9 +1546,9 @@ fn malformed_framing_is_the_clients_fault() {
     assert!(!log.contains("ERROR"), "{log}");
 
     // What pingora's HTTP/1 parser refuses (too many headers, a bad Content-Length,
-    // bytes that are not HTTP) is answered 400 and the connection closed, before any
-    // gateway code runs: pingora writes that answer itself (empty body; see
-    // `HttpProxy::handle_new_request`), so no OCI JSON can be given there.
+    // bytes that are not HTTP) is answered 400 with the OCI error JSON and the
+    // connection closed. (In front of an upstream, pingora's proxy writes a bare 400
+    // itself before any gateway code runs; see `HttpProxy::handle_new_request`.)
     let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
     let garbage = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]
         .iter()
@@ -1569,6 +1569,12 @@ fn malformed_framing_is_the_clients_fault() {
     ] {
         let answer = raw_exchange(&server, &bytes);
         assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
+        assert_eq!(
+            raw_oci_error(&answer),
+            (400, "UNSUPPORTED".to_owned()),
+            "{what}"
+        );
+        assert!(answer.contains("malformed request"), "{what}: {answer:?}");
     }
     // The gateway still serves.
     let resp = admin(Client::new().get(server.url("/v2/"))).send().unwrap();

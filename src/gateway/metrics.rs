@@ -3,11 +3,13 @@
 //! Each `Metrics` has its own registry, so tests and several gateways in one process do
 //! not collide.
 
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,7 +22,31 @@ pub struct Metrics {
     /// Requests over HTTP/1.x and over HTTP/2, resolved once (no label lookup per request).
     http1: IntCounter,
     http2: IntCounter,
+    /// The series every request touches, looked up once: `with_label_values` hashes the
+    /// label values and searches the family's map under its lock on every call.
+    handles: Handles,
 }
+
+/// Counted requests and their latency, by (route, method, status).
+type RequestSeries = HashMap<
+    (&'static str, &'static str, &'static str),
+    (IntCounter, Histogram),
+    ahash::RandomState,
+>;
+
+/// Each series is created on first use, as `with_label_values` would: `/metrics` lists
+/// only what happened.
+struct Handles {
+    allow: OnceLock<IntCounter>,
+    deny: OnceLock<IntCounter>,
+    /// By `record_authentication`'s result labels.
+    authentications: [(&'static str, OnceLock<IntCounter>); 5],
+    /// Filled on first use of each label combination (a small, bounded set).
+    requests: RwLock<RequestSeries>,
+}
+
+/// The results `record_authentication` is given.
+const AUTHENTICATION_RESULTS: [&str; 5] = ["anonymous", "admin", "basic", "bearer", "invalid"];
 
 /// Hit and miss counts of one cache (`authn`: verified credentials, `decision`:
 /// policy decisions), as its owner reports them.
@@ -86,7 +112,14 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(authentications.clone()))?;
+        let handles = Handles {
+            allow: OnceLock::new(),
+            deny: OnceLock::new(),
+            authentications: AUTHENTICATION_RESULTS.map(|result| (result, OnceLock::new())),
+            requests: RwLock::new(RequestSeries::default()),
+        };
         Ok(Metrics {
+            handles,
             registry,
             requests,
             latency,
@@ -108,28 +141,74 @@ impl Metrics {
     }
 
     /// One finished request. `route` is a route kind (`manifest_get`, `blob_get`, `token`…).
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         // Clients choose the method: a fixed label set keeps the series count bounded.
         let method = match method {
-            "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "PUT" => "PUT",
+            "POST" => "POST",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            "OPTIONS" => "OPTIONS",
             _ => "other",
         };
-        self.requests
-            .with_label_values(&[route, method, status_label(status)])
-            .inc();
-        self.latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let key = (route, method, status_label(status));
+        let seconds = elapsed.as_secs_f64();
+        // A poisoned lock only means another request panicked mid-insert; the map is
+        // still consistent (inserts are single calls).
+        let known = self
+            .handles
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((count, latency)) = known.get(&key) {
+            count.inc();
+            latency.observe(seconds);
+            return;
+        }
+        drop(known);
+        let count = self.requests.with_label_values(&[key.0, key.1, key.2]);
+        let latency = self.latency.with_label_values(&[route]);
+        count.inc();
+        latency.observe(seconds);
+        self.handles
+            .requests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (count, latency));
     }
 
     pub fn record_decision(&self, allowed: bool) {
-        let label = if allowed { "allow" } else { "deny" };
-        self.decisions.with_label_values(&[label]).inc();
+        let (handle, label) = if allowed {
+            (&self.handles.allow, "allow")
+        } else {
+            (&self.handles.deny, "deny")
+        };
+        handle
+            .get_or_init(|| self.decisions.with_label_values(&[label]))
+            .inc();
     }
 
     /// `result`: `anonymous`, `admin`, `basic`, `bearer` or `invalid`.
     pub fn record_authentication(&self, result: &str) {
-        self.authentications.with_label_values(&[result]).inc();
+        match self
+            .handles
+            .authentications
+            .iter()
+            .find(|(r, _)| *r == result)
+        {
+            Some((label, counter)) => counter
+                .get_or_init(|| self.authentications.with_label_values(&[label]))
+                .inc(),
+            None => self.authentications.with_label_values(&[result]).inc(),
+        }
     }
 
     /// The Prometheus text exposition of every metric; cache counters live in the
@@ -197,17 +276,27 @@ mod tests {
         m.record_decision(false);
         m.record_authentication("bearer");
         m.observe_protocol("h2");
+        // Cached series count on: a second observation adds to the first.
+        m.observe_request("manifest_get", "GET", 200, Duration::from_millis(3));
+        m.observe_request("manifest_get", "BREW", 200, Duration::from_millis(3));
+        m.record_authentication("bearer");
         let text = m.render(&[CacheReading {
             cache: "authn",
             hits: 7,
             misses: 2,
         }]);
         assert!(text.contains(
-            "portcullis_requests_total{method=\"GET\",route=\"manifest_get\",status=\"200\"} 1"
+            "portcullis_requests_total{method=\"GET\",route=\"manifest_get\",status=\"200\"} 2"
         ));
+        assert!(text.contains(
+            "portcullis_requests_total{method=\"other\",route=\"manifest_get\",status=\"200\"} 1"
+        ));
+        assert!(
+            text.contains("portcullis_request_duration_seconds_count{route=\"manifest_get\"} 3")
+        );
         assert!(text.contains("portcullis_request_duration_seconds_bucket{route=\"blob_get\""));
         assert!(text.contains("portcullis_decisions_total{decision=\"deny\"} 1"));
-        assert!(text.contains("portcullis_authentications_total{result=\"bearer\"} 1"));
+        assert!(text.contains("portcullis_authentications_total{result=\"bearer\"} 2"));
         assert!(text.contains("portcullis_requests_by_protocol_total{protocol=\"h2\"} 1"));
         assert!(text.contains("portcullis_cache_lookups{cache=\"authn\",result=\"hit\"} 7"));
     }

@@ -14,6 +14,7 @@
 //! - [`trust_api`]: the Notary v1 API (`/v2/<gun>/_trust/…`) over [`crate::trust`].
 //! - [`proxy`]: the pingora `ProxyHttp` implementation tying the steps together.
 //! - [`control`]: the in-process axum app for routes the gateway answers itself.
+//! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
 //! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
 
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod classify;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod errors;
 pub mod jwt;
 pub mod metrics;

@@ -33,7 +33,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::TcpKeepalive;
-use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -55,6 +55,7 @@ pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
 /// the in-process store: enough to keep both sides busy, small enough to bound memory.
 const BODY_QUEUE: usize = 16;
 const API_VERSION: &str = "registry/2.0";
+const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
 /// Which listener a proxy instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,14 @@ impl Proxy {
         }
     }
 
-    fn challenge(&self, session: &Session) -> Challenge {
+    /// Whether this listener proxies requests (to an upstream) rather than answering
+    /// every request itself.
+    pub fn proxies(&self) -> bool {
+        matches!(self.listener, Listener::Main { .. })
+            && matches!(self.gw.backend, Backend::Upstream { .. })
+    }
+
+    fn challenge(&self, session: &ServerSession) -> Challenge {
         let base = match &self.public_url {
             Some(url) => url.clone(),
             None => format!("{}://{}", self.scheme, host(session).unwrap_or("localhost")),
@@ -115,7 +123,7 @@ impl Proxy {
         }
     }
 
-    fn meta(&self, session: &Session) -> RequestMeta {
+    fn meta(&self, session: &ServerSession) -> RequestMeta {
         RequestMeta {
             source_ip: client_ip(session),
             challenge: self.challenge(session),
@@ -125,7 +133,7 @@ impl Proxy {
     /// Writes `error` as the response (status, challenge, OCI JSON body).
     async fn refuse(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &RequestCtx,
         error: &GatewayError,
     ) -> Result<bool> {
@@ -144,7 +152,7 @@ impl Proxy {
         write(session, header, response.body).await
     }
 
-    fn authenticate(&self, session: &Session) -> Result<Authenticated, GatewayError> {
+    fn authenticate(&self, session: &ServerSession) -> Result<Authenticated, GatewayError> {
         let result = self
             .gw
             .authn
@@ -172,7 +180,7 @@ impl Proxy {
     /// Authenticate and authorize a repository operation; `Ok(false)` forwards it.
     async fn repository(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         req: &RepositoryRequest,
     ) -> Result<bool> {
@@ -213,7 +221,7 @@ impl Proxy {
     /// `/v2` handler is the code its own listener serves, so statuses, headers and error
     /// bodies are the store's, without a second HTTP hop. An upstream gets the request
     /// through pingora (`Ok(false)`).
-    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn forward(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         match &self.gw.backend {
             Backend::Bundled { registry } => serve_in_process(session, ctx, registry).await,
             Backend::Upstream { .. } => Ok(false),
@@ -221,7 +229,7 @@ impl Proxy {
     }
 
     /// `/v2/`: anonymous → 401 challenge, authenticated → `{}`.
-    async fn base(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn base(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         match self.authenticate(session) {
             Ok(Authenticated {
                 principal: Principal::Anonymous,
@@ -242,7 +250,7 @@ impl Proxy {
 
     /// Runs the control app on the request (body read fully, bounded) and writes its
     /// response.
-    async fn control(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn control(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         let declared = session
             .req_header()
             .headers
@@ -273,7 +281,7 @@ impl Proxy {
         write_buffered(session, parts, bytes).await
     }
 
-    async fn too_large(&self, session: &mut Session, ctx: &RequestCtx) -> Result<bool> {
+    async fn too_large(&self, session: &mut ServerSession, ctx: &RequestCtx) -> Result<bool> {
         let response =
             GatewayError::PayloadTooLarge(CONTROL_BODY_LIMIT).to_response(&self.challenge(session));
         let header = json_header(response.status, response.body.len())?;
@@ -282,17 +290,9 @@ impl Proxy {
         }
         write(session, header, response.body).await
     }
-}
 
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
-
-    /// No modules: pingora's default adds a (disabled) compression module whose
-    /// per-request context and filters cost time on every request for nothing.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    fn new_ctx(&self) -> RequestCtx {
+    /// The state of a request whose head has just been read.
+    pub(super) fn new_request(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             route: "unclassified",
@@ -302,7 +302,13 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// Classifies the request and answers it, except a repository request for an
+    /// upstream (`Ok(false)`: pingora proxies it).
+    pub(super) async fn respond(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         // HTTP/2 has no Transfer-Encoding and may omit Content-Length: a body is
         // whatever DATA frames follow a HEADERS frame without END_STREAM.
         ctx.has_body = if session.is_http2() {
@@ -346,6 +352,92 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// Answers a request whose handling failed (unless a response was already started,
+    /// or the client is gone); the connection is not reused after it.
+    pub(super) async fn fail(
+        &self,
+        session: &mut ServerSession,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let downstream_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        if downstream_gone || session.response_written().is_some() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let error = match e.etype() {
+            ErrorType::HTTPStatus(code) if *code < 500 => GatewayError::BadRequest(e.to_string()),
+            _ if e.esource() == &ErrorSource::Downstream => {
+                GatewayError::BadRequest(client_fault(e))
+            }
+            // Clients do not learn where the backend is; the access log has the cause.
+            _ => GatewayError::Unavailable("the storage backend is not answering".into()),
+        };
+        let code = error.status().as_u16();
+        // Pingora closes the connection after a failed proxy attempt; say so.
+        session.set_keepalive(None);
+        if let Err(write_error) = self.refuse(session, ctx, &error).await {
+            tracing::debug!(error = %write_error, "writing the failure response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// The request's metrics and access-log line.
+    pub(super) fn log(&self, session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
+        let head = session.req_header();
+        self.gw
+            .metrics
+            .observe_request(ctx.route, head.method.as_str(), status, elapsed);
+        self.gw.metrics.observe_protocol(protocol);
+        let principal = match &ctx.principal {
+            Some(Principal::Admin) => "admin",
+            Some(Principal::Token { name, .. }) => name.as_str(),
+            Some(Principal::Anonymous) => "anonymous",
+            None => "-",
+        };
+        tracing::info!(
+            target: "portcullis::access",
+            method = %head.method,
+            path = head.uri.path(),
+            route = ctx.route,
+            protocol,
+            status,
+            principal,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    /// No modules: pingora's default adds a (disabled) compression module whose
+    /// per-request context and filters cost time on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.new_request()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.respond(session.as_downstream_mut(), ctx).await
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -386,7 +478,7 @@ impl ProxyHttp for Proxy {
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok()),
-            client_ip(session),
+            client_ip(session.as_downstream()),
         ) {
             (Some(prior), Some(ip)) => Some(format!("{prior}, {ip}")),
             (None, Some(ip)) => Some(ip.to_string()),
@@ -396,7 +488,7 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("x-forwarded-for", value)?;
         }
         upstream.insert_header("x-forwarded-proto", self.scheme)?;
-        if let Some(host) = host(session).map(str::to_owned) {
+        if let Some(host) = host(session.as_downstream()).map(str::to_owned) {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         if let Some(host) = self.gw.backend.host_header() {
@@ -425,7 +517,15 @@ impl ProxyHttp for Proxy {
         {
             response.insert_header(header::LOCATION, location)?;
         }
-        response.insert_header("docker-distribution-api-version", API_VERSION)?;
+        // Distribution sends it already; pingora's insert re-parses the name and
+        // re-indexes the header map, a cost worth skipping on every proxied response.
+        if response
+            .headers
+            .get(API_VERSION_HEADER)
+            .is_none_or(|v| v.as_bytes() != API_VERSION.as_bytes())
+        {
+            response.insert_header(API_VERSION_HEADER, API_VERSION)?;
+        }
         Ok(())
     }
 
@@ -453,35 +553,7 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let downstream_gone = e.esource() == &ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-            );
-        if downstream_gone || session.response_written().is_some() {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
-        let error = match e.etype() {
-            ErrorType::HTTPStatus(code) if *code < 500 => GatewayError::BadRequest(e.to_string()),
-            _ if e.esource() == &ErrorSource::Downstream => {
-                GatewayError::BadRequest(client_fault(e))
-            }
-            // Clients do not learn where the backend is; the access log has the cause.
-            _ => GatewayError::Unavailable("the storage backend is not answering".into()),
-        };
-        let code = error.status().as_u16();
-        // Pingora closes the connection after a failed proxy attempt; say so.
-        session.set_keepalive(None);
-        if let Err(write_error) = self.refuse(session, ctx, &error).await {
-            tracing::debug!(error = %write_error, "writing the failure response");
-        }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        self.fail(session.as_downstream_mut(), e, ctx).await
     }
 
     /// A client's own mistake (a malformed body, a client gone midway) is not the
@@ -491,32 +563,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
-        let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
-        let head = session.req_header();
-        self.gw
-            .metrics
-            .observe_request(ctx.route, head.method.as_str(), status, elapsed);
-        self.gw.metrics.observe_protocol(protocol);
-        let principal = match &ctx.principal {
-            Some(Principal::Admin) => "admin",
-            Some(Principal::Token { name, .. }) => name.as_str(),
-            Some(Principal::Anonymous) => "anonymous",
-            None => "-",
-        };
-        tracing::info!(
-            target: "portcullis::access",
-            method = %head.method,
-            path = head.uri.path(),
-            route = ctx.route,
-            protocol,
-            status,
-            principal,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+        self.log(session.as_downstream(), e, ctx);
     }
 }
 
@@ -536,7 +583,7 @@ fn client_fault(e: &Error) -> String {
 }
 
 /// The not-found refusal for a route this listener does not serve.
-fn not_served(session: &Session) -> GatewayError {
+fn not_served(session: &ServerSession) -> GatewayError {
     let head = session.req_header();
     GatewayError::NotFound {
         method: head.method.to_string(),
@@ -583,7 +630,7 @@ fn declares_body(headers: &http::HeaderMap) -> bool {
 /// The client's `Host` (HTTP/1.1 header, or the HTTP/2 authority).
 /// The client's `Host`, when it is a plain `host[:port]` authority (it ends up inside
 /// the quoted realm of a challenge, so nothing else may pass).
-fn host(session: &Session) -> Option<&str> {
+fn host(session: &ServerSession) -> Option<&str> {
     let head = session.req_header();
     head.headers
         .get(header::HOST)
@@ -597,7 +644,7 @@ fn host(session: &Session) -> Option<&str> {
 }
 
 /// Whether an upload request carries a form body (see `repository`).
-fn smuggles_form(session: &Session, req: &RepositoryRequest) -> bool {
+fn smuggles_form(session: &ServerSession, req: &RepositoryRequest) -> bool {
     use crate::gateway::classify::RequestKind;
     if !matches!(
         req.kind,
@@ -617,7 +664,7 @@ fn smuggles_form(session: &Session, req: &RepositoryRequest) -> bool {
         })
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+fn client_ip(session: &ServerSession) -> Option<IpAddr> {
     match session.client_addr() {
         Some(SocketAddr::Inet(addr)) => Some(addr.ip()),
         _ => None,
@@ -641,7 +688,7 @@ fn relative_location(location: &str, base: &str) -> Option<String> {
     }
 }
 
-fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
+pub(super) fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header(header::CONTENT_TYPE, "application/json")?;
     header.insert_header(header::CONTENT_LENGTH, len)?;
@@ -653,7 +700,7 @@ fn json_header(status: StatusCode, len: usize) -> Result<ResponseHeader> {
 /// uploads are hashed and written once, in memory bounded by the queue; the response
 /// body streams back the same way.
 async fn serve_in_process(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &RequestCtx,
     store: &Arc<Registry>,
 ) -> Result<bool> {
@@ -695,32 +742,29 @@ async fn serve_in_process(
     {
         header.insert_header(header::CONTENT_LENGTH, len)?;
     }
-    if !header.headers.contains_key(header::DATE) {
-        header.insert_header(header::DATE, get_cached_date())?;
-    }
+    // `Date` (and `Connection`) are set by pingora as it writes the header.
     if session.req_header().method == Method::HEAD || HttpBody::is_end_stream(&body) {
-        session
-            .write_response_header(Box::new(header), true)
-            .await?;
+        session.write_response_header(Box::new(header)).await?;
         return Ok(true);
     }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
+    session.write_response_header(Box::new(header)).await?;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk
             .map_err(|e| Error::because(ErrorType::InternalError, "store response body", e))?;
-        session.write_response_body(Some(chunk), false).await?;
+        session.write_response_body(chunk, false).await?;
     }
-    session.write_response_body(None, true).await?;
+    session.write_response_body(Bytes::new(), true).await?;
     Ok(true)
 }
 
 /// Feeds the client's request body to the store; a client error reaches the store as a
 /// body error (a partial chunk is never taken for a whole one). Answers `100 Continue`
 /// to a client that waits for it.
-async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>) -> Result<()> {
+async fn pump_request_body(
+    session: &mut ServerSession,
+    tx: Sender<io::Result<Bytes>>,
+) -> Result<()> {
     let expects_continue = session
         .req_header()
         .headers
@@ -752,7 +796,7 @@ async fn pump_request_body(session: &mut Session, tx: Sender<io::Result<Bytes>>)
 /// chunk, a body cut short, a reset stream), so it is marked as coming from downstream:
 /// `fail_to_proxy` answers it 400 (or not at all when the client is gone), never as a
 /// backend failure.
-async fn read_body(session: &mut Session) -> Result<Option<Bytes>> {
+async fn read_body(session: &mut ServerSession) -> Result<Option<Bytes>> {
     session.read_request_body().await.map_err(|mut e| {
         e.as_down();
         e
@@ -760,7 +804,7 @@ async fn read_body(session: &mut Session) -> Result<Option<Bytes>> {
 }
 
 /// The client's request as an `http::Request` for a service called in process.
-fn in_process_request(session: &Session, body: Body) -> Result<http::Request<Body>> {
+fn in_process_request(session: &ServerSession, body: Body) -> Result<http::Request<Body>> {
     let head = session.req_header();
     let mut request = http::Request::builder()
         .method(head.method.clone())
@@ -786,7 +830,7 @@ fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri> {
 
 /// Writes a response whose whole body is in memory, with its length.
 async fn write_buffered(
-    session: &mut Session,
+    session: &mut ServerSession,
     parts: http::response::Parts,
     body: Bytes,
 ) -> Result<bool> {
@@ -799,17 +843,16 @@ async fn write_buffered(
 }
 
 /// Writes a complete response the gateway produced itself.
-async fn write(session: &mut Session, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
-    header.insert_header(
-        "docker-distribution-api-version",
-        HeaderValue::from_static(API_VERSION),
-    )?;
+async fn write(
+    session: &mut ServerSession,
+    mut header: ResponseHeader,
+    body: Bytes,
+) -> Result<bool> {
+    header.insert_header(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION))?;
     let head_only = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only || body.is_empty())
-        .await?;
+    session.write_response_header(Box::new(header)).await?;
     if !head_only && !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
+        session.write_response_body(body, true).await?;
     }
     Ok(true)
 }

@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pingora::apps::HttpServerOptions;
 use pingora::protocols::http::v2::server::{H2Options, default_h2_options};
-use pingora::proxy::{HttpProxy, http_proxy_service_with_name};
+use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use super::config::{Config, Http2, TlsMode};
 use super::control::{self, AdminPlacement};
+use super::direct::{Direct, H2Settings};
 use super::proxy::{Listener, Proxy};
 use super::tls::{self, TlsFiles};
 use super::{GatewayOptions, Opened};
@@ -150,14 +151,6 @@ impl Prepared {
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
         let http2 = config.http2;
-        let settings = |files: &TlsFiles| {
-            let mut settings = tls::settings(files)?;
-            if http2.enabled {
-                // ALPN offers h2 first, http/1.1 still for clients that ask for it.
-                settings.enable_h2();
-            }
-            anyhow::Ok(settings)
-        };
         let main_listener = Listener::Main {
             admin_api: admin_listen.is_none(),
         };
@@ -172,16 +165,14 @@ impl Prepared {
             tls.is_some(),
             config.public_url.clone(),
         );
-        let mut service =
-            http_proxy_service_with_name(&server.configuration, proxy, "portcullis gateway");
-        enable_h2(&mut service, http2);
-        match &tls {
-            Some(files) => {
-                service.add_tls_with_settings(&listen.to_string(), None, settings(files)?)
-            }
-            None => service.add_tcp(&listen.to_string()),
-        }
-        server.add_service(service);
+        add_service(
+            &mut server,
+            proxy,
+            "portcullis gateway",
+            listen,
+            tls.as_ref(),
+            http2,
+        )?;
         if let Some(admin_addr) = admin_listen {
             let proxy = Proxy::new(
                 Arc::clone(&gw),
@@ -190,16 +181,14 @@ impl Prepared {
                 tls.is_some(),
                 config.public_url.clone(),
             );
-            let mut service =
-                http_proxy_service_with_name(&server.configuration, proxy, "portcullis admin");
-            enable_h2(&mut service, http2);
-            match &tls {
-                Some(files) => {
-                    service.add_tls_with_settings(&admin_addr.to_string(), None, settings(files)?)
-                }
-                None => service.add_tcp(&admin_addr.to_string()),
-            }
-            server.add_service(service);
+            add_service(
+                &mut server,
+                proxy,
+                "portcullis admin",
+                admin_addr,
+                tls.as_ref(),
+                http2,
+            )?;
         }
 
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -217,23 +206,67 @@ impl Prepared {
     }
 }
 
-/// HTTP/2 on a listener: prior-knowledge h2c on plain TCP (pingora peeks for the
-/// connection preface and keeps HTTP/1.1 otherwise; on TLS, ALPN decides), with the
-/// stream limit and flow-control windows.
-fn enable_h2(service: &mut Service<HttpProxy<Proxy>>, http2: Http2) {
-    if !http2.enabled {
-        return;
+/// Adds a listener's pingora service. Only requests for an upstream are proxied, so
+/// only then does it run pingora's proxy (`HttpProxy`); with the bundled store every
+/// response is the gateway's own, and [`Direct`] serves it without the proxy layer.
+/// Both speak HTTP/2 beside HTTP/1.1 when it is enabled.
+fn add_service(
+    server: &mut Server,
+    proxy: Proxy,
+    name: &str,
+    addr: SocketAddr,
+    tls: Option<&TlsFiles>,
+    http2: Http2,
+) -> anyhow::Result<()> {
+    fn listen<A>(
+        service: &mut Service<A>,
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+        http2: Http2,
+    ) -> anyhow::Result<()> {
+        match tls {
+            Some(files) => {
+                let mut settings = tls::settings(files)?;
+                if http2.enabled {
+                    // ALPN offers h2 first, http/1.1 still for clients that ask for it.
+                    settings.enable_h2();
+                }
+                service.add_tls_with_settings(&addr.to_string(), None, settings)
+            }
+            None => service.add_tcp(&addr.to_string()),
+        }
+        Ok(())
     }
-    let Some(proxy) = service.app_logic_mut() else {
-        return;
-    };
+    let options = http2.enabled.then(|| H2Settings {
+        server: h2c_server_options(),
+        h2: h2_options(http2),
+    });
+    if proxy.proxies() {
+        let mut service = http_proxy_service_with_name(&server.configuration, proxy, name);
+        if let (Some(app), Some(options)) = (service.app_logic_mut(), options) {
+            app.server_options = Some(options.server);
+            app.h2_options = Some(options.h2);
+        }
+        listen(&mut service, addr, tls, http2)?;
+        server.add_service(service);
+    } else {
+        let mut service = Service::new(name.to_owned(), Direct::new(proxy, options));
+        listen(&mut service, addr, tls, http2)?;
+        server.add_service(service);
+    }
+    Ok(())
+}
+
+/// Prior-knowledge h2c on plain TCP (pingora peeks for the connection preface and keeps
+/// HTTP/1.1 otherwise; on TLS, ALPN decides), with an idle timeout.
+fn h2c_server_options() -> HttpServerOptions {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
-    proxy.server_options = Some(options);
-    proxy.h2_options = Some(h2_options(http2));
+    options
 }
 
+/// The stream limit and flow-control windows of an HTTP/2 connection.
 fn h2_options(http2: Http2) -> H2Options {
     // pingora's defaults bound the decoded header list (64 KiB) too.
     let mut options = default_h2_options();

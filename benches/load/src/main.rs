@@ -10,6 +10,7 @@
 
 mod client;
 mod content;
+mod lean;
 mod measure;
 mod report;
 mod servers;
@@ -132,6 +133,12 @@ async fn run(args: RunArgs) -> Result<()> {
         registry: args.registry_bin.clone(),
     };
     bins.check(&targets)?;
+    if settings.phases.contains(&Phase::WrkManifestGet) {
+        lean::check(lean::WRK, "wrk")?;
+    }
+    if settings.phases.contains(&Phase::AbManifestHead) {
+        lean::check(lean::AB, "apache2-utils")?;
+    }
 
     eprintln!("building the test image ({large_mib} MiB layer)");
     let image = Image::new(large_mib << 20)?;

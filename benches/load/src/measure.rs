@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Call, Conn, Endpoint, Protocol};
 use crate::content::{Blob, Image, REPOSITORY, TAG, push_chunked, push_monolithic, reseed};
+use crate::lean;
 use crate::servers::{Running, Target};
 
 /// What a run measures; `--phase` picks a subset.
@@ -35,12 +36,18 @@ pub enum Phase {
     /// `--connections` (one stream per connection, as the HTTP/1.1 rows) and as that
     /// many concurrent streams on one connection; the large blob GET and chunked push.
     H2,
+    /// Manifest GET by tag driven by `wrk` (a leaner client), at the first `--connections`.
+    WrkManifestGet,
+    /// Manifest HEAD by tag driven by `ab -k -i`, at the first `--connections`.
+    AbManifestHead,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 10] = [
         Phase::ManifestGet,
         Phase::ManifestHead,
+        Phase::WrkManifestGet,
+        Phase::AbManifestHead,
         Phase::SmallBlob,
         Phase::LargeGet,
         Phase::PushMonolithic,
@@ -49,6 +56,10 @@ impl Phase {
         Phase::H2,
     ];
 }
+
+/// Test names of the phases driven by wrk and ab (the report's goals look them up).
+pub const WRK_GET: &str = "wrk manifest GET";
+pub const AB_HEAD: &str = "ab -k manifest HEAD";
 
 /// How long and how hard each phase runs.
 #[derive(Clone, Debug)]
@@ -172,6 +183,26 @@ pub async fn measure(
             }
             // HTTP/2 is the gateway's (the anchor and the bare store speak HTTP/1.1 here).
             Phase::H2 => {}
+            Phase::WrkManifestGet | Phase::AbManifestHead => {
+                let mut headers =
+                    vec![(ACCEPT.to_string(), crate::content::MANIFEST_TYPE.to_owned())];
+                if let Some(auth) = &endpoint.auth {
+                    headers.push((AUTHORIZATION.to_string(), auth.to_str()?.to_owned()));
+                }
+                let req = lean::Request {
+                    addr: endpoint.addr,
+                    path: &manifest,
+                    headers,
+                };
+                let (warmup, duration) = (settings.warmup, settings.duration);
+                results.push(if phase == Phase::WrkManifestGet {
+                    let m = Measurement::new(target, WRK_GET, conns0, "req/s");
+                    lean::wrk_get(&req, m, warmup, duration).await?
+                } else {
+                    let m = Measurement::new(target, AB_HEAD, conns0, "req/s");
+                    lean::ab_head(&req, m, warmup, duration).await?
+                });
+            }
             Phase::Token => {
                 if let Some((path, credentials)) = &running.token_request {
                     let mut call = Call::new(Method::GET, path.clone(), StatusCode::OK);

@@ -51,6 +51,8 @@ fn a_tiny_run_against_docker_registry_writes_the_report() {
     for expected in [
         "manifest GET",
         "manifest HEAD",
+        "wrk manifest GET",
+        "ab -k manifest HEAD",
         "4 KiB blob GET",
         "1 MiB blob GET",
         "1 MiB blob push monolithic",
