@@ -500,3 +500,55 @@ fn flags_beat_environment_which_beats_the_config_file() {
         "Bearer realm=\"https://file.example/oauth2/token\",service=\"from-env\""
     );
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn data_directory_and_secrets_are_owner_only_and_tightened_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // No admin password: the generated one is written to the data directory.
+    let server = Server::start_with(&data, None, &["--tls-self-signed"]);
+    let secrets = [
+        "control.redb",
+        "meta.redb",
+        "admin-password",
+        "token-signing-key.pem",
+        "tls/key.pem",
+    ];
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    server.stop();
+
+    // Loosened (an old version, a careless copy): the next start tightens and says so.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in secrets {
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = Server::start_with(&data, None, &["--tls-self-signed"]);
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    let log = server.stderr();
+    for file in secrets {
+        let path = data.join(file);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tightened mode 0644 to 0600")
+                    && l.contains(&path.display().to_string())),
+            "no log line for {file}:\n{log}"
+        );
+    }
+    assert!(log.contains("tightened mode 0755 to 0700"), "{log}");
+}

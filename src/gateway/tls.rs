@@ -75,6 +75,12 @@ pub fn self_signed(data_dir: &Path, listen_host: &str) -> Result<TlsFiles, TlsEr
     };
     let ca_path = dir.join("ca.pem");
     if files.cert.is_file() && files.key.is_file() && ca_path.is_file() {
+        // The private key stays owner-only (tightened, logged, when it is not).
+        portcullis_storage::private::tighten(&files.key, portcullis_storage::private::FILE_MODE)
+            .map_err(|source| TlsError::Write {
+                path: files.key.clone(),
+                source,
+            })?;
         return Ok(files);
     }
     std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
