@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use portcullis_storage::{Registry, StorageConfig, private};
+use portcullis_storage::{Registry, private};
 
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
 use crate::policy::PolicyEngine;
@@ -101,6 +101,14 @@ impl Gateway {
     /// store, the admin account, the token-signing key, the policies and the backend.
     /// Starts no tasks: the server owns the runtimes.
     pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
+        Gateway::open_with_storage(options, &config::StorageSettings::default())
+    }
+
+    /// [`Gateway::open`] with the bundled store's settings.
+    pub fn open_with_storage(
+        options: &GatewayOptions,
+        storage: &config::StorageSettings,
+    ) -> anyhow::Result<Opened> {
         let data_dir = &options.data_dir;
         // Owner-only data: the directory 0700, databases and keys 0600 (existing ones
         // are tightened, with a log line).
@@ -133,7 +141,7 @@ impl Gateway {
         let (backend, bundled) = match &options.upstream {
             Some(url) => (backend::Backend::upstream(url)?, None),
             None => {
-                let registry = Registry::open(StorageConfig::new(data_dir.clone()))
+                let registry = Registry::open(storage.storage_config(data_dir.clone()))
                     .context("opening the storage backend")?;
                 (
                     backend::Backend::bundled(Arc::clone(&registry)),
