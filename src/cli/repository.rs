@@ -4,13 +4,17 @@
 //! credentials: what succeeds is what the token's scope map (and policy) allows.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use clap::{ArgGroup, Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::admin_client::{cell, print, render_table};
+
+/// Asks on the terminal unless `--yes`; without a terminal, refuses.
+fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    super::admin_client::confirm(yes, what, true)
+}
 use super::registry_client::{
     Image, Reference, RegistryArgs, RegistryClient, RegistryError, is_not_found,
 };
@@ -95,7 +99,6 @@ pub enum RepositoryCommand {
 
 pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
     let client = RegistryClient::new(&args.registry)?;
-    let output = args.registry.client.output;
     let (value, table): (Value, fn(&Value) -> String) = match args.command {
         RepositoryCommand::List { top } => (json!(truncate(client.catalog()?, top)), names_table),
         RepositoryCommand::ShowTags {
@@ -160,7 +163,7 @@ pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
             (deleted, deleted_table)
         }
     };
-    print(output, &value, table);
+    print(&args.registry.client, &value, table)?;
     Ok(())
 }
 
@@ -261,25 +264,6 @@ fn delete_repository(
 fn is_index(media_type: &str) -> bool {
     media_type.starts_with("application/vnd.oci.image.index.v1+json")
         || media_type.starts_with("application/vnd.docker.distribution.manifest.list.v2+json")
-}
-
-/// Asks on the terminal unless `--yes`; without a terminal, refuses.
-fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{what} Pass --yes to confirm.");
-    }
-    eprint!("{what} Are you sure you want to continue? (y/n): ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        anyhow::bail!("not confirmed; nothing was deleted")
-    }
 }
 
 fn names_table(v: &Value) -> String {
