@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the real-client tests need (skopeo, docker engine,
-# CNCF distribution registry, notary, cmake, jq, curl; DejaVu fonts for the benchmark
+# CNCF distribution registry, notary, cmake, jq, curl; python3-venv for scripts/check-deploy; DejaVu fonts for the benchmark
 # report's plot) when any is missing.
 # Idempotent: runs `apt-get update` and `apt-get install` only if something is missing.
 set -euo pipefail
 
-packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core)
+packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core python3-venv)
 
 missing=()
 for pkg in "${packages[@]}"; do
