@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the real-client tests need (skopeo, docker engine,
-# CNCF distribution registry, notary, cmake, jq, curl; DejaVu fonts for the benchmark
-# report's plot; wrk and ab for its lean-client rows) when any is missing.
+# CNCF distribution registry, notary, cmake, jq, curl; python3-venv for scripts/check-deploy;
+# DejaVu fonts for the benchmark report's plot; wrk and ab for its lean-client rows) when
+# any is missing.
 # Idempotent: runs `apt-get update` and `apt-get install` only if something is missing.
 set -euo pipefail
 
-packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core wrk apache2-utils)
+packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core wrk apache2-utils
+    python3-venv)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -264,7 +264,7 @@ fn credential_delete_removes_one_slot() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(slots, ["password1"]);
-    // Exactly one of --password1/--password2 is required (clap usage error, exit 2).
+    // One of --password1/--password2 is required (clap usage error, exit 2).
     let out = cli(
         &server,
         &["token", "credential", "delete", "-n", "two-slots"],
@@ -288,4 +288,27 @@ fn credential_delete_removes_one_slot() {
         "{table}"
     );
     assert!(!table.contains("password1"), "{table}");
+
+    // Both together, as `az acr token credential delete --password1 --password2`.
+    let after = ok_json(
+        &server,
+        &[
+            "token",
+            "credential",
+            "delete",
+            "-n",
+            "two-slots",
+            "--password1",
+            "--password2",
+        ],
+    );
+    assert_eq!(
+        after["credentials"]["passwords"].as_array().map(Vec::len),
+        Some(0),
+        "{after}"
+    );
+    // `--yes` where az prompts.
+    let out = cli(&server, &["token", "delete", "-n", "two-slots", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(ok_json(&server, &["token", "list"]), serde_json::json!([]));
 }

@@ -500,3 +500,261 @@ fn flags_beat_environment_which_beats_the_config_file() {
         "Bearer realm=\"https://file.example/oauth2/token\",service=\"from-env\""
     );
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn data_directory_and_secrets_are_owner_only_and_tightened_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // No admin password: the generated one is written to the data directory.
+    let server = Server::start_with(&data, None, &["--tls-self-signed"]);
+    let secrets = [
+        "control.redb",
+        "meta.redb",
+        "admin-password",
+        "token-signing-key.pem",
+        "tls/key.pem",
+    ];
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    server.stop();
+
+    // Loosened (an old version, a careless copy): the next start tightens and says so.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in secrets {
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = Server::start_with(&data, None, &["--tls-self-signed"]);
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    let log = server.stderr();
+    for file in secrets {
+        let path = data.join(file);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tightened mode 0644 to 0600")
+                    && l.contains(&path.display().to_string())),
+            "no log line for {file}:\n{log}"
+        );
+    }
+    assert!(log.contains("tightened mode 0755 to 0700"), "{log}");
+}
+
+/// The DNS names and addresses the first certificate of a PEM file names.
+fn certificate_names(pem: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) if b.len() == 4 => {
+                Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string())
+            }
+            GeneralName::IPAddress(b) if b.len() == 16 => {
+                Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn self_signed_certificate_names_the_machine_and_the_public_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        Some(ADMIN_PASSWORD),
+        &[
+            "--tls-self-signed",
+            "--public-url",
+            "https://registry.example:5000",
+        ],
+    );
+    let names = certificate_names(&std::fs::read(data.join("tls/cert.pem")).unwrap());
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for name in [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        machine.trim(),
+        "registry.example",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    // A client that reaches the gateway by the public name verifies the certificate.
+    let ca = std::fs::read(data.join("tls/ca.pem")).unwrap();
+    let addr: std::net::SocketAddr = server.host().parse().unwrap();
+    let http = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("registry.example", addr)
+        .build()
+        .unwrap();
+    let url = format!("https://registry.example:{}/healthz", addr.port());
+    assert_eq!(http.get(url).send().unwrap().status(), StatusCode::OK);
+    server.stop();
+
+    // Another public name: a new server certificate, signed by the CA clients trust.
+    let server = Server::start_with(
+        &data,
+        Some(ADMIN_PASSWORD),
+        &["--tls-self-signed", "--public-url", "https://other.example"],
+    );
+    let names = certificate_names(&std::fs::read(data.join("tls/cert.pem")).unwrap());
+    assert!(names.iter().any(|n| n == "other.example"), "{names:?}");
+    assert_eq!(std::fs::read(data.join("tls/ca.pem")).unwrap(), ca);
+    let addr: std::net::SocketAddr = server.host().parse().unwrap();
+    let url = format!("https://other.example:{}/healthz", addr.port());
+    let http = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("other.example", addr)
+        .build()
+        .unwrap();
+    assert_eq!(http.get(url).send().unwrap().status(), StatusCode::OK);
+}
+
+/// Starts `serve` with `env`, and the status of an anonymous manifest GET.
+fn anonymous_manifest_status(env: &[(&str, &str)]) -> StatusCode {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, mut out) =
+        spawn_with_env(&dir.path().join("data"), &["--listen", "127.0.0.1:0"], env);
+    let base = line(&mut out)
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    Client::new()
+        .get(format!("{base}/v2/samples/app/manifests/v1"))
+        .send()
+        .unwrap()
+        .status()
+}
+
+#[test]
+fn boolean_environment_variables_take_1_0_yes_no_in_any_case() {
+    for on in ["1", "YES", "True"] {
+        assert_eq!(
+            anonymous_manifest_status(&[("PORTCULLIS_ANONYMOUS_PULL", on)]),
+            StatusCode::NOT_FOUND,
+            "PORTCULLIS_ANONYMOUS_PULL={on}: an anonymous pull reaches the store"
+        );
+    }
+    assert_eq!(
+        anonymous_manifest_status(&[("PORTCULLIS_ANONYMOUS_PULL", "no")]),
+        StatusCode::UNAUTHORIZED
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("PORTCULLIS_ANONYMOUS_PULL", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("maybe"), "{err}");
+}
+
+#[test]
+fn policy_dir_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("site-policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("broken.cedar"), "permit(principal, action").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("PORTCULLIS_POLICY_DIR", &policies)
+        .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.cedar"), "{err}");
+}
+
+#[test]
+fn bundled_store_gc_upload_expiry_and_manifest_size_are_serve_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ngc_interval_seconds = 1\ngc_grace_seconds = 3600\n",
+    )
+    .unwrap();
+    let (_child, mut out) = spawn_with_env(
+        &dir.path().join("data"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+            "--upload-expiry-seconds",
+            "1",
+        ],
+        &[
+            ("PORTCULLIS_GC_GRACE_SECONDS", "0"),
+            ("PORTCULLIS_MAX_MANIFEST_BYTES", "64"),
+        ],
+    );
+    let base = line(&mut out)
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let http = Client::new();
+    let image = TestImage::new("settings");
+    for blob in [&image.config, &image.layer] {
+        let resp = content::upload(&http, &base, "samples/settings", blob, &admin);
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let resp = image.put_manifest(&http, &base, "samples/settings", "v1", &admin);
+    assert_eq!(
+        resp.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "larger than 64 bytes"
+    );
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["errors"][0]["code"], "SIZE_INVALID", "{body}");
+
+    // An upload session left open expires after a second (the default is a day).
+    let resp = admin(http.post(format!("{base}/v2/samples/settings/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let session = content::follow(&base, resp.headers()["location"].to_str().unwrap());
+    // Unreferenced blobs go at the next GC pass (every second, no grace).
+    let blob = format!(
+        "{base}/v2/samples/settings/blobs/{}",
+        content::digest(&image.layer)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let blob_status = admin(http.head(&blob)).send().unwrap().status();
+        let session_status = admin(http.get(&session)).send().unwrap().status();
+        if blob_status == StatusCode::NOT_FOUND && session_status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blob {blob_status}, upload session {session_status} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -10,7 +10,8 @@ mod common;
 #[path = "common/docker.rs"]
 mod docker;
 
-use std::process::Output;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use common::ADMIN_PASSWORD;
 use common::trust::{PASSPHRASE, TrustGateway};
@@ -207,5 +208,114 @@ fn signing_needs_trust_write_and_is_refused_to_the_admin_account() {
             )),
             "DCT pull after a refused signing by {who}:\n{out}"
         );
+    }
+}
+
+/// The README's content-trust walkthrough, run by bash as written, but for two changes a
+/// reader makes by hand: the gateway listens on a free port (not 5000) and `portcullis
+/// serve` runs in the background (started here). The CLI finds the admin password the
+/// server generated in ./data, as on a first start; the image to push exists.
+#[test]
+fn the_readme_content_trust_walkthrough_runs_as_written() {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## Content trust").unwrap()..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let lines: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| match l.find("  #") {
+            Some(i) => l[..i].trim_end().to_owned(),
+            None => l.trim_end().to_owned(),
+        })
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines[0], "portcullis serve --tls-self-signed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start_with(&dir.path().join("data"), None, &["--tls-self-signed"]);
+    let host = server.host().to_owned();
+    let certs_d = Path::new("/etc/docker/certs.d").join(&host);
+    let _remove = RemoveDir(certs_d.clone());
+
+    // `portcullis` and (as root without one) `sudo` on the PATH.
+    let tools = dir.path().join("bin");
+    std::fs::create_dir(&tools).unwrap();
+    std::os::unix::fs::symlink(common::bin(), tools.join("portcullis")).unwrap();
+    if Command::new("sudo").arg("true").output().is_err() {
+        std::fs::write(tools.join("sudo"), "#!/bin/sh\nexec \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tools.join("sudo"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let mut script = vec!["set -euo pipefail -x".to_owned()];
+    for line in &lines[1..] {
+        script.push(line.replace("127.0.0.1:5000", &host));
+    }
+
+    let docker = Docker::new();
+    docker.import(&format!("{host}/samples/app:v1"), "readme walkthrough");
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script.join("\n"))
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("HOME", &home)
+        .env_remove("PORTCULLIS_ADMIN_PASSWORD")
+        .env_remove("PORTCULLIS_DATA_DIR")
+        .env("DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE", PASSPHRASE)
+        .env("DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE", PASSPHRASE)
+        .env("NOTARY_ROOT_PASSPHRASE", PASSPHRASE);
+    // The same engine and client configuration as `docker`.
+    for (key, value) in docker.command(&[]).get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "README walkthrough failed:\n{text}");
+    assert!(
+        text.contains(&format!("Successfully signed {host}/samples/app:v1")),
+        "{text}"
+    );
+    assert!(
+        certs_d.join("ca.crt").is_file()
+            && docker
+                .config_dir()
+                .join("tls")
+                .join(&host)
+                .join("ca.crt")
+                .is_file(),
+        "the CA copied for the engine and the CLI"
+    );
+    // `notary list` printed the signed tag.
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some("v1")),
+        "{text}"
+    );
+}
+
+/// Removes a directory the test created outside its temporary directory.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -17,12 +17,14 @@ pub struct ClientArgs {
     /// Base URL of the registry.
     #[arg(
         long,
+        short = 'r',
         global = true,
         env = "PORTCULLIS_REGISTRY",
         default_value = "http://127.0.0.1:5000"
     )]
     pub registry: String,
-    /// The admin account's password (user `admin`).
+    /// The admin account's password (user `admin`); default: the `admin-password` file
+    /// the server generated in `$PORTCULLIS_DATA_DIR` (or `./data`).
     #[arg(
         long = "admin-password",
         global = true,
@@ -34,21 +36,67 @@ pub struct ClientArgs {
     /// trusted in addition to the public roots.
     #[arg(long = "ca-cert", global = true, env = "PORTCULLIS_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Json)]
+    /// Output format (as `az`: json, jsonc, table, tsv, yaml, none).
+    #[arg(long, short = 'o', global = true, value_enum, ignore_case = true, default_value_t = Output::Json)]
     pub output: Output,
+    /// JMESPath query applied to the result before it is printed (as `az --query`).
+    #[arg(long, global = true, value_name = "JMESPATH")]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Json,
+    /// Coloured JSON.
+    Jsonc,
     Table,
+    /// Tab-separated values, one line per item (nested objects and lists left out).
+    Tsv,
+    Yaml,
+    /// Nothing (the exit code tells).
+    None,
+}
+
+/// The file `portcullis serve` writes a generated admin password to, in its data directory.
+const ADMIN_PASSWORD_FILE: &str = "admin-password";
+
+impl ClientArgs {
+    /// `--admin-password` / `PORTCULLIS_ADMIN_PASSWORD`, else the password the server
+    /// generated into `$PORTCULLIS_DATA_DIR/admin-password` (default `./data`), so the
+    /// CLI works next to a `serve` started without a password.
+    pub fn admin_password(&self) -> Result<String, ClientError> {
+        if let Some(p) = &self.admin_password {
+            return Ok(p.clone());
+        }
+        let dir = std::env::var_os("PORTCULLIS_DATA_DIR")
+            .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
+        let path = dir.join(ADMIN_PASSWORD_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+            Ok(_) => Err(ClientError::NoPassword(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ClientError::NoPassword(path))
+            }
+            Err(source) => Err(ClientError::PasswordFile { path, source }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no admin password: set PORTCULLIS_ADMIN_PASSWORD or pass --admin-password")]
-    NoPassword,
+    #[error(
+        "no admin password: set PORTCULLIS_ADMIN_PASSWORD, pass --admin-password, or run where \
+         {} exists (PORTCULLIS_DATA_DIR names the data directory)",
+        .0.display()
+    )]
+    NoPassword(PathBuf),
+    #[error("cannot read the admin password file {}: {source}", .path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid --query `{query}`: {reason}")]
+    Query { query: String, reason: String },
     #[error("cannot read CA certificate file {}: {source}", .path.display())]
     CaCertRead {
         path: PathBuf,
@@ -73,7 +121,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
-        let password = args.admin_password.clone().ok_or(ClientError::NoPassword)?;
+        let password = args.admin_password()?;
         Ok(AdminClient {
             http: http_client(args)?,
             base: format!("{}/admin/v1", args.registry.trim_end_matches('/')),
@@ -159,17 +207,265 @@ pub fn server_error(status: reqwest::StatusCode, body: &Value) -> ClientError {
     }
 }
 
-/// Prints `value` as pretty JSON, or through `table` as a table. `Null` prints nothing.
-pub fn print(output: Output, value: &Value, table: impl Fn(&Value) -> String) {
+/// Prints `value` in the `-o` format after the `--query`; `table` renders the command's
+/// own table (a queried result gets a generic one). `Null` prints nothing.
+pub fn print(
+    client: &ClientArgs,
+    value: &Value,
+    table: impl Fn(&Value) -> String,
+) -> Result<(), ClientError> {
+    let queried;
+    let value = match &client.query {
+        Some(query) => {
+            queried = apply_query(query, value)?;
+            &queried
+        }
+        None => value,
+    };
+    print!(
+        "{}",
+        render(client.output, value, client.query.is_some(), table)
+    );
+    Ok(())
+}
+
+/// The text [`print`] writes.
+pub fn render(
+    output: Output,
+    value: &Value,
+    queried: bool,
+    table: impl Fn(&Value) -> String,
+) -> String {
     if value.is_null() {
-        return;
+        return String::new();
     }
     match output {
-        Output::Json => println!(
-            "{}",
+        Output::Json => format!(
+            "{}\n",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         ),
-        Output::Table => print!("{}", table(value)),
+        Output::Jsonc => {
+            let mut out = String::new();
+            jsonc(value, 0, &mut out);
+            out.push('\n');
+            out
+        }
+        Output::Table if queried => generic_table(value),
+        Output::Table => table(value),
+        Output::Tsv => tsv(value),
+        Output::Yaml => {
+            let mut out = String::new();
+            yaml(value, 0, &mut out);
+            out
+        }
+        Output::None => String::new(),
+    }
+}
+
+/// Evaluates a JMESPath expression (`az --query`) on `value`.
+pub fn apply_query(query: &str, value: &Value) -> Result<Value, ClientError> {
+    let error = |reason: String| ClientError::Query {
+        query: query.to_owned(),
+        reason,
+    };
+    let expr = jmespath::compile(query).map_err(|e| error(e.to_string()))?;
+    let found = expr.search(value).map_err(|e| error(e.to_string()))?;
+    serde_json::to_value(&*found).map_err(|e| error(e.to_string()))
+}
+
+/// A table of any result: objects' scalar fields as columns (from the first object),
+/// scalars under `Result`.
+fn generic_table(value: &Value) -> String {
+    let items = items(value);
+    match items.first() {
+        Some(Value::Object(first)) => {
+            let headers: Vec<&str> = first
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|item| headers.iter().map(|h| cell(&item[*h])).collect())
+                .collect();
+            render_table(&headers, &rows)
+        }
+        _ => render_table(
+            &["Result"],
+            &items.iter().map(|v| vec![cell(v)]).collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// `az -o tsv`: one line per list item, an object's scalar values tab-separated in
+/// order, booleans as `True`/`False`, null as an empty field.
+fn tsv(value: &Value) -> String {
+    fn field(v: &Value) -> Option<String> {
+        match v {
+            Value::Null => Some(String::new()),
+            Value::Bool(true) => Some("True".into()),
+            Value::Bool(false) => Some("False".into()),
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Array(_) | Value::Object(_) => None,
+        }
+    }
+    let line = |v: &Value| match v {
+        Value::Object(map) => map
+            .values()
+            .filter_map(field)
+            .collect::<Vec<_>>()
+            .join("\t"),
+        Value::Array(list) => list.iter().filter_map(field).collect::<Vec<_>>().join("\t"),
+        other => field(other).unwrap_or_default(),
+    };
+    let mut out = String::new();
+    for item in items(value) {
+        let _ = writeln!(out, "{}", line(item));
+    }
+    out
+}
+
+/// A YAML scalar: plain when that reads back as the same string, else double-quoted
+/// (a JSON string is a valid YAML double-quoted scalar).
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::String(s) => yaml_string(s),
+        other => other.to_string(),
+    }
+}
+
+fn yaml_string(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./@-+*".contains(c))
+        && !s.starts_with(['-', '.', '@', '+', '*'])
+        && s.parse::<f64>().is_err()
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n" | "inf" | "nan"
+        );
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::to_string(s).unwrap_or_default()
+    }
+}
+
+fn yaml(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = yaml_string(k);
+                match v {
+                    Value::Object(m) if !m.is_empty() => {
+                        let _ = writeln!(out, "{pad}{key}:");
+                        yaml(v, indent + 2, out);
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        let _ = writeln!(out, "{pad}{key}:");
+                        yaml(v, indent + 2, out);
+                    }
+                    other => {
+                        let _ = writeln!(out, "{pad}{key}: {}", yaml_inline(other));
+                    }
+                }
+            }
+        }
+        Value::Array(list) if !list.is_empty() => {
+            for item in list {
+                match item {
+                    Value::Object(m) if !m.is_empty() => nested_item(item, indent, out),
+                    Value::Array(a) if !a.is_empty() => nested_item(item, indent, out),
+                    other => {
+                        let _ = writeln!(out, "{pad}- {}", yaml_inline(other));
+                    }
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", yaml_inline(other));
+        }
+    }
+}
+
+/// A list item that is itself a mapping or list: rendered two deeper, its first line's
+/// indentation replaced by `- `.
+fn nested_item(item: &Value, indent: usize, out: &mut String) {
+    let mut inner = String::new();
+    yaml(item, indent + 2, &mut inner);
+    out.push_str(&" ".repeat(indent));
+    out.push_str("- ");
+    out.push_str(&inner[indent + 2..]);
+}
+
+fn yaml_inline(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => yaml_scalar(other),
+    }
+}
+
+/// Pretty JSON with ANSI colours (keys blue, strings green, other scalars yellow).
+fn jsonc(value: &Value, indent: usize, out: &mut String) {
+    const KEY: &str = "\x1b[94m";
+    const STRING: &str = "\x1b[32m";
+    const SCALAR: &str = "\x1b[33m";
+    const RESET: &str = "\x1b[0m";
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let pad = " ".repeat(indent + 2);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            out.push_str("{\n");
+            for (i, (k, v)) in map.iter().enumerate() {
+                let _ = write!(out, "{pad}{KEY}{}{RESET}: ", quoted(k));
+                jsonc(v, indent + 2, out);
+                out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+            }
+            let _ = write!(out, "{}}}", " ".repeat(indent));
+        }
+        Value::Array(list) if !list.is_empty() => {
+            out.push_str("[\n");
+            for (i, v) in list.iter().enumerate() {
+                out.push_str(&pad);
+                jsonc(v, indent + 2, out);
+                out.push_str(if i + 1 < list.len() { ",\n" } else { "\n" });
+            }
+            let _ = write!(out, "{}]", " ".repeat(indent));
+        }
+        Value::String(s) => {
+            let _ = write!(out, "{STRING}{}{RESET}", quoted(s));
+        }
+        other => {
+            let _ = write!(out, "{SCALAR}{other}{RESET}");
+        }
+    }
+}
+
+/// Asks on the terminal unless `--yes`; without a terminal, `refuse_without_terminal`
+/// decides between refusing and going on (scripts that predate the prompt).
+pub fn confirm(yes: bool, what: &str, refuse_without_terminal: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        if refuse_without_terminal {
+            anyhow::bail!("{what} Pass --yes to confirm.");
+        }
+        return Ok(());
+    }
+    eprint!("{what} Are you sure you want to continue? (y/n): ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing was deleted")
     }
 }
 
@@ -257,6 +553,46 @@ mod tests {
     }
 
     #[test]
+    fn yaml_tsv_and_queries() {
+        let v = serde_json::json!([
+            {"name": "ci-bot", "status": "enabled", "enabled": true, "n": 2,
+             "scope": {"repositories": ["a/*", "b"]}, "empty": [], "note": "yes"},
+            {"name": "x: y", "status": null, "enabled": false, "n": 3,
+             "scope": {}, "empty": [], "note": "-1"}
+        ]);
+        let yaml = render(Output::Yaml, &v, false, |_| String::new());
+        assert_eq!(
+            yaml,
+            "- name: ci-bot\n  status: enabled\n  enabled: true\n  \"n\": 2\n  scope:\n    \
+             repositories:\n      - a/*\n      - b\n  empty: []\n  note: \"yes\"\n\
+             - name: \"x: y\"\n  status: null\n  enabled: false\n  \"n\": 3\n  scope: {}\n  \
+             empty: []\n  note: \"-1\"\n"
+        );
+        assert_eq!(
+            render(Output::Tsv, &v, false, |_| String::new()),
+            "ci-bot\tenabled\tTrue\t2\tyes\nx: y\t\tFalse\t3\t-1\n"
+        );
+        let names = apply_query("[?enabled].name", &v).unwrap();
+        assert_eq!(names, serde_json::json!(["ci-bot"]));
+        assert_eq!(
+            render(Output::Table, &names, true, |_| unreachable!()),
+            "Result\nci-bot\n"
+        );
+        assert!(matches!(
+            apply_query("[?", &v),
+            Err(ClientError::Query { .. })
+        ));
+        assert_eq!(render(Output::None, &v, false, |_| String::new()), "");
+        let colored = render(Output::Jsonc, &serde_json::json!({"a": "b"}), false, |_| {
+            String::new()
+        });
+        assert!(
+            colored.contains("\x1b[94m\"a\"\x1b[0m: \x1b[32m\"b\"\x1b[0m"),
+            "{colored}"
+        );
+    }
+
+    #[test]
     fn server_errors_carry_the_message_and_the_reason() {
         let body = serde_json::json!({"errors": [{
             "code": "DENIED",
@@ -282,6 +618,7 @@ mod tests {
             admin_password: None,
             ca_cert: Some(path),
             output: Output::Json,
+            query: None,
         };
         let missing = dir.path().join("missing.pem");
         let e = http_client(&args(missing)).unwrap_err();

@@ -30,7 +30,7 @@ pub enum ContentTrustCommand {
     /// content trust. Disabling deletes the trust data of every repository (images are
     /// kept) and cannot be undone.
     Update {
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, ignore_case = true)]
         status: Status,
         /// Confirm disabling (it deletes every repository's trust data).
         #[arg(long, short = 'y')]
@@ -64,7 +64,7 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
             client.call(Method::PUT, PATH, Some(&body))?
         }
     };
-    print(args.client.output, &value, content_trust_table);
+    print(&args.client, &value, content_trust_table)?;
     Ok(())
 }
 

@@ -44,7 +44,7 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<()> {
     if let Some(n) = top {
         list.truncate(n);
     }
-    print(args.registry.client.output, &Value::Array(list), table);
+    print(&args.registry.client, &Value::Array(list), table)?;
     Ok(())
 }
 

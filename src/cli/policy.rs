@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::admin_client::{AdminClient, ClientArgs, Output, print};
+use super::admin_client::{AdminClient, ClientArgs, print};
 use crate::identity::{Action, PasswordSlot};
 use crate::policy::PolicyEngine;
 use crate::policy::testcases;
@@ -95,10 +95,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             });
             let answer =
                 AdminClient::new(&client)?.call(Method::POST, "/policy/explain", Some(&body))?;
-            match client.output {
-                Output::Json => print(Output::Json, &answer, |_| String::new()),
-                Output::Table => print!("{}", explain_text(&answer)),
-            }
+            print(&client, &answer, explain_text)?;
             Ok(())
         }
         PolicyCommand::Export { client } => {

@@ -122,11 +122,7 @@ impl RegistryClient {
         let username = args.username.clone().unwrap_or_else(|| "admin".to_owned());
         let password = match (&args.password, username.as_str()) {
             (Some(p), _) => p.clone(),
-            (None, "admin") => args
-                .client
-                .admin_password
-                .clone()
-                .ok_or(ClientError::NoPassword)?,
+            (None, "admin") => args.client.admin_password()?,
             (None, user) => return Err(RegistryError::NoPassword(user.to_owned())),
         };
         let url = &args.client.registry;

@@ -3,14 +3,17 @@
 //! through the gateway's repository API (like `az acr repository`). Works with token
 //! credentials: what succeeds is what the token's scope map (and policy) allows.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-
 use clap::{ArgGroup, Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::admin_client::{cell, print, render_table};
 use super::registry_client::{Image, Reference, RegistryArgs, RegistryClient, RegistryError};
+
+/// Asks on the terminal unless `--yes`; without a terminal, refuses.
+fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    super::admin_client::confirm(yes, what, true)
+}
 
 #[derive(Debug, Args)]
 pub struct RepositoryArgs {
@@ -92,7 +95,6 @@ pub enum RepositoryCommand {
 
 pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
     let client = RegistryClient::new(&args.registry)?;
-    let output = args.registry.client.output;
     let (value, table): (Value, fn(&Value) -> String) = match args.command {
         RepositoryCommand::List { top } => (json!(truncate(client.catalog()?, top)), names_table),
         RepositoryCommand::ShowTags {
@@ -157,7 +159,7 @@ pub fn run(args: RepositoryArgs) -> anyhow::Result<()> {
             (deleted, deleted_table)
         }
     };
-    print(output, &value, table);
+    print(&args.registry.client, &value, table)?;
     Ok(())
 }
 
@@ -207,25 +209,6 @@ fn delete_repository(
         &format!("This deletes repository `{repository}` with every manifest and tag in it."),
     )?;
     Ok(client.delete_repository(repository)?)
-}
-
-/// Asks on the terminal unless `--yes`; without a terminal, refuses.
-fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{what} Pass --yes to confirm.");
-    }
-    eprint!("{what} Are you sure you want to continue? (y/n): ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        anyhow::bail!("not confirmed; nothing was deleted")
-    }
 }
 
 fn names_table(v: &Value) -> String {

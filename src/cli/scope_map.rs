@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::admin_client::{
-    AdminClient, ClientArgs, cell, items, print, render_table, repository_groups,
+    AdminClient, ClientArgs, cell, confirm, items, print, render_table, repository_groups,
 };
 
 #[derive(Debug, Args)]
@@ -46,6 +46,9 @@ pub enum ScopeMapCommand {
     Delete {
         #[arg(long, short = 'n')]
         name: String,
+        /// Do not prompt for confirmation (there is a prompt only on a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// List scope maps (system-defined ones included).
     List,
@@ -86,7 +89,8 @@ pub fn run(args: ScopeMapArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             }
             client.call(Method::PATCH, &format!("/scope-maps/{name}"), Some(&body))?
         }
-        ScopeMapCommand::Delete { name } => {
+        ScopeMapCommand::Delete { name, yes } => {
+            confirm(yes, &format!("This deletes scope map `{name}`."), false)?;
             client.call(Method::DELETE, &format!("/scope-maps/{name}"), None)?
         }
         ScopeMapCommand::List => client.call(Method::GET, "/scope-maps", None)?,
@@ -94,7 +98,7 @@ pub fn run(args: ScopeMapArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             client.call(Method::GET, &format!("/scope-maps/{name}"), None)?
         }
     };
-    print(args.client.output, &value, scope_map_table);
+    print(&args.client, &value, scope_map_table)?;
     Ok(())
 }
 

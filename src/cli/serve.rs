@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use clap::builder::BoolishValueParser;
 
 use crate::gateway::config::{Config, FileConfig, Overrides};
 use crate::gateway::server;
@@ -31,8 +32,9 @@ pub struct ServeArgs {
     /// Serve the admin API on this address only (it answers 404 on --listen then).
     #[arg(long, value_name = "ADDR", env = "PORTCULLIS_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// Extra directories of `*.cedar` policies (besides `./policies` when present).
-    #[arg(long = "policy-dir", value_name = "DIR")]
+    /// Extra directories of `*.cedar` policies (besides `./policies` when present); repeat
+    /// the flag for several (the variable names one).
+    #[arg(long = "policy-dir", value_name = "DIR", env = "PORTCULLIS_POLICY_DIR")]
     pub policy_dirs: Vec<PathBuf>,
     /// The admin account's password; generated and stored in the data directory if unset.
     #[arg(long, env = "PORTCULLIS_ADMIN_PASSWORD", hide_env_values = true)]
@@ -43,8 +45,8 @@ pub struct ServeArgs {
     /// The `service` named in challenges and tokens [default: portcullis].
     #[arg(long, env = "PORTCULLIS_SERVICE")]
     pub service: Option<String>,
-    /// Let anonymous clients pull.
-    #[arg(long, env = "PORTCULLIS_ANONYMOUS_PULL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    /// Let anonymous clients pull (BOOL: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "PORTCULLIS_ANONYMOUS_PULL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub anonymous_pull: Option<bool>,
     /// Seconds in-flight requests get after SIGTERM [default: 5].
     #[arg(
@@ -60,8 +62,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "PORTCULLIS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Generate (once) a private CA and certificate in <data-dir>/tls/ and serve HTTPS.
-    #[arg(long, env = "PORTCULLIS_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "PORTCULLIS_TLS_SELF_SIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub tls_self_signed: Option<bool>,
+    /// Seconds between the bundled store's background GC passes; 0 disables [default: 3600].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_GC_INTERVAL_SECONDS")]
+    pub gc_interval_seconds: Option<u64>,
+    /// Unreferenced content younger than this is never collected [default: 3600].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_GC_GRACE_SECONDS")]
+    pub gc_grace_seconds: Option<u64>,
+    /// Upload sessions idle for longer are removed [default: 86400].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_UPLOAD_EXPIRY_SECONDS")]
+    pub upload_expiry_seconds: Option<u64>,
+    /// Larger manifests are refused [default: 4194304].
+    #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
+    pub max_manifest_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -80,6 +94,10 @@ impl ServeArgs {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             tls_self_signed: self.tls_self_signed,
+            gc_interval_seconds: self.gc_interval_seconds,
+            gc_grace_seconds: self.gc_grace_seconds,
+            upload_expiry_seconds: self.upload_expiry_seconds,
+            max_manifest_bytes: self.max_manifest_bytes,
         }
     }
 }

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::admin_client::{
-    AdminClient, ClientArgs, cell, items, print, render_table, repository_groups,
+    AdminClient, ClientArgs, cell, confirm, items, print, render_table, repository_groups,
 };
 
 #[derive(Debug, Args)]
@@ -46,7 +46,7 @@ pub enum TokenCommand {
         /// A repository pattern and its actions, e.g. `--repository samples/* content/read`.
         #[arg(long, num_args = 2.., value_names = ["REPO", "ACTION"], action = clap::ArgAction::Append)]
         repository: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Status::Enabled)]
+        #[arg(long, value_enum, ignore_case = true, default_value_t = Status::Enabled)]
         status: Status,
         /// Do not generate passwords now.
         #[arg(long)]
@@ -59,7 +59,7 @@ pub enum TokenCommand {
     Update {
         #[arg(long, short = 'n')]
         name: String,
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, ignore_case = true)]
         status: Option<Status>,
         #[arg(long)]
         scope_map: Option<String>,
@@ -68,6 +68,9 @@ pub enum TokenCommand {
     Delete {
         #[arg(long, short = 'n')]
         name: String,
+        /// Do not prompt for confirmation (there is a prompt only on a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// List tokens.
     List,
@@ -95,8 +98,8 @@ pub enum CredentialCommand {
         #[arg(long)]
         expiration_in_days: Option<u32>,
     },
-    /// Delete one password.
-    #[command(group(ArgGroup::new("slot").required(true).args(["password1", "password2"])))]
+    /// Delete password1, password2 or both.
+    #[command(group(ArgGroup::new("slot").required(true).multiple(true).args(["password1", "password2"])))]
     Delete {
         #[arg(long, short = 'n')]
         name: String,
@@ -109,7 +112,6 @@ pub enum CredentialCommand {
 
 pub fn run(args: TokenArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let client = AdminClient::new(&args.client)?;
-    let output = args.client.output;
     let (value, table): (Value, fn(&Value) -> String) = match args.command {
         TokenCommand::Create {
             name,
@@ -148,10 +150,13 @@ pub fn run(args: TokenArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                 token_table,
             )
         }
-        TokenCommand::Delete { name } => (
-            client.call(Method::DELETE, &format!("/tokens/{name}"), None)?,
-            token_table,
-        ),
+        TokenCommand::Delete { name, yes } => {
+            confirm(yes, &format!("This deletes token `{name}`."), false)?;
+            (
+                client.call(Method::DELETE, &format!("/tokens/{name}"), None)?,
+                token_table,
+            )
+        }
         TokenCommand::List => (client.call(Method::GET, "/tokens", None)?, token_table),
         TokenCommand::Show { name } => (
             client.call(Method::GET, &format!("/tokens/{name}"), None)?,
@@ -183,20 +188,23 @@ pub fn run(args: TokenArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         TokenCommand::Credential(CredentialCommand::Delete {
             name,
             password1,
-            password2: _,
+            password2,
         }) => {
-            let slot = if password1 { "password1" } else { "password2" };
-            (
-                client.call(
+            // Both flags together delete both passwords (as `az`), one request each; the
+            // answer is the token after the last.
+            let slots = [(password1, "password1"), (password2, "password2")];
+            let mut after = Value::Null;
+            for (_, slot) in slots.iter().filter(|(chosen, _)| *chosen) {
+                after = client.call(
                     Method::DELETE,
                     &format!("/tokens/{name}/credentials/{slot}"),
                     None,
-                )?,
-                token_table,
-            )
+                )?;
+            }
+            (after, token_table)
         }
     };
-    print(output, &value, table);
+    print(&args.client, &value, table)?;
     Ok(())
 }
 

@@ -40,6 +40,8 @@ pub enum ConfigError {
     TlsConflict,
     #[error("invalid public_url `{0}`: expected http://HOST[:PORT] or https://HOST[:PORT]")]
     PublicUrl(String),
+    #[error("`{0}` must be greater than 0")]
+    Zero(&'static str),
 }
 
 /// The TOML file as written: every key optional.
@@ -63,6 +65,8 @@ pub struct FileConfig {
     pub trust: FileTrust,
     #[serde(default)]
     pub http2: FileHttp2,
+    #[serde(default)]
+    pub storage: FileStorage,
 }
 
 /// `[http2]`: HTTP/2 beside HTTP/1.1 on every listener (ALPN `h2` on TLS, prior
@@ -88,6 +92,53 @@ pub struct FileTls {
 pub struct FileTrust {
     /// Algorithm of new server-managed timestamp/snapshot keys: `ecdsa` (P-256) or `ed25519`.
     pub key_algorithm: Option<KeyAlgorithm>,
+}
+
+/// `[storage]`: the bundled store's upkeep and limits (ignored with an upstream).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileStorage {
+    pub gc_interval_seconds: Option<u64>,
+    pub gc_grace_seconds: Option<u64>,
+    pub upload_expiry_seconds: Option<u64>,
+    pub max_manifest_bytes: Option<usize>,
+}
+
+/// The bundled store's settings: [`StorageSettings::default`] are the store's own defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// Between background GC passes; `None` disables them (`0` in flags and files).
+    pub gc_interval: Option<Duration>,
+    /// Unreferenced content younger than this is never collected.
+    pub gc_grace: Duration,
+    /// Upload sessions idle for longer are removed.
+    pub upload_expiry: Duration,
+    /// Larger manifests are refused.
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> StorageSettings {
+        let store = portcullis_storage::StorageConfig::new(PathBuf::new());
+        StorageSettings {
+            gc_interval: store.gc_interval,
+            gc_grace: store.gc_grace,
+            upload_expiry: store.upload_expiry,
+            max_manifest_bytes: store.max_manifest_bytes,
+        }
+    }
+}
+
+impl StorageSettings {
+    /// The store's configuration for `data_dir`.
+    pub fn storage_config(&self, data_dir: PathBuf) -> portcullis_storage::StorageConfig {
+        let mut config = portcullis_storage::StorageConfig::new(data_dir);
+        config.gc_interval = self.gc_interval;
+        config.gc_grace = self.gc_grace;
+        config.upload_expiry = self.upload_expiry;
+        config.max_manifest_bytes = self.max_manifest_bytes;
+        config
+    }
 }
 
 impl FileConfig {
@@ -121,6 +172,10 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
+    pub gc_interval_seconds: Option<u64>,
+    pub gc_grace_seconds: Option<u64>,
+    pub upload_expiry_seconds: Option<u64>,
+    pub max_manifest_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +210,8 @@ pub struct Config {
     /// Algorithm of new server-managed trust keys (existing keys keep theirs).
     pub trust_key_algorithm: KeyAlgorithm,
     pub http2: Http2,
+    /// The bundled store's GC, upload expiry and manifest size limit.
+    pub storage: StorageSettings,
 }
 
 /// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
@@ -187,6 +244,34 @@ impl Config {
         {
             return Err(ConfigError::PublicUrl(url.clone()));
         }
+        let defaults = StorageSettings::default();
+        let storage = StorageSettings {
+            gc_interval: match over
+                .gc_interval_seconds
+                .or(file.storage.gc_interval_seconds)
+            {
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => defaults.gc_interval,
+            },
+            gc_grace: over
+                .gc_grace_seconds
+                .or(file.storage.gc_grace_seconds)
+                .map_or(defaults.gc_grace, Duration::from_secs),
+            upload_expiry: match over
+                .upload_expiry_seconds
+                .or(file.storage.upload_expiry_seconds)
+            {
+                Some(0) => return Err(ConfigError::Zero("upload_expiry_seconds")),
+                Some(secs) => Duration::from_secs(secs),
+                None => defaults.upload_expiry,
+            },
+            max_manifest_bytes: match over.max_manifest_bytes.or(file.storage.max_manifest_bytes) {
+                Some(0) => return Err(ConfigError::Zero("max_manifest_bytes")),
+                Some(bytes) => bytes,
+                None => defaults.max_manifest_bytes,
+            },
+        };
         let mut policy_dirs = file.policy_dirs;
         policy_dirs.extend(over.policy_dirs);
         Ok(Config {
@@ -224,6 +309,7 @@ impl Config {
                     .unwrap_or(DEFAULT_H2_MAX_STREAMS)
                     .max(1),
             },
+            storage,
         })
     }
 }
@@ -348,8 +434,46 @@ mod tests {
     }
 
     #[test]
-    fn the_deploy_example_parses() {
+    fn the_deploy_example_parses_and_states_the_defaults() {
         let text = include_str!("../../deploy/portcullis.toml");
-        toml::from_str::<FileConfig>(text).unwrap();
+        let f = toml::from_str::<FileConfig>(text).unwrap();
+        let c = Config::resolve(Overrides::default(), f).unwrap();
+        let d = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(c, d, "every value in the example is the default");
+    }
+
+    #[test]
+    fn storage_settings_from_file_flags_and_defaults() {
+        let d = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.storage, StorageSettings::default());
+        assert_eq!(d.storage.gc_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(d.storage.max_manifest_bytes, 4 * 1024 * 1024);
+        let f = file(
+            "[storage]\ngc_interval_seconds = 0\ngc_grace_seconds = 60\n\
+             upload_expiry_seconds = 120\nmax_manifest_bytes = 1000\n",
+        );
+        let over = Overrides {
+            gc_grace_seconds: Some(5),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(over, f).unwrap();
+        assert_eq!(
+            c.storage,
+            StorageSettings {
+                gc_interval: None,
+                gc_grace: Duration::from_secs(5),
+                upload_expiry: Duration::from_secs(120),
+                max_manifest_bytes: 1000,
+            }
+        );
+        let zero = Overrides {
+            max_manifest_bytes: Some(0),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(zero, FileConfig::default()),
+            Err(ConfigError::Zero("max_manifest_bytes"))
+        ));
+        assert!(toml::from_str::<FileConfig>("[storage]\ngc = 1\n").is_err());
     }
 }

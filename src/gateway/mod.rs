@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use portcullis_storage::{Registry, StorageConfig};
+use portcullis_storage::{Registry, private};
 
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
 use crate::policy::PolicyEngine;
@@ -103,11 +103,31 @@ impl Gateway {
     /// store, the admin account, the token-signing key, the policies and the backend.
     /// Starts no tasks: the server owns the runtimes.
     pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
+        Gateway::open_with_storage(options, &config::StorageSettings::default())
+    }
+
+    /// [`Gateway::open`] with the bundled store's settings.
+    pub fn open_with_storage(
+        options: &GatewayOptions,
+        storage: &config::StorageSettings,
+    ) -> anyhow::Result<Opened> {
         let data_dir = &options.data_dir;
-        std::fs::create_dir_all(data_dir)
+        // Owner-only data: the directory 0700, databases and keys 0600 (existing ones
+        // are tightened, with a log line).
+        private::private_dir(data_dir)
             .with_context(|| format!("creating data directory `{}`", data_dir.display()))?;
-        let store = IdentityStore::open(&data_dir.join("control.redb"))
-            .context("opening the identity store")?;
+        let control = data_dir.join("control.redb");
+        private::private_file(&control)
+            .with_context(|| format!("creating `{}`", control.display()))?;
+        for secret in [
+            crate::identity::admin::ADMIN_PASSWORD_FILE,
+            jwt::SIGNING_KEY_FILE,
+        ] {
+            let path = data_dir.join(secret);
+            private::tighten(&path, private::FILE_MODE)
+                .with_context(|| format!("checking the mode of `{}`", path.display()))?;
+        }
+        let store = IdentityStore::open(&control).context("opening the identity store")?;
         // Trust data lives in the same control-plane file; ECDSA keys until `serve`
         // applies the configured algorithm.
         let trust = TrustService::open(store.database(), KeyAlgorithm::Ecdsa)
@@ -123,7 +143,7 @@ impl Gateway {
         let (backend, bundled) = match &options.upstream {
             Some(url) => (backend::Backend::upstream(url)?, None),
             None => {
-                let registry = Registry::open(StorageConfig::new(data_dir.clone()))
+                let registry = Registry::open(storage.storage_config(data_dir.clone()))
                     .context("opening the storage backend")?;
                 (
                     backend::Backend::bundled(Arc::clone(&registry)),

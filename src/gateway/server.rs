@@ -59,14 +59,17 @@ pub struct Prepared {
 /// Opens everything in the data directory and checks the listen addresses and TLS
 /// files, so configuration mistakes are reported before anything starts.
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let opened = Gateway::open(&GatewayOptions {
-        data_dir: config.data_dir.clone(),
-        policy_dirs: config.policy_dirs.clone(),
-        admin_password: config.admin_password.clone(),
-        upstream: config.upstream.clone(),
-        service: config.service.clone(),
-        token_ttl: TOKEN_TTL,
-    })?;
+    let opened = Gateway::open_with_storage(
+        &GatewayOptions {
+            data_dir: config.data_dir.clone(),
+            policy_dirs: config.policy_dirs.clone(),
+            admin_password: config.admin_password.clone(),
+            upstream: config.upstream.clone(),
+            service: config.service.clone(),
+            token_ttl: TOKEN_TTL,
+        },
+        &config.storage,
+    )?;
     opened
         .gateway
         .engine
@@ -84,13 +87,14 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
             key: key.clone(),
             ca: None,
         }),
-        // The host as written (a name stays a name), without the port.
+        // The listen host as written (a name stays a name) and the public URL's host.
         TlsMode::SelfSigned => Some(tls::self_signed(
             &config.data_dir,
-            config
-                .listen
-                .rsplit_once(':')
-                .map_or(config.listen.as_str(), |(host, _)| host),
+            &tls::subject_names(
+                tls::listen_host(&config.listen),
+                config.public_url.as_deref().and_then(tls::url_host),
+                tls::machine_host_name().as_deref(),
+            ),
         )?),
     };
     if let Some(files) = &tls {

@@ -38,6 +38,7 @@ mod http;
 pub mod manifest;
 pub mod meta;
 pub mod names;
+pub mod private;
 pub mod registry;
 pub mod route;
 pub mod upload;

@@ -72,11 +72,15 @@ impl Registry {
     /// Opens the data directory (creating it), synchronously.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
         let dir = &config.data_dir;
+        // Owner-only: the data directory 0700, the metadata database 0600.
+        crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        let meta_path = dir.join("meta.redb");
+        crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
         for sub in ["blobs", "uploads"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|e| StorageError::io(&p, e))?;
         }
-        let meta = Meta::open(&dir.join("meta.redb"))?;
+        let meta = Meta::open(&meta_path)?;
         Ok(Arc::new(Registry {
             blobs: Arc::new(FsBlobStore::new(dir.join("blobs"))),
             uploads: Uploads::new(dir.join("uploads")),
