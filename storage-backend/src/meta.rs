@@ -243,6 +243,26 @@ impl Meta {
         Ok(())
     }
 
+    /// Links `digest` into `repo` and commits, when `linked` (the source holds it) and
+    /// its bytes are stored; returns its size.
+    fn link_if_stored(
+        tx: WriteTransaction,
+        repo: &str,
+        digest: &Digest,
+        linked: bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let size = tx
+            .open_table(BLOBS)?
+            .get(digest.as_str())?
+            .map(|g| g.value().0);
+        let Some(size) = size.filter(|_| linked) else {
+            return Ok(None);
+        };
+        Meta::link(&tx, repo, digest, size, now_secs())?;
+        tx.commit()?;
+        Ok(Some(size))
+    }
+
     /// Links `digest` into `repo` if it is linked into `from`; returns its size.
     pub fn mount(
         &self,
@@ -255,16 +275,7 @@ impl Meta {
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), from))?
             .is_some();
-        let size = tx
-            .open_table(BLOBS)?
-            .get(digest.as_str())?
-            .map(|g| g.value().0);
-        let Some(size) = size.filter(|_| linked) else {
-            return Ok(None);
-        };
-        Meta::link(&tx, repo, digest, size, now_secs())?;
-        tx.commit()?;
-        Ok(Some(size))
+        Meta::link_if_stored(tx, repo, digest, linked)
     }
 
     /// Up to `limit` repositories `digest` is linked into, in name order (the
@@ -296,16 +307,7 @@ impl Meta {
     pub fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
         let tx = self.db.begin_write()?;
         let linked = has_prefix2(&tx.open_table(BLOB_LINKS)?, digest.as_str())?;
-        let size = tx
-            .open_table(BLOBS)?
-            .get(digest.as_str())?
-            .map(|g| g.value().0);
-        let Some(size) = size.filter(|_| linked) else {
-            return Ok(None);
-        };
-        Meta::link(&tx, repo, digest, size, now_secs())?;
-        tx.commit()?;
-        Ok(Some(size))
+        Meta::link_if_stored(tx, repo, digest, linked)
     }
 
     /// Removes the link of `digest` from `repo`; false if there was none.
