@@ -324,23 +324,12 @@ fn skopeo_copy_between_repositories_mounts_through_the_gateway() {
     let layout = dir.path().join("layout");
     let image = TestImage::new("skopeo mount");
     write_oci_layout(&layout, &[("v1", &image)]);
-    let created = portcullis_ok(
+    let password = common::create_token(
         &server,
-        &[
-            "token",
-            "create",
-            "--name",
-            "mount-bot",
-            "--repository",
-            "samples/*",
-            "content/read",
-            "content/write",
-        ],
+        "mount-bot",
+        "samples/*",
+        &["content/read", "content/write"],
     );
-    let password = created["credentials"]["passwords"][0]["value"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let bot = Skopeo {
         server: &server,
         creds: format!("mount-bot:{password}"),

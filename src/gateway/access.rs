@@ -1285,6 +1285,7 @@ mod tests {
                         upstream: None,
                         service: "portcullis-test".into(),
                         token_ttl: std::time::Duration::from_secs(300),
+                        storage: Default::default(),
                     };
                     Gateway::open(&options).unwrap().gateway
                 }

@@ -374,28 +374,14 @@ impl Upstream<'_> {
     /// Every tag (following `Link` pages); `None` if the repository is unknown.
     async fn tags(&self) -> Result<Option<Vec<String>>, GatewayError> {
         let prefix = format!("/v2/{}/tags/list?", self.repository);
-        let mut tags = Vec::new();
-        let mut next = Some(format!("{prefix}n={UPSTREAM_PAGE}"));
-        while let Some(path) = next {
-            let url = format!("{}{path}", self.base);
-            let response = self
-                .client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| unavailable(&url, e))?;
-            match response.status() {
-                s if s.is_success() => {}
-                StatusCode::NOT_FOUND => return Ok(None),
-                s => return Err(GatewayError::Unavailable(format!("GET {url}: {s}"))),
-            }
-            next = next_link(response.headers(), &prefix);
-            let page: TagsPage = response.json().await.map_err(|e| unavailable(&url, e))?;
-            tags.extend(page.tags.unwrap_or_default());
-        }
-        tags.sort();
-        tags.dedup();
-        Ok(Some(tags))
+        upstream_listing(
+            self.client,
+            self.base,
+            &prefix,
+            UPSTREAM_PAGE,
+            |p: TagsPage| p.tags.unwrap_or_default(),
+        )
+        .await
     }
 
     /// Digest and media type of a manifest; `None` if there is none.
@@ -497,8 +483,23 @@ async fn upstream_catalog(
     base: &str,
     page: usize,
 ) -> Result<Vec<String>, GatewayError> {
-    let mut names = Vec::new();
-    let mut next = Some(format!("/v2/_catalog?n={page}"));
+    let prefix = "/v2/_catalog?";
+    upstream_listing(client, base, prefix, page, |p: CatalogPage| p.repositories)
+        .await?
+        .ok_or_else(|| GatewayError::Unavailable(format!("GET {base}{prefix}: 404 Not Found")))
+}
+
+/// The names of a paged upstream listing (`prefix`: its path up to the query),
+/// following `Link` pages of `page` names, sorted and unique; `None` on a 404.
+async fn upstream_listing<P: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    page: usize,
+    names: impl Fn(P) -> Vec<String>,
+) -> Result<Option<Vec<String>>, GatewayError> {
+    let mut out = Vec::new();
+    let mut next = Some(format!("{prefix}n={page}"));
     while let Some(path) = next {
         let url = format!("{base}{path}");
         let response = client
@@ -506,19 +507,18 @@ async fn upstream_catalog(
             .send()
             .await
             .map_err(|e| unavailable(&url, e))?;
-        if !response.status().is_success() {
-            return Err(GatewayError::Unavailable(format!(
-                "GET {url}: {}",
-                response.status()
-            )));
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            s => return Err(GatewayError::Unavailable(format!("GET {url}: {s}"))),
         }
-        next = next_link(response.headers(), "/v2/_catalog?");
-        let body: CatalogPage = response.json().await.map_err(|e| unavailable(&url, e))?;
-        names.extend(body.repositories);
+        next = next_link(response.headers(), prefix);
+        let body: P = response.json().await.map_err(|e| unavailable(&url, e))?;
+        out.extend(names(body));
     }
-    names.sort();
-    names.dedup();
-    Ok(names)
+    out.sort();
+    out.dedup();
+    Ok(Some(out))
 }
 
 #[derive(serde::Deserialize)]

@@ -220,6 +220,7 @@ mod tests {
                 upstream: None,
                 service: "registry.test".into(),
                 token_ttl: Duration::from_secs(300),
+                storage: Default::default(),
             })
             .unwrap();
             let registry = bundled.unwrap();

@@ -88,6 +88,8 @@ pub struct GatewayOptions {
     pub service: String,
     /// Lifetime of issued bearer tokens.
     pub token_ttl: Duration,
+    /// The bundled store's GC, upload expiry and manifest size limit.
+    pub storage: config::StorageSettings,
 }
 
 /// An opened gateway and what the server must still start or show.
@@ -103,14 +105,6 @@ impl Gateway {
     /// store, the admin account, the token-signing key, the policies and the backend.
     /// Starts no tasks: the server owns the runtimes.
     pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
-        Gateway::open_with_storage(options, &config::StorageSettings::default())
-    }
-
-    /// [`Gateway::open`] with the bundled store's settings.
-    pub fn open_with_storage(
-        options: &GatewayOptions,
-        storage: &config::StorageSettings,
-    ) -> anyhow::Result<Opened> {
         let data_dir = &options.data_dir;
         // Owner-only data: the directory 0700, databases and keys 0600 (existing ones
         // are tightened, with a log line).
@@ -143,7 +137,7 @@ impl Gateway {
         let (backend, bundled) = match &options.upstream {
             Some(url) => (backend::Backend::upstream(url)?, None),
             None => {
-                let registry = Registry::open(storage.storage_config(data_dir.clone()))
+                let registry = Registry::open(options.storage.storage_config(data_dir.clone()))
                     .context("opening the storage backend")?;
                 (
                     backend::Backend::bundled(Arc::clone(&registry)),
@@ -190,6 +184,7 @@ pub(crate) mod testing {
             upstream: None,
             service: "portcullis-test".into(),
             token_ttl: Duration::from_secs(300),
+            storage: Default::default(),
         };
         match Gateway::open(&options) {
             Ok(opened) => opened.gateway,

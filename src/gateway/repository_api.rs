@@ -260,6 +260,7 @@ mod tests {
             upstream: Some("http://127.0.0.1:9".into()),
             service: "registry.test".into(),
             token_ttl: Duration::from_secs(300),
+            storage: Default::default(),
         })
         .unwrap();
         Fixture {

@@ -59,17 +59,15 @@ pub struct Prepared {
 /// Opens everything in the data directory and checks the listen addresses and TLS
 /// files, so configuration mistakes are reported before anything starts.
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let opened = Gateway::open_with_storage(
-        &GatewayOptions {
-            data_dir: config.data_dir.clone(),
-            policy_dirs: config.policy_dirs.clone(),
-            admin_password: config.admin_password.clone(),
-            upstream: config.upstream.clone(),
-            service: config.service.clone(),
-            token_ttl: TOKEN_TTL,
-        },
-        &config.storage,
-    )?;
+    let opened = Gateway::open(&GatewayOptions {
+        data_dir: config.data_dir.clone(),
+        policy_dirs: config.policy_dirs.clone(),
+        admin_password: config.admin_password.clone(),
+        upstream: config.upstream.clone(),
+        service: config.service.clone(),
+        token_ttl: TOKEN_TTL,
+        storage: config.storage.clone(),
+    })?;
     opened
         .gateway
         .engine

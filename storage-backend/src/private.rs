@@ -13,14 +13,11 @@ pub const FILE_MODE: u32 = 0o600;
 
 /// Creates `dir` (parents as usual, the last component 0700) or tightens it to 0700.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::DirBuilder::new()
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
-        .create(dir)
-    {
-        Ok(()) => tighten(dir, DIR_MODE),
-        Err(e) => Err(e),
-    }
+        .create(dir)?;
+    tighten(dir, DIR_MODE)
 }
 
 /// Creates `path` empty with mode 0600 when absent (redb initialises an empty file as

@@ -357,6 +357,28 @@ fn upload_session_belongs_to_its_repository() {
     assert_error(c.get(&other).send().unwrap(), 404, &["BLOB_UPLOAD_UNKNOWN"]);
 }
 
+/// A mount answered 201 with the blob's digest and its location in `repo`, which
+/// now serves `data`.
+fn assert_mounted(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    r: &reqwest::blocking::Response,
+    repo: &str,
+    d: &str,
+    data: &[u8],
+) {
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        header(r.headers(), "docker-content-digest").as_deref(),
+        Some(d)
+    );
+    assert!(
+        header(r.headers(), "location")
+            .is_some_and(|l| l.ends_with(&format!("/v2/{repo}/blobs/{d}")))
+    );
+    assert_eq!(get_blob(c, url, repo, d), data);
+}
+
 #[test]
 fn mount_from_another_repository_is_201() {
     let s = Server::start(&[]);
@@ -370,16 +392,7 @@ fn mount_from_another_repository_is_201() {
         ))
         .send()
         .unwrap();
-    assert_eq!(r.status(), 201);
-    assert_eq!(
-        header(r.headers(), "docker-content-digest").as_deref(),
-        Some(d.as_str())
-    );
-    assert!(
-        header(r.headers(), "location")
-            .is_some_and(|l| l.ends_with(&format!("/v2/lib/dst/blobs/{d}")))
-    );
-    assert_eq!(get_blob(&c, &s.url, "lib/dst", &d), data);
+    assert_mounted(&c, &s.url, &r, "lib/dst", &d, &data);
 }
 
 #[test]
@@ -393,16 +406,7 @@ fn mount_without_from_finds_the_blob_in_any_repository() {
         .post(format!("{}/v2/lib/auto/blobs/uploads/?mount={d}", s.url))
         .send()
         .unwrap();
-    assert_eq!(r.status(), 201);
-    assert_eq!(
-        header(r.headers(), "docker-content-digest").as_deref(),
-        Some(d.as_str())
-    );
-    assert!(
-        header(r.headers(), "location")
-            .is_some_and(|l| l.ends_with(&format!("/v2/lib/auto/blobs/{d}")))
-    );
-    assert_eq!(get_blob(&c, &s.url, "lib/auto", &d), data);
+    assert_mounted(&c, &s.url, &r, "lib/auto", &d, &data);
     // A blob no repository has: a working upload session instead.
     let missing = b"in no repository".to_vec();
     let md = digest(&missing);
