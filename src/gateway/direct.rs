@@ -105,12 +105,10 @@ impl Direct {
         self.proxy.log(session, error.as_deref(), &ctx);
         reuse
     }
-}
 
-#[async_trait]
-impl HttpServerApp for Direct {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    /// Reads and answers one request; the connection when it may carry another.
+    async fn serve(
+        &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
@@ -141,6 +139,28 @@ impl HttpServerApp for Direct {
             .ok()
             .flatten()
             .map(|stream| ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Direct {
+    /// Serves the connection's requests one after the other. Pingora would call this
+    /// once per keep-alive request and box the returned future each time (copying it
+    /// into the box); looping here boxes it once per connection.
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        loop {
+            let reused = self.serve(session, shutdown).await?;
+            // As pingora's own loop does between keep-alive requests.
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
