@@ -636,6 +636,30 @@ fn scope_needs(action: &str) -> Option<(&'static [(Action, Operation)], bool)> {
     }
 }
 
+/// The Cedar checks (on the GUN's repository) a notary action stands for; `None` for
+/// actions notary does not use. The trust API decides by this table and the token
+/// endpoint grants by it.
+pub fn trust_checks(action: &str, principal: &Principal) -> Option<&'static [(Action, Operation)]> {
+    const READ: &[(Action, Operation)] = &[(Action::ContentRead, Operation::ReadTrust)];
+    const WRITE: &[(Action, Operation)] = &[
+        (Action::ContentWrite, Operation::WriteTrust),
+        (Action::TrustWrite, Operation::WriteTrust),
+    ];
+    const DELETE: &[(Action, Operation)] = &[
+        (Action::ContentDelete, Operation::DeleteTrust),
+        (Action::TrustWrite, Operation::DeleteTrust),
+    ];
+    // The admin account may clean up trust data it may not write.
+    const ADMIN_DELETE: &[(Action, Operation)] = &[(Action::ContentDelete, Operation::DeleteTrust)];
+    match (action, principal) {
+        ("pull", _) => Some(READ),
+        ("push", _) => Some(WRITE),
+        ("*", Principal::Admin) => Some(ADMIN_DELETE),
+        ("*", _) => Some(DELETE),
+        _ => None,
+    }
+}
+
 /// Which of the `requested` Docker actions policy grants `principal` on `repository`,
 /// in request order without duplicates; unknown actions are dropped.
 fn grants(

@@ -16,8 +16,7 @@ use portcullis_storage::{Digest, is_valid_repository_name, is_valid_tag};
 
 use super::errors::{GatewayError, clip};
 use crate::policy::Reference;
-use crate::trust::Role;
-use crate::trust::service::{MetadataRef, gun_repository};
+use crate::trust::naming::{MetadataRef, Role, gun_repository};
 
 /// Where a request goes: a repository operation the proxy forwards after a decision,
 /// or one of the routes the gateway answers itself.

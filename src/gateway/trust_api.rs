@@ -38,7 +38,8 @@ use super::{Gateway, RequestMeta};
 use crate::identity::{Action, Principal};
 use crate::policy::Operation;
 use crate::trust::Role;
-use crate::trust::service::{MetadataRef, TrustError, gun_repository};
+use crate::trust::naming::{MetadataRef, gun_repository};
+use crate::trust::service::TrustError;
 use crate::trust::validate::UpdateError;
 
 /// `Cache-Control` of current metadata (`<role>.json`): notary's 5-minute default. Shared
@@ -266,32 +267,6 @@ fn claim_actions(kind: &TrustKind) -> &'static [&'static str] {
     }
 }
 
-/// The Cedar checks (on the GUN's repository) a notary action stands for; `None` for
-/// actions notary does not use. The token endpoint grants by the same table.
-pub(crate) fn action_checks(
-    action: &str,
-    principal: &Principal,
-) -> Option<&'static [(Action, Operation)]> {
-    const READ: &[(Action, Operation)] = &[(Action::ContentRead, Operation::ReadTrust)];
-    const WRITE: &[(Action, Operation)] = &[
-        (Action::ContentWrite, Operation::WriteTrust),
-        (Action::TrustWrite, Operation::WriteTrust),
-    ];
-    const DELETE: &[(Action, Operation)] = &[
-        (Action::ContentDelete, Operation::DeleteTrust),
-        (Action::TrustWrite, Operation::DeleteTrust),
-    ];
-    // The admin account may clean up trust data it may not write.
-    const ADMIN_DELETE: &[(Action, Operation)] = &[(Action::ContentDelete, Operation::DeleteTrust)];
-    match (action, principal) {
-        ("pull", _) => Some(READ),
-        ("push", _) => Some(WRITE),
-        ("*", Principal::Admin) => Some(ADMIN_DELETE),
-        ("*", _) => Some(DELETE),
-        _ => None,
-    }
-}
-
 /// The challenge scope of a trust request: the GUN with every notary action it needs.
 fn trust_scope(req: &TrustRequest) -> String {
     format!(
@@ -313,7 +288,7 @@ fn authorize(
     let identity = gw.store.snapshot();
     let checks = claim
         .iter()
-        .filter_map(|a| action_checks(a, &who.principal))
+        .filter_map(|a| access::trust_checks(a, &who.principal))
         .flatten();
     for &(action, operation) in checks {
         let check = Check {

@@ -1,18 +1,21 @@
 //! Engine tests: spec examples compiled to Cedar and decided, invalidation on every
 //! kind of identity change, caching, reload, and fail-closed forbids.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{PolicySet, ValidationMode, Validator};
+use cedar_policy::{Authorizer, Entities, Policy, PolicySet, ValidationMode, Validator};
 
+use super::analysis::{Kind, Loaded, RepositoryUse, context_fields, repository_use};
+use super::compile::CompiledScopeMap;
+use super::entities::{entity_uid, principal_entity, repository_entity};
 use super::*;
 use crate::identity::scope::system_scope_maps;
 use crate::identity::{
-    PasswordRecord, PasswordSlot, RepositoryAttributes, RepositoryPattern, ScopeMap, ScopeRule,
-    Token, TokenStatus,
+    Action, IdentitySnapshot, PasswordRecord, PasswordSlot, Principal, RepositoryAttributes,
+    RepositoryPattern, ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
 };
 
 const NOW: UnixSeconds = 1_767_225_600;

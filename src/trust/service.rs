@@ -18,13 +18,12 @@ use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Role;
 use super::keys::PublicKey;
 use super::metadata::{Root, SignedFile};
+use super::naming::{MetadataRef, Role, gun_repository};
 use super::signer::{KeyAlgorithm, ServerKey};
 use super::store::{Change, NewFile, StoreError, Tables, TrustStore, TrustTxn, WriteTxn};
 use super::validate::{self, Files, TrustState, UpdateError};
-use crate::identity::pattern::is_valid_repository_name;
 
 /// Repositories whose signed targets stay cached (a few hundred bytes each).
 const SIGNED_TARGETS_CAPACITY: u64 = 10_000;
@@ -46,17 +45,6 @@ pub enum ContentTrustStatus {
     Enabled,
     #[default]
     Disabled,
-}
-
-/// Which version of a role a GET asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetadataRef {
-    /// `<role>.json`
-    Current(Role),
-    /// `<role>.<sha256 hex>.json` (lowercase hex)
-    Checksum { role: Role, sha256: String },
-    /// `<version>.<role>.json`
-    Version { role: Role, version: u64 },
 }
 
 /// A stored TUF file as served.
@@ -164,18 +152,6 @@ impl SignedTargets {
             digests: tags.iter().map(|(_, d)| (*d).to_owned()).collect(),
         }
     }
-}
-
-/// `samples/app` from `127.0.0.1:5443/samples/app`: the first component is a host when it
-/// contains `.` or `:` or is `localhost` (docker's rule). `None` when the GUN has no host
-/// part or the rest is not a valid repository name.
-pub fn gun_repository(gun: &str) -> Option<&str> {
-    let (host, repository) = gun.split_once('/')?;
-    let hostlike = host.contains('.') || host.contains(':') || host == "localhost";
-    let host_chars = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    (hostlike && host_chars && is_valid_repository_name(repository)).then_some(repository)
 }
 
 pub struct TrustService {
@@ -876,23 +852,6 @@ mod tests {
             f.get(MetadataRef::Current(role("root"))),
             Err(TrustError::NotFound { .. })
         ));
-    }
-
-    #[test]
-    fn guns_name_a_host_and_a_repository() {
-        for (gun, repository) in [
-            ("127.0.0.1:5443/samples/app", Some("samples/app")),
-            ("localhost/app", Some("app")),
-            ("registry.example.com/a/b/c", Some("a/b/c")),
-            ("[::1]:5443/app", Some("app")),
-            ("samples/app", None),
-            ("app", None),
-            ("localhost:5443/", None),
-            ("localhost:5443/Bad", None),
-            ("host name:1/app", None),
-        ] {
-            assert_eq!(gun_repository(gun), repository, "{gun}");
-        }
     }
 
     #[test]
