@@ -568,10 +568,10 @@ pub(crate) fn ask_signed(
 /// The refusal of a manifest that is not signed where a signature is demanded, naming
 /// the manifest and who demands it (docker prints the message).
 fn unsigned(check: &Check, decision: &Decision) -> GatewayError {
-    let manifest = match &check.reference {
-        Some(Reference::Tag(r) | Reference::Digest(r)) => r.as_str(),
-        None => "",
-    };
+    let manifest = check
+        .reference
+        .as_ref()
+        .map_or_else(String::new, ToString::to_string);
     let demand = if decision.policies.iter().any(|p| p == SIGNED_ONLY_POLICY) {
         "signed-only repository".to_owned()
     } else {
@@ -704,6 +704,8 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
+    use portcullis_oci::Digest;
+
     use super::*;
     use crate::gateway::classify::{self, Mount};
     use crate::identity::IdentityStore;
@@ -805,8 +807,12 @@ mod tests {
         Reference::Tag(t.into())
     }
 
+    fn d() -> Digest {
+        Digest::parse(D).unwrap()
+    }
+
     fn digest() -> Reference {
-        Reference::Digest(D.into())
+        Reference::Digest(d())
     }
 
     fn push() -> RequestKind {
@@ -850,7 +856,7 @@ mod tests {
                 vec![(ContentRead, "a", Pull, Some(tag("latest")), "pull")],
             ),
             (
-                RequestKind::BlobGet { digest: D.into() },
+                RequestKind::BlobGet { digest: d() },
                 false,
                 vec![(ContentRead, "a", Pull, None, "pull")],
             ),
@@ -911,7 +917,7 @@ mod tests {
                 vec![(MetadataWrite, "a", DeleteTag, Some(tag("v1")), "delete")],
             ),
             (
-                RequestKind::BlobDelete { digest: D.into() },
+                RequestKind::BlobDelete { digest: d() },
                 false,
                 vec![(ContentDelete, "a", DeleteBlob, None, "delete")],
             ),
@@ -921,7 +927,7 @@ mod tests {
                 vec![(MetadataRead, "a", ListTags, None, "pull")],
             ),
             (
-                RequestKind::Referrers { digest: D.into() },
+                RequestKind::Referrers { digest: d() },
                 false,
                 vec![(MetadataRead, "a", ListReferrers, Some(digest()), "pull")],
             ),
@@ -1249,8 +1255,6 @@ mod tests {
     /// and the trust service holding real (validated) trust data.
     mod signed_views {
         use axum::body::Body;
-        use portcullis_storage::Digest;
-        use portcullis_storage::names::Reference as StoredReference;
         use time::{Duration, OffsetDateTime};
 
         use super::*;
@@ -1332,7 +1336,7 @@ mod tests {
                 registry
                     .put_manifest(
                         REPO,
-                        &StoredReference::Tag(tag.to_owned()),
+                        &Reference::Tag(tag.to_owned()),
                         Some("application/vnd.oci.image.manifest.v1+json"),
                         bytes.to_vec(),
                         Vec::new(),
@@ -1483,7 +1487,7 @@ mod tests {
 
             v.signed_only(true);
             v.pull(&t, tag("v1")).await.unwrap();
-            v.pull(&t, Reference::Digest(digest_of(&one)))
+            v.pull(&t, Reference::Digest(Digest::of(&one)))
                 .await
                 .unwrap();
             let reason = unsigned_reason(v.pull(&t, tag("v2")).await);
@@ -1491,13 +1495,13 @@ mod tests {
                 reason,
                 "manifest `v2` of `samples/app` is not signed (signed-only repository)"
             );
-            let reason = unsigned_reason(v.pull(&t, Reference::Digest(digest_of(&two))).await);
+            let reason = unsigned_reason(v.pull(&t, Reference::Digest(Digest::of(&two))).await);
             assert!(reason.contains(&digest_of(&two)), "{reason}");
             // Blobs are not restricted; the admin is held to it too.
             v.request(
                 &t,
                 RequestKind::BlobGet {
-                    digest: digest_of(CONFIG),
+                    digest: Digest::of(CONFIG),
                 },
                 None,
             )

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
+use portcullis_oci::{Digest, Reference};
 pub use portcullis_storage::meta::Deleted;
-use portcullis_storage::names::{Digest, Reference};
 use portcullis_storage::{Registry, StorageError};
 
 use super::errors::GatewayError;
-use crate::policy::Reference as PolicyReference;
 
 /// Manifest media types asked for when probing a tag, so a registry that only has an
 /// index or a Docker list still answers 200.
@@ -223,21 +222,13 @@ impl Backend {
     pub async fn delete_image(
         &self,
         repository: &str,
-        reference: &PolicyReference,
+        reference: &Reference,
     ) -> Result<Deleted, GatewayError> {
         match self {
-            Backend::Bundled { registry } => {
-                let stored = match reference {
-                    PolicyReference::Tag(t) => Reference::Tag(t.clone()),
-                    PolicyReference::Digest(d) => Reference::Digest(
-                        Digest::parse(d).map_err(|_| GatewayError::DigestInvalid(d.clone()))?,
-                    ),
-                };
-                registry
-                    .delete_image(repository, &stored)
-                    .await
-                    .map_err(|e| storage_error(repository, Some(reference), e))
-            }
+            Backend::Bundled { registry } => registry
+                .delete_image(repository, reference)
+                .await
+                .map_err(|e| storage_error(repository, Some(reference), e)),
             Backend::Upstream { base, client, .. } => {
                 let upstream = Upstream {
                     client,
@@ -273,25 +264,14 @@ impl Backend {
     }
 }
 
-/// A reference as written in a path.
-fn reference_str(reference: &PolicyReference) -> &str {
-    match reference {
-        PolicyReference::Tag(s) | PolicyReference::Digest(s) => s,
-    }
-}
-
 /// A bundled-store refusal of a delete, as the gateway reports it.
-fn storage_error(
-    repository: &str,
-    reference: Option<&PolicyReference>,
-    e: StorageError,
-) -> GatewayError {
+fn storage_error(repository: &str, reference: Option<&Reference>, e: StorageError) -> GatewayError {
     match (e, reference) {
         (StorageError::NameUnknown(_), None) => GatewayError::NameUnknown(repository.to_owned()),
         (StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_), Some(r)) => {
             GatewayError::ManifestUnknown {
                 repository: repository.to_owned(),
-                reference: reference_str(r).to_owned(),
+                reference: r.to_string(),
             }
         }
         (e, _) => GatewayError::Internal(format!("deleting from `{repository}`: {e}")),
@@ -345,14 +325,14 @@ impl Upstream<'_> {
         Ok(deleted)
     }
 
-    async fn delete_image(&self, reference: &PolicyReference) -> Result<Deleted, GatewayError> {
+    async fn delete_image(&self, reference: &Reference) -> Result<Deleted, GatewayError> {
         let unknown = || GatewayError::ManifestUnknown {
             repository: self.repository.to_owned(),
-            reference: reference_str(reference).to_owned(),
+            reference: reference.to_string(),
         };
         let digest = match reference {
-            PolicyReference::Digest(d) => d.clone(),
-            PolicyReference::Tag(t) => self.head(t).await?.ok_or_else(unknown)?.0,
+            Reference::Digest(d) => d.to_string(),
+            Reference::Tag(t) => self.head(t).await?.ok_or_else(unknown)?.0,
         };
         // The tags the delete removes with the manifest (distribution untags them).
         let mut tags = Vec::new();
@@ -558,7 +538,7 @@ mod tests {
     use std::net::TcpListener;
 
     use axum::body::Body;
-    use portcullis_storage::{Digest, StorageConfig};
+    use portcullis_storage::StorageConfig;
 
     use super::*;
 

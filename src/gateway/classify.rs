@@ -1,6 +1,6 @@
 //! Request classification: method + path (+ query) → [`Route`], the first step of every
 //! request. Registry routes follow the OCI distribution v1.1 API exactly and are parsed
-//! by the storage crate's own path parser (`portcullis_storage::route`), so the gateway
+//! by the path parser the bundled store uses too (`portcullis_oci::route`), so the gateway
 //! decides on precisely the request the bundled backend will serve. Repository names
 //! contain `/`; anything that does not parse is refused here, before authentication.
 //!
@@ -10,12 +10,10 @@
 
 use http::Method;
 use percent_encoding::percent_decode_str;
-use portcullis_storage::names::{DigestError, Reference as StorageReference};
-use portcullis_storage::route::{Route as Api, RouteError};
-use portcullis_storage::{Digest, is_valid_repository_name, is_valid_tag};
+use portcullis_oci::{self as oci, Digest, DigestError, Reference, RouteError};
+use portcullis_oci::{is_valid_repository_name, is_valid_tag};
 
 use super::errors::{GatewayError, clip};
-use crate::policy::Reference;
 use crate::trust::naming::{MetadataRef, Role, gun_repository};
 
 /// Where a request goes: a repository operation the proxy forwards after a decision,
@@ -118,10 +116,10 @@ pub enum RequestKind {
     },
     /// GET and HEAD.
     BlobGet {
-        digest: String,
+        digest: Digest,
     },
     BlobDelete {
-        digest: String,
+        digest: Digest,
     },
     /// POST `…/blobs/uploads/`, monolithic (`?digest=`) or with a cross-repository
     /// mount (`?mount=&from=`).
@@ -132,7 +130,7 @@ pub enum RequestKind {
     Upload,
     TagsList,
     Referrers {
-        digest: String,
+        digest: Digest,
     },
 }
 
@@ -215,7 +213,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     let repository = |repository: String, kind: RequestKind| {
         Route::Repository(RepositoryRequest { repository, kind })
     };
-    let api = match Api::parse(path) {
+    let api = match oci::Route::parse(path) {
         Ok(api) => api,
         Err(RouteError::ManifestReference {
             name, reference, ..
@@ -229,14 +227,10 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
         Err(e) => return Err(route_error(method, path, e)),
     };
     Ok(match api {
-        Api::Base => allow(read, Route::Base)?,
-        Api::Catalog => allow(get, Route::Catalog)?,
-        Api::Tags { name } => allow(get, repository(name, RequestKind::TagsList))?,
-        Api::Manifest { name, reference } => {
-            let reference = match reference {
-                StorageReference::Tag(t) => Reference::Tag(t),
-                StorageReference::Digest(d) => Reference::Digest(d.to_string()),
-            };
+        oci::Route::Base => allow(read, Route::Base)?,
+        oci::Route::Catalog => allow(get, Route::Catalog)?,
+        oci::Route::Tags { name } => allow(get, repository(name, RequestKind::TagsList))?,
+        oci::Route::Manifest { name, reference } => {
             let kind = match *method {
                 Method::GET | Method::HEAD => RequestKind::ManifestGet { reference },
                 Method::PUT => RequestKind::ManifestPut {
@@ -248,8 +242,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
             };
             repository(name, kind)
         }
-        Api::Blob { name, digest } => {
-            let digest = digest.to_string();
+        oci::Route::Blob { name, digest } => {
             let kind = match *method {
                 Method::GET | Method::HEAD => RequestKind::BlobGet { digest },
                 Method::DELETE => RequestKind::BlobDelete { digest },
@@ -257,30 +250,24 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
             };
             repository(name, kind)
         }
-        Api::UploadStart { name } => {
+        oci::Route::UploadStart { name } => {
             if method != Method::POST {
                 return Err(unsupported());
             }
             let mount = upload_start(query.unwrap_or_default())?;
             repository(name, RequestKind::UploadStart { mount })
         }
-        Api::Upload { name, .. } => match *method {
+        oci::Route::Upload { name, .. } => match *method {
             Method::GET | Method::PATCH | Method::PUT | Method::DELETE => {
                 repository(name, RequestKind::Upload)
             }
             _ => return Err(unsupported()),
         },
         // Only under `/acr/v1/`, answered above.
-        Api::Repository { .. } => return Err(not_found(method, path)),
-        Api::Referrers { name, digest } => allow(
-            get,
-            repository(
-                name,
-                RequestKind::Referrers {
-                    digest: digest.to_string(),
-                },
-            ),
-        )?,
+        oci::Route::Repository { .. } => return Err(not_found(method, path)),
+        oci::Route::Referrers { name, digest } => {
+            allow(get, repository(name, RequestKind::Referrers { digest }))?
+        }
     })
 }
 
@@ -306,9 +293,9 @@ fn repository_delete(rest: &str) -> Result<DeleteRequest, GatewayError> {
     }
     let reference = match reference {
         None => None,
-        Some(r) if r.contains(':') => Some(Reference::Digest(
-            Digest::parse(r).map_err(digest_error)?.to_string(),
-        )),
+        Some(r) if r.contains(':') => {
+            Some(Reference::Digest(Digest::parse(r).map_err(digest_error)?))
+        }
         Some(r) if is_valid_tag(r) => Some(Reference::Tag(r.to_owned())),
         Some(r) => return Err(GatewayError::ReferenceInvalid(echoed(r))),
     };
@@ -498,8 +485,12 @@ mod tests {
         Reference::Tag(t.to_owned())
     }
 
+    fn d() -> Digest {
+        Digest::parse(D).unwrap()
+    }
+
     fn digest() -> Reference {
-        Reference::Digest(D.to_owned())
+        Reference::Digest(d())
     }
 
     fn ok(method: &str, path: &str, query: Option<&str>) -> Route {
@@ -606,19 +597,19 @@ mod tests {
                 "GET",
                 format!("/v2/a/b/blobs/{D}"),
                 None,
-                repo("a/b", RequestKind::BlobGet { digest: D.into() }),
+                repo("a/b", RequestKind::BlobGet { digest: d() }),
             ),
             (
                 "HEAD",
                 format!("/v2/a/blobs/{D}"),
                 None,
-                repo("a", RequestKind::BlobGet { digest: D.into() }),
+                repo("a", RequestKind::BlobGet { digest: d() }),
             ),
             (
                 "DELETE",
                 format!("/v2/a/blobs/{D}"),
                 None,
-                repo("a", RequestKind::BlobDelete { digest: D.into() }),
+                repo("a", RequestKind::BlobDelete { digest: d() }),
             ),
             (
                 "POST",
@@ -707,7 +698,7 @@ mod tests {
                 "GET",
                 format!("/v2/a/referrers/{D}"),
                 Some("artifactType=x".into()),
-                repo("a", RequestKind::Referrers { digest: D.into() }),
+                repo("a", RequestKind::Referrers { digest: d() }),
             ),
             // Repositories may be named like API path segments.
             (

@@ -35,7 +35,7 @@ const VERSION_KEY: &str = "version";
 
 /// Why a control-plane operation failed. Messages name the user's input.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum IdentityStoreError {
     #[error("{kind} `{name}` not found")]
     NotFound { kind: &'static str, name: String },
     #[error("{kind} `{name}` already exists")]
@@ -59,12 +59,12 @@ pub enum StoreError {
     },
 }
 
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database(e.into())
+fn db_err(e: impl Into<redb::Error>) -> IdentityStoreError {
+    IdentityStoreError::Database(e.into())
 }
 
-fn not_found(kind: &'static str, name: &str) -> StoreError {
-    StoreError::NotFound {
+fn not_found(kind: &'static str, name: &str) -> IdentityStoreError {
+    IdentityStoreError::NotFound {
         kind,
         name: name.to_owned(),
     }
@@ -148,8 +148,8 @@ impl Tx {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
         value: &T,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+    ) -> Result<(), IdentityStoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| IdentityStoreError::Corrupt {
             key: key.to_owned(),
             source,
         })?;
@@ -158,22 +158,26 @@ impl Tx {
         Ok(())
     }
 
-    fn remove(&mut self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
+    fn remove(
+        &mut self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<(), IdentityStoreError> {
         let mut t = self.txn.open_table(table).map_err(db_err)?;
         t.remove(key).map_err(db_err)?;
         Ok(())
     }
 
-    fn put_token(&mut self, token: Token) -> Result<Arc<Token>, StoreError> {
+    fn put_token(&mut self, token: Token) -> Result<Arc<Token>, IdentityStoreError> {
         self.put(TOKENS, &token.name, &token)?;
         let token = Arc::new(token);
         self.snap.tokens.insert(token.name.clone(), token.clone());
         Ok(token)
     }
 
-    fn put_scope_map(&mut self, map: ScopeMap) -> Result<Arc<ScopeMap>, StoreError> {
+    fn put_scope_map(&mut self, map: ScopeMap) -> Result<Arc<ScopeMap>, IdentityStoreError> {
         if map.rules.len() > MAX_RULES {
-            return Err(StoreError::TooManyRules {
+            return Err(IdentityStoreError::TooManyRules {
                 name: map.name,
                 count: map.rules.len(),
             });
@@ -184,7 +188,7 @@ impl Tx {
         Ok(map)
     }
 
-    fn token(&self, name: &str) -> Result<Token, StoreError> {
+    fn token(&self, name: &str) -> Result<Token, IdentityStoreError> {
         self.snap
             .tokens
             .get(name)
@@ -193,19 +197,19 @@ impl Tx {
     }
 
     /// A user-defined scope map, for changing it.
-    fn user_scope_map(&self, name: &str) -> Result<ScopeMap, StoreError> {
+    fn user_scope_map(&self, name: &str) -> Result<ScopeMap, IdentityStoreError> {
         let map = self
             .snap
             .scope_maps
             .get(name)
             .ok_or_else(|| not_found("scope map", name))?;
         if map.system {
-            return Err(StoreError::SystemScopeMap(name.to_owned()));
+            return Err(IdentityStoreError::SystemScopeMap(name.to_owned()));
         }
         Ok(ScopeMap::clone(map))
     }
 
-    fn require_scope_map(&self, name: &str) -> Result<(), StoreError> {
+    fn require_scope_map(&self, name: &str) -> Result<(), IdentityStoreError> {
         if self.snap.scope_maps.contains_key(name) {
             Ok(())
         } else {
@@ -218,13 +222,13 @@ impl Tx {
         name: &str,
         description: &str,
         rules: &[ScopeRule],
-    ) -> Result<Arc<ScopeMap>, StoreError> {
+    ) -> Result<Arc<ScopeMap>, IdentityStoreError> {
         if is_system_name(name) && self.snap.scope_maps.contains_key(name) {
-            return Err(StoreError::SystemScopeMap(name.to_owned()));
+            return Err(IdentityStoreError::SystemScopeMap(name.to_owned()));
         }
         validate_scope_map_name(name)?;
         if self.snap.scope_maps.contains_key(name) {
-            return Err(StoreError::AlreadyExists {
+            return Err(IdentityStoreError::AlreadyExists {
                 kind: "scope map",
                 name: name.to_owned(),
             });
@@ -262,8 +266,8 @@ impl Tx {
     }
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IdentityStoreError> {
+    serde_json::from_slice(bytes).map_err(|source| IdentityStoreError::Corrupt {
         key: key.to_owned(),
         source,
     })
@@ -272,7 +276,7 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 fn load_table<T: DeserializeOwned>(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<(String, T)>, StoreError> {
+) -> Result<Vec<(String, T)>, IdentityStoreError> {
     let t = txn.open_table(table).map_err(db_err)?;
     let mut out = Vec::new();
     for entry in t.iter().map_err(db_err)? {
@@ -286,7 +290,7 @@ fn load_table<T: DeserializeOwned>(
 
 impl IdentityStore {
     /// Opens (creating if needed) the store at `path` and loads the snapshot.
-    pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+    pub fn open(path: &Path) -> Result<Arc<Self>, IdentityStoreError> {
         let db = Database::create(path).map_err(db_err)?;
         // A write transaction creates missing tables, so a fresh file loads like an old one.
         let txn = db.begin_write().map_err(db_err)?;
@@ -337,7 +341,10 @@ impl IdentityStore {
 
     /// Runs `f` in one write transaction, bumps the version, commits, then publishes the
     /// new snapshot. On error nothing is written or published.
-    fn write<T>(&self, f: impl FnOnce(&mut Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<T, IdentityStoreError>,
+    ) -> Result<T, IdentityStoreError> {
         let _guard = self
             .write_lock
             .lock()
@@ -366,7 +373,7 @@ impl IdentityStore {
         name: &str,
         description: &str,
         rules: &[ScopeRule],
-    ) -> Result<Arc<ScopeMap>, StoreError> {
+    ) -> Result<Arc<ScopeMap>, IdentityStoreError> {
         self.write(|tx| tx.new_scope_map(name, description, rules))
     }
 
@@ -374,7 +381,7 @@ impl IdentityStore {
         &self,
         name: &str,
         update: &ScopeMapUpdate,
-    ) -> Result<Arc<ScopeMap>, StoreError> {
+    ) -> Result<Arc<ScopeMap>, IdentityStoreError> {
         self.write(|tx| {
             let mut map = tx.user_scope_map(name)?;
             if let Some(d) = &update.description {
@@ -387,7 +394,7 @@ impl IdentityStore {
     }
 
     /// Deletes a user-defined scope map that no token uses.
-    pub fn delete_scope_map(&self, name: &str) -> Result<(), StoreError> {
+    pub fn delete_scope_map(&self, name: &str) -> Result<(), IdentityStoreError> {
         self.write(|tx| {
             tx.user_scope_map(name)?;
             let mut users: Vec<&str> = tx
@@ -409,7 +416,7 @@ impl IdentityStore {
                 if more > 0 {
                     list.push_str(&format!(" and {more} more"));
                 }
-                return Err(StoreError::ScopeMapInUse {
+                return Err(IdentityStoreError::ScopeMapInUse {
                     name: name.to_owned(),
                     tokens: list,
                 });
@@ -422,11 +429,11 @@ impl IdentityStore {
 
     /// Creates a token (and, for [`TokenScope::Repositories`], its `<token>-scope-map`)
     /// in one transaction; returns the generated passwords once.
-    pub fn create_token(&self, new: &NewToken) -> Result<TokenWithSecrets, StoreError> {
+    pub fn create_token(&self, new: &NewToken) -> Result<TokenWithSecrets, IdentityStoreError> {
         validate_token_name(&new.name)?;
         self.write(|tx| {
             if tx.snap.tokens.contains_key(&new.name) {
-                return Err(StoreError::AlreadyExists {
+                return Err(IdentityStoreError::AlreadyExists {
                     kind: "token",
                     name: new.name.clone(),
                 });
@@ -460,7 +467,11 @@ impl IdentityStore {
         })
     }
 
-    pub fn update_token(&self, name: &str, update: &TokenUpdate) -> Result<Arc<Token>, StoreError> {
+    pub fn update_token(
+        &self,
+        name: &str,
+        update: &TokenUpdate,
+    ) -> Result<Arc<Token>, IdentityStoreError> {
         self.write(|tx| {
             let mut token = tx.token(name)?;
             if let Some(map) = &update.scope_map {
@@ -476,7 +487,7 @@ impl IdentityStore {
     }
 
     /// Deletes a token. Its scope map stays (it may be shared), as in ACR.
-    pub fn delete_token(&self, name: &str) -> Result<(), StoreError> {
+    pub fn delete_token(&self, name: &str) -> Result<(), IdentityStoreError> {
         self.write(|tx| {
             tx.token(name)?;
             tx.remove(TOKENS, name)?;
@@ -491,7 +502,7 @@ impl IdentityStore {
         name: &str,
         slots: &[PasswordSlot],
         expires_at: Option<UnixSeconds>,
-    ) -> Result<TokenWithSecrets, StoreError> {
+    ) -> Result<TokenWithSecrets, IdentityStoreError> {
         self.write(|tx| {
             let mut token = tx.token(name)?;
             let passwords = tx.fill_passwords(&mut token, slots, expires_at);
@@ -508,7 +519,7 @@ impl IdentityStore {
         &self,
         name: &str,
         slot: PasswordSlot,
-    ) -> Result<Arc<Token>, StoreError> {
+    ) -> Result<Arc<Token>, IdentityStoreError> {
         self.write(|tx| {
             let mut token = tx.token(name)?;
             match slot {
@@ -525,9 +536,9 @@ impl IdentityStore {
         &self,
         repository: &str,
         attributes: &RepositoryAttributes,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), IdentityStoreError> {
         if !is_valid_repository_name(repository) {
-            return Err(StoreError::InvalidRepository(repository.to_owned()));
+            return Err(IdentityStoreError::InvalidRepository(repository.to_owned()));
         }
         self.write(|tx| {
             if *attributes == RepositoryAttributes::default() {
@@ -653,15 +664,15 @@ mod tests {
         for name in ["_repositories_admin", "_repositories_pull"] {
             assert!(matches!(
                 store.update_scope_map(name, &ScopeMapUpdate::default()),
-                Err(StoreError::SystemScopeMap(_))
+                Err(IdentityStoreError::SystemScopeMap(_))
             ));
             assert!(matches!(
                 store.delete_scope_map(name),
-                Err(StoreError::SystemScopeMap(_))
+                Err(IdentityStoreError::SystemScopeMap(_))
             ));
             assert!(matches!(
                 store.create_scope_map(name, "", &[]),
-                Err(StoreError::SystemScopeMap(_))
+                Err(IdentityStoreError::SystemScopeMap(_))
             ));
         }
         // But tokens may use them.
@@ -681,7 +692,7 @@ mod tests {
             .create_token(&token("user1", TokenScope::ScopeMap("shared".into())))
             .unwrap();
         let err = store.delete_scope_map("shared").unwrap_err();
-        assert!(matches!(err, StoreError::ScopeMapInUse { .. }));
+        assert!(matches!(err, IdentityStoreError::ScopeMapInUse { .. }));
         assert!(err.to_string().contains("`user1`"), "{err}");
         store.delete_token("user1").unwrap();
         store.delete_scope_map("shared").unwrap();
@@ -696,14 +707,14 @@ mod tests {
                 "ab",
                 TokenScope::ScopeMap("_repositories_pull".into())
             )),
-            Err(StoreError::Name(NameError::Invalid { .. }))
+            Err(IdentityStoreError::Name(NameError::Invalid { .. }))
         ));
         assert!(matches!(
             store.create_token(&token(
                 "admin",
                 TokenScope::ScopeMap("_repositories_pull".into())
             )),
-            Err(StoreError::Name(NameError::Reserved(_)))
+            Err(IdentityStoreError::Name(NameError::Reserved(_)))
         ));
         let err = store
             .create_token(&token("tok01", TokenScope::ScopeMap("nope-map".into())))
@@ -721,11 +732,11 @@ mod tests {
             .collect();
         assert!(matches!(
             store.create_scope_map("too-many", "", &many),
-            Err(StoreError::TooManyRules { .. })
+            Err(IdentityStoreError::TooManyRules { .. })
         ));
         assert!(matches!(
             store.set_repository_attributes("Bad//Name", &RepositoryAttributes::default()),
-            Err(StoreError::InvalidRepository(_))
+            Err(IdentityStoreError::InvalidRepository(_))
         ));
     }
 
@@ -923,7 +934,7 @@ mod tests {
         };
         assert!(matches!(
             store.update_token("mover", &bad),
-            Err(StoreError::NotFound {
+            Err(IdentityStoreError::NotFound {
                 kind: "scope map",
                 ..
             })

@@ -28,9 +28,10 @@ use super::cache::{
 use super::compile::{self, CompiledEntry, action_bit, uid};
 use super::entities::{FLAGS_REPOSITORY, entity_uid, flags_entities, string};
 use super::files::{self, PolicyError};
-use super::request::{AuthzRequest, Decision, Explanation, Reference};
+use super::request::{AuthzRequest, Decision, Explanation};
 use super::scope_map_cedar;
 use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes};
+use portcullis_oci::Reference;
 
 /// The Cedar decision engine: policy files, compiled scope maps and caches.
 pub struct PolicyEngine {
@@ -392,7 +393,7 @@ impl PolicyEngine {
             add("tag", &|| string(tag));
         }
         if let Some(digest) = digest {
-            add("digest", &|| string(digest));
+            add("digest", &|| string(digest.as_str()));
         }
         if let Some(ip) = ctx.source_ip {
             add("sourceIp", &|| {

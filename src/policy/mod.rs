@@ -45,7 +45,8 @@ pub use cache::CacheStats;
 pub use compile::{rule_cedar, scope_map_cedar};
 pub use engine::PolicyEngine;
 pub use files::{Diagnostic, PolicyError};
-pub use request::{AuthzRequest, Decision, Explanation, Operation, Reference, RequestContext};
+pub use portcullis_oci::Reference;
+pub use request::{AuthzRequest, Decision, Explanation, Operation, RequestContext};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use portcullis_oci::Reference;
+
 use crate::identity::{Action, Principal, UnixSeconds};
 
 /// A request to decide: who, what, on which repository, in which context.
@@ -90,13 +92,6 @@ impl Operation {
             Operation::Other => "other",
         }
     }
-}
-
-/// A manifest reference: by tag or by digest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Reference {
-    Tag(String),
-    Digest(String),
 }
 
 /// The outcome of one authorization.

@@ -509,7 +509,7 @@ when { context has tag && context.tag == "latest" };
         e.authorize(&snap, r.clone()).policies,
         vec!["no-latest".to_owned()]
     );
-    r.context.reference = Some(Reference::Digest("sha256:00".into()));
+    r.context.reference = Some(Reference::Digest(portcullis_oci::Digest::of(b"manifest")));
     assert!(e.authorize(&snap, r.clone()).allowed);
 }
 
@@ -643,7 +643,7 @@ fn signed_only_repositories_refuse_unsigned_manifests_only() {
         assert!(e.authorize(&snap, r.clone()).allowed, "{principal:?}");
         for reference in [
             Reference::Tag("v1".into()),
-            Reference::Digest("sha256:00".into()),
+            Reference::Digest(portcullis_oci::Digest::of(b"manifest")),
         ] {
             r.context.reference = Some(reference);
             r.context.signed = false;
@@ -853,7 +853,7 @@ fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
         r.context.reference = match next(3) {
             0 => None,
             1 => Some(Reference::Tag("v1".into())),
-            _ => Some(Reference::Digest("sha256:00".into())),
+            _ => Some(Reference::Digest(portcullis_oci::Digest::of(b"manifest"))),
         };
         r.context.signed = next(2) == 0;
         let fast = e.authorize(&snap, r.clone());

@@ -22,7 +22,7 @@ use super::keys::PublicKey;
 use super::metadata::{Root, SignedFile};
 use super::naming::{MetadataRef, Role, gun_repository};
 use super::signer::{KeyAlgorithm, ServerKey};
-use super::store::{Change, NewFile, StoreError, Tables, TrustStore, TrustTxn, WriteTxn};
+use super::store::{Change, NewFile, Tables, TrustStore, TrustStoreError, TrustTxn, WriteTxn};
 use super::validate::{self, Files, TrustState, UpdateError};
 
 /// Repositories whose signed targets stay cached (a few hundred bytes each).
@@ -79,15 +79,15 @@ pub enum TrustError {
     #[error("invalid changefeed parameter: {0}")]
     InvalidParameter(String),
     #[error("trust store: {0}")]
-    Store(StoreError),
+    Store(TrustStoreError),
     #[error("stored server key of `{gun}` is unreadable: {reason}")]
     CorruptKey { gun: String, reason: String },
 }
 
-impl From<StoreError> for TrustError {
-    fn from(e: StoreError) -> TrustError {
+impl From<TrustStoreError> for TrustError {
+    fn from(e: TrustStoreError) -> TrustError {
         match e {
-            StoreError::OldVersion { .. } => TrustError::OldVersion(e.to_string()),
+            TrustStoreError::OldVersion { .. } => TrustError::OldVersion(e.to_string()),
             other => TrustError::Store(other),
         }
     }
