@@ -421,37 +421,25 @@ impl WriteTxn {
     /// Deletes all of `gun`'s trust data and keys and records a changefeed deletion.
     pub fn delete(&self, gun: &str, now: time::OffsetDateTime) -> Result<(), TrustStoreError> {
         {
+            // Every key of `gun` sorts from `(gun, "", …)` to before `(gun + NUL, "", …)`:
+            // any other GUN is either greater at some byte or longer than `gun` + NUL.
+            let next = format!("{gun}\0");
+            let next = next.as_str();
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;
-            let doomed = keys_of(&files, (gun, "", 0), |k: (&str, &str, u64)| {
-                (k.0 == gun).then(|| (k.1.to_owned(), k.2))
-            })?;
-            for (role, version) in doomed {
-                files
-                    .remove((gun, role.as_str(), version))
-                    .map_err(db_err)?;
-            }
+            files
+                .retain_in((gun, "", 0)..(next, "", 0), |_, _| false)
+                .map_err(db_err)?;
             let mut current = self.txn.open_table(CURRENT).map_err(db_err)?;
-            let doomed = keys_of(&current, (gun, ""), |k: (&str, &str)| {
-                (k.0 == gun).then(|| k.1.to_owned())
-            })?;
-            for role in doomed {
-                current.remove((gun, role.as_str())).map_err(db_err)?;
-            }
+            current
+                .retain_in((gun, "")..(next, ""), |_, _| false)
+                .map_err(db_err)?;
             let mut checksums = self.txn.open_table(CHECKSUMS).map_err(db_err)?;
-            let doomed = keys_of(&checksums, (gun, ""), |k: (&str, &str)| {
-                (k.0 == gun).then(|| k.1.to_owned())
-            })?;
-            for sha in doomed {
-                checksums.remove((gun, sha.as_str())).map_err(db_err)?;
-            }
+            checksums
+                .retain_in((gun, "")..(next, ""), |_, _| false)
+                .map_err(db_err)?;
             let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
-            let doomed = keys_of(&keys, (gun, "", ""), |k: (&str, &str, &str)| {
-                (k.0 == gun).then(|| (k.1.to_owned(), k.2.to_owned()))
-            })?;
-            for (role, id) in doomed {
-                keys.remove((gun, role.as_str(), id.as_str()))
-                    .map_err(db_err)?;
-            }
+            keys.retain_in((gun, "", "")..(next, "", ""), |_, _| false)
+                .map_err(db_err)?;
         }
         self.record_change(gun, 0, String::new(), "deletion", now)
     }
@@ -514,28 +502,6 @@ fn held_keys(
             break;
         }
         out.push((v.value().0, id.to_owned()));
-    }
-    Ok(out)
-}
-
-/// The keys from `start` on for which `pick` returns `Some`, stopping at the first
-/// `None` (keys of one GUN are contiguous, so `pick` checks the GUN).
-fn keys_of<'a, K, V, O>(
-    table: &impl ReadableTable<K, V>,
-    start: K::SelfType<'a>,
-    pick: impl Fn(K::SelfType<'_>) -> Option<O>,
-) -> Result<Vec<O>, TrustStoreError>
-where
-    K: Key + 'static,
-    V: Value + 'static,
-{
-    let mut out = Vec::new();
-    for entry in table.range(start..).map_err(db_err)? {
-        let (k, _) = entry.map_err(db_err)?;
-        match pick(k.value()) {
-            Some(o) => out.push(o),
-            None => break,
-        }
     }
     Ok(out)
 }

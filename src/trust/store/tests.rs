@@ -202,3 +202,21 @@ fn an_uncommitted_write_leaves_nothing() {
             .is_empty()
     );
 }
+
+#[test]
+fn delete_spares_guns_that_extend_its_name() {
+    let (_dir, store) = store();
+    let longer = format!("{GUN}/sub");
+    commit(&store, GUN, &[file("root", 1)]).unwrap();
+    commit(&store, &longer, &[file("root", 1)]).unwrap();
+    let txn = store.write().unwrap();
+    txn.put_server_key(&longer, "timestamp", "k1", b"secret")
+        .unwrap();
+    txn.delete(GUN, now()).unwrap();
+    txn.commit().unwrap();
+    let r = store.read().unwrap();
+    assert!(r.current(GUN, "root").unwrap().is_none());
+    assert!(r.current(&longer, "root").unwrap().is_some());
+    assert!(r.version(&longer, "root", 1).unwrap().is_some());
+    assert!(r.server_key(&longer, "timestamp", "k1").unwrap().is_some());
+}
