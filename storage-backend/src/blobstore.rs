@@ -186,9 +186,7 @@ impl FsBlobStore {
         .await?
         .map_err(|e| StorageError::io(format!("blob {digest}"), e))
     }
-}
 
-impl FsBlobStore {
     /// [`BlobStore::commit_upload`], with the placement lock's lifetime apart from the
     /// others' (a [`BlobStore::put`] commits a session of its own making).
     async fn commit<'p>(

@@ -34,6 +34,10 @@ pub struct Docker {
 impl Docker {
     /// Starts (once per process) or finds the engine; panics with the reason when no
     /// engine can run here — never a silent skip.
+    #[allow(
+        clippy::new_without_default,
+        reason = "starting an engine is no default value"
+    )]
     pub fn new() -> Docker {
         let engine = ENGINE.get_or_init(Engine::start);
         Docker {
