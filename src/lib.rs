@@ -6,7 +6,10 @@
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
-//! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
+//! - [`trust`]: content trust (Notary v1 / TUF) data, validation and storage.
+//! - The OCI domain types (names, digests, references, routes, error codes) are the
+//!   `portcullis_oci` crate (`oci/`); the bundled OCI registry is the
+//!   `portcullis_storage` crate (`storage-backend/`). `ARCHITECTURE.md` has the map.
 
 pub mod admin;
 pub mod cli;
