@@ -2,13 +2,16 @@
 //! `portcullis serve`, authenticating as repository-scoped tokens: what each command may
 //! do is exactly what the token's scope map allows, decided by the gateway.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
-#[path = "../storage-backend/tests/common/registry.rs"]
-mod registry;
+use common::content;
+use common::registry;
 
 use std::process::{Command, Output, Stdio};
 

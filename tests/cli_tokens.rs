@@ -1,6 +1,11 @@
 //! The built `portcullis` CLI (token, scope-map) against a running `portcullis serve`.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
 

@@ -7,11 +7,15 @@
 //! container runs as that user with a read-only root and a named data volume, and must
 //! answer `/v2/` with 401 and `/healthz` with 200.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/docker.rs"]
-mod docker;
+use common::docker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

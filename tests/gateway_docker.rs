@@ -1,13 +1,15 @@
 //! The real docker engine and CLI against `portcullis serve` with its bundled store: the
 //! token walkthrough, and revocation (disabled, deleted token) on the next pull.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/docker.rs"]
-mod docker;
-#[path = "common/walkthrough.rs"]
-mod walkthrough;
+use common::walkthrough;
 
 use common::{ADMIN_PASSWORD, Server};
 

@@ -5,11 +5,15 @@
 //! GET/HEAD, manifests valid and refused, the admin and trust APIs, metrics — and
 //! skopeo pushing and pulling through the TLS listener that now offers h2.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
+use common::content;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -4,11 +4,15 @@
 //! revocation that beats earlier bearer tokens, repository attributes and a user policy
 //! that tells tag create from tag overwrite.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
+use common::content;
 
 use std::process::Command;
 use std::time::Duration;

@@ -5,13 +5,16 @@
 //! self-signed TLS trusted through the generated CA, a separate admin listener, and
 //! SIGTERM shutting down cleanly.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
-#[path = "../storage-backend/tests/common/registry.rs"]
-mod registry;
+use common::content;
+use common::registry;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

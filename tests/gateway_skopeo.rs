@@ -4,11 +4,15 @@
 //! what a token may read (Basic and bearer), a disabled or deleted token refused on
 //! its next request, and a registry-to-registry copy that mounts its blobs.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
+use common::content;
 
 use std::path::Path;
 use std::process::{Command, Output};

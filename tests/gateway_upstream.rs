@@ -2,17 +2,17 @@
 //! (`portcullis serve --upstream http://127.0.0.1:PORT`): push, denied push, a live
 //! scope-map change, pulls, delete and tag listing all pass through to distribution.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
-#[path = "common/docker.rs"]
-mod docker;
-#[path = "../storage-backend/tests/common/registry.rs"]
-mod registry;
-#[path = "common/walkthrough.rs"]
-mod walkthrough;
+use common::content;
+use common::registry;
+use common::walkthrough;
 
 use common::{ADMIN_PASSWORD, Server};
 use registry::DockerRegistry;

@@ -1,6 +1,11 @@
 //! `portcullis policy explain` / `export` and policy reloading (admin endpoint, file
 //! change, SIGHUP) against a real `portcullis serve` with its own policy directory.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,6 +1,11 @@
 //! `portcullis policy validate` and `policy test`, run as the built binary on the
 //! shipped `policies/` directory and on broken copies.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

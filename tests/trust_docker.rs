@@ -4,11 +4,15 @@
 //! with the client's wording, signing needs `trust/write` and is refused to the admin
 //! account, and a repository demanding signatures serves plain pulls of signed tags only.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/docker.rs"]
-mod docker;
+use common::docker;
 
 use std::path::Path;
 use std::process::{Command, Output};

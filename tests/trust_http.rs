@@ -4,11 +4,15 @@
 //! routes (by role, checksum, version; cache headers; 404s; key and changefeed rights), and
 //! the signed-only views (by tag, by digest, tag list).
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
-#[path = "common/content.rs"]
-mod content;
+use common::content;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -4,7 +4,12 @@
 //! `trust/write` and to the admin account; the changefeed of every GUN over HTTP, filtered
 //! to what the caller may read, after the CLI published to two repositories.
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 mod common;
 

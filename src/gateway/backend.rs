@@ -530,8 +530,7 @@ fn unavailable(url: &str, e: reqwest::Error) -> GatewayError {
 }
 
 #[cfg(test)]
-#[path = "../../storage-backend/tests/common/registry.rs"]
-mod test_registry;
+use portcullis_test_support::registry as test_registry;
 
 #[cfg(test)]
 mod tests;

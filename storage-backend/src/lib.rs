@@ -1,9 +1,13 @@
 //! portcullis-storage: a complete OCI distribution-spec v1.1 registry, the
 //! bundled backend of Portcullis, usable on its own.
 //!
-//! - [`Registry`] owns the data directory: metadata in `meta.redb` (redb),
-//!   blobs content-addressed under `blobs/sha256/<aa>/<hex>`, upload
-//!   sessions under `uploads/<uuid>`.
+//! - [`Registry`] is the storage service: it keeps its data in two [`Stores`], blob
+//!   bytes ([`blobstore::BlobStore`]) and metadata ([`meta::MetadataStore`]), and
+//!   orders their writes so a crash is harmless. The default stores keep the data
+//!   directory: metadata in `meta.redb` (redb), blobs content-addressed under
+//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`.
+//! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
+//!   suite; a new implementation runs it with [`conformance_tests!`].
 //! - [`router`] serves `/v2/…` on top of it.
 //! - [`names`], [`route`], [`errcode`]: the OCI domain types and error table, from
 //!   `portcullis_oci` (re-exported here so the store's paths stay short).
@@ -33,6 +37,8 @@
 //!   links, catalog entry — and answers 202 with what it deleted.
 
 pub mod blobstore;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod error;
 mod http;
 pub mod manifest;
@@ -45,4 +51,7 @@ pub use error::StorageError;
 pub use http::{router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use portcullis_oci::{errcode, names, route};
-pub use registry::{Registry, StorageConfig};
+pub use registry::{Registry, StorageConfig, Stores};
+
+#[cfg(test)]
+conformance_tests!(|dir| Stores::open(dir).expect("default stores"));

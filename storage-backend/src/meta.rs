@@ -1,4 +1,5 @@
-//! The metadata store: one redb database (`meta.redb`) holding tags,
+//! Registry metadata behind the [`MetadataStore`] trait, with the default
+//! implementation [`RedbMeta`]: one redb database (`meta.redb`) holding tags,
 //! manifests (exact bytes and parsed record), repository↔blob links,
 //! manifest references, referrers, upload sessions, blob sizes and GC
 //! timestamps. Every operation is one transaction, so each change is atomic.
@@ -99,7 +100,152 @@ pub struct GcReport {
     pub orphan_files: usize,
 }
 
-pub struct Meta {
+/// Where the registry's metadata lives: which blobs each repository holds, manifests
+/// (exact bytes and parsed record), tags, referrers, upload sessions, the repository list,
+/// and GC over all of it. Each call is atomic: it happens whole or not at all, and
+/// concurrent calls behave as if they ran one after another.
+///
+/// Calls block; the registry makes them on the blocking thread pool, so an implementation
+/// over a network database may block on its client too. The contract is checked by
+/// [`crate::conformance`] (feature `conformance`).
+pub trait MetadataStore: Send + Sync {
+    /// The size of `digest` and when it was linked, if it is linked into `repo`.
+    fn linked_blob_size(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<LinkedBlob>, StorageError>;
+
+    /// Refreshes the link and blob timestamps, if the link still exists (false if not).
+    /// Ordered against GC: either GC sees the fresh timestamps, or this sees the link gone.
+    fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Whether metadata for `digest` exists at all (checked before deleting its bytes).
+    fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Records a stored blob (timestamp refreshed, so the GC grace period protects it) and
+    /// its link into `repo`, and ends `upload` if given.
+    fn commit_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        upload: Option<&str>,
+    ) -> Result<(), StorageError>;
+
+    /// Links `digest` into `repo` if it is linked into `from`; returns its size.
+    fn mount(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>, StorageError>;
+
+    /// Up to `limit` repositories `digest` is linked into, in name order.
+    fn blob_repositories(&self, digest: &Digest, limit: usize)
+    -> Result<Vec<String>, StorageError>;
+
+    /// Links `digest` into `repo` if it is linked into any repository; returns its size.
+    /// Atomic, so the link it copies cannot vanish meanwhile.
+    fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError>;
+
+    /// Removes the link of `digest` from `repo`; false if there was none.
+    fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError>;
+
+    /// Stores a manifest and points `tags` at it (a tag already elsewhere moves), after
+    /// checking atomically that every descriptor names content stored in `repo` with the
+    /// declared size ([`StorageError::ManifestBlobUnknown`],
+    /// [`StorageError::ManifestChildUnknown`], a size mismatch).
+    fn put_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        bytes: &[u8],
+        parsed: &ParsedManifest,
+        tags: &[String],
+    ) -> Result<(), StorageError>;
+
+    /// Resolves a reference to a digest in `repo` (a digest resolves to itself).
+    fn resolve(&self, repo: &str, reference: &Reference) -> Result<Option<Digest>, StorageError>;
+
+    /// A manifest's record and, if `with_bytes`, its exact bytes.
+    fn manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        with_bytes: bool,
+    ) -> Result<Option<ManifestWithBytes>, StorageError>;
+
+    /// Removes a tag; false if it did not exist.
+    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError>;
+
+    /// Removes a manifest with its references, referrer entry and tags; false if absent.
+    fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self
+            .delete_image(repo, &Reference::Digest(digest.clone()))?
+            .is_some())
+    }
+
+    /// Removes the manifest `reference` names (a tag resolved atomically with the
+    /// removal) with every tag pointing at it; `None` if there is no such manifest.
+    fn delete_image(
+        &self,
+        repo: &str,
+        reference: &Reference,
+    ) -> Result<Option<Deleted>, StorageError>;
+
+    /// Removes a repository atomically: its manifests, tags and blob links, and its
+    /// entry in the repository list. Blobs stay until GC finds them unlinked and
+    /// unreferenced; upload sessions are left alone (one that completes recreates the
+    /// repository, as a push after the delete would). `None` if the repository is unknown.
+    fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError>;
+
+    /// Tags of `repo` in order after `last`, at most `n`; `None` if the repository is
+    /// unknown.
+    fn tags(
+        &self,
+        repo: &str,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<Option<Page>, StorageError>;
+
+    /// Repository names in order after `last`, at most `n`. A repository exists from its
+    /// first blob link or manifest until it is deleted or GC finds it empty.
+    fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError>;
+
+    /// Manifests in `repo` whose subject is `subject` (digest and record), only those of
+    /// `artifact_type` if given.
+    fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<(String, ManifestRecord)>, StorageError>;
+
+    /// Records upload session `id` into `repo`, started now.
+    fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError>;
+
+    /// The repository and start time (unix seconds) of an upload session.
+    fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError>;
+
+    /// Ends an upload session; false if there was none.
+    fn remove_upload(&self, id: &str) -> Result<bool, StorageError>;
+
+    /// All upload sessions: (id, repository, started at), for expiry.
+    fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError>;
+
+    /// One garbage-collection pass, atomic:
+    /// 1. untagged manifests created before `cutoff` (unix seconds) are removed, unless
+    ///    an index in the same repository lists them or they are a referrer whose
+    ///    subject still exists (repeated until nothing changes, so a removed index
+    ///    releases its children);
+    /// 2. repository↔blob links older than `cutoff` that no manifest of the repository
+    ///    references are removed;
+    /// 3. blobs touched before `cutoff` with no link and no reference are removed (the
+    ///    report lists them: the caller deletes their bytes);
+    /// 4. repositories with no manifest and no link left are forgotten.
+    ///
+    /// With `dry_run` nothing changes and the report says what would go.
+    fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError>;
+}
+
+/// The default [`MetadataStore`]: one redb database file.
+pub struct RedbMeta {
     db: Database,
 }
 
@@ -135,9 +281,9 @@ fn has_prefix3(
     })
 }
 
-impl Meta {
+impl RedbMeta {
     /// Opens (or creates) the database and all tables.
-    pub fn open(path: &Path) -> Result<Meta, StorageError> {
+    pub fn open(path: &Path) -> Result<RedbMeta, StorageError> {
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -156,11 +302,91 @@ impl Meta {
         tx.open_table(REFERRERS)?;
         tx.open_table(UPLOADS)?;
         tx.commit()?;
-        Ok(Meta { db })
+        Ok(RedbMeta { db })
     }
 
-    /// The size of `digest` if it is linked into `repo`.
-    pub fn linked_blob_size(
+    fn link(
+        tx: &WriteTransaction,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        now: u64,
+    ) -> Result<(), StorageError> {
+        tx.open_table(BLOBS)?.insert(digest.as_str(), (size, now))?;
+        tx.open_table(BLOB_LINKS)?
+            .insert((digest.as_str(), repo), now)?;
+        let mut repos = tx.open_table(REPOS)?;
+        if repos.get(repo)?.is_none() {
+            repos.insert(repo, now)?;
+        }
+        Ok(())
+    }
+
+    /// Links `digest` into `repo` and commits, when `linked` (the source holds it) and
+    /// its bytes are stored; returns its size.
+    fn link_if_stored(
+        tx: WriteTransaction,
+        repo: &str,
+        digest: &Digest,
+        linked: bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let size = tx
+            .open_table(BLOBS)?
+            .get(digest.as_str())?
+            .map(|g| g.value().0);
+        let Some(size) = size.filter(|_| linked) else {
+            return Ok(None);
+        };
+        RedbMeta::link(&tx, repo, digest, size, now_secs())?;
+        tx.commit()?;
+        Ok(Some(size))
+    }
+
+    /// Removes a manifest with its bytes, references, referrer row and tags; returns
+    /// the tags removed, `None` if the manifest did not exist.
+    fn remove_manifest(
+        tx: &WriteTransaction,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let Some(rec) = tx
+            .open_table(MANIFESTS)?
+            .remove((repo, digest))?
+            .map(|g| decode(g.value()))
+        else {
+            return Ok(None);
+        };
+        let rec = rec?;
+        tx.open_table(MANIFEST_BYTES)?.remove((repo, digest))?;
+        let mut refs = tx.open_table(MANIFEST_REFS)?;
+        for r in rec.blobs.iter().chain(&rec.children) {
+            refs.remove((r.as_str(), repo, digest))?;
+        }
+        if let Some(s) = &rec.subject {
+            tx.open_table(REFERRERS)?
+                .remove((repo, s.as_str(), digest))?;
+        }
+        let mut tags = tx.open_table(TAGS)?;
+        let mut doomed = Vec::new();
+        for entry in tags.range((repo, "")..)? {
+            let (k, v) = entry?;
+            let (r, tag) = k.value();
+            if r != repo {
+                break;
+            }
+            if v.value() == digest {
+                doomed.push(tag.to_owned());
+            }
+        }
+        for tag in &doomed {
+            tags.remove((repo, tag.as_str()))?;
+        }
+        Ok(Some(doomed))
+    }
+}
+
+impl MetadataStore for RedbMeta {
+    fn linked_blob_size(
         &self,
         repo: &str,
         digest: &Digest,
@@ -182,10 +408,7 @@ impl Meta {
             }))
     }
 
-    /// Refreshes the link and blob timestamps, if the link still exists.
-    /// A write transaction, so it is ordered against GC: either GC sees the
-    /// fresh timestamps, or this sees the link gone.
-    pub fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+    fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
         let tx = self.db.begin_write()?;
         let now = now_secs();
         let size = tx
@@ -199,88 +422,42 @@ impl Meta {
         let (Some(size), true) = (size, linked) else {
             return Ok(false);
         };
-        Meta::link(&tx, repo, digest, size, now)?;
+        RedbMeta::link(&tx, repo, digest, size, now)?;
         tx.commit()?;
         Ok(true)
     }
 
-    /// Whether metadata for `digest` exists at all (used before deleting a file).
-    pub fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError> {
+    fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError> {
         let rx = self.db.begin_read()?;
         Ok(rx.open_table(BLOBS)?.get(digest.as_str())?.is_some())
     }
 
-    fn link(
-        tx: &WriteTransaction,
-        repo: &str,
-        digest: &Digest,
-        size: u64,
-        now: u64,
-    ) -> Result<(), StorageError> {
-        tx.open_table(BLOBS)?.insert(digest.as_str(), (size, now))?;
-        tx.open_table(BLOB_LINKS)?
-            .insert((digest.as_str(), repo), now)?;
-        let mut repos = tx.open_table(REPOS)?;
-        if repos.get(repo)?.is_none() {
-            repos.insert(repo, now)?;
-        }
-        Ok(())
-    }
-
-    /// Records a finished upload: the blob (timestamp refreshed, so the GC
-    /// grace period protects it), its link into `repo`, and ends the session.
-    pub fn commit_blob(
+    fn commit_blob(
         &self,
         repo: &str,
         digest: &Digest,
         size: u64,
-        upload: &str,
+        upload: Option<&str>,
     ) -> Result<(), StorageError> {
         let tx = self.db.begin_write()?;
-        Meta::link(&tx, repo, digest, size, now_secs())?;
-        tx.open_table(UPLOADS)?.remove(upload)?;
+        RedbMeta::link(&tx, repo, digest, size, now_secs())?;
+        if let Some(upload) = upload {
+            tx.open_table(UPLOADS)?.remove(upload)?;
+        }
         tx.commit()?;
         Ok(())
     }
 
-    /// Links `digest` into `repo` and commits, when `linked` (the source holds it) and
-    /// its bytes are stored; returns its size.
-    fn link_if_stored(
-        tx: WriteTransaction,
-        repo: &str,
-        digest: &Digest,
-        linked: bool,
-    ) -> Result<Option<u64>, StorageError> {
-        let size = tx
-            .open_table(BLOBS)?
-            .get(digest.as_str())?
-            .map(|g| g.value().0);
-        let Some(size) = size.filter(|_| linked) else {
-            return Ok(None);
-        };
-        Meta::link(&tx, repo, digest, size, now_secs())?;
-        tx.commit()?;
-        Ok(Some(size))
-    }
-
-    /// Links `digest` into `repo` if it is linked into `from`; returns its size.
-    pub fn mount(
-        &self,
-        repo: &str,
-        from: &str,
-        digest: &Digest,
-    ) -> Result<Option<u64>, StorageError> {
+    fn mount(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
         let tx = self.db.begin_write()?;
         let linked = tx
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), from))?
             .is_some();
-        Meta::link_if_stored(tx, repo, digest, linked)
+        RedbMeta::link_if_stored(tx, repo, digest, linked)
     }
 
-    /// Up to `limit` repositories `digest` is linked into, in name order (the
-    /// candidates of a mount without `from`).
-    pub fn blob_repositories(
+    fn blob_repositories(
         &self,
         digest: &Digest,
         limit: usize,
@@ -302,16 +479,13 @@ impl Meta {
         Ok(out)
     }
 
-    /// Links `digest` into `repo` if it is linked into any repository; returns its
-    /// size. One transaction, so the link it copies cannot vanish meanwhile.
-    pub fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
+    fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
         let tx = self.db.begin_write()?;
         let linked = has_prefix2(&tx.open_table(BLOB_LINKS)?, digest.as_str())?;
-        Meta::link_if_stored(tx, repo, digest, linked)
+        RedbMeta::link_if_stored(tx, repo, digest, linked)
     }
 
-    /// Removes the link of `digest` from `repo`; false if there was none.
-    pub fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+    fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
         let tx = self.db.begin_write()?;
         let removed = tx
             .open_table(BLOB_LINKS)?
@@ -321,9 +495,7 @@ impl Meta {
         Ok(removed)
     }
 
-    /// Stores a manifest and tags it, after checking in the same transaction
-    /// that everything it references exists in `repo`.
-    pub fn put_manifest(
+    fn put_manifest(
         &self,
         repo: &str,
         digest: &Digest,
@@ -372,12 +544,7 @@ impl Meta {
         Ok(())
     }
 
-    /// Resolves a reference to a digest in `repo`.
-    pub fn resolve(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<Option<Digest>, StorageError> {
+    fn resolve(&self, repo: &str, reference: &Reference) -> Result<Option<Digest>, StorageError> {
         match reference {
             Reference::Digest(d) => Ok(Some(d.clone())),
             Reference::Tag(t) => {
@@ -393,8 +560,7 @@ impl Meta {
         }
     }
 
-    /// A manifest's record and, if `with_bytes`, its exact bytes.
-    pub fn manifest(
+    fn manifest(
         &self,
         repo: &str,
         digest: &Digest,
@@ -418,24 +584,14 @@ impl Meta {
         Ok(Some((rec?, bytes)))
     }
 
-    /// Removes a tag; false if it did not exist.
-    pub fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError> {
+    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError> {
         let tx = self.db.begin_write()?;
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         tx.commit()?;
         Ok(removed)
     }
 
-    /// Removes a manifest with its references, referrer row and tags.
-    pub fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self
-            .delete_image(repo, &Reference::Digest(digest.clone()))?
-            .is_some())
-    }
-
-    /// Removes the manifest `reference` names (a tag is resolved in the same
-    /// transaction) with every tag pointing at it; `None` if there is no such manifest.
-    pub fn delete_image(
+    fn delete_image(
         &self,
         repo: &str,
         reference: &Reference,
@@ -451,7 +607,7 @@ impl Meta {
         let Some(digest) = digest else {
             return Ok(None);
         };
-        let Some(mut tags) = Meta::remove_manifest(&tx, repo, &digest)? else {
+        let Some(mut tags) = RedbMeta::remove_manifest(&tx, repo, &digest)? else {
             return Ok(None);
         };
         tx.commit()?;
@@ -462,12 +618,7 @@ impl Meta {
         }))
     }
 
-    /// Removes a repository in one transaction: its manifests (bytes, references,
-    /// referrer rows), tags and blob links, and its catalog entry. Blobs stay until GC
-    /// finds them unlinked and unreferenced. `None` if the repository is unknown.
-    /// Upload sessions are left alone: one that completes recreates the repository,
-    /// as a push after the delete would.
-    pub fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError> {
+    fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError> {
         let tx = self.db.begin_write()?;
         if tx.open_table(REPOS)?.remove(repo)?.is_none() {
             return Ok(None);
@@ -499,7 +650,7 @@ impl Meta {
             }
         }
         for digest in &deleted.manifests {
-            Meta::remove_manifest(&tx, repo, digest)?;
+            RedbMeta::remove_manifest(&tx, repo, digest)?;
         }
         {
             // Links are keyed by digest first (for GC's probe), so finding a
@@ -521,50 +672,7 @@ impl Meta {
         Ok(Some(deleted))
     }
 
-    /// Removes a manifest with its bytes, references, referrer row and tags; returns
-    /// the tags removed, `None` if the manifest did not exist.
-    fn remove_manifest(
-        tx: &WriteTransaction,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Option<Vec<String>>, StorageError> {
-        let Some(rec) = tx
-            .open_table(MANIFESTS)?
-            .remove((repo, digest))?
-            .map(|g| decode(g.value()))
-        else {
-            return Ok(None);
-        };
-        let rec = rec?;
-        tx.open_table(MANIFEST_BYTES)?.remove((repo, digest))?;
-        let mut refs = tx.open_table(MANIFEST_REFS)?;
-        for r in rec.blobs.iter().chain(&rec.children) {
-            refs.remove((r.as_str(), repo, digest))?;
-        }
-        if let Some(s) = &rec.subject {
-            tx.open_table(REFERRERS)?
-                .remove((repo, s.as_str(), digest))?;
-        }
-        let mut tags = tx.open_table(TAGS)?;
-        let mut doomed = Vec::new();
-        for entry in tags.range((repo, "")..)? {
-            let (k, v) = entry?;
-            let (r, tag) = k.value();
-            if r != repo {
-                break;
-            }
-            if v.value() == digest {
-                doomed.push(tag.to_owned());
-            }
-        }
-        for tag in &doomed {
-            tags.remove((repo, tag.as_str()))?;
-        }
-        Ok(Some(doomed))
-    }
-
-    /// Tags of `repo` after `last`, at most `n`; `None` if the repository is unknown.
-    pub fn tags(
+    fn tags(
         &self,
         repo: &str,
         last: Option<&str>,
@@ -595,8 +703,7 @@ impl Meta {
         Ok(Some(Page { items, more }))
     }
 
-    /// Repository names after `last`, at most `n`.
-    pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError> {
+    fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError> {
         let rx = self.db.begin_read()?;
         let t = rx.open_table(REPOS)?;
         let mut items = Vec::new();
@@ -616,11 +723,11 @@ impl Meta {
         Ok(Page { items, more })
     }
 
-    /// Manifests in `repo` whose subject is `subject`.
-    pub fn referrers(
+    fn referrers(
         &self,
         repo: &str,
         subject: &Digest,
+        artifact_type: Option<&str>,
     ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
         let rx = self.db.begin_read()?;
         let refs = rx.open_table(REFERRERS)?;
@@ -633,21 +740,23 @@ impl Meta {
                 break;
             }
             if let Some(g) = manifests.get((repo, referrer))? {
-                out.push((referrer.to_owned(), decode(g.value())?));
+                let record = decode(g.value())?;
+                if artifact_type.is_none_or(|t| record.artifact_type.as_deref() == Some(t)) {
+                    out.push((referrer.to_owned(), record));
+                }
             }
         }
         Ok(out)
     }
 
-    pub fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError> {
+    fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError> {
         let tx = self.db.begin_write()?;
         tx.open_table(UPLOADS)?.insert(id, (repo, now_secs()))?;
         tx.commit()?;
         Ok(())
     }
 
-    /// The repository and start time of an upload session.
-    pub fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError> {
+    fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError> {
         let rx = self.db.begin_read()?;
         Ok(rx.open_table(UPLOADS)?.get(id)?.map(|g| {
             let (repo, started) = g.value();
@@ -655,15 +764,14 @@ impl Meta {
         }))
     }
 
-    pub fn remove_upload(&self, id: &str) -> Result<bool, StorageError> {
+    fn remove_upload(&self, id: &str) -> Result<bool, StorageError> {
         let tx = self.db.begin_write()?;
         let removed = tx.open_table(UPLOADS)?.remove(id)?.is_some();
         tx.commit()?;
         Ok(removed)
     }
 
-    /// All upload sessions: (id, repo, started at).
-    pub fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
+    fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
         let rx = self.db.begin_read()?;
         let mut out = Vec::new();
         for entry in rx.open_table(UPLOADS)?.iter()? {
@@ -674,18 +782,7 @@ impl Meta {
         Ok(out)
     }
 
-    /// One garbage-collection pass, in one write transaction:
-    /// 1. untagged manifests created before `cutoff` are removed, unless an
-    ///    index in the same repository lists them or they are a referrer
-    ///    whose subject still exists (repeated until nothing changes, so a
-    ///    removed index releases its children);
-    /// 2. repository↔blob links older than `cutoff` that no manifest of the
-    ///    repository references are removed;
-    /// 3. blobs touched before `cutoff` with no link and no reference are removed;
-    /// 4. repositories with no manifest and no link left are forgotten.
-    ///
-    /// With `dry_run` the transaction is aborted and the report says what would go.
-    pub fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError> {
+    fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError> {
         let mut report = GcReport::default();
         let tx = self.db.begin_write()?;
         loop {
@@ -725,7 +822,7 @@ impl Meta {
                 break;
             }
             for (repo, digest) in &doomed {
-                Meta::remove_manifest(&tx, repo, digest)?;
+                RedbMeta::remove_manifest(&tx, repo, digest)?;
             }
             report.manifests += doomed.len();
         }
@@ -869,9 +966,9 @@ mod tests {
         (bytes, parsed)
     }
 
-    fn meta() -> (tempfile::TempDir, Meta) {
+    fn meta() -> (tempfile::TempDir, RedbMeta) {
         let dir = tempfile::tempdir().unwrap();
-        let m = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let m = RedbMeta::open(&dir.path().join("meta.redb")).unwrap();
         (dir, m)
     }
 
@@ -883,8 +980,8 @@ mod tests {
         let err = m.put_manifest("r", &md, &bytes, &parsed, &[]).unwrap_err();
         assert!(matches!(err, StorageError::ManifestBlobUnknown(x) if x == d('a')));
         m.create_upload("u1", "r").unwrap();
-        m.commit_blob("r", &d('a'), 1, "u1").unwrap();
-        m.commit_blob("r", &d('b'), 1, "u2").unwrap();
+        m.commit_blob("r", &d('a'), 1, Some("u1")).unwrap();
+        m.commit_blob("r", &d('b'), 1, Some("u2")).unwrap();
         assert!(m.upload("u1").unwrap().is_none());
         assert!(m.touch_link("r", &d('a')).unwrap());
         assert!(!m.touch_link("other", &d('a')).unwrap());
@@ -927,8 +1024,8 @@ mod tests {
     #[test]
     fn tags_pagination_and_delete() {
         let (_dir, m) = meta();
-        m.commit_blob("r", &d('a'), 1, "x").unwrap();
-        m.commit_blob("r", &d('b'), 1, "x").unwrap();
+        m.commit_blob("r", &d('a'), 1, Some("x")).unwrap();
+        m.commit_blob("r", &d('b'), 1, Some("x")).unwrap();
         let (bytes, parsed) = image(&d('a'), &d('b'), None);
         let md = Digest::of(&bytes);
         m.put_manifest(
@@ -962,11 +1059,11 @@ mod tests {
     fn repository_delete_removes_everything_of_the_repository_only() {
         let (_dir, m) = meta();
         for repo in ["r", "s"] {
-            m.commit_blob(repo, &d('a'), 1, "x").unwrap();
-            m.commit_blob(repo, &d('b'), 1, "x").unwrap();
+            m.commit_blob(repo, &d('a'), 1, Some("x")).unwrap();
+            m.commit_blob(repo, &d('b'), 1, Some("x")).unwrap();
         }
         // Linked but referenced by no manifest: the link goes too.
-        m.commit_blob("r", &d('c'), 1, "x").unwrap();
+        m.commit_blob("r", &d('c'), 1, Some("x")).unwrap();
         let (bytes, parsed) = image(&d('a'), &d('b'), None);
         let md = Digest::of(&bytes);
         m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "a".into()])
@@ -989,7 +1086,7 @@ mod tests {
         assert_eq!(m.delete_repository("r").unwrap(), None);
         assert!(m.tags("r", None, None).unwrap().is_none());
         assert!(m.manifest("r", &md, false).unwrap().is_none());
-        assert!(m.referrers("r", &md).unwrap().is_empty());
+        assert!(m.referrers("r", &md, None).unwrap().is_empty());
         for c in ['a', 'b', 'c'] {
             assert!(m.linked_blob_size("r", &d(c)).unwrap().is_none(), "{c}");
         }
@@ -1008,8 +1105,8 @@ mod tests {
     #[test]
     fn image_delete_by_tag_removes_every_tag_of_its_manifest() {
         let (_dir, m) = meta();
-        m.commit_blob("r", &d('a'), 1, "x").unwrap();
-        m.commit_blob("r", &d('b'), 1, "x").unwrap();
+        m.commit_blob("r", &d('a'), 1, Some("x")).unwrap();
+        m.commit_blob("r", &d('b'), 1, Some("x")).unwrap();
         let (bytes, parsed) = image(&d('a'), &d('b'), None);
         let md = Digest::of(&bytes);
         m.put_manifest("r", &md, &bytes, &parsed, &["v1".into(), "latest".into()])
@@ -1031,8 +1128,8 @@ mod tests {
     #[test]
     fn index_children_must_exist_and_are_kept_by_the_index() {
         let (_dir, m) = meta();
-        m.commit_blob("r", &d('a'), 1, "x").unwrap();
-        m.commit_blob("r", &d('b'), 1, "x").unwrap();
+        m.commit_blob("r", &d('a'), 1, Some("x")).unwrap();
+        m.commit_blob("r", &d('b'), 1, Some("x")).unwrap();
         let (child, cp) = image(&d('a'), &d('b'), None);
         let cd = Digest::of(&child);
         let idx = serde_json::to_vec(&serde_json::json!({
@@ -1061,7 +1158,7 @@ mod tests {
     fn gc_respects_tags_grace_and_referrers() {
         let (_dir, m) = meta();
         for c in ['a', 'b', 'c', 'e'] {
-            m.commit_blob("r", &d(c), 1, "x").unwrap();
+            m.commit_blob("r", &d(c), 1, Some("x")).unwrap();
         }
         let (tagged, tp) = image(&d('a'), &d('b'), None);
         let td = Digest::of(&tagged);
@@ -1070,7 +1167,7 @@ mod tests {
         let (sig, sp) = image(&d('e'), &d('e'), Some((&td, tagged.len())));
         let sd = Digest::of(&sig);
         m.put_manifest("r", &sd, &sig, &sp, &[]).unwrap();
-        assert_eq!(m.referrers("r", &td).unwrap().len(), 1);
+        assert_eq!(m.referrers("r", &td, None).unwrap().len(), 1);
 
         // Inside the grace period nothing goes.
         let r = m.gc(now_secs() - 100, false).unwrap();

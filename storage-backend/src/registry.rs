@@ -1,20 +1,20 @@
 //! [`Registry`]: the storage service behind the HTTP handlers. It owns the
-//! metadata database, the blob store and the upload area, and enforces the
-//! write order that keeps a crash harmless: blob file first (fsynced,
-//! renamed), metadata second; GC deletes metadata first, files after commit.
+//! two stores ([`Stores`]: blob bytes and metadata) and enforces the write
+//! order that keeps a crash harmless: blob bytes first (durable, placed
+//! atomically), metadata second; GC deletes metadata first, bytes after commit.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 
-use crate::blobstore::{BlobReader, BlobStore, FsBlobStore};
+use crate::blobstore::{BlobReader, BlobStore, FsBlobStore, body_stream};
 use crate::error::StorageError;
 use crate::manifest;
-use crate::meta::{Deleted, GcReport, ManifestRecord, Meta, Page, now_secs};
+use crate::meta::{Deleted, GcReport, ManifestRecord, MetadataStore, Page, RedbMeta, now_secs};
 use crate::names::{Digest, Reference, is_valid_tag};
-use crate::upload::Uploads;
 
 /// Configuration of the storage service.
 #[derive(Debug, Clone)]
@@ -46,11 +46,31 @@ impl StorageConfig {
 /// against "GC deletes blob file" for the same digest.
 const BLOB_LOCKS: usize = 64;
 
+/// Where a registry keeps its data: blob bytes and metadata, each behind its trait.
+#[derive(Clone)]
+pub struct Stores {
+    pub blobs: Arc<dyn BlobStore>,
+    pub meta: Arc<dyn MetadataStore>,
+}
+
+impl Stores {
+    /// The default stores in `data_dir` (created owner-only): blob files
+    /// ([`FsBlobStore`]) and a redb database ([`RedbMeta`], `meta.redb`, 0600).
+    pub fn open(data_dir: &Path) -> Result<Stores, StorageError> {
+        crate::private::private_dir(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
+        let meta_path = data_dir.join("meta.redb");
+        crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
+        Ok(Stores {
+            blobs: Arc::new(FsBlobStore::open(data_dir)?),
+            meta: Arc::new(RedbMeta::open(&meta_path)?),
+        })
+    }
+}
+
 pub struct Registry {
     config: StorageConfig,
-    meta: Arc<Meta>,
+    meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
-    uploads: Uploads,
     blob_locks: [tokio::sync::Mutex<()>; BLOB_LOCKS],
 }
 
@@ -69,25 +89,20 @@ pub struct PutManifest {
 }
 
 impl Registry {
-    /// Opens the data directory (creating it), synchronously.
+    /// Opens the data directory (creating it) with the default [`Stores`], synchronously.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
-        let dir = &config.data_dir;
-        // Owner-only: the data directory 0700, the metadata database 0600.
-        crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
-        let meta_path = dir.join("meta.redb");
-        crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
-        for sub in ["blobs", "uploads"] {
-            let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| StorageError::io(&p, e))?;
-        }
-        let meta = Meta::open(&meta_path)?;
-        Ok(Arc::new(Registry {
-            blobs: Arc::new(FsBlobStore::new(dir.join("blobs"))),
-            uploads: Uploads::new(dir.join("uploads")),
-            meta: Arc::new(meta),
+        let stores = Stores::open(&config.data_dir)?;
+        Ok(Registry::with_stores(config, stores))
+    }
+
+    /// A registry over other stores (`config.data_dir` is then unused).
+    pub fn with_stores(config: StorageConfig, stores: Stores) -> Arc<Registry> {
+        Arc::new(Registry {
+            blobs: stores.blobs,
+            meta: stores.meta,
             blob_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             config,
-        }))
+        })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -98,10 +113,10 @@ impl Registry {
     async fn meta<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&Meta) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&dyn MetadataStore) -> Result<T, StorageError> + Send + 'static,
     {
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta)).await?
+        tokio::task::spawn_blocking(move || f(&*meta)).await?
     }
 
     fn blob_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
@@ -186,10 +201,7 @@ impl Registry {
         offset: u64,
         len: u64,
     ) -> Result<BlobReader, StorageError> {
-        self.blobs
-            .read(digest, offset, len)
-            .await
-            .map_err(|e| StorageError::io(format!("blob {digest}"), e))
+        self.blobs.get(digest, offset, len).await
     }
 
     /// Unlinks a blob from `repo`; GC removes the bytes later.
@@ -209,7 +221,7 @@ impl Registry {
 
     pub async fn start_upload(&self, repo: &str) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.uploads.create(&id).await?;
+        self.blobs.create_upload(&id).await?;
         let (i, r) = (id.clone(), repo.to_owned());
         self.meta(move |m| m.create_upload(&i, &r)).await?;
         Ok(id)
@@ -226,10 +238,7 @@ impl Registry {
     /// The number of bytes received so far.
     pub async fn upload_offset(&self, repo: &str, id: &str) -> Result<u64, StorageError> {
         self.check_session(repo, id).await?;
-        let lock = self.uploads.session(id);
-        let mut st = lock.lock().await;
-        self.uploads.sync(id, &mut st).await?;
-        Ok(st.offset)
+        self.blobs.upload_offset(id).await
     }
 
     /// Appends a chunk. With `range` (`start-end` from Content-Range), `start`
@@ -242,20 +251,7 @@ impl Registry {
         body: Body,
     ) -> Result<u64, StorageError> {
         self.check_session(repo, id).await?;
-        let lock = self.uploads.session(id);
-        let mut st = lock.lock().await;
-        self.uploads.sync(id, &mut st).await?;
-        if let Some((start, end)) = range
-            && (start != st.offset || end < start)
-        {
-            return Err(StorageError::RangeInvalid {
-                start,
-                end,
-                offset: st.offset,
-            });
-        }
-        self.uploads.append(id, &mut st, body).await?;
-        Ok(st.offset)
+        self.blobs.append_upload(id, range, body_stream(body)).await
     }
 
     /// Appends the optional final chunk, verifies the digest and commits the
@@ -268,38 +264,44 @@ impl Registry {
         body: Body,
     ) -> Result<(), StorageError> {
         self.check_session(repo, id).await?;
-        let lock = self.uploads.session(id);
-        let mut st = lock.lock().await;
-        self.uploads.append(id, &mut st, body).await?;
-        let (actual, size) = self.uploads.finish(id, &mut st).await?;
-        if &actual != expected {
-            let i = id.to_owned();
-            self.meta(move |m| m.remove_upload(&i)).await?;
-            self.uploads.remove(id).await?;
-            return Err(StorageError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        let _guard = self.blob_lock(expected).lock().await;
-        let staged = self.uploads.path(id);
-        self.blobs
-            .commit(expected, &staged)
-            .await
-            .map_err(|e| StorageError::io(&staged, e))?;
+        let committed = self
+            .blobs
+            .commit_upload(id, expected, body_stream(body), self.blob_lock(expected))
+            .await;
+        let (size, _placed) = match committed {
+            Err(e @ StorageError::DigestMismatch { .. }) => {
+                let i = id.to_owned();
+                self.meta(move |m| m.remove_upload(&i)).await?;
+                return Err(e);
+            }
+            r => r?,
+        };
         let (r, d, i) = (repo.to_owned(), expected.clone(), id.to_owned());
-        self.meta(move |m| m.commit_blob(&r, &d, size, &i)).await?;
-        self.uploads.forget(id);
-        Ok(())
+        self.meta(move |m| m.commit_blob(&r, &d, size, Some(&i)))
+            .await
+    }
+
+    /// Stores `body` as blob `digest` of `repo` in one step (a monolithic upload):
+    /// verified while it streams, bytes first, then the link.
+    pub async fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        body: Body,
+    ) -> Result<(), StorageError> {
+        let (size, _placed) = self
+            .blobs
+            .put(digest, body_stream(body), self.blob_lock(digest))
+            .await?;
+        let (r, d) = (repo.to_owned(), digest.clone());
+        self.meta(move |m| m.commit_blob(&r, &d, size, None)).await
     }
 
     pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), StorageError> {
         self.check_session(repo, id).await?;
-        let lock = self.uploads.session(id);
-        let _st = lock.lock().await;
         let i = id.to_owned();
         self.meta(move |m| m.remove_upload(&i)).await?;
-        self.uploads.remove(id).await
+        self.blobs.cancel_upload(id).await
     }
 
     /// Links `digest` from `from` into `repo`; false if `from` does not have it.
@@ -330,47 +332,37 @@ impl Registry {
         self.meta(move |m| m.blob_repositories(&d, limit)).await
     }
 
-    /// Removes sessions idle for longer than the expiry, and stray files.
+    /// Removes sessions idle for longer than the expiry, and session bytes without a
+    /// session (a crash between the bytes and metadata steps).
     pub async fn expire_uploads(&self) -> Result<usize, StorageError> {
-        let cutoff = std::time::SystemTime::now()
+        let cutoff = SystemTime::now()
             .checked_sub(self.config.upload_expiry)
-            .unwrap_or(std::time::UNIX_EPOCH);
+            .unwrap_or(UNIX_EPOCH);
         let sessions = self.meta(|m| m.uploads()).await?;
-        let mut known = std::collections::HashSet::new();
+        let mut files: HashMap<String, _> = self
+            .blobs
+            .uploads()
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
         let mut expired = 0;
         for (id, _repo, started) in sessions {
-            known.insert(id.clone());
-            let path = self.uploads.path(&id);
-            let touched = tokio::fs::metadata(&path)
-                .await
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH)
-                .max(std::time::UNIX_EPOCH + Duration::from_secs(started));
-            if touched < cutoff && !self.uploads.busy(&id) {
+            let file = files.remove(&id);
+            let touched = file
+                .as_ref()
+                .map_or(UNIX_EPOCH, |f| f.modified)
+                .max(UNIX_EPOCH + Duration::from_secs(started));
+            if touched < cutoff && !file.is_some_and(|f| f.busy) {
                 let i = id.clone();
                 self.meta(move |m| m.remove_upload(&i)).await?;
-                self.uploads.remove(&id).await?;
+                self.blobs.cancel_upload(&id).await?;
                 expired += 1;
             }
         }
-        // Files without a session: left by a crash between file and metadata steps.
-        let dir = self.uploads.dir().clone();
-        let mut entries = tokio::fs::read_dir(&dir)
-            .await
-            .map_err(|e| StorageError::io(&dir, e))?;
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| StorageError::io(&dir, e))?
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let old = entry
-                .metadata()
-                .await
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < cutoff);
-            if !known.contains(&name) && old && !self.uploads.busy(&name) {
-                self.uploads.remove(&name).await?;
+        for file in files.into_values() {
+            if file.modified < cutoff && !file.busy {
+                self.blobs.cancel_upload(&file.id).await?;
             }
         }
         Ok(expired)
@@ -516,9 +508,14 @@ impl Registry {
         &self,
         repo: &str,
         subject: &Digest,
+        artifact_type: Option<&str>,
     ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
-        let (r, s) = (repo.to_owned(), subject.clone());
-        self.meta(move |m| m.referrers(&r, &s)).await
+        let (r, s, t) = (
+            repo.to_owned(),
+            subject.clone(),
+            artifact_type.map(str::to_owned),
+        );
+        self.meta(move |m| m.referrers(&r, &s, t.as_deref())).await
     }
 
     // ---- garbage collection ----
@@ -534,20 +531,13 @@ impl Registry {
                 let _guard = self.blob_lock(d).lock().await;
                 let dd = d.clone();
                 if !self.meta(move |m| m.blob_known(&dd)).await? {
-                    self.blobs
-                        .delete(d)
-                        .await
-                        .map_err(|e| StorageError::io(format!("blob {d}"), e))?;
+                    self.blobs.delete(d).await?;
                 }
             }
         }
         let mut report = report;
-        let before = std::time::UNIX_EPOCH + Duration::from_secs(cutoff);
-        let files = self
-            .blobs
-            .list_older_than(before)
-            .await
-            .map_err(|e| StorageError::io("blob store listing", e))?;
+        let before = UNIX_EPOCH + Duration::from_secs(cutoff);
+        let files = self.blobs.list(before).await?;
         for d in files {
             // Under the blob lock, an upload cannot be between "file placed"
             // and "metadata committed" for this digest.
@@ -558,10 +548,7 @@ impl Registry {
             }
             report.orphan_files += 1;
             if !dry_run {
-                self.blobs
-                    .delete(&d)
-                    .await
-                    .map_err(|e| StorageError::io(format!("blob {d}"), e))?;
+                self.blobs.delete(&d).await?;
             }
         }
         Ok(report)

@@ -1,8 +1,8 @@
-//! Upload sessions' bytes and running digests. Data is appended to
-//! `<data-dir>/uploads/<id>` while SHA-256 is computed on the fly; the hasher
-//! is kept in memory between PATCH requests, and rebuilt by re-reading the
-//! partial file after a restart or a failed write. The session's existence
-//! and repository are metadata (see `meta`).
+//! Upload sessions' bytes and running digests for [`crate::blobstore::FsBlobStore`].
+//! Data is appended to `<data-dir>/uploads/<id>` while SHA-256 is computed on the fly;
+//! the hasher is kept in memory between PATCH requests, and rebuilt by re-reading the
+//! partial file after a restart or a failed write. The session's existence and
+//! repository are metadata (see [`crate::meta`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,7 +10,6 @@ use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
@@ -18,6 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::blobstore::{ByteStream, UploadStat};
 use crate::error::StorageError;
 use crate::names::Digest;
 
@@ -61,10 +61,6 @@ impl Uploads {
         }
     }
 
-    pub fn dir(&self) -> &PathBuf {
-        &self.dir
-    }
-
     pub fn path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
@@ -93,8 +89,33 @@ impl Uploads {
     }
 
     /// Whether a request currently holds the session (expiry skips those).
-    pub fn busy(&self, id: &str) -> bool {
+    fn busy(&self, id: &str) -> bool {
         self.states().get(id).is_some_and(|s| s.try_lock().is_err())
+    }
+
+    /// Every session file with its last write.
+    pub async fn list(&self) -> Result<Vec<UploadStat>, StorageError> {
+        let dir = &self.dir;
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .map_err(|e| StorageError::io(dir, e))?;
+        let mut out = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| StorageError::io(dir, e))?
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            // A file gone or unreadable meanwhile counts as old: expiry removes what is left.
+            let modified = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let busy = self.busy(&id);
+            out.push(UploadStat { id, modified, busy });
+        }
+        Ok(out)
     }
 
     pub fn forget(&self, id: &str) {
@@ -152,7 +173,7 @@ impl Uploads {
         &self,
         id: &str,
         state: &mut UploadState,
-        body: Body,
+        mut body: ByteStream,
     ) -> Result<(), StorageError> {
         self.sync(id, state).await?;
         let mut hasher = state.hasher.take().ok_or_else(|| {
@@ -169,9 +190,8 @@ impl Uploads {
             .into_std()
             .await;
         let mut writer = BatchWriter::new(file, Arc::clone(&state.writing));
-        let mut stream = body.into_data_stream();
         let mut result = Ok(());
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -313,6 +333,12 @@ fn write_all(file: &mut File, batch: &[Bytes]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn body(data: &'static str) -> ByteStream {
+        Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(
+            data.as_bytes(),
+        ))]))
+    }
+
     #[tokio::test]
     async fn empty_chunks_are_skipped_not_a_write_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -332,7 +358,7 @@ mod tests {
         up.create("u").await.unwrap();
         let lock = up.session("u");
         let mut st = lock.lock().await;
-        up.append("u", &mut st, Body::from("hello ")).await.unwrap();
+        up.append("u", &mut st, body("hello ")).await.unwrap();
         assert_eq!(st.offset, 6);
         drop(st);
 
@@ -340,7 +366,7 @@ mod tests {
         let up2 = Uploads::new(dir.path().to_owned());
         let lock = up2.session("u");
         let mut st = lock.lock().await;
-        up2.append("u", &mut st, Body::from("world")).await.unwrap();
+        up2.append("u", &mut st, body("world")).await.unwrap();
         let (d, size) = up2.finish("u", &mut st).await.unwrap();
         assert_eq!((d, size), (Digest::of(b"hello world"), 11));
         drop(st);
@@ -366,17 +392,17 @@ mod tests {
         let sent = futures_util::stream::iter(
             (0..3u8).map(|i| Ok::<_, io::Error>(Bytes::from(vec![i; 1 << 20]))),
         );
-        let body = Body::from_stream(sent.chain(futures_util::stream::pending()));
+        let stalled: ByteStream = Box::pin(sent.chain(futures_util::stream::pending()));
         let cancelled = tokio::time::timeout(
             std::time::Duration::from_millis(300),
-            up.append("u", &mut st, body),
+            up.append("u", &mut st, stalled),
         )
         .await;
         assert!(
             cancelled.is_err(),
             "the append must still be waiting for its body"
         );
-        up.append("u", &mut st, Body::from("tail")).await.unwrap();
+        up.append("u", &mut st, body("tail")).await.unwrap();
         let (digest, size) = up.finish("u", &mut st).await.unwrap();
         let on_disk = std::fs::read(up.path("u")).unwrap();
         assert_eq!((digest, size), (Digest::of(&on_disk), on_disk.len() as u64));

@@ -7,7 +7,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "test code, helpers included: a failed step must fail the test"
+    reason = "test code"
 )]
 
 mod common;

@@ -6,14 +6,12 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "a test fails by panicking"
+    reason = "test code"
 )]
 
 mod common;
-#[path = "../../tests/common/docker.rs"]
-mod docker;
-#[path = "common/image.rs"]
-mod image;
+use common::docker;
+use common::image;
 
 use common::oci::{DOCKER_MANIFEST, header};
 use common::{Server, client};

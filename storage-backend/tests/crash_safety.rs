@@ -10,12 +10,11 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "a test fails by panicking"
+    reason = "test code"
 )]
 
 mod common;
-#[path = "common/image.rs"]
-mod image;
+use common::image;
 
 use std::collections::BTreeMap;
 use std::path::Path;

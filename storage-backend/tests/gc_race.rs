@@ -10,12 +10,11 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "a test fails by panicking"
+    reason = "test code"
 )]
 
 mod common;
-#[path = "common/image.rs"]
-mod image;
+use common::image;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::oci::{OCI_INDEX, OCI_MANIFEST, descriptor, image_manifest, push_blob, put_manifest};
-use common::{BIN, Server, client, digest};
+use common::{Server, bin, client, digest};
 use image::{Prng, check_repo, config_of, error_code, get_blob_digest, get_manifest, try_upload};
 
 const REPOS: [&str; 2] = ["race/a", "race/b"];
@@ -329,7 +328,7 @@ fn assert_collected(server: &Server, garbage: &[&Untagged], when: &str) {
 }
 
 fn gc(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin())
         .arg("gc")
         .arg("--data-dir")
         .arg(data_dir)

@@ -59,10 +59,9 @@ pub(super) async fn referrers(
 ) -> Result<Response, StorageError> {
     let filter = q.get("artifactType");
     let manifests: Vec<serde_json::Value> = reg
-        .referrers(name, subject)
+        .referrers(name, subject, filter)
         .await?
         .into_iter()
-        .filter(|(_, r)| filter.is_none_or(|f| r.artifact_type.as_deref() == Some(f)))
         .map(|(digest, r)| {
             let mut d = json!({"mediaType": r.media_type, "digest": digest, "size": r.size});
             if let Some(a) = r.artifact_type {

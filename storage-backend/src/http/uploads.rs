@@ -75,12 +75,7 @@ pub(super) async fn start(
         }
     } else if q.get("digest").is_some() {
         let digest = required_digest(q)?;
-        let id = reg.start_upload(name).await?;
-        if let Err(e) = reg.finish_upload(name, &id, &digest, body).await {
-            // Best effort: a monolithic upload leaves no session behind.
-            let _ = reg.cancel_upload(name, &id).await;
-            return Err(e);
-        }
+        reg.put_blob(name, &digest, body).await?;
         return blob_created(name, &digest);
     }
     let id = reg.start_upload(name).await?;

@@ -2,15 +2,9 @@
 //! tests: deterministic pseudo-random content (also as a streaming `Read`),
 //! tar / gzip'd tar layers, OCI image manifests and indexes, OCI image layouts
 //! on disk (for skopeo), and blocking HTTP calls that push and read content
-//! (built on `common::oci`; the `try_` variants return transport errors instead
+//! (built on [`crate::oci`]; the `try_` variants return transport errors instead
 //! of panicking, for clients whose server is killed under them), plus checks
 //! that a repository and the blob files on disk are consistent.
-//!
-//! Declared from a test crate with `mod common; #[path = "common/image.rs"] mod image;`.
-#![allow(
-    dead_code,
-    reason = "each test crate uses a different part of these helpers"
-)]
 
 use std::io::Read;
 use std::path::Path;
@@ -21,8 +15,8 @@ use reqwest::blocking::{Body, Client, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::common::digest;
-use crate::common::oci::{
+use crate::digest;
+use crate::oci::{
     DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, absolute, descriptor, header,
     with_query,
 };

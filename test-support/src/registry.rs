@@ -1,8 +1,7 @@
 //! Harness for Debian's `docker-registry` 2.8.2 (distribution), the reference the
 //! differential test compares our backend against: a YAML config and storage root in a
 //! temporary directory, a free loopback port, and a wait until `/v2/` answers.
-//! The gateway's tests use it too, as the upstream a gateway fronts (deletes enabled):
-//! `#[path = "../storage-backend/tests/common/registry.rs"] mod registry;`.
+//! The gateway's tests use it too, as the upstream a gateway fronts (deletes enabled).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -1,29 +1,19 @@
 //! Small OCI images for the HTTP and skopeo tests: a config and one layer of distinct
 //! bytes per seed, pushed over the registry API (with any `Authorization`) or written as
 //! an OCI image layout for skopeo.
-//!
-//! Declared from a test crate with `#[path = "common/content.rs"] mod content;`.
-#![allow(dead_code, reason = "each test crate uses a different part")]
 
 use std::path::Path;
 
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder};
-use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
+use serde_json::json;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub use crate::digest;
+pub use crate::oci::OCI_MANIFEST;
+use crate::oci::{OCI_CONFIG, descriptor};
+
+/// An uncompressed layer: the bytes are plain text.
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
-    json!({"mediaType": media_type, "digest": digest(bytes), "size": bytes.len()})
-}
 
 pub struct TestImage {
     pub config: Vec<u8>,
@@ -119,27 +109,15 @@ pub fn upload(
 
 /// Writes an OCI image layout at `dir` holding `images` under their tags.
 pub fn write_oci_layout(dir: &Path, images: &[(&str, &TestImage)]) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let mut manifests = Vec::new();
-    for (tag, image) in images {
-        for blob in [&image.config, &image.layer, &image.manifest] {
-            let hex = digest(blob).trim_start_matches("sha256:").to_owned();
-            std::fs::write(blobs.join(hex), blob).unwrap();
-        }
-        let mut d = descriptor(OCI_MANIFEST, &image.manifest);
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-        manifests.push(d);
-    }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(
-            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let blobs: Vec<&[u8]> = images
+        .iter()
+        .flat_map(|(_, image)| [image.config.as_slice(), image.layer.as_slice()])
+        .collect();
+    let refs: Vec<(&str, &str, &[u8])> = images
+        .iter()
+        .map(|(tag, image)| (*tag, OCI_MANIFEST, image.manifest.as_slice()))
+        .collect();
+    crate::image::write_oci_layout(dir, &blobs, &refs);
 }
 
 /// The absolute URL of an upload `Location`, after checking it points back at the
@@ -219,14 +197,5 @@ pub fn chunked_blob_round_trip(
 
 /// `len` bytes of distinct, incompressible-looking content.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    crate::image::Prng::new(seed).bytes(len)
 }

@@ -2,17 +2,13 @@
 //! engine and CLI against a running gateway, whatever backend it fronts: the bundled
 //! store (`gateway_docker`) or Debian's `docker-registry` (`gateway_upstream`).
 //! Tokens and scope maps are changed through the real `portcullis` CLI.
-//!
-//! Declared from a test crate with `mod common;`, `#[path = "common/docker.rs"] mod docker;`
-//! and `#[path = "common/walkthrough.rs"] mod walkthrough;`.
-#![allow(dead_code, reason = "each test crate uses a different part")]
 
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use crate::common::{Server, cli_json as portcullis, create_token};
 use crate::docker::Docker;
+use crate::gateway::{Server, bin, cli_json as portcullis, create_token};
 
 const DENIED: &str = "requested access to the resource is denied";
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -210,7 +206,7 @@ fn run_as_token(
     password: &str,
     args: &[&str],
 ) -> std::process::Output {
-    std::process::Command::new(crate::common::bin())
+    std::process::Command::new(bin())
         .args(args)
         .env("PORTCULLIS_REGISTRY", &server.base)
         .env_remove("PORTCULLIS_ADMIN_PASSWORD")

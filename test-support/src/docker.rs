@@ -7,10 +7,6 @@
 //! socket under a temporary directory, trying `overlay2` then `vfs`. A static is never
 //! dropped, so a small shell watchdog stops that `dockerd` and removes its directory once
 //! the test process has exited.
-//!
-//! Declared from a test crate with `#[path = "common/docker.rs"] mod docker;` (the
-//! storage backend's docker test uses it too, from `../../tests/common/docker.rs`).
-#![allow(dead_code, reason = "each test crate uses a different part")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -38,6 +34,10 @@ pub struct Docker {
 impl Docker {
     /// Starts (once per process) or finds the engine; panics with the reason when no
     /// engine can run here — never a silent skip.
+    #[allow(
+        clippy::new_without_default,
+        reason = "starting an engine is no default value"
+    )]
     pub fn new() -> Docker {
         let engine = ENGINE.get_or_init(Engine::start);
         Docker {

@@ -17,12 +17,12 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::{ADMIN_PASSWORD, Server, bin, json_output, password1, token_create_args};
+use crate::gateway::{ADMIN_PASSWORD, Server, bin, json_output, password1, token_create_args};
 
 /// One passphrase for every key the notary and docker CLIs create in tests.
 pub const PASSPHRASE: &str = "trust-test-passphrase";
 /// The fixture directory (metadata and keys captured from the notary CLI).
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/trust");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/trust");
 
 /// `portcullis serve --tls-self-signed` with content trust switched on.
 pub struct TrustGateway {

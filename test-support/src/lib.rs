@@ -1,0 +1,77 @@
+//! portcullis-test-support: what the integration tests of the workspace share, used only
+//! as a dev-dependency.
+//!
+//! - [`gateway`]: the `portcullis` binary (`serve` on a free loopback port, the CLI);
+//!   [`trust`]: a TLS gateway with content trust, the notary CLI and a TUF signer;
+//!   [`walkthrough`]: the token walkthrough replayed with docker.
+//! - [`store`]: the `portcullis-storage` binary; [`registry`]: Debian's `docker-registry`
+//!   (distribution), the reference and upstream.
+//! - [`docker`]: a docker engine and CLI handles with private configs.
+//! - [`oci`]: distribution-API client calls and manifest builders; [`image`]: test images
+//!   (pseudo-random content, tar layers, indexes, OCI image layouts, consistency checks);
+//!   [`content`]: the small one-layer image the gateway tests push.
+//!
+//! Helpers panic on failure: a failed step fails the test that called it.
+
+pub mod content;
+pub mod docker;
+pub mod gateway;
+pub mod image;
+pub mod oci;
+pub mod registry;
+pub mod store;
+pub mod trust;
+pub mod walkthrough;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `sha256:<hex>` of `data`.
+pub fn digest(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A blocking HTTP client that does not follow redirects (tests inspect `Location`).
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// The path of the workspace binary `name`. Cargo gives `CARGO_BIN_EXE_<name>` only to the
+/// test crates of the binary's own package, at compile time; this crate is compiled once
+/// for all, so it looks next to the running test: tests live in `target/<profile>/deps/`,
+/// binaries in `target/<profile>/`, and cargo builds a package's binaries before its tests.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("path of the running test");
+    let mut dir = exe
+        .parent()
+        .expect("test executable directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// [`cargo_bin`] as a `&'static str`, found once per test process.
+fn static_bin(cell: &'static std::sync::OnceLock<String>, name: &str) -> &'static str {
+    cell.get_or_init(|| {
+        cargo_bin(name)
+            .into_os_string()
+            .into_string()
+            .expect("binary path is UTF-8")
+    })
+}
