@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
+use portcullis_oci::Reference;
 use serde_json::{Value, json};
 
 use super::admin_client::{cell, print, render_table};
-use portcullis_oci::Reference;
-
 use super::registry_client::{RegistryArgs, RegistryClient, RegistryError};
 
 /// Config media types whose JSON carries `architecture` and `os`.

@@ -4,12 +4,11 @@
 //! credentials: what succeeds is what the token's scope map (and policy) allows.
 
 use clap::{ArgGroup, Args, Subcommand};
+use portcullis_oci::Reference;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::admin_client::{cell, print, render_table};
-use portcullis_oci::Reference;
-
 use super::registry_client::{Image, RegistryArgs, RegistryClient, RegistryError};
 
 /// Asks on the terminal unless `--yes`; without a terminal, refuses.

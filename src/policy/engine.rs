@@ -17,6 +17,7 @@ use cedar_policy::{
     RestrictedExpression, Schema,
 };
 use moka::sync::Cache;
+use portcullis_oci::Reference;
 
 use super::analysis::{Contextual, Kind, Loaded};
 use super::audit::audit;
@@ -31,7 +32,6 @@ use super::files::{self, PolicyError};
 use super::request::{AuthzRequest, Decision, Explanation};
 use super::scope_map_cedar;
 use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes};
-use portcullis_oci::Reference;
 
 /// The Cedar decision engine: policy files, compiled scope maps and caches.
 pub struct PolicyEngine {
