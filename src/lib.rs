@@ -6,9 +6,11 @@
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
+//! - [`audit`]: the audit stream (decisions, admin and token-endpoint actions).
 //! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod gateway;
 pub mod identity;

@@ -126,6 +126,7 @@ impl Proxy {
     fn meta(&self, session: &ServerSession) -> RequestMeta {
         RequestMeta {
             source_ip: client_ip(session),
+            request_id: Arc::from(""),
             challenge: self.challenge(session),
         }
     }
@@ -399,7 +400,7 @@ impl Proxy {
         let head = session.req_header();
         self.gw
             .metrics
-            .observe_request(ctx.route, head.method.as_str(), status, elapsed);
+            .observe_request(ctx.route, head.method.as_str(), status, elapsed, (0, 0));
         self.gw.metrics.observe_protocol(protocol);
         let principal = match &ctx.principal {
             Some(Principal::Admin) => "admin",

@@ -46,4 +46,4 @@ pub mod upload;
 pub use error::StorageError;
 pub use http::{router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
-pub use registry::{Registry, StorageConfig};
+pub use registry::{GcStats, Registry, StorageConfig};

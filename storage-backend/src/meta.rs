@@ -94,6 +94,8 @@ pub struct GcReport {
     pub repositories: usize,
     /// Blobs whose metadata was removed; their files are deleted after commit.
     pub blobs: Vec<Digest>,
+    /// The recorded sizes of `blobs`, summed.
+    pub bytes: u64,
     /// Blob files without metadata (a crash between file and metadata
     /// steps), older than the grace period; filled in by the registry.
     pub orphan_files: usize,
@@ -759,6 +761,7 @@ impl Meta {
                     && !has_prefix3(&refs, digest, None)?
                 {
                     dead.push(digest.to_owned());
+                    report.bytes = report.bytes.saturating_add(v.value().0);
                 }
             }
             for d in dead {
