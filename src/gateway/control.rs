@@ -75,7 +75,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 fn readings(gw: &Gateway) -> Readings {
     let authn = gw.authn.cache_stats();
     let decision = gw.engine.cache_stats();
-    let reloads = ReloadReading::default();
+    let reloads = gw.engine.reload_stats();
     Readings {
         caches: [
             Some(CacheReading {
@@ -89,7 +89,11 @@ fn readings(gw: &Gateway) -> Readings {
                 misses: decision.misses,
             }),
         ],
-        reloads,
+        reloads: ReloadReading {
+            successes: reloads.successes,
+            failures: reloads.failures,
+            last_success: reloads.last_success,
+        },
         gc: match &gw.backend {
             Backend::Bundled { registry } => Some(registry.gc_stats()),
             Backend::Upstream { .. } => None,

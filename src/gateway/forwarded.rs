@@ -35,12 +35,14 @@ pub struct Origin {
 }
 
 impl TrustedProxies {
-    /// Each entry an address (`10.0.0.1`, `::1`) or a range (`10.0.0.0/8`).
+    /// Each entry an address (`10.0.0.1`, `::1`) or a range (`10.0.0.0/8`); empty
+    /// entries (an empty environment variable) are none.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, InvalidProxy> {
         entries
             .iter()
+            .map(|entry| entry.as_ref().trim())
+            .filter(|entry| !entry.is_empty())
             .map(|entry| {
-                let entry = entry.as_ref().trim();
                 entry
                     .parse::<IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
@@ -246,6 +248,7 @@ mod tests {
         assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
         assert!(TrustedProxies::parse(&["proxy.internal"]).is_err());
         assert!(TrustedProxies::parse::<&str>(&[]).unwrap().is_empty());
+        assert!(TrustedProxies::parse(&[""]).unwrap().is_empty());
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl Prepared {
             main_listener,
             tls.is_some(),
             config.public_url.clone(),
+            config.trusted_proxies.clone(),
         );
         add_service(
             &mut server,
@@ -184,6 +185,7 @@ impl Prepared {
                 Listener::Admin,
                 tls.is_some(),
                 config.public_url.clone(),
+                config.trusted_proxies.clone(),
             );
             add_service(
                 &mut server,

@@ -1,6 +1,7 @@
 //! Policy: every request decided by Cedar. Owns the schema, the shipped base policies,
 //! compilation of scope maps into Cedar policies, the sliced and cached policy sets,
-//! loading/validating user policy files, decision auditing, and the policy tools.
+//! loading/validating user policy files and their reloads, and the policy tools. (The
+//! gateway audits decisions on requests: [`crate::audit`].)
 //!
 //! Cedar evaluates every policy in a set, so the set for one request is sliced: the
 //! base and user policies whose scope can apply to the principal's type and the action,
@@ -582,6 +583,27 @@ pub struct PolicyEngine {
     source_ips: Cache<IpAddr, RestrictedExpression>,
     hits: AtomicU64,
     misses: AtomicU64,
+    reloads: ReloadCounters,
+}
+
+/// Policy loads since start (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadStats {
+    pub successes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last successful load (the first load counts).
+    pub last_success: u64,
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(crate::identity::now_unix()).unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct ReloadCounters {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    last_success: AtomicU64,
 }
 
 impl PolicyEngine {
@@ -623,16 +645,42 @@ impl PolicyEngine {
             source_ips: Cache::new(SOURCE_IP_CACHE),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            reloads: ReloadCounters {
+                last_success: AtomicU64::new(unix_now()),
+                ..ReloadCounters::default()
+            },
         })
     }
 
     /// Re-reads the same directories; on error the previous set stays in force.
+    /// Counted either way ([`PolicyEngine::reload_stats`]).
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let policies = files::load_policies(&self.schema, &self.dirs, &self.files)?;
-        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.loaded
-            .store(Arc::new(Loaded::new(policies, generation)?));
-        Ok(())
+        let loaded = files::load_policies(&self.schema, &self.dirs, &self.files).and_then(|p| {
+            let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+            Loaded::new(p, generation)
+        });
+        let counters = &self.reloads;
+        match loaded {
+            Ok(loaded) => {
+                self.loaded.store(Arc::new(loaded));
+                counters.successes.fetch_add(1, Ordering::Relaxed);
+                counters.last_success.store(unix_now(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads since start and when the policies in force were loaded.
+    pub fn reload_stats(&self) -> ReloadStats {
+        ReloadStats {
+            successes: self.reloads.successes.load(Ordering::Relaxed),
+            failures: self.reloads.failures.load(Ordering::Relaxed),
+            last_success: self.reloads.last_success.load(Ordering::Relaxed),
+        }
     }
 
     /// Number of base and user policies in force.
@@ -702,8 +750,8 @@ impl PolicyEngine {
     }
 
     /// Decides `request` against `identity`, from the decision cache when possible.
-    /// Every decision is audited (`portcullis::audit`). The request becomes the cache
-    /// key and a hit shares the cached decision: nothing is copied per request.
+    /// The request becomes the cache key and a hit shares the cached decision: nothing
+    /// is copied per request.
     pub fn authorize(&self, identity: &IdentitySnapshot, request: AuthzRequest) -> Arc<Decision> {
         let loaded = self.loaded.load();
         let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
@@ -715,12 +763,10 @@ impl PolicyEngine {
         };
         if let Some(decision) = self.decisions.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            audit(&key.request, &decision, true);
             return decision;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let decision = Arc::new(self.decide(&loaded, identity, &key.request, anonymous_pull));
-        audit(&key.request, &decision, false);
         self.decisions.insert(key, Arc::clone(&decision));
         decision
     }
@@ -730,7 +776,6 @@ impl PolicyEngine {
         let loaded = self.loaded.load();
         let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
         let decision = self.decide(&loaded, identity, request, anonymous_pull);
-        audit(request, &decision, false);
         let mut matching_rules = Vec::new();
         if let Principal::Token { name, .. } = &request.principal
             && let Some(token) = identity.tokens.get(name)
@@ -1267,28 +1312,6 @@ fn flags_entities(
         .map_err(|e| format!("cannot build repository: {e}"))?;
     Entities::from_entities([principal.clone(), repository], None)
         .map_err(|e| format!("cannot build entities: {e}"))
-}
-
-fn principal_label(principal: &Principal) -> String {
-    match principal {
-        Principal::Token { name, slot } => format!("token:{name}/{}", slot.as_str()),
-        Principal::Admin => "admin".to_owned(),
-        Principal::Anonymous => "anonymous".to_owned(),
-    }
-}
-
-/// The structured audit record of one decision.
-fn audit(request: &AuthzRequest, decision: &Decision, cached: bool) {
-    tracing::info!(
-        target: "portcullis::audit",
-        principal = %principal_label(&request.principal),
-        action = request.action.as_str(),
-        resource = %request.repository,
-        decision = if decision.allowed { "allow" } else { "deny" },
-        policies = ?decision.policies,
-        errors = ?decision.errors,
-        cached,
-    );
 }
 
 #[cfg(test)]
