@@ -2,9 +2,12 @@
 //!
 //! Forwarding headers are believed only from a peer in the trusted list; by default the
 //! list is empty and the client is the TCP peer. From a trusted peer, the chain of
-//! addresses (`Forwarded: for=` when present, else `X-Forwarded-For`) is walked from the
-//! right, skipping trusted proxies: the first untrusted hop is the client (a client
-//! can put anything on the left of the chain, so nothing left of that hop counts). The
+//! addresses (`Forwarded: for=` or `X-Forwarded-For`) is walked from the right,
+//! skipping trusted proxies: the first untrusted hop is the client (a client can put
+//! anything on the left of the chain, so nothing left of that hop counts). A proxy
+//! usually maintains one of the two headers and passes the other on as the client sent
+//! it; when both arrive they must name the same client, else the client is unknown
+//! (policies that require `context.sourceIp` refuse). The
 //! scheme and host the client used (`Forwarded: proto=`/`host=`, else
 //! `X-Forwarded-Proto`/`-Host`) are believed from a trusted peer too; they build the
 //! token realm when no public URL is configured.
@@ -71,35 +74,33 @@ impl TrustedProxies {
                 ..Origin::default()
             };
         };
-        let forwarded = header_values(headers, "forwarded");
-        let hops: Vec<Hop> = if forwarded.is_empty() {
-            header_values(headers, "x-forwarded-for")
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|v| Hop {
-                    for_: parse_node(v),
-                    ..Hop::default()
-                })
-                .collect()
-        } else {
-            forwarded
-                .iter()
-                .flat_map(|v| split_unquoted(v, ','))
-                .map(parse_element)
-                .collect()
-        };
-        // Walk from the right while the current hop is a trusted proxy.
-        let mut client = Some(peer);
-        let mut stop = None;
-        for (i, hop) in hops.iter().enumerate().rev() {
-            match client {
-                Some(ip) if self.trusts(ip) => {
-                    client = hop.for_;
-                    stop = Some(i);
-                }
-                _ => break,
+        let forwarded: Vec<Hop> = header_values(headers, "forwarded")
+            .iter()
+            .flat_map(|v| split_unquoted(v, ','))
+            .map(parse_element)
+            .collect();
+        let forwarded_for: Vec<Hop> = header_values(headers, "x-forwarded-for")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|v| Hop {
+                for_: parse_node(v),
+                ..Hop::default()
+            })
+            .collect();
+        let (client, stop) = self.walk(peer, &forwarded);
+        let (client, hops, stop) = match (forwarded.is_empty(), forwarded_for.is_empty()) {
+            (true, _) => {
+                let (client, stop) = self.walk(peer, &forwarded_for);
+                (client, &forwarded_for, stop)
             }
-        }
+            (false, true) => (client, &forwarded, stop),
+            // A proxy maintains one of the two; the other came from the client as it
+            // was. Which is which cannot be told, so they must agree.
+            (false, false) => {
+                let agreed = client.filter(|ip| self.walk(peer, &forwarded_for).0 == Some(*ip));
+                (agreed, &forwarded, stop)
+            }
+        };
         // The scheme and host of the element naming the client (what the first trusted
         // proxy saw); the X- headers' right-most values (the nearest proxy's).
         let element = stop.and_then(|i| hops.get(i));
@@ -114,6 +115,23 @@ impl TrustedProxies {
             proto,
             host,
         }
+    }
+
+    /// Walks `hops` from the right while the current address is a trusted proxy: the
+    /// client, and the index of the hop naming it.
+    fn walk(&self, peer: IpAddr, hops: &[Hop]) -> (Option<IpAddr>, Option<usize>) {
+        let mut client = Some(peer);
+        let mut stop = None;
+        for (i, hop) in hops.iter().enumerate().rev() {
+            match client {
+                Some(ip) if self.trusts(ip) => {
+                    client = hop.for_;
+                    stop = Some(i);
+                }
+                _ => break,
+            }
+        }
+        (client, stop)
     }
 }
 
@@ -309,7 +327,8 @@ mod tests {
                 "forwarded",
                 "for=198.51.100.4:1234;proto=https;host=registry.example",
             ),
-            ("x-forwarded-for", "10.0.0.99"),
+            // The same client in the other header.
+            ("x-forwarded-for", "10.6.6.6, 198.51.100.4"),
         ]);
         // 198.51.100.4 is the first untrusted hop from the right.
         assert_eq!(
@@ -320,6 +339,12 @@ mod tests {
                 host: Some("registry.example".into()),
             }
         );
+        // Both headers, disagreeing: one is the client's own, so no client is known.
+        let h = headers(&[
+            ("x-forwarded-for", "198.51.100.4"),
+            ("forwarded", "for=127.0.0.3"),
+        ]);
+        assert_eq!(t.origin(ip("10.0.0.2"), &h).client, None);
         let h = headers(&[
             ("x-forwarded-for", "198.51.100.4"),
             ("x-forwarded-proto", "https"),
