@@ -20,12 +20,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, delete, get, patch, post, put};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::{Method, header};
 
 use crate::audit::{Actor, Audit, Detail, Record};
 use crate::gateway::RequestMeta;
+use crate::identity::basic::decode_basic;
 use crate::identity::{AdminAccount, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::service::TrustService;
@@ -109,12 +108,8 @@ async fn require_admin(State(state): State<AdminState>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| STANDARD.decode(b64.trim()).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .is_some_and(|pair| {
-            pair.split_once(':')
-                .is_some_and(|(user, password)| state.admin.verify(user, password))
-        });
+        .and_then(|b64| decode_basic(b64.trim()).ok())
+        .is_some_and(|(user, password)| state.admin.verify(&user, &password));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let action = request
@@ -171,6 +166,9 @@ fn action_name(method: &Method, route: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     #[test]
