@@ -6,12 +6,14 @@
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
+//! - [`audit`]: the audit stream (decisions, admin and token-endpoint actions).
 //! - [`trust`]: content trust (Notary v1 / TUF) data, validation and storage.
 //! - The OCI domain types (names, digests, references, routes, error codes) are the
 //!   `portcullis_oci` crate (`oci/`); the bundled OCI registry is the
 //!   `portcullis_storage` crate (`storage-backend/`). `ARCHITECTURE.md` has the map.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod gateway;
 pub mod identity;

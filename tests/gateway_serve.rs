@@ -159,8 +159,8 @@ fn bundled_backend_push_and_pull_through_the_gateway() {
         "portcullis_decisions_total{decision=\"deny\"} 1",
         "portcullis_requests_total{method=\"HEAD\",route=\"blob_get\",status=\"200\"} 1",
         "portcullis_requests_total{method=\"PUT\",route=\"manifest_put\",status=\"201\"} 1",
-        "portcullis_cache_lookups{cache=\"decision\",result=\"hit\"}",
-        "portcullis_cache_lookups{cache=\"authn\",result=\"miss\"}",
+        "portcullis_cache_lookups_total{cache=\"decision\",result=\"hit\"}",
+        "portcullis_cache_lookups_total{cache=\"authn\",result=\"miss\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::parse_body;
 use super::{AdminError, AdminState};
+use crate::audit::Detail;
 use crate::trust::service::ContentTrustStatus;
 
 /// The switch as the API shows it.
@@ -53,8 +54,10 @@ pub async fn put_content_trust(
         .await
         .map_err(|e| AdminError::Internal(format!("content trust task failed: {e}")))?
         .map_err(|e| AdminError::Internal(e.to_string()))?;
-    Ok(Json(ContentTrustJson {
-        status: state.trust.status(),
-    })
-    .into_response())
+    let status = state.trust.status();
+    // The audit record says what the switch was set to.
+    let detail = Detail(serde_json::json!({ "status": status }));
+    let mut response = Json(ContentTrustJson { status }).into_response();
+    response.extensions_mut().insert(detail);
+    Ok(response)
 }

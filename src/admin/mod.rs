@@ -3,7 +3,9 @@
 //! admin-authenticated, with an OpenAPI document.
 //!
 //! Every route, including the OpenAPI document and unknown `/admin/v1/` paths, requires
-//! the admin account's Basic credentials; failures are OCI-style JSON errors.
+//! the admin account's Basic credentials; failures are OCI-style JSON errors. Every
+//! request that changes something, and every failed authentication, leaves an audit
+//! record.
 
 mod config_routes;
 mod error;
@@ -14,14 +16,16 @@ mod wire;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, delete, get, patch, post, put};
 use http::{Method, header};
 
+use crate::audit::{Actor, Audit, Detail, Record};
+use crate::gateway::RequestMeta;
 use crate::identity::basic::decode_basic;
-use crate::identity::{AdminAccount, IdentityStore};
+use crate::identity::{AdminAccount, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::service::TrustService;
 
@@ -36,6 +40,7 @@ pub struct AdminState {
     pub admin: Arc<AdminAccount>,
     pub engine: Arc<PolicyEngine>,
     pub trust: Arc<TrustService>,
+    pub audit: Audit,
 }
 
 /// Every identity route: method, axum path, handler. The router is built from this
@@ -105,10 +110,57 @@ async fn require_admin(State(state): State<AdminState>, request: Request, next: 
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b64| decode_basic(b64.trim()).ok())
         .is_some_and(|(user, password)| state.admin.verify(&user, &password));
-    if authorized {
-        next.run(request).await
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let action = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |matched| action_name(&method, matched.as_str()));
+    let meta = request.extensions().get::<RequestMeta>().cloned();
+    let (principal, mut response) = if authorized {
+        (Some(Principal::Admin), next.run(request).await)
     } else {
-        AdminError::Unauthorized.into_response()
+        (None, AdminError::Unauthorized.into_response())
+    };
+    // Reads are not actions; a failed login is audited whatever it asked for.
+    if !authorized || !matches!(method, Method::GET | Method::HEAD) {
+        state.audit.record(&Record::Admin {
+            actor: Actor {
+                principal: Actor::principal(principal.as_ref()),
+                client: meta.as_ref().and_then(|m| m.source_ip),
+                request_id: meta.as_ref().map_or("", |m| &m.request_id),
+            },
+            action: if authorized { action } else { "authenticate" },
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            detail: response.extensions_mut().remove::<Detail>().map(|d| d.0),
+        });
+    }
+    if let Some(principal) = principal {
+        // For the access log.
+        response.extensions_mut().insert(principal);
+    }
+    response
+}
+
+/// The audit name of an admin request, from its route.
+fn action_name(method: &Method, route: &str) -> &'static str {
+    let tail = route.strip_prefix("/admin/v1/").unwrap_or(route);
+    match (method.as_str(), tail) {
+        ("POST", "tokens") => "token.create",
+        ("PATCH", "tokens/{name}") => "token.update",
+        ("DELETE", "tokens/{name}") => "token.delete",
+        ("POST", "tokens/{name}/credentials/generate") => "credential.generate",
+        ("DELETE", "tokens/{name}/credentials/{password}") => "credential.delete",
+        ("POST", "scope-maps") => "scope_map.create",
+        ("PATCH", "scope-maps/{name}") => "scope_map.update",
+        ("DELETE", "scope-maps/{name}") => "scope_map.delete",
+        ("PUT", "repositories/{*path}") => "repository.attributes.update",
+        ("PUT", "config/content-trust") => "content_trust.update",
+        ("POST", "policy/explain") => "policy.explain",
+        ("POST", "policy/reload") => "policy.reload",
+        _ => "other",
     }
 }
 
@@ -153,6 +205,7 @@ mod tests {
             admin: Arc::new(AdminAccount::new("pw").unwrap()),
             engine: Arc::new(PolicyEngine::load(&[]).unwrap()),
             trust,
+            audit: Audit::default(),
         };
         let app = router(state);
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();

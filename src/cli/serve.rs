@@ -11,7 +11,8 @@ use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
 
-use crate::gateway::config::{Config, FileConfig, Overrides};
+use crate::audit::Audit;
+use crate::gateway::config::{Config, FileConfig, LogFormat, Overrides};
 use crate::gateway::server;
 use crate::identity::AdminPasswordSource;
 
@@ -76,6 +77,22 @@ pub struct ServeArgs {
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
+    /// Log lines as text or as JSON objects [default: text]; RUST_LOG sets the level.
+    #[arg(long, value_enum, ignore_case = true, env = "PORTCULLIS_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Where audit records (JSON lines) go: stderr, stdout or a file path [default:
+    /// stderr]. No log level silences them.
+    #[arg(long, value_name = "stderr|stdout|FILE", env = "PORTCULLIS_AUDIT_LOG")]
+    pub audit_log: Option<String>,
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For,
+    /// Forwarded and X-Forwarded-Proto/-Host are believed [default: none].
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        env = "PORTCULLIS_TRUSTED_PROXIES"
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl ServeArgs {
@@ -98,6 +115,9 @@ impl ServeArgs {
             gc_grace_seconds: self.gc_grace_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_manifest_bytes: self.max_manifest_bytes,
+            log_format: self.log_format,
+            audit_log: self.audit_log,
+            trusted_proxies: self.trusted_proxies,
         }
     }
 }
@@ -106,6 +126,11 @@ impl ServeArgs {
 const LOG_QUEUE_LINES: usize = 8192;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut config = Config::resolve(args.overrides(), file)?;
     // Lines are formatted where they are logged but written to stderr by one thread, in
     // batches: a write per audit line on the request path cost a third of the request
     // rate. The guard writes out what is still queued when `run` returns.
@@ -114,27 +139,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("portcullis-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    // Ignore a second initialisation (tests may call in-process).
-    let _ = tracing_subscriber::fmt()
+    let (audit, _audit_guard) = Audit::open(&config.audit_log, &log_writer)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(log_writer)
+        .with_env_filter(filter);
+    // Ignore a second initialisation (tests may call in-process).
+    let _ = match config.log_format {
         // Colour only for a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        // Fields at the top level of each object, beside `timestamp`, `level`, `target`.
+        LogFormat::Json => logs.json().flatten_event(true).try_init(),
     };
-    let mut config = Config::resolve(args.overrides(), file)?;
     // `./policies` (the shipped policies when run from a checkout) comes first.
     let default_policies = PathBuf::from("policies");
     if default_policies.is_dir() {
         config.policy_dirs.insert(0, default_policies);
     }
-    let prepared = server::prepare(config).context("starting the gateway")?;
+    let prepared = server::prepare(config, audit).context("starting the gateway")?;
     if let AdminPasswordSource::Generated { password, path } = prepared.admin_password() {
         eprintln!(
             "\n================ PORTCULLIS ADMIN PASSWORD (shown once) ================\n\

@@ -5,8 +5,8 @@
 //! upstream is asked over HTTP with the same API docker uses.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode, header};
 use portcullis_oci::{Digest, Reference};
@@ -28,6 +28,12 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Catalog page size asked of an upstream (distribution's default maximum is 1000).
 const UPSTREAM_PAGE: usize = 1000;
 
+/// Longest a readiness probe of the upstream may take.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a probe's outcome answers `/readyz`: probes from several kubelets and load
+/// balancers do not each reach the upstream.
+const READY_CACHE: Duration = Duration::from_secs(2);
+
 pub enum Backend {
     /// The storage crate's registry in this process. The proxy hands every authorized
     /// request to the store's own HTTP API (`portcullis_storage::serve`) in process: no
@@ -41,6 +47,8 @@ pub enum Backend {
         /// `host[:port]` as the upstream expects it in `Host`.
         host: String,
         client: reqwest::Client,
+        /// The last readiness probe: when, and its outcome.
+        probed: Mutex<Option<(Instant, Result<(), String>)>>,
     },
 }
 
@@ -102,7 +110,51 @@ impl Backend {
             },
             host: host_header,
             client,
+            probed: Mutex::new(None),
         })
+    }
+
+    /// Whether the backend answers the distribution API; why not when it does not.
+    /// An upstream must answer `GET /v2/` with 200 or 401 and
+    /// `Docker-Distribution-API-Version: registry/2.0` (a socket that merely accepts
+    /// is not a registry); the bundled store must read its metadata and see its blob
+    /// directory.
+    pub async fn ready(&self) -> Result<(), String> {
+        match self {
+            Backend::Bundled { registry } => {
+                registry
+                    .catalog(None, Some(1))
+                    .await
+                    .map_err(|e| format!("the bundled store: {e}"))?;
+                let blobs = registry.config().data_dir.join("blobs");
+                match tokio::fs::metadata(&blobs).await {
+                    Ok(m) if m.is_dir() => Ok(()),
+                    Ok(_) => Err(format!("`{}` is not a directory", blobs.display())),
+                    Err(e) => Err(format!("`{}`: {e}", blobs.display())),
+                }
+            }
+            Backend::Upstream {
+                base,
+                client,
+                probed,
+                ..
+            } => {
+                // A poisoned lock only means a probe panicked; its value is whole.
+                let cached = probed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < READY_CACHE)
+                    .map(|(_, outcome)| outcome.clone());
+                if let Some(outcome) = cached {
+                    return outcome;
+                }
+                let outcome = probe_upstream(client, base).await;
+                *probed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), outcome.clone()));
+                outcome
+            }
+        }
     }
 
     /// The upstream pingora proxies to; `None` for the bundled store (called in process).
@@ -523,6 +575,31 @@ fn next_link(headers: &HeaderMap, prefix: &str) -> Option<String> {
             // Only ever follow links on the upstream itself.
             target.starts_with(prefix).then(|| target.to_owned())
         })
+}
+
+/// `GET <base>/v2/` as a readiness check (see [`Backend::ready`]).
+async fn probe_upstream(client: &reqwest::Client, base: &str) -> Result<(), String> {
+    let url = format!("{base}/v2/");
+    let response = client
+        .get(&url)
+        .timeout(READY_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if status != StatusCode::OK && status != StatusCode::UNAUTHORIZED {
+        return Err(format!("{url} answered {status}"));
+    }
+    let version = response
+        .headers()
+        .get("docker-distribution-api-version")
+        .and_then(|v| v.to_str().ok());
+    if version != Some("registry/2.0") {
+        return Err(format!(
+            "{url} is not a registry: no `Docker-Distribution-API-Version: registry/2.0`"
+        ));
+    }
+    Ok(())
 }
 
 fn unavailable(url: &str, e: reqwest::Error) -> GatewayError {

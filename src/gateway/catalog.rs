@@ -220,6 +220,7 @@ mod tests {
                 service: "registry.test".into(),
                 token_ttl: Duration::from_secs(300),
                 storage: Default::default(),
+                audit: Default::default(),
             })
             .unwrap();
             let registry = bundled.unwrap();
@@ -277,6 +278,7 @@ mod tests {
             let mut request = request.body(Body::empty()).unwrap();
             request.extensions_mut().insert(RequestMeta {
                 source_ip: None,
+                request_id: "test".into(),
                 challenge: Challenge {
                     realm: "https://registry.test/oauth2/token".into(),
                     service: "registry.test".into(),

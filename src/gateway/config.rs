@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::forwarded::{InvalidProxy, TrustedProxies};
+use crate::audit::AuditTarget;
 use crate::trust::KeyAlgorithm;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -42,6 +44,19 @@ pub enum ConfigError {
     PublicUrl(String),
     #[error("`{0}` must be greater than 0")]
     Zero(&'static str),
+    #[error(transparent)]
+    TrustedProxy(#[from] InvalidProxy),
+}
+
+/// How log lines are written (the audit stream is always JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The TOML file as written: every key optional.
@@ -59,6 +74,10 @@ pub struct FileConfig {
     pub service: Option<String>,
     pub anonymous_pull: Option<bool>,
     pub shutdown_grace_seconds: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub audit_log: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub tls: FileTls,
     #[serde(default)]
@@ -176,6 +195,10 @@ pub struct Overrides {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    pub audit_log: Option<String>,
+    /// Replaces the file's list when given.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +235,10 @@ pub struct Config {
     pub http2: Http2,
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: StorageSettings,
+    pub log_format: LogFormat,
+    pub audit_log: AuditTarget,
+    /// Peers whose forwarding headers are believed (none by default).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
@@ -274,6 +301,8 @@ impl Config {
         };
         let mut policy_dirs = file.policy_dirs;
         policy_dirs.extend(over.policy_dirs);
+        let trusted_proxies =
+            TrustedProxies::parse(&over.trusted_proxies.unwrap_or(file.trusted_proxies))?;
         Ok(Config {
             listen: over
                 .listen
@@ -310,6 +339,12 @@ impl Config {
                     .max(1),
             },
             storage,
+            log_format: over.log_format.or(file.log_format).unwrap_or_default(),
+            audit_log: over
+                .audit_log
+                .or(file.audit_log)
+                .map_or_else(AuditTarget::default, |t| AuditTarget::parse(&t)),
+            trusted_proxies,
         })
     }
 }
@@ -475,5 +510,43 @@ mod tests {
             Err(ConfigError::Zero("max_manifest_bytes"))
         ));
         assert!(toml::from_str::<FileConfig>("[storage]\ngc = 1\n").is_err());
+    }
+
+    #[test]
+    fn observability_and_proxy_settings() {
+        let d = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.log_format, LogFormat::Text);
+        assert_eq!(d.audit_log, AuditTarget::Stderr);
+        assert!(d.trusted_proxies.is_empty());
+        let f = file(
+            "log_format = \"json\"\naudit_log = \"/var/log/audit.jsonl\"\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\n",
+        );
+        let c = Config::resolve(Overrides::default(), f).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.audit_log,
+            AuditTarget::File("/var/log/audit.jsonl".into())
+        );
+        assert!(c.trusted_proxies.trusts("10.1.1.1".parse().unwrap()));
+        let over = Overrides {
+            audit_log: Some("stdout".into()),
+            trusted_proxies: Some(vec!["127.0.0.2/32".into()]),
+            ..Overrides::default()
+        };
+        let f = file("trusted_proxies = [\"10.0.0.0/8\"]\n");
+        let c = Config::resolve(over, f).unwrap();
+        assert_eq!(c.audit_log, AuditTarget::Stdout);
+        assert!(!c.trusted_proxies.trusts("10.1.1.1".parse().unwrap()));
+        assert!(c.trusted_proxies.trusts("127.0.0.2".parse().unwrap()));
+        let bad = Overrides {
+            trusted_proxies: Some(vec!["10.0.0.0/99".into()]),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(bad, FileConfig::default()),
+            Err(ConfigError::TrustedProxy(_))
+        ));
+        assert!(toml::from_str::<FileConfig>("log_format = \"xml\"").is_err());
     }
 }

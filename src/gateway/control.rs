@@ -7,7 +7,6 @@
 //! [`RequestMeta`]: super::RequestMeta
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,12 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Gateway;
-use super::backend::PeerAddress;
-use super::metrics::CacheReading;
+use super::backend::Backend;
+use super::metrics::{CacheReading, Readings, ReloadReading};
 use crate::admin::{self, AdminState};
-
-/// How long `/readyz` waits for the backend to accept a connection.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which listener the app serves: the admin API lives on the main one unless a separate
 /// admin listener is configured.
@@ -60,6 +56,7 @@ pub fn admin_router(gw: &Gateway) -> Router {
         admin: Arc::clone(&gw.admin),
         engine: Arc::clone(&gw.engine),
         trust: Arc::clone(&gw.trust),
+        audit: gw.audit.clone(),
     })
 }
 
@@ -69,26 +66,39 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        gw.metrics.render(&cache_readings(&gw)),
+        gw.metrics.render(&readings(&gw)),
     )
         .into_response()
 }
 
-fn cache_readings(gw: &Gateway) -> [CacheReading; 2] {
+/// The counts other components keep, for `/metrics`.
+fn readings(gw: &Gateway) -> Readings {
     let authn = gw.authn.cache_stats();
     let decision = gw.engine.cache_stats();
-    [
-        CacheReading {
-            cache: "authn",
-            hits: authn.hits,
-            misses: authn.misses,
+    let reloads = gw.engine.reload_stats();
+    Readings {
+        caches: [
+            Some(CacheReading {
+                cache: "authn",
+                hits: authn.hits,
+                misses: authn.misses,
+            }),
+            Some(CacheReading {
+                cache: "decision",
+                hits: decision.hits,
+                misses: decision.misses,
+            }),
+        ],
+        reloads: ReloadReading {
+            successes: reloads.successes,
+            failures: reloads.failures,
+            last_success: reloads.last_success,
         },
-        CacheReading {
-            cache: "decision",
-            hits: decision.hits,
-            misses: decision.misses,
+        gc: match &gw.backend {
+            Backend::Bundled { registry } => Some(registry.gc_stats()),
+            Backend::Upstream { .. } => None,
         },
-    ]
+    }
 }
 
 /// The process is up and answering.
@@ -96,28 +106,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The backend can serve: 200 `ready`, else 503 naming the backend. The bundled store
-/// is ready once opened (it runs in this process); an upstream must accept connections.
+/// The backend answers the distribution API: 200 `ready`, else 503 saying why (see
+/// [`Backend::ready`]).
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    let Some(peer) = gw.backend.peer() else {
-        return (StatusCode::OK, "ready\n").into_response();
-    };
-    let connected = tokio::time::timeout(
-        READY_PROBE_TIMEOUT,
-        tokio::net::TcpStream::connect(&peer.addr),
-    )
-    .await;
-    match connected {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => not_ready(peer, &e.to_string()),
-        Err(_) => not_ready(peer, "timed out"),
+    match gw.backend.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: backend {why}\n"),
+        )
+            .into_response(),
     }
-}
-
-fn not_ready(peer: &PeerAddress, why: &str) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: backend {}: {why}\n", peer.addr),
-    )
-        .into_response()
 }

@@ -18,7 +18,7 @@ use pingora::{Error, ErrorType, Result};
 use portcullis_storage::Registry;
 use tokio::sync::mpsc::Sender;
 
-use super::proxy::{RequestCtx, in_process_request, read_body, with_query};
+use super::proxy::{REQUEST_ID, RequestCtx, in_process_request, read_body, with_query};
 
 /// Request body chunks (pingora reads up to 64 KiB each) queued between the client and
 /// the in-process store: enough to keep both sides busy, small enough to bound memory.
@@ -71,6 +71,7 @@ pub(super) async fn serve(
     {
         header.insert_header(header::CONTENT_LENGTH, len)?;
     }
+    header.insert_header(REQUEST_ID, &*ctx.request_id)?;
     // `Date` (and `Connection`) are set by pingora as it writes the header.
     if session.req_header().method == Method::HEAD || HttpBody::is_end_stream(&body) {
         session.write_response_header(Box::new(header)).await?;

@@ -18,6 +18,7 @@
 //! - [`control`]: the in-process axum app for routes the gateway answers itself.
 //! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
+//! - [`forwarded`]: the client behind trusted proxies (`X-Forwarded-For`, `Forwarded`).
 //! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
 
 pub mod access;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod direct;
 pub mod errors;
+pub mod forwarded;
 pub mod in_process;
 pub mod jwt;
 pub mod metrics;
@@ -49,7 +51,8 @@ use std::time::Duration;
 use anyhow::Context;
 use portcullis_storage::{Registry, private};
 
-use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore};
+use crate::audit::{Actor, Audit, Record};
+use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::KeyAlgorithm;
 use crate::trust::service::TrustService;
@@ -67,13 +70,17 @@ pub struct Gateway {
     pub trust: Arc<TrustService>,
     /// The `service` named in challenges and expected in token requests.
     pub service: String,
+    pub audit: Audit,
 }
 
 /// Per-request facts handlers need beyond the HTTP request; the proxy inserts it as
 /// an http extension before calling the control app.
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
+    /// The client's address (behind trusted proxies, the one they name).
     pub source_ip: Option<IpAddr>,
+    /// The request's id (the client's `X-Request-Id` when sane, else generated).
+    pub request_id: Arc<str>,
     /// Where this client gets bearer tokens (realm from the request's scheme and host).
     pub challenge: errors::Challenge,
 }
@@ -94,6 +101,8 @@ pub struct GatewayOptions {
     pub token_ttl: Duration,
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: config::StorageSettings,
+    /// Where audit records go.
+    pub audit: Audit,
 }
 
 /// An opened gateway and what the server must still start or show.
@@ -105,6 +114,39 @@ pub struct Opened {
 }
 
 impl Gateway {
+    /// Writes the audit record of a decision on a request: `refusal` is what the client
+    /// got when it was not allowed. Refusals that decide nothing (a malformed request,
+    /// an unavailable backend) leave no record.
+    pub fn audit_decision(
+        &self,
+        meta: &RequestMeta,
+        principal: Option<&Principal>,
+        (method, path): (&str, &str),
+        refusal: Option<&errors::GatewayError>,
+    ) {
+        use errors::GatewayError as E;
+        let decision = match refusal {
+            None => "allow",
+            Some(E::Denied { .. }) => "deny",
+            Some(E::Unsigned { .. }) => "unsigned",
+            Some(E::AuthenticationRequired { .. }) => "authentication_required",
+            Some(E::InvalidCredentials { .. }) => "invalid_credentials",
+            Some(E::InsufficientScope { .. }) => "insufficient_scope",
+            Some(_) => return,
+        };
+        self.audit.record(&Record::Authorization {
+            actor: Actor {
+                principal: Actor::principal(principal),
+                client: meta.source_ip,
+                request_id: &meta.request_id,
+            },
+            method,
+            path,
+            decision,
+            reason: refusal.map(ToString::to_string),
+        });
+    }
+
     /// Opens (creating at first start) everything in the data directory: the identity
     /// store, the admin account, the token-signing key, the policies and the backend.
     /// Starts no tasks: the server owns the runtimes.
@@ -163,6 +205,7 @@ impl Gateway {
             metrics: metrics::Metrics::new().context("registering metrics")?,
             trust,
             service: options.service.clone(),
+            audit: options.audit.clone(),
         };
         Ok(Opened {
             gateway: Arc::new(gateway),
@@ -189,6 +232,7 @@ pub(crate) mod testing {
             service: "portcullis-test".into(),
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
+            audit: Audit::default(),
         };
         match Gateway::open(&options) {
             Ok(opened) => opened.gateway,
@@ -230,6 +274,7 @@ pub(crate) mod testing {
     pub fn meta() -> RequestMeta {
         RequestMeta {
             source_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            request_id: Arc::from("test-request"),
             challenge: errors::Challenge {
                 realm: "http://127.0.0.1:5000/oauth2/token".into(),
                 service: "portcullis-test".into(),

@@ -35,7 +35,9 @@ use super::authn::Authenticated;
 use super::backend::Backend;
 use super::classify::{self, RepositoryRequest, RequestKind, Route};
 use super::errors::{Challenge, GatewayError};
+use super::forwarded::{Origin, TrustedProxies};
 use super::in_process;
+use super::metrics::{self, BackendError};
 use super::{Gateway, RequestMeta, access};
 use crate::identity::Principal;
 
@@ -43,6 +45,19 @@ use crate::identity::Principal;
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
 pub(super) const API_VERSION: &str = "registry/2.0";
 pub(super) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub(super) const REQUEST_ID: &str = "x-request-id";
+/// Longest `X-Request-Id` taken from a client.
+const REQUEST_ID_MAX: usize = 128;
+
+/// A client's request id is kept when it is short and of safe characters (it goes into
+/// logs, audit records and the response).
+fn sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= REQUEST_ID_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+}
 
 /// Which listener a proxy instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +76,8 @@ pub struct Proxy {
     pub(super) scheme: &'static str,
     /// The configured external base URL (no trailing `/`).
     public_url: Option<String>,
+    /// Peers whose forwarding headers are believed.
+    pub(super) trusted: TrustedProxies,
 }
 
 /// Per-request state, for the later phases and the access log.
@@ -73,6 +90,10 @@ pub struct RequestCtx {
     /// The query the backend gets instead of the client's (an automatic mount that
     /// access resolved).
     pub(super) query: Option<String>,
+    /// The client's `X-Request-Id` when sane, else generated; echoed in the response.
+    pub(super) request_id: Arc<str>,
+    /// The client as the trusted proxies name it (the peer without them).
+    pub(super) origin: Origin,
 }
 
 impl Proxy {
@@ -82,6 +103,7 @@ impl Proxy {
         listener: Listener,
         tls: bool,
         public_url: Option<String>,
+        trusted: TrustedProxies,
     ) -> Proxy {
         Proxy {
             gw,
@@ -89,6 +111,7 @@ impl Proxy {
             listener,
             scheme: if tls { "https" } else { "http" },
             public_url,
+            trusted,
         }
     }
 
@@ -99,10 +122,20 @@ impl Proxy {
             && matches!(self.gw.backend, Backend::Upstream { .. })
     }
 
-    fn challenge(&self, session: &ServerSession) -> Challenge {
+    /// Where this client gets tokens: the public URL, else the scheme and host the
+    /// client used (as a trusted proxy names them, or as it connected).
+    fn challenge(&self, session: &ServerSession, ctx: &RequestCtx) -> Challenge {
         let base = match &self.public_url {
             Some(url) => url.clone(),
-            None => format!("{}://{}", self.scheme, host(session).unwrap_or("localhost")),
+            None => format!(
+                "{}://{}",
+                ctx.origin.proto.unwrap_or(self.scheme),
+                ctx.origin
+                    .host
+                    .as_deref()
+                    .or_else(|| host(session))
+                    .unwrap_or("localhost")
+            ),
         };
         Challenge {
             realm: format!("{base}/oauth2/token"),
@@ -110,10 +143,11 @@ impl Proxy {
         }
     }
 
-    fn meta(&self, session: &ServerSession) -> RequestMeta {
+    fn meta(&self, session: &ServerSession, ctx: &RequestCtx) -> RequestMeta {
         RequestMeta {
-            source_ip: client_ip(session),
-            challenge: self.challenge(session),
+            source_ip: ctx.origin.client,
+            request_id: Arc::clone(&ctx.request_id),
+            challenge: self.challenge(session, ctx),
         }
     }
 
@@ -127,7 +161,7 @@ impl Proxy {
         if let GatewayError::Internal(cause) = error {
             tracing::error!(cause, "internal error");
         }
-        let response = error.to_response(&self.challenge(session));
+        let response = error.to_response(&self.challenge(session, ctx));
         let mut header = json_header(response.status, response.body.len())?;
         if let Some(challenge) = response.www_authenticate {
             header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
@@ -136,7 +170,26 @@ impl Proxy {
         if ctx.has_body {
             session.set_keepalive(None);
         }
-        write(session, header, response.body).await
+        write(session, ctx, header, response.body).await
+    }
+
+    pub(super) fn backend_error(&self, kind: BackendError) {
+        let backend = match self.gw.backend {
+            Backend::Bundled { .. } => metrics::Backend::Storage,
+            Backend::Upstream { .. } => metrics::Backend::Upstream,
+        };
+        self.gw.metrics.record_backend_error(backend, kind);
+    }
+
+    /// The audit record of the decision on a repository request.
+    fn audit(&self, session: &ServerSession, ctx: &RequestCtx, refusal: Option<&GatewayError>) {
+        let head = session.req_header();
+        self.gw.audit_decision(
+            &self.meta(session, ctx),
+            ctx.principal.as_ref(),
+            (head.method.as_str(), head.uri.path()),
+            refusal,
+        );
     }
 
     fn authenticate(&self, session: &ServerSession) -> Result<Authenticated, GatewayError> {
@@ -183,14 +236,21 @@ impl Proxy {
             Ok(who) => who,
             Err(e) => {
                 let e = e.with_scope(|| access::request_scopes(req));
+                self.audit(session, ctx, Some(&e));
                 return self.refuse(session, ctx, &e).await;
             }
         };
         ctx.principal = Some(who.principal.clone());
         // The challenge (realm from the Host header) is built only if the request is refused.
-        let source_ip = client_ip(session);
+        let source_ip = ctx.origin.client;
         let query = session.req_header().uri.query().map(str::to_owned);
-        match access::authorize(&self.gw, &who, req, source_ip, query.as_deref()).await {
+        let decided = access::authorize(&self.gw, &who, req, source_ip, query.as_deref()).await;
+        self.audit(session, ctx, decided.as_ref().err());
+        if let Err(GatewayError::Unavailable(_)) = &decided {
+            // A lookup of the gateway's own (does the tag exist) failed.
+            self.backend_error(BackendError::Lookup);
+        }
+        match decided {
             Ok(access::Disposition::Forward) => self.forward(session, ctx).await,
             Ok(access::Disposition::ForwardWithQuery(query)) => {
                 ctx.query = Some(query);
@@ -198,7 +258,7 @@ impl Proxy {
             }
             Ok(access::Disposition::Respond(response)) => {
                 let (parts, body) = response.into_parts();
-                write_buffered(session, parts, body).await
+                write_buffered(session, ctx, parts, body).await
             }
             Err(e) => self.refuse(session, ctx, &e).await,
         }
@@ -210,7 +270,20 @@ impl Proxy {
     /// through pingora (`Ok(false)`).
     async fn forward(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         match &self.gw.backend {
-            Backend::Bundled { registry } => in_process::serve(session, ctx, registry).await,
+            Backend::Bundled { registry } => {
+                let served = in_process::serve(session, ctx, registry).await;
+                let failed = session
+                    .response_written()
+                    .is_some_and(|r| r.status.is_server_error());
+                match &served {
+                    Ok(_) if failed => self.backend_error(BackendError::Status),
+                    Err(e) if e.esource() != &ErrorSource::Downstream => {
+                        self.backend_error(BackendError::Io);
+                    }
+                    _ => {}
+                }
+                served
+            }
             Backend::Upstream { .. } => Ok(false),
         }
     }
@@ -229,7 +302,7 @@ impl Proxy {
                 ctx.principal = Some(who.principal);
                 let body = Bytes::from_static(b"{}");
                 let header = json_header(StatusCode::OK, body.len())?;
-                write(session, header, body).await
+                write(session, ctx, header, body).await
             }
             Err(e) => self.refuse(session, ctx, &e).await,
         }
@@ -254,31 +327,35 @@ impl Proxy {
             }
             body.extend_from_slice(&chunk);
         }
-        let meta = self.meta(session);
+        let meta = self.meta(session, ctx);
         let mut request = in_process_request(session, Body::from(body.freeze()))?;
         request.extensions_mut().insert(meta);
         let response = match self.control.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        // Handlers that authenticate the caller say who it was (the access log's).
+        if let Some(principal) = parts.extensions.remove::<Principal>() {
+            ctx.principal = Some(principal);
+        }
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(|e| Error::because(ErrorType::InternalError, "control response body", e))?;
-        write_buffered(session, parts, bytes).await
+        write_buffered(session, ctx, parts, bytes).await
     }
 
     async fn too_large(&self, session: &mut ServerSession, ctx: &RequestCtx) -> Result<bool> {
-        let response =
-            GatewayError::PayloadTooLarge(CONTROL_BODY_LIMIT).to_response(&self.challenge(session));
+        let response = GatewayError::PayloadTooLarge(CONTROL_BODY_LIMIT)
+            .to_response(&self.challenge(session, ctx));
         let header = json_header(response.status, response.body.len())?;
         if ctx.has_body {
             session.set_keepalive(None);
         }
-        write(session, header, response.body).await
+        write(session, ctx, header, response.body).await
     }
 
-    /// The state of a request whose head has just been read.
+    /// The state of a request (pingora makes it before the head is read).
     pub(super) fn new_request(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -286,7 +363,23 @@ impl Proxy {
             principal: None,
             has_body: false,
             query: None,
+            request_id: Arc::from(""),
+            origin: Origin::default(),
         }
+    }
+
+    /// The request's id and origin, from its head.
+    fn identify(&self, session: &ServerSession, ctx: &mut RequestCtx) {
+        let headers = &session.req_header().headers;
+        ctx.request_id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| sane_request_id(id))
+            .map_or_else(
+                || Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+                Arc::from,
+            );
+        ctx.origin = self.trusted.origin(client_ip(session), headers);
     }
 
     /// Classifies the request and answers it, except a repository request for an
@@ -296,6 +389,7 @@ impl Proxy {
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        self.identify(session, ctx);
         // HTTP/2 has no Transfer-Encoding and may omit Content-Length: a body is
         // whatever DATA frames follow a HEADERS frame without END_STREAM.
         ctx.has_body = if session.is_http2() {
@@ -364,7 +458,10 @@ impl Proxy {
                 GatewayError::BadRequest(client_fault(e))
             }
             // Clients do not learn where the backend is; the access log has the cause.
-            _ => GatewayError::Unavailable("the storage backend is not answering".into()),
+            etype => {
+                self.backend_error(backend_error_kind(etype));
+                GatewayError::Unavailable("the storage backend is not answering".into())
+            }
         };
         let code = error.status().as_u16();
         // Pingora closes the connection after a failed proxy attempt; say so.
@@ -384,9 +481,15 @@ impl Proxy {
         let elapsed = ctx.started.elapsed();
         let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
         let head = session.req_header();
-        self.gw
-            .metrics
-            .observe_request(ctx.route, head.method.as_str(), status, elapsed);
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+        self.gw.metrics.observe_request(
+            ctx.route,
+            head.method.as_str(),
+            status,
+            elapsed,
+            (bytes_in, bytes_out),
+        );
         self.gw.metrics.observe_protocol(protocol);
         let principal = match &ctx.principal {
             Some(Principal::Admin) => "admin",
@@ -396,16 +499,45 @@ impl Proxy {
         };
         tracing::info!(
             target: "portcullis::access",
+            request_id = &*ctx.request_id,
+            client = ctx.origin.client.map(tracing::field::display),
+            user_agent = head
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
             method = %head.method,
             path = head.uri.path(),
             route = ctx.route,
             protocol,
             status,
+            bytes_in,
+            bytes_out,
             principal,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_seconds = elapsed.as_secs_f64(),
             error = e.map(|e| e.to_string()),
             "request"
         );
+    }
+}
+
+/// The metrics kind of a backend failure.
+fn backend_error_kind(etype: &ErrorType) -> BackendError {
+    use ErrorType as T;
+    match etype {
+        T::ConnectTimedout
+        | T::ConnectRefused
+        | T::ConnectNoRoute
+        | T::ConnectError
+        | T::BindError
+        | T::SocketError
+        | T::ConnectProxyFailure => BackendError::Connect,
+        T::TLSHandshakeFailure | T::TLSHandshakeTimedout | T::InvalidCert | T::HandshakeError => {
+            BackendError::Tls
+        }
+        T::ReadTimedout | T::WriteTimedout => BackendError::Timeout,
+        T::ReadError | T::WriteError | T::ConnectionClosed => BackendError::Io,
+        T::HTTPStatus(code) if *code >= 500 => BackendError::Status,
+        _ => BackendError::Other,
     }
 }
 
@@ -562,6 +694,7 @@ pub(super) fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri> {
 /// Writes a response whose whole body is in memory, with its length.
 async fn write_buffered(
     session: &mut ServerSession,
+    ctx: &RequestCtx,
     parts: http::response::Parts,
     body: Bytes,
 ) -> Result<bool> {
@@ -570,16 +703,18 @@ async fn write_buffered(
         header.append_header(name.clone(), value.clone())?;
     }
     header.insert_header(header::CONTENT_LENGTH, body.len())?;
-    write(session, header, body).await
+    write(session, ctx, header, body).await
 }
 
 /// Writes a complete response the gateway produced itself.
 async fn write(
     session: &mut ServerSession,
+    ctx: &RequestCtx,
     mut header: ResponseHeader,
     body: Bytes,
 ) -> Result<bool> {
     header.insert_header(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION))?;
+    header.insert_header(REQUEST_ID, &*ctx.request_id)?;
     let head_only = session.req_header().method == Method::HEAD;
     session.write_response_header(Box::new(header)).await?;
     if !head_only && !body.is_empty() {

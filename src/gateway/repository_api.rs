@@ -107,9 +107,11 @@ async fn show(
     State(gw): State<Arc<Gateway>>,
     Extension(meta): Extension<RequestMeta>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let result = authorize(&gw, &meta, &headers, &name, Action::MetadataRead)
+    let request = ("GET", uri.path());
+    let result = authorize(&gw, &meta, request, &headers, &name, Action::MetadataRead)
         .map(|()| gw.store.snapshot().repository_attributes(&name));
     match result {
         Ok(attributes) => repository_json(&gw, &name, &attributes),
@@ -121,10 +123,13 @@ async fn update(
     State(gw): State<Arc<Gateway>>,
     Extension(meta): Extension<RequestMeta>,
     Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match patch(&gw, &meta, &headers, &name, &body).await {
+    let request = (method.as_str(), uri.path());
+    match patch(&gw, &meta, request, &headers, &name, &body).await {
         Ok(attributes) => repository_json(&gw, &name, &attributes),
         Err(e) => e.into_axum(&meta.challenge),
     }
@@ -133,11 +138,12 @@ async fn update(
 async fn patch(
     gw: &Arc<Gateway>,
     meta: &RequestMeta,
+    request: (&str, &str),
     headers: &HeaderMap,
     name: &str,
     body: &[u8],
 ) -> Result<RepositoryAttributes, GatewayError> {
-    authorize(gw, meta, headers, name, Action::MetadataWrite)?;
+    authorize(gw, meta, request, headers, name, Action::MetadataWrite)?;
     let changes: AttributesPatch = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!("invalid repository attributes for `{name}`: {e}"))
     })?;
@@ -187,8 +193,13 @@ async fn delete_target(
             });
         }
     };
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
-    access::authorize_checks(gw, &who, &[access::delete_check(&req)], meta.source_ip)?;
+    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION));
+    let decided = who.as_ref().map_err(Clone::clone).and_then(|who| {
+        access::authorize_checks(gw, who, &[access::delete_check(&req)], meta.source_ip)
+    });
+    let principal = who.as_ref().ok().map(|who| &who.principal);
+    gw.audit_decision(meta, principal, ("DELETE", path), decided.as_ref().err());
+    decided?;
     match &req.reference {
         None => gw.backend.delete_repository(&req.repository).await,
         Some(reference) => gw.backend.delete_image(&req.repository, reference).await,
@@ -200,6 +211,7 @@ async fn delete_target(
 fn authorize(
     gw: &Gateway,
     meta: &RequestMeta,
+    request: (&str, &str),
     headers: &HeaderMap,
     name: &str,
     action: Action,
@@ -220,8 +232,14 @@ fn authorize(
     let who = gw
         .authn
         .authenticate(headers.get(header::AUTHORIZATION))
-        .map_err(|e| e.with_scope(|| access::challenge_scopes(&checks)))?;
-    access::authorize_checks(gw, &who, &checks, meta.source_ip)
+        .map_err(|e| e.with_scope(|| access::challenge_scopes(&checks)));
+    let decided = who
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|who| access::authorize_checks(gw, who, &checks, meta.source_ip));
+    let principal = who.as_ref().ok().map(|who| &who.principal);
+    gw.audit_decision(meta, principal, request, decided.as_ref().err());
+    decided
 }
 
 #[cfg(test)]
@@ -261,6 +279,7 @@ mod tests {
             service: "registry.test".into(),
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
+            audit: Default::default(),
         })
         .unwrap();
         Fixture {
@@ -304,6 +323,7 @@ mod tests {
         let mut req = req.body(Body::from(body.to_owned())).unwrap();
         req.extensions_mut().insert(RequestMeta {
             source_ip: None,
+            request_id: "test".into(),
             challenge: Challenge {
                 realm: "http://registry.test/oauth2/token".into(),
                 service: "registry.test".into(),

@@ -31,6 +31,7 @@ use super::direct::{Direct, H2Settings};
 use super::proxy::{Listener, Proxy};
 use super::tls::{self, TlsFiles};
 use super::{GatewayOptions, Opened};
+use crate::audit::Audit;
 use crate::gateway::Gateway;
 use crate::identity::AdminPasswordSource;
 
@@ -58,7 +59,7 @@ pub struct Prepared {
 
 /// Opens everything in the data directory and checks the listen addresses and TLS
 /// files, so configuration mistakes are reported before anything starts.
-pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
+pub fn prepare(config: Config, audit: Audit) -> anyhow::Result<Prepared> {
     let opened = Gateway::open(&GatewayOptions {
         data_dir: config.data_dir.clone(),
         policy_dirs: config.policy_dirs.clone(),
@@ -67,6 +68,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         service: config.service.clone(),
         token_ttl: TOKEN_TTL,
         storage: config.storage.clone(),
+        audit,
     })?;
     opened
         .gateway
@@ -166,6 +168,7 @@ impl Prepared {
             main_listener,
             tls.is_some(),
             config.public_url.clone(),
+            config.trusted_proxies.clone(),
         );
         add_service(
             &mut server,
@@ -182,6 +185,7 @@ impl Prepared {
                 Listener::Admin,
                 tls.is_some(),
                 config.public_url.clone(),
+                config.trusted_proxies.clone(),
             );
             add_service(
                 &mut server,

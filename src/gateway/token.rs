@@ -22,6 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, TokenUse};
 use super::{Gateway, RequestMeta, access};
+use crate::audit::{Actor, Record};
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Principal, now_unix};
 use crate::trust::naming::gun_repository;
@@ -44,6 +45,9 @@ struct TokenResponse {
     /// The granted scopes, space-separated (required in OAuth2 responses).
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The granted scopes, for the audit record.
+    #[serde(skip)]
+    granted: Vec<String>,
 }
 
 async fn get_token(
@@ -53,14 +57,13 @@ async fn get_token(
     headers: HeaderMap,
 ) -> Response {
     let form = Form::parse(query.as_deref().unwrap_or_default());
-    let result = gw
-        .authn
-        .authenticate(headers.get(header::AUTHORIZATION))
-        .and_then(|who| {
-            let offline = form.one("offline_token") == Some("true");
-            issue(&gw, &meta, &form, &who.principal, offline, false)
-        });
-    respond(result, &meta)
+    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION));
+    let principal = who.as_ref().ok().map(|who| who.principal.clone());
+    let result = who.and_then(|who| {
+        let offline = form.one("offline_token") == Some("true");
+        issue(&gw, &meta, &form, &who.principal, offline, false)
+    });
+    respond(&gw, &meta, "basic", principal, result)
 }
 
 async fn post_token(
@@ -68,12 +71,15 @@ async fn post_token(
     Extension(meta): Extension<RequestMeta>,
     body: Bytes,
 ) -> Response {
+    let mut grant = "other";
+    let mut authenticated = None;
     let result = std::str::from_utf8(&body)
         .map_err(|_| GatewayError::BadRequest("the token request form is not utf-8".into()))
         .map(Form::parse)
         .and_then(|form| {
             let (principal, offline) = match form.one("grant_type") {
                 Some("password") => {
+                    grant = "password";
                     let username = form.required("username")?;
                     let password = form.required("password")?;
                     let offline = form.one("access_type") == Some("offline");
@@ -81,6 +87,7 @@ async fn post_token(
                 }
                 // The refresh token stays what the client holds; no new one is minted.
                 Some("refresh_token") => {
+                    grant = "refresh_token";
                     (gw.authn.refresh(form.required("refresh_token")?)?, false)
                 }
                 Some(other) => {
@@ -90,9 +97,10 @@ async fn post_token(
                 }
                 None => return Err(GatewayError::BadRequest("grant_type is required".into())),
             };
+            authenticated = Some(principal.clone());
             issue(&gw, &meta, &form, &principal, offline, true)
         });
-    respond(result, &meta)
+    respond(&gw, &meta, grant, authenticated, result)
 }
 
 /// Checks the service, grants each requested scope as policy allows, and signs.
@@ -152,13 +160,11 @@ fn issue(
                 .token,
         ),
     };
-    let scope = oauth.then(|| {
-        access
-            .iter()
-            .map(|e| format!("{}:{}:{}", e.kind, e.name, e.actions.join(",")))
-            .collect::<Vec<_>>()
-            .join(" ")
-    });
+    let granted: Vec<String> = access
+        .iter()
+        .map(|e| format!("{}:{}:{}", e.kind, e.name, e.actions.join(",")))
+        .collect();
+    let scope = oauth.then(|| granted.join(" "));
     tracing::debug!(subject = %subject.sub, ?access, "token issued");
     let signed = gw
         .issuer
@@ -175,6 +181,7 @@ fn issue(
         issued_at,
         refresh_token,
         scope,
+        granted,
     })
 }
 
@@ -282,20 +289,50 @@ fn trust_granted(
         .collect()
 }
 
-fn respond(result: Result<TokenResponse, GatewayError>, meta: &RequestMeta) -> Response {
-    let mut response = match result.and_then(|token| {
-        serde_json::to_vec(&token).map_err(|e| GatewayError::Internal(e.to_string()))
-    }) {
-        Ok(body) => {
+/// The token response, with its audit record (`grant`: how the caller authenticated;
+/// `principal`: who, when the credentials were good).
+fn respond(
+    gw: &Gateway,
+    meta: &RequestMeta,
+    grant: &str,
+    principal: Option<Principal>,
+    result: Result<TokenResponse, GatewayError>,
+) -> Response {
+    let result = result.and_then(|token| {
+        serde_json::to_vec(&token)
+            .map(|body| (token.granted, body))
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    });
+    let (mut response, scopes, error) = match result {
+        Ok((granted, body)) => {
             let mut response = Response::new(Body::from(body));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            response
+            (response, Some(granted), None)
         }
-        Err(error) => error.into_axum(&meta.challenge),
+        Err(error) => (
+            error.into_axum(&meta.challenge),
+            None,
+            Some(error.to_string()),
+        ),
     };
+    gw.audit.record(&Record::Token {
+        actor: Actor {
+            principal: Actor::principal(principal.as_ref()),
+            client: meta.source_ip,
+            request_id: &meta.request_id,
+        },
+        grant,
+        status: response.status().as_u16(),
+        scopes,
+        error,
+    });
+    if let Some(principal) = principal {
+        // For the access log.
+        response.extensions_mut().insert(principal);
+    }
     // Token responses must not be cached (RFC 6749 §5.1).
     response
         .headers_mut()

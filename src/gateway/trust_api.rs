@@ -82,7 +82,8 @@ async fn trust(
         }
         Err(e) => return e.into_axum(&meta.challenge),
     };
-    match handle(&gw, &meta, &req, uri.query(), &headers, body).await {
+    let request = (method.as_str(), uri.path());
+    match handle(&gw, &meta, request, &req, uri.query(), &headers, body).await {
         Ok(response) => response,
         Err(e) => e.response(&meta.challenge),
     }
@@ -91,6 +92,7 @@ async fn trust(
 async fn handle(
     gw: &Arc<Gateway>,
     meta: &RequestMeta,
+    request: (&str, &str),
     req: &TrustRequest,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -100,7 +102,17 @@ async fn handle(
         .authn
         .authenticate(headers.get(header::AUTHORIZATION))
         .map_err(|e| e.with_scope(|| trust_scope(req)))?;
-    authorize(gw, &who, req, meta)?;
+    let decided = authorize(gw, &who, req, meta);
+    let refusal = match &decided {
+        Ok(()) => None,
+        Err(NotaryError::Denied { reason, .. }) => Some(GatewayError::Denied {
+            reason: reason.clone(),
+        }),
+        Err(NotaryError::Gateway(e)) => Some(e.clone()),
+        Err(_) => None,
+    };
+    gw.audit_decision(meta, Some(&who.principal), request, refusal.as_ref());
+    decided?;
     let reading = matches!(req.kind, TrustKind::Metadata(_) | TrustKind::Changefeed);
     let fail = |e: TrustError| NotaryError::Trust { error: e, reading };
     let trust = Arc::clone(&gw.trust);

@@ -17,8 +17,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::backend::{Backend, PeerAddress};
+use super::metrics::BackendError;
 use super::proxy::{
-    API_VERSION, API_VERSION_HEADER, Proxy, RequestCtx, client_ip, host, with_query,
+    API_VERSION, API_VERSION_HEADER, Proxy, REQUEST_ID, RequestCtx, client_ip, host, with_query,
 };
 
 #[async_trait]
@@ -72,24 +73,41 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let forwarded_for = match (
-            upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
-            client_ip(session.as_downstream()),
-        ) {
-            (Some(prior), Some(ip)) => Some(format!("{prior}, {ip}")),
-            (None, Some(ip)) => Some(ip.to_string()),
-            (_, None) => None,
-        };
-        if let Some(value) = forwarded_for {
-            upstream.insert_header("x-forwarded-for", value)?;
+        // The chain so far goes on only from a trusted proxy; an untrusted client's
+        // forwarding headers are dropped, not passed on as if checked.
+        let peer = client_ip(session.as_downstream());
+        let trusted = peer.is_some_and(|ip| self.trusted.trusts(ip));
+        let mut chain: Vec<String> = Vec::new();
+        if trusted {
+            chain.extend(
+                upstream
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            );
+        } else {
+            upstream.remove_header("forwarded");
         }
-        upstream.insert_header("x-forwarded-proto", self.scheme)?;
-        if let Some(host) = host(session.as_downstream()).map(str::to_owned) {
-            upstream.insert_header("x-forwarded-host", host)?;
+        upstream.remove_header("x-forwarded-for");
+        chain.extend(peer.map(|ip| ip.to_string()));
+        if !chain.is_empty() {
+            upstream.insert_header("x-forwarded-for", chain.join(", "))?;
         }
+        upstream.insert_header("x-forwarded-proto", ctx.origin.proto.unwrap_or(self.scheme))?;
+        let host = ctx
+            .origin
+            .host
+            .clone()
+            .or_else(|| host(session.as_downstream()).map(str::to_owned));
+        match host {
+            Some(host) => upstream.insert_header("x-forwarded-host", host)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
+        }
+        upstream.insert_header(REQUEST_ID, &*ctx.request_id)?;
         if let Some(host) = self.gw.backend.host_header() {
             upstream.insert_header(header::HOST, host)?;
         }
@@ -105,8 +123,12 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if response.status.is_server_error() {
+            self.backend_error(BackendError::Status);
+        }
+        response.insert_header(REQUEST_ID, &*ctx.request_id)?;
         if let Backend::Upstream { base, .. } = &self.gw.backend
             && let Some(location) = response
                 .headers

@@ -20,7 +20,6 @@ use moka::sync::Cache;
 use portcullis_oci::Reference;
 
 use super::analysis::{Contextual, Kind, Loaded};
-use super::audit::audit;
 use super::cache::{
     COMPILED_CACHE, CacheStats, DECISION_CACHE, DecisionKey, FIXED_CACHE, FixedKey, PREPARED_CACHE,
     PRINCIPAL_CACHE, Prepared, PreparedKey, PrincipalEntry, PrincipalKey, SET_CACHE,
@@ -29,6 +28,7 @@ use super::cache::{
 use super::compile::{self, CompiledEntry, action_bit, uid};
 use super::entities::{FLAGS_REPOSITORY, entity_uid, flags_entities, string};
 use super::files::{self, PolicyError};
+use super::reload::ReloadCounters;
 use super::request::{AuthzRequest, Decision, Explanation};
 use super::scope_map_cedar;
 use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes};
@@ -60,6 +60,7 @@ pub struct PolicyEngine {
     pub(super) source_ips: Cache<IpAddr, RestrictedExpression>,
     pub(super) hits: AtomicU64,
     pub(super) misses: AtomicU64,
+    pub(super) reloads: ReloadCounters,
 }
 
 impl PolicyEngine {
@@ -101,6 +102,7 @@ impl PolicyEngine {
             source_ips: Cache::new(SOURCE_IP_CACHE),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            reloads: ReloadCounters::started(),
         })
     }
 
@@ -123,8 +125,8 @@ impl PolicyEngine {
     }
 
     /// Decides `request` against `identity`, from the decision cache when possible.
-    /// Every decision is audited (`portcullis::audit`). The request becomes the cache
-    /// key and a hit shares the cached decision: nothing is copied per request.
+    /// The request becomes the cache key and a hit shares the cached decision: nothing
+    /// is copied per request.
     pub fn authorize(&self, identity: &IdentitySnapshot, request: AuthzRequest) -> Arc<Decision> {
         let loaded = self.loaded.load();
         let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
@@ -136,12 +138,10 @@ impl PolicyEngine {
         };
         if let Some(decision) = self.decisions.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            audit(&key.request, &decision, true);
             return decision;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let decision = Arc::new(self.decide(&loaded, identity, &key.request, anonymous_pull));
-        audit(&key.request, &decision, false);
         self.decisions.insert(key, Arc::clone(&decision));
         decision
     }
@@ -151,7 +151,6 @@ impl PolicyEngine {
         let loaded = self.loaded.load();
         let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
         let decision = self.decide(&loaded, identity, request, anonymous_pull);
-        audit(request, &decision, false);
         let mut matching_rules = Vec::new();
         if let Principal::Token { name, .. } = &request.principal
             && let Some(token) = identity.tokens.get(name)

@@ -1,6 +1,7 @@
 //! Policy: every request decided by Cedar. Owns the schema, the shipped base policies,
 //! compilation of scope maps into Cedar policies, the sliced and cached policy sets,
-//! loading/validating user policy files, decision auditing, and the policy tools.
+//! loading/validating user policy files and their reloads, and the policy tools. (The
+//! gateway audits decisions on requests: [`crate::audit`].)
 //!
 //! Cedar evaluates every policy in a set, so the set for one request is sliced: the
 //! base and user policies whose scope can apply to the principal's type and the action,
@@ -26,12 +27,10 @@
 //! - `engine`: [`PolicyEngine`], the decision itself.
 //! - `cache`: the cached intermediates of a decision and how they are filled.
 //! - `entities`: the Cedar entities of principals and repositories.
-//! - `reload`: re-reading policy files on SIGHUP or change.
-//! - `audit`: the audit record of each decision.
+//! - `reload`: re-reading policy files on SIGHUP or change, and the reload counts.
 //! - [`testcases`]: the `portcullis policy test` case files.
 
 mod analysis;
-mod audit;
 mod cache;
 mod compile;
 mod engine;
@@ -46,6 +45,7 @@ pub use compile::{rule_cedar, scope_map_cedar};
 pub use engine::PolicyEngine;
 pub use files::{Diagnostic, PolicyError};
 pub use portcullis_oci::Reference;
+pub use reload::ReloadStats;
 pub use request::{AuthzRequest, Decision, Explanation, Operation, RequestContext};
 
 #[cfg(test)]

@@ -1,23 +1,76 @@
 //! Policy reload: the same directories re-read on SIGHUP or when a policy file changes
 //! (polled), validated, and swapped in as a new generation; on error the previous
-//! policies stay in force.
+//! policies stay in force. Reloads are counted for `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::analysis::Loaded;
 use super::engine::PolicyEngine;
 use super::files::{self, PolicyError};
 
+/// Policy loads since start (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadStats {
+    pub successes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last successful load (the first load counts).
+    pub last_success: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ReloadCounters {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    last_success: AtomicU64,
+}
+
+impl ReloadCounters {
+    /// Counters of an engine whose policies were loaded just now.
+    pub(super) fn started() -> ReloadCounters {
+        ReloadCounters {
+            last_success: AtomicU64::new(unix_now()),
+            ..ReloadCounters::default()
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(crate::identity::now_unix()).unwrap_or(0)
+}
+
 impl PolicyEngine {
     /// Re-reads the same directories; on error the previous set stays in force.
+    /// Counted either way ([`PolicyEngine::reload_stats`]).
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let policies = files::load_policies(&self.schema, &self.dirs, &self.files)?;
-        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.loaded
-            .store(Arc::new(Loaded::new(policies, generation)?));
-        Ok(())
+        let loaded = files::load_policies(&self.schema, &self.dirs, &self.files).and_then(|p| {
+            let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+            Loaded::new(p, generation)
+        });
+        let counters = &self.reloads;
+        match loaded {
+            Ok(loaded) => {
+                self.loaded.store(Arc::new(loaded));
+                counters.successes.fetch_add(1, Ordering::Relaxed);
+                counters.last_success.store(unix_now(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads since start and when the policies in force were loaded.
+    pub fn reload_stats(&self) -> ReloadStats {
+        let counters = &self.reloads;
+        ReloadStats {
+            successes: counters.successes.load(Ordering::Relaxed),
+            failures: counters.failures.load(Ordering::Relaxed),
+            last_success: counters.last_success.load(Ordering::Relaxed),
+        }
     }
 
     /// Spawns, on the current tokio runtime, SIGHUP handling and a poll of the policy

@@ -51,7 +51,7 @@ pub use error::StorageError;
 pub use http::{router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use portcullis_oci::{errcode, names, route};
-pub use registry::{Registry, StorageConfig, Stores};
+pub use registry::{GcStats, Registry, StorageConfig, Stores};
 
 #[cfg(test)]
 conformance_tests!(|dir| Stores::open(dir).expect("default stores"));

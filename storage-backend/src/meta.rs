@@ -95,6 +95,8 @@ pub struct GcReport {
     pub repositories: usize,
     /// Blobs whose metadata was removed; their files are deleted after commit.
     pub blobs: Vec<Digest>,
+    /// The recorded sizes of `blobs`, summed.
+    pub bytes: u64,
     /// Blob files without metadata (a crash between file and metadata
     /// steps), older than the grace period; filled in by the registry.
     pub orphan_files: usize,
@@ -856,6 +858,7 @@ impl MetadataStore for RedbMeta {
                     && !has_prefix3(&refs, digest, None)?
                 {
                     dead.push(digest.to_owned());
+                    report.bytes = report.bytes.saturating_add(v.value().0);
                 }
             }
             for d in dead {

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 
@@ -72,6 +73,30 @@ pub struct Registry {
     meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
     blob_locks: [tokio::sync::Mutex<()>; BLOB_LOCKS],
+    gc_counters: GcCounters,
+}
+
+/// Totals of the GC passes (not dry runs) since the store was opened, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcStats {
+    pub runs: u64,
+    pub failures: u64,
+    pub manifests: u64,
+    pub blobs: u64,
+    /// Bytes of the removed blobs (as recorded when they were stored).
+    pub bytes: u64,
+    /// Time spent in passes, failed ones included.
+    pub nanos: u64,
+}
+
+#[derive(Default)]
+struct GcCounters {
+    runs: AtomicU64,
+    failures: AtomicU64,
+    manifests: AtomicU64,
+    blobs: AtomicU64,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
 }
 
 /// A manifest as served.
@@ -101,6 +126,7 @@ impl Registry {
             blobs: stores.blobs,
             meta: stores.meta,
             blob_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            gc_counters: GcCounters::default(),
             config,
         })
     }
@@ -524,6 +550,43 @@ impl Registry {
     /// the metadata commit, each re-checked under its blob lock so a blob
     /// re-uploaded in between is kept.
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
+        if dry_run {
+            return self.gc_pass(grace, true).await;
+        }
+        let started = Instant::now();
+        let result = self.gc_pass(grace, false).await;
+        let c = &self.gc_counters;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        c.nanos.fetch_add(nanos, Ordering::Relaxed);
+        match &result {
+            Ok(r) => {
+                c.runs.fetch_add(1, Ordering::Relaxed);
+                c.manifests.fetch_add(r.manifests as u64, Ordering::Relaxed);
+                let blobs = (r.blobs.len() + r.orphan_files) as u64;
+                c.blobs.fetch_add(blobs, Ordering::Relaxed);
+                c.bytes.fetch_add(r.bytes, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// What the GC passes since opening did (see [`GcStats`]).
+    pub fn gc_stats(&self) -> GcStats {
+        let c = &self.gc_counters;
+        GcStats {
+            runs: c.runs.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            manifests: c.manifests.load(Ordering::Relaxed),
+            blobs: c.blobs.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            nanos: c.nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
         let cutoff = now_secs().saturating_sub(grace.as_secs());
         let report = self.meta(move |m| m.gc(cutoff, dry_run)).await?;
         if !dry_run {

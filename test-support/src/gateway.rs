@@ -32,6 +32,17 @@ impl Server {
     /// Like [`Server::start`], with extra `serve` arguments (`--upstream URL`,
     /// `--policy-dir DIR`, ...).
     pub fn start_with(data_dir: &Path, admin_password: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, admin_password, extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables (`RUST_LOG` is
+    /// `warn` unless given).
+    pub fn start_with_env(
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -41,6 +52,7 @@ impl Server {
             .args(extra)
             .env_remove("PORTCULLIS_ADMIN_PASSWORD")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr);
         if let Some(p) = admin_password {

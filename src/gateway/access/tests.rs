@@ -606,6 +606,7 @@ mod signed_views {
                     service: "portcullis-test".into(),
                     token_ttl: std::time::Duration::from_secs(300),
                     storage: Default::default(),
+                    audit: Default::default(),
                 };
                 Gateway::open(&options).unwrap().gateway
             }
