@@ -526,20 +526,41 @@ impl IdentityStore {
         repository: &str,
         attributes: &RepositoryAttributes,
     ) -> Result<(), StoreError> {
+        self.update_repository_attributes(repository, |_| attributes.clone())
+            .map(drop)
+    }
+
+    /// Reads a repository's attributes, applies `change` and stores the result, all in
+    /// one write transaction, so concurrent updates of different fields all land.
+    /// Returns the stored attributes.
+    pub fn update_repository_attributes(
+        &self,
+        repository: &str,
+        change: impl FnOnce(&RepositoryAttributes) -> RepositoryAttributes,
+    ) -> Result<RepositoryAttributes, StoreError> {
         if !is_valid_repository_name(repository) {
             return Err(StoreError::InvalidRepository(repository.to_owned()));
         }
         self.write(|tx| {
-            if *attributes == RepositoryAttributes::default() {
+            let current = {
+                let table = tx.txn.open_table(REPOSITORIES).map_err(db_err)?;
+                let stored = table.get(repository).map_err(db_err)?;
+                match stored {
+                    Some(bytes) => decode(repository, bytes.value())?,
+                    None => RepositoryAttributes::default(),
+                }
+            };
+            let attributes = change(&current);
+            if attributes == RepositoryAttributes::default() {
                 tx.remove(REPOSITORIES, repository)?;
                 tx.snap.repositories.remove(repository);
             } else {
-                tx.put(REPOSITORIES, repository, attributes)?;
+                tx.put(REPOSITORIES, repository, &attributes)?;
                 tx.snap
                     .repositories
                     .insert(repository.to_owned(), attributes.clone());
             }
-            Ok(())
+            Ok(attributes)
         })
     }
 
