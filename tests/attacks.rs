@@ -1049,3 +1049,54 @@ fn trust_tricks() {
         StatusCode::OK,
     );
 }
+
+/// The admin's bearer tokens are bound to the admin password: a restart with the same
+/// password keeps them, a restart with a new one revokes them.
+#[test]
+fn jwt_admin_token_after_an_admin_password_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = Client::new();
+    let server = Server::start(&data, Some(ADMIN_PASSWORD));
+    TestImage::new("admin").push(&http, &server.base, PRIVATE, "v1", &admin);
+    let jwt = {
+        let resp = http
+            .get(server.url("/oauth2/token"))
+            .query(&[("scope", format!("repository:{PRIVATE}:pull"))])
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let pull = |server: &Server| {
+        answer(
+            http.get(server.url(&format!("/v2/{PRIVATE}/manifests/v1")))
+                .header("accept", OCI_MANIFEST)
+                .bearer_auth(&jwt)
+                .send()
+                .unwrap(),
+        )
+    };
+    allowed("jwt", "admin token", pull(&server), StatusCode::OK);
+    server.stop();
+    let server = Server::start(&data, Some(ADMIN_PASSWORD));
+    allowed(
+        "jwt",
+        "admin token after a restart with the same password",
+        pull(&server),
+        StatusCode::OK,
+    );
+    server.stop();
+    let server = Server::start(&data, Some("a-new-admin-password"));
+    refused(
+        "jwt",
+        "admin token issued before the admin password changed",
+        pull(&server),
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
+}

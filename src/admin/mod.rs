@@ -148,8 +148,13 @@ mod tests {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
         let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
-        let trust =
-            TrustService::open(store.database(), crate::trust::KeyAlgorithm::Ecdsa).unwrap();
+        let (trust, _) = TrustService::open(
+            store.database(),
+            crate::trust::KeyAlgorithm::Ecdsa,
+            dir.path(),
+            &crate::trust::kek::PassphraseSource::DataDir,
+        )
+        .unwrap();
         let state = AdminState {
             store,
             admin: Arc::new(AdminAccount::new("pw").unwrap()),

@@ -14,6 +14,7 @@ use clap::builder::BoolishValueParser;
 use crate::gateway::config::{Config, FileConfig, Overrides};
 use crate::gateway::server;
 use crate::identity::AdminPasswordSource;
+use crate::trust::kek::PassphraseSource;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -76,6 +77,22 @@ pub struct ServeArgs {
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
+    /// File holding the passphrase that encrypts the server-held trust keys at rest
+    /// [default: <data-dir>/trust-key-passphrase, generated on a fresh install].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE_FILE"
+    )]
+    pub trust_key_passphrase_file: Option<PathBuf>,
+    /// The passphrase itself, from the environment only (a flag would show in `ps`).
+    #[arg(
+        long,
+        hide = true,
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE",
+        hide_env_values = true
+    )]
+    pub trust_key_passphrase: Option<String>,
 }
 
 impl ServeArgs {
@@ -98,6 +115,10 @@ impl ServeArgs {
             gc_grace_seconds: self.gc_grace_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_manifest_bytes: self.max_manifest_bytes,
+            trust_key_passphrase: PassphraseSource::new(
+                self.trust_key_passphrase_file,
+                self.trust_key_passphrase,
+            ),
         }
     }
 }

@@ -1286,6 +1286,7 @@ mod tests {
                         service: "portcullis-test".into(),
                         token_ttl: std::time::Duration::from_secs(300),
                         storage: Default::default(),
+                        trust_key_passphrase: Default::default(),
                     };
                     Gateway::open(&options).unwrap().gateway
                 }

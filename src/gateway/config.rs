@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::trust::KeyAlgorithm;
+use crate::trust::kek::PassphraseSource;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -176,6 +177,7 @@ pub struct Overrides {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    pub trust_key_passphrase: PassphraseSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +214,8 @@ pub struct Config {
     pub http2: Http2,
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: StorageSettings,
+    /// Where the passphrase of the trust keys' key-encryption key comes from.
+    pub trust_key_passphrase: PassphraseSource,
 }
 
 /// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
@@ -310,6 +314,7 @@ impl Config {
                     .max(1),
             },
             storage,
+            trust_key_passphrase: over.trust_key_passphrase,
         })
     }
 }

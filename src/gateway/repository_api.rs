@@ -263,6 +263,7 @@ mod tests {
             service: "registry.test".into(),
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
+            trust_key_passphrase: Default::default(),
         })
         .unwrap();
         Fixture {

@@ -17,20 +17,23 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::model::{
-    PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
+    PasswordRecord, PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus,
+    UnixSeconds,
 };
 use super::pattern::is_valid_repository_name;
 use super::scope::{
     MAX_RULES, NameError, apply_rule_changes, is_system_name, system_scope_maps,
     validate_scope_map_name, validate_token_name,
 };
-use super::secret::{generate_secret, hash_secret};
+use super::secret::{generate_secret, hash_secret, verify_secret};
 use super::{AuthError, IdentitySnapshot, now_unix};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const SCOPE_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("scope_maps");
 const REPOSITORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("repositories");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `admin` → the admin password's [`PasswordRecord`] (JSON).
+const ADMIN: TableDefinition<&str, &[u8]> = TableDefinition::new("admin");
 const VERSION_KEY: &str = "version";
 
 /// Why a control-plane operation failed. Messages name the user's input.
@@ -562,6 +565,40 @@ impl IdentityStore {
             }
             Ok(attributes)
         })
+    }
+
+    /// The admin password's stored record when `password` still matches it, else a
+    /// fresh record (new salt), stored. Bearer tokens name the record they were issued
+    /// under, so changing the admin password revokes the admin's earlier tokens while a
+    /// restart with the same password keeps them.
+    pub fn admin_password_record(&self, password: &str) -> Result<PasswordRecord, StoreError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut table = txn.open_table(ADMIN).map_err(db_err)?;
+            let stored: Option<PasswordRecord> = match table.get("admin").map_err(db_err)? {
+                Some(bytes) => Some(decode("admin", bytes.value())?),
+                None => None,
+            };
+            match stored {
+                Some(record) if verify_secret(&record, password) => return Ok(record),
+                _ => {
+                    let record = hash_secret(password, now_unix(), None);
+                    let bytes =
+                        serde_json::to_vec(&record).map_err(|source| StoreError::Corrupt {
+                            key: "admin".to_owned(),
+                            source,
+                        })?;
+                    table.insert("admin", bytes.as_slice()).map_err(db_err)?;
+                    record
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(record)
     }
 
     /// Checks a token's credentials against the current snapshot.

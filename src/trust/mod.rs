@@ -8,6 +8,7 @@
 //! - [`store`], [`service`]: persistence and the trust service used by the HTTP API.
 
 pub mod canonical;
+pub mod kek;
 pub mod keys;
 pub mod metadata;
 pub mod service;

@@ -33,6 +33,16 @@ impl Server {
     /// Like [`Server::start`], with extra `serve` arguments (`--upstream URL`,
     /// `--policy-dir DIR`, ...).
     pub fn start_with(data_dir: &Path, admin_password: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, admin_password, extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables (`RUST_LOG`, ...).
+    pub fn start_with_env(
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -47,6 +57,7 @@ impl Server {
         if let Some(p) = admin_password {
             cmd.env("PORTCULLIS_ADMIN_PASSWORD", p);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn portcullis serve");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
