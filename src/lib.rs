@@ -6,10 +6,12 @@
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
+//! - [`fuzz`]: one entry per untrusted-bytes parser, for `fuzz/` and its corpus replay.
 //! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
 
 pub mod admin;
 pub mod cli;
+pub mod fuzz;
 pub mod gateway;
 pub mod identity;
 pub mod policy;

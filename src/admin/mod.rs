@@ -84,6 +84,17 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
     ]
 }
 
+/// Parses `body` as every kind of admin API request body (the fuzz target's entry).
+#[doc(hidden)]
+pub fn parse_request_bodies(body: &[u8]) {
+    let _ = wire::parse_body::<wire::CreateToken>(body);
+    let _ = wire::parse_body::<wire::UpdateToken>(body);
+    let _ = wire::parse_body::<wire::GenerateCredentials>(body);
+    let _ = wire::parse_body::<wire::CreateScopeMap>(body);
+    let _ = wire::parse_body::<wire::UpdateScopeMap>(body);
+    let _ = wire::parse_body::<wire::AttributesJson>(body);
+}
+
 /// The admin API with every path under `/admin/v1/`; mount it beside the registry.
 pub fn router(state: AdminState) -> Router {
     let mut router = Router::new();

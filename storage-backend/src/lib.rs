@@ -44,6 +44,6 @@ pub mod route;
 pub mod upload;
 
 pub use error::StorageError;
-pub use http::{router, serve};
+pub use http::{RangeRequest, parse_range, router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use registry::{Registry, StorageConfig};
