@@ -7,7 +7,10 @@
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
 //! - [`fuzz`]: one entry per untrusted-bytes parser, for `fuzz/` and its corpus replay.
-//! - The bundled OCI registry is the `portcullis_storage` crate (`storage-backend/`).
+//! - [`trust`]: content trust (Notary v1 / TUF) data, validation and storage.
+//! - The OCI domain types (names, digests, references, routes, error codes) are the
+//!   `portcullis_oci` crate (`oci/`); the bundled OCI registry is the
+//!   `portcullis_storage` crate (`storage-backend/`). `ARCHITECTURE.md` has the map.
 
 pub mod admin;
 pub mod cli;

@@ -3,11 +3,11 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use portcullis_storage::errcode::{ErrorCode, OciError};
+use portcullis_oci::{ErrorCode, OciError};
 
 use crate::identity::pattern::PatternError;
 use crate::identity::scope::{NameError, RuleError};
-use crate::identity::store::StoreError;
+use crate::identity::store::IdentityStoreError;
 
 /// The admin realm, sent with every 401.
 pub const REALM: &str = r#"Basic realm="portcullis-admin""#;
@@ -50,17 +50,21 @@ impl AdminError {
     }
 }
 
-impl From<StoreError> for AdminError {
-    fn from(e: StoreError) -> Self {
+impl From<IdentityStoreError> for AdminError {
+    fn from(e: IdentityStoreError) -> Self {
         let msg = e.to_string();
         match e {
-            StoreError::NotFound { .. } => AdminError::NotFound(msg),
-            StoreError::AlreadyExists { .. }
-            | StoreError::SystemScopeMap(_)
-            | StoreError::ScopeMapInUse { .. } => AdminError::Conflict(msg),
-            StoreError::TooManyRules { .. } => AdminError::BadRequest(msg),
-            StoreError::InvalidRepository(_) | StoreError::Name(_) => AdminError::InvalidName(msg),
-            StoreError::Database(_) | StoreError::Corrupt { .. } => AdminError::Internal(msg),
+            IdentityStoreError::NotFound { .. } => AdminError::NotFound(msg),
+            IdentityStoreError::AlreadyExists { .. }
+            | IdentityStoreError::SystemScopeMap(_)
+            | IdentityStoreError::ScopeMapInUse { .. } => AdminError::Conflict(msg),
+            IdentityStoreError::TooManyRules { .. } => AdminError::BadRequest(msg),
+            IdentityStoreError::InvalidRepository(_) | IdentityStoreError::Name(_) => {
+                AdminError::InvalidName(msg)
+            }
+            IdentityStoreError::Database(_) | IdentityStoreError::Corrupt { .. } => {
+                AdminError::Internal(msg)
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::identity::model::PasswordSlot;
 use crate::identity::now_unix;
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::store::{
-    IdentityStore, NewToken, ScopeMapUpdate, StoreError, TokenScope, TokenUpdate,
+    IdentityStore, IdentityStoreError, NewToken, ScopeMapUpdate, TokenScope, TokenUpdate,
 };
 
 use super::AdminState;
@@ -25,7 +25,7 @@ use super::wire::{
 /// Runs a store operation off the async workers.
 async fn blocking<T: Send + 'static>(
     state: &AdminState,
-    f: impl FnOnce(&IdentityStore) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&IdentityStore) -> Result<T, IdentityStoreError> + Send + 'static,
 ) -> Result<T, AdminError> {
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || f(&store))
@@ -35,7 +35,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn token_not_found(name: &str) -> AdminError {
-    StoreError::NotFound {
+    IdentityStoreError::NotFound {
         kind: "token",
         name: name.to_owned(),
     }
@@ -173,7 +173,7 @@ pub async fn get_scope_map(
 ) -> Result<Response, AdminError> {
     let snap = state.store.snapshot();
     let map = snap.scope_maps.get(&name).ok_or_else(|| {
-        AdminError::from(StoreError::NotFound {
+        AdminError::from(IdentityStoreError::NotFound {
             kind: "scope map",
             name: name.clone(),
         })

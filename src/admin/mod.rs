@@ -18,10 +18,9 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, delete, get, patch, post, put};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::{Method, header};
 
+use crate::identity::basic::decode_basic;
 use crate::identity::{AdminAccount, IdentityStore};
 use crate::policy::PolicyEngine;
 use crate::trust::service::TrustService;
@@ -115,12 +114,8 @@ async fn require_admin(State(state): State<AdminState>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| STANDARD.decode(b64.trim()).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .is_some_and(|pair| {
-            pair.split_once(':')
-                .is_some_and(|(user, password)| state.admin.verify(user, password))
-        });
+        .and_then(|b64| decode_basic(b64.trim()).ok())
+        .is_some_and(|(user, password)| state.admin.verify(&user, &password));
     if authorized {
         next.run(request).await
     } else {
@@ -130,6 +125,9 @@ async fn require_admin(State(state): State<AdminState>, request: Request, next: 
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     #[test]

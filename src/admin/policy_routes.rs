@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::header;
+use portcullis_oci::Digest;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -72,7 +73,9 @@ async fn explain(
             ));
         }
         (Some(tag), None) => Some(Reference::Tag(tag)),
-        (None, Some(digest)) => Some(Reference::Digest(digest)),
+        (None, Some(digest)) => Some(Reference::Digest(
+            Digest::parse(&digest).map_err(|e| AdminError::BadRequest(e.to_string()))?,
+        )),
         (None, None) => None,
     };
     let now = body.now.unwrap_or_else(|| {

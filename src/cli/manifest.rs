@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::admin_client::{cell, print, render_table};
-use super::registry_client::{Reference, RegistryArgs, RegistryClient, RegistryError};
+use portcullis_oci::Reference;
+
+use super::registry_client::{RegistryArgs, RegistryClient, RegistryError};
 
 /// Config media types whose JSON carries `architecture` and `os`.
 const IMAGE_CONFIGS: [&str; 2] = [

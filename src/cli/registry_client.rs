@@ -4,10 +4,10 @@
 //! with HTTP Basic on every request: a token name and password, or the admin account.
 
 use clap::Args;
+use portcullis_oci::{Digest, Reference};
 use reqwest::blocking::{Client, Response};
 use reqwest::{Method, Url, header};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 use super::admin_client::{ClientArgs, ClientError, http_client, server_error};
 
@@ -50,21 +50,6 @@ pub enum RegistryError {
     BadResponse { url: String, reason: String },
 }
 
-/// A manifest reference on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
-    Tag(String),
-    Digest(String),
-}
-
-impl std::fmt::Display for Reference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reference::Tag(t) | Reference::Digest(t) => f.write_str(t),
-        }
-    }
-}
-
 /// `--image REPO:TAG` or `--image REPO@DIGEST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -82,7 +67,10 @@ impl std::str::FromStr for Image {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ImageError(s.to_owned());
         let (repository, reference) = if let Some((repo, digest)) = s.split_once('@') {
-            (repo, Reference::Digest(digest.to_owned()))
+            (
+                repo,
+                Reference::Digest(Digest::parse(digest).map_err(|_| bad())?),
+            )
         } else {
             // A tag never contains `/`, so the last `:` after the last `/` starts it.
             let (repo, tag) = s.rsplit_once(':').ok_or_else(bad)?;
@@ -290,7 +278,7 @@ impl RegistryClient {
                 reason: format!("manifest is not JSON: {e}"),
             })?;
         let info = from_headers.unwrap_or_else(|| ManifestInfo {
-            digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+            digest: Digest::of(&bytes).to_string(),
             media_type: manifest["mediaType"]
                 .as_str()
                 .unwrap_or_default()
@@ -395,10 +383,18 @@ mod tests {
         let img: Image = "samples/hello:v1".parse().unwrap();
         assert_eq!(img.repository, "samples/hello");
         assert_eq!(img.reference, Reference::Tag("v1".into()));
-        let img: Image = "a/b@sha256:0123".parse().unwrap();
+        let digest = Digest::of(b"manifest");
+        let img: Image = format!("a/b@{digest}").parse().unwrap();
         assert_eq!(img.repository, "a/b");
-        assert_eq!(img.reference, Reference::Digest("sha256:0123".into()));
-        for bad in ["samples/hello", "host:5000/hello", ":v1", "a@", "a:"] {
+        assert_eq!(img.reference, Reference::Digest(digest));
+        for bad in [
+            "samples/hello",
+            "host:5000/hello",
+            ":v1",
+            "a@",
+            "a:",
+            "a@sha256:0123",
+        ] {
             assert!(bad.parse::<Image>().is_err(), "{bad}");
         }
     }

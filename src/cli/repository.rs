@@ -8,7 +8,9 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::admin_client::{cell, print, render_table};
-use super::registry_client::{Image, Reference, RegistryArgs, RegistryClient, RegistryError};
+use portcullis_oci::Reference;
+
+use super::registry_client::{Image, RegistryArgs, RegistryClient, RegistryError};
 
 /// Asks on the terminal unless `--yes`; without a terminal, refuses.
 fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {

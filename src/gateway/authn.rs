@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use http::HeaderValue;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
@@ -20,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, Claims, Issuer, PrincipalKind, Subject, TokenUse};
+use crate::identity::basic::decode_basic;
 use crate::identity::scope::ADMIN_USER;
 use crate::identity::{
     AdminAccount, AuthError, IdentitySnapshot, IdentityStore, PasswordRecord, PasswordSlot,
@@ -141,7 +140,8 @@ impl Authenticator {
             .ok_or_else(|| invalid("the authorization header has no credentials"))?;
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("basic") {
-            let (user, password) = decode_basic(credentials)?;
+            let (user, password) =
+                decode_basic(credentials).map_err(|e| invalid(&e.to_string()))?;
             Ok(Authenticated {
                 principal: self.basic_at(&user, &password, now)?,
                 bearer_access: None,
@@ -404,17 +404,6 @@ fn password_id_bytes(record: &PasswordRecord) -> [u8; PASSWORD_ID_LEN] {
     id
 }
 
-fn decode_basic(credentials: &str) -> Result<(String, String), GatewayError> {
-    let bytes = STANDARD
-        .decode(credentials)
-        .map_err(|_| invalid("basic credentials are not base64"))?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid("basic credentials are not utf-8"))?;
-    let (user, password) = text
-        .split_once(':')
-        .ok_or_else(|| invalid("basic credentials have no `:` between user and password"))?;
-    Ok((user.to_owned(), password.to_owned()))
-}
-
 fn gone(name: &str, slot: PasswordSlot) -> String {
     format!("{} of token `{name}` has been deleted", slot.as_str())
 }
@@ -438,6 +427,9 @@ fn invalid(reason: &str) -> GatewayError {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use crate::identity::scope::parse_rule;
     use crate::identity::store::{NewToken, TokenScope, TokenUpdate};
 

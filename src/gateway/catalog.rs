@@ -200,8 +200,7 @@ mod tests {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD;
         use http::{Request, StatusCode};
-        use portcullis_storage::Digest;
-        use portcullis_storage::names::Reference;
+        use portcullis_oci::{Digest, Reference};
         use tower::ServiceExt;
 
         use super::*;

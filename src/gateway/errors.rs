@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use portcullis_storage::errcode::{ErrorCode, OciError};
+use portcullis_oci::{ErrorCode, OciError};
 
 /// Why a request was refused before (or instead of) reaching the backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

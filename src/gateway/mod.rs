@@ -12,7 +12,9 @@
 //! - [`repository_api`]: repository attributes over HTTP for tokens and the admin.
 //! - [`signed`]: signed-only views (`context.signed`, the signed tag list).
 //! - [`trust_api`]: the Notary v1 API (`/v2/<gun>/_trust/…`) over [`crate::trust`].
-//! - [`proxy`]: the pingora `ProxyHttp` implementation tying the steps together.
+//! - [`proxy`]: the request handling on a pingora session tying the steps together,
+//!   shared by both data planes; [`in_process`] calls the bundled store in process.
+//! - [`upstream`]: the pingora `ProxyHttp` phases in front of an upstream registry.
 //! - [`control`]: the in-process axum app for routes the gateway answers itself.
 //! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod direct;
 pub mod errors;
+pub mod in_process;
 pub mod jwt;
 pub mod metrics;
 pub mod proxy;
@@ -36,6 +39,7 @@ pub mod signed;
 pub mod tls;
 pub mod token;
 pub mod trust_api;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

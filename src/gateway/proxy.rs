@@ -1,8 +1,10 @@
-//! The pingora `ProxyHttp` implementation: every request is classified, and then
+//! The gateway's request handling on a pingora server session, shared by both data
+//! planes ([`super::direct`] with the bundled store, [`super::upstream`]'s `ProxyHttp`
+//! phases in front of an upstream registry). Every request is classified, and then
 //!
 //! - a repository operation is authenticated, authorized ([`access::authorize`]) and
 //!   handed to the backend, streaming both ways (a body is never buffered whole): the
-//!   bundled store's router is called in process (`serve_in_process`), an upstream
+//!   bundled store's router is called in process ([`super::in_process`]), an upstream
 //!   registry gets the request through pingora;
 //! - `/v2/` answers a challenge to anonymous clients and `{}` to authenticated ones;
 //! - every other route (token, catalog, repository API, admin API, metrics, health) is
@@ -10,52 +12,37 @@
 //!   into memory (at most [`CONTROL_BODY_LIMIT`]).
 //!
 //! Refusals are [`GatewayError`]s written with the request's challenge (realm
-//! `<scheme>://<Host>/oauth2/token` unless `public_url` is configured). Requests to the
-//! upstream get `X-Forwarded-{For,Proto,Host}`; no backend sees `Authorization` (it
-//! trusts the gateway's decision, and an upstream must not see gateway credentials);
-//! absolute `Location`s naming the upstream come back relative, so clients follow them
-//! through the gateway. Requests with a body are never retried.
+//! `<scheme>://<Host>/oauth2/token` unless `public_url` is configured). No backend sees
+//! `Authorization` (it trusts the gateway's decision, and an upstream must not see
+//! gateway credentials).
 
-use std::io;
 use std::net::IpAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_trait::async_trait;
 use axum::Router;
-use axum::body::{Body, HttpBody};
+use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use futures_util::future::{Either, select};
 use http::{HeaderValue, Method, StatusCode, header};
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::modules::http::HttpModules;
-use pingora::prelude::HttpPeer;
-use pingora::protocols::TcpKeepalive;
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use tokio::sync::mpsc::Sender;
 use tower::ServiceExt;
 
 use super::authn::Authenticated;
-use portcullis_storage::Registry;
-
-use super::backend::{Backend, PeerAddress};
+use super::backend::Backend;
 use super::classify::{self, RepositoryRequest, RequestKind, Route};
 use super::errors::{Challenge, GatewayError};
+use super::in_process;
 use super::{Gateway, RequestMeta, access};
 use crate::identity::Principal;
 
 /// Largest request body the control app accepts (token forms, admin JSON).
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
-/// Request body chunks (pingora reads up to 64 KiB each) queued between the client and
-/// the in-process store: enough to keep both sides busy, small enough to bound memory.
-const BODY_QUEUE: usize = 16;
-const API_VERSION: &str = "registry/2.0";
-const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub(super) const API_VERSION: &str = "registry/2.0";
+pub(super) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
 /// Which listener a proxy instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +54,11 @@ pub enum Listener {
 }
 
 pub struct Proxy {
-    gw: Arc<Gateway>,
+    pub(super) gw: Arc<Gateway>,
     control: Router,
     listener: Listener,
     /// `http` or `https`: this listener's scheme, for realms and `X-Forwarded-Proto`.
-    scheme: &'static str,
+    pub(super) scheme: &'static str,
     /// The configured external base URL (no trailing `/`).
     public_url: Option<String>,
 }
@@ -82,10 +69,10 @@ pub struct RequestCtx {
     route: &'static str,
     principal: Option<Principal>,
     /// The request declares a body (`Content-Length` > 0 or chunked).
-    has_body: bool,
+    pub(super) has_body: bool,
     /// The query the backend gets instead of the client's (an automatic mount that
     /// access resolved).
-    query: Option<String>,
+    pub(super) query: Option<String>,
 }
 
 impl Proxy {
@@ -223,7 +210,7 @@ impl Proxy {
     /// through pingora (`Ok(false)`).
     async fn forward(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         match &self.gw.backend {
-            Backend::Bundled { registry } => serve_in_process(session, ctx, registry).await,
+            Backend::Bundled { registry } => in_process::serve(session, ctx, registry).await,
             Backend::Upstream { .. } => Ok(false),
         }
     }
@@ -422,151 +409,6 @@ impl Proxy {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
-
-    /// No modules: pingora's default adds a (disabled) compression module whose
-    /// per-request context and filters cost time on every request for nothing.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    fn new_ctx(&self) -> RequestCtx {
-        self.new_request()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.respond(session.as_downstream_mut(), ctx).await
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        // Only an upstream is proxied: `forward` serves the bundled store in process.
-        let Some(PeerAddress { addr, tls, sni }) = self.gw.backend.peer() else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "the bundled store has no upstream peer",
-            ));
-        };
-        let mut peer = HttpPeer::new(addr.as_str(), *tls, sni.clone());
-        peer.options.tcp_keepalive = Some(TcpKeepalive {
-            idle: Duration::from_secs(60),
-            interval: Duration::from_secs(10),
-            count: 6,
-            #[cfg(target_os = "linux")]
-            user_timeout: Duration::from_secs(0),
-        });
-        // No read/write timeouts: a multi-GB blob may legitimately take a long time,
-        // and pingora applies them per operation across the whole exchange. A dead
-        // upstream is noticed by connect timeout, TCP keepalive or a closed socket.
-        peer.options.connection_timeout = Some(Duration::from_secs(10));
-        peer.options.total_connection_timeout = Some(Duration::from_secs(20));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let forwarded_for = match (
-            upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
-            client_ip(session.as_downstream()),
-        ) {
-            (Some(prior), Some(ip)) => Some(format!("{prior}, {ip}")),
-            (None, Some(ip)) => Some(ip.to_string()),
-            (_, None) => None,
-        };
-        if let Some(value) = forwarded_for {
-            upstream.insert_header("x-forwarded-for", value)?;
-        }
-        upstream.insert_header("x-forwarded-proto", self.scheme)?;
-        if let Some(host) = host(session.as_downstream()).map(str::to_owned) {
-            upstream.insert_header("x-forwarded-host", host)?;
-        }
-        if let Some(host) = self.gw.backend.host_header() {
-            upstream.insert_header(header::HOST, host)?;
-        }
-        upstream.remove_header(&header::AUTHORIZATION);
-        if let Some(query) = &ctx.query {
-            let uri = with_query(&upstream.uri, query)?;
-            upstream.set_uri(uri);
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Backend::Upstream { base, .. } = &self.gw.backend
-            && let Some(location) = response
-                .headers
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| relative_location(v, base))
-        {
-            response.insert_header(header::LOCATION, location)?;
-        }
-        // Distribution sends it already; pingora's insert re-parses the name and
-        // re-indexes the header map, a cost worth skipping on every proxied response.
-        if response
-            .headers
-            .get(API_VERSION_HEADER)
-            .is_none_or(|v| v.as_bytes() != API_VERSION.as_bytes())
-        {
-            response.insert_header(API_VERSION_HEADER, API_VERSION)?;
-        }
-        Ok(())
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
-        // Never replay a body (pingora would from its retry buffer).
-        if ctx.has_body || !session.req_header().method.is_idempotent() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        self.fail(session.as_downstream_mut(), e, ctx).await
-    }
-
-    /// A client's own mistake (a malformed body, a client gone midway) is not the
-    /// gateway's error: the access line records it, at info.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        e.esource() == &ErrorSource::Downstream
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.log(session.as_downstream(), e, ctx);
-    }
-}
-
 /// What a client did wrong, from a downstream error: pingora's reason in lowercase
 /// words (e.g. "malformed request body: invalid chunked encoding: InvalidChunkSize").
 fn client_fault(e: &Error) -> String {
@@ -630,7 +472,7 @@ fn declares_body(headers: &http::HeaderMap) -> bool {
 /// The client's `Host` (HTTP/1.1 header, or the HTTP/2 authority).
 /// The client's `Host`, when it is a plain `host[:port]` authority (it ends up inside
 /// the quoted realm of a challenge, so nothing else may pass).
-fn host(session: &ServerSession) -> Option<&str> {
+pub(super) fn host(session: &ServerSession) -> Option<&str> {
     let head = session.req_header();
     head.headers
         .get(header::HOST)
@@ -664,27 +506,10 @@ fn smuggles_form(session: &ServerSession, req: &RepositoryRequest) -> bool {
         })
 }
 
-fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+pub(super) fn client_ip(session: &ServerSession) -> Option<IpAddr> {
     match session.client_addr() {
         Some(SocketAddr::Inet(addr)) => Some(addr.ip()),
         _ => None,
-    }
-}
-
-/// `location` made relative when it is an absolute URL on the upstream `base`
-/// (`http://host:port`); `None` leaves it as it is.
-fn relative_location(location: &str, base: &str) -> Option<String> {
-    let rest = location
-        .get(..base.len())
-        .filter(|prefix| prefix.eq_ignore_ascii_case(base))?;
-    let path = location.get(rest.len()..)?;
-    if path.is_empty() {
-        Some("/".to_owned())
-    } else if path.starts_with('/') || path.starts_with('?') {
-        Some(path.to_owned())
-    } else {
-        // `http://host:5000` must not match `http://host:50001/…`.
-        None
     }
 }
 
@@ -695,108 +520,11 @@ pub(super) fn json_header(status: StatusCode, len: usize) -> Result<ResponseHead
     Ok(header)
 }
 
-/// Runs the bundled store's HTTP API on the request and writes its response.
-/// A request body streams from the client into the store through a short queue, so
-/// uploads are hashed and written once, in memory bounded by the queue; the response
-/// body streams back the same way.
-async fn serve_in_process(
-    session: &mut ServerSession,
-    ctx: &RequestCtx,
-    store: &Arc<Registry>,
-) -> Result<bool> {
-    let mut request = in_process_request(session, Body::empty())?;
-    // The store trusts the gateway's decision; it never sees the credentials.
-    request.headers_mut().remove(header::AUTHORIZATION);
-    if let Some(query) = &ctx.query {
-        *request.uri_mut() = with_query(request.uri(), query)?;
-    }
-    let (response, body_read) = if ctx.has_body {
-        let (tx, rx) = tokio::sync::mpsc::channel(BODY_QUEUE);
-        *request.body_mut() =
-            Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|chunk| (chunk, rx))
-            }));
-        let call = pin!(portcullis_storage::serve(store, request));
-        let pump = pin!(pump_request_body(session, tx));
-        match select(call, pump).await {
-            // The store answered without reading the whole body (a refusal).
-            Either::Left((response, _)) => (response, false),
-            Either::Right((pumped, call)) => {
-                // On a client error the store sees the body fail and cleans up first.
-                let response = call.await;
-                pumped?;
-                (response, true)
-            }
-        }
-    } else {
-        (portcullis_storage::serve(store, request).await, true)
-    };
-    if !body_read {
-        // The rest of the request body is not worth draining.
-        session.set_keepalive(None);
-    }
-    let (parts, body) = response.into_parts();
-    let mut header = ResponseHeader::from(parts);
-    if !header.headers.contains_key(header::CONTENT_LENGTH)
-        && let Some(len) = HttpBody::size_hint(&body).exact()
-    {
-        header.insert_header(header::CONTENT_LENGTH, len)?;
-    }
-    // `Date` (and `Connection`) are set by pingora as it writes the header.
-    if session.req_header().method == Method::HEAD || HttpBody::is_end_stream(&body) {
-        session.write_response_header(Box::new(header)).await?;
-        return Ok(true);
-    }
-    session.write_response_header(Box::new(header)).await?;
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk
-            .map_err(|e| Error::because(ErrorType::InternalError, "store response body", e))?;
-        session.write_response_body(chunk, false).await?;
-    }
-    session.write_response_body(Bytes::new(), true).await?;
-    Ok(true)
-}
-
-/// Feeds the client's request body to the store; a client error reaches the store as a
-/// body error (a partial chunk is never taken for a whole one). Answers `100 Continue`
-/// to a client that waits for it.
-async fn pump_request_body(
-    session: &mut ServerSession,
-    tx: Sender<io::Result<Bytes>>,
-) -> Result<()> {
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await?;
-    }
-    loop {
-        match read_body(session).await {
-            // HTTP/2 may end the body with an empty DATA frame: nothing to pass on.
-            Ok(Some(chunk)) if chunk.is_empty() => {}
-            Ok(Some(chunk)) => {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    // The store stopped reading: it has its answer.
-                    return Ok(());
-                }
-            }
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                return Err(e);
-            }
-        }
-    }
-}
-
 /// The next chunk of the request body. Every failure here is the client's (a malformed
 /// chunk, a body cut short, a reset stream), so it is marked as coming from downstream:
 /// `fail_to_proxy` answers it 400 (or not at all when the client is gone), never as a
 /// backend failure.
-async fn read_body(session: &mut ServerSession) -> Result<Option<Bytes>> {
+pub(super) async fn read_body(session: &mut ServerSession) -> Result<Option<Bytes>> {
     session.read_request_body().await.map_err(|mut e| {
         e.as_down();
         e
@@ -804,7 +532,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Option<Bytes>> {
 }
 
 /// The client's request as an `http::Request` for a service called in process.
-fn in_process_request(session: &ServerSession, body: Body) -> Result<http::Request<Body>> {
+pub(super) fn in_process_request(
+    session: &ServerSession,
+    body: Body,
+) -> Result<http::Request<Body>> {
     let head = session.req_header();
     let mut request = http::Request::builder()
         .method(head.method.clone())
@@ -816,7 +547,7 @@ fn in_process_request(session: &ServerSession, body: Body) -> Result<http::Reque
 }
 
 /// `uri` with its query replaced by `query` (none when empty).
-fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri> {
+pub(super) fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri> {
     let path = uri.path();
     let replaced = if query.is_empty() {
         path.to_owned()
@@ -860,26 +591,6 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_locations_become_relative() {
-        let base = "http://127.0.0.1:5001";
-        assert_eq!(
-            relative_location(
-                "http://127.0.0.1:5001/v2/a/blobs/uploads/u?_state=xyz",
-                base
-            )
-            .as_deref(),
-            Some("/v2/a/blobs/uploads/u?_state=xyz")
-        );
-        assert_eq!(
-            relative_location("HTTP://127.0.0.1:5001/v2/", base).as_deref(),
-            Some("/v2/")
-        );
-        assert_eq!(relative_location("http://127.0.0.1:50011/v2/", base), None);
-        assert_eq!(relative_location("/v2/a/blobs/uploads/u", base), None);
-        assert_eq!(relative_location("https://cdn.example/blob", base), None);
-    }
 
     #[test]
     fn bodies_are_declared_by_length_or_chunking() {

@@ -52,7 +52,7 @@ pub fn signature(targets: Option<&SignedTargets>, reference: &Reference) -> Sign
         return Signature::Unsigned;
     };
     match reference {
-        Reference::Digest(digest) if targets.has_digest(digest) => Signature::Signed,
+        Reference::Digest(digest) if targets.has_digest(digest.as_str()) => Signature::Signed,
         Reference::Digest(_) => Signature::Unsigned,
         Reference::Tag(tag) if targets.has_tag(tag) => Signature::TagSigned,
         Reference::Tag(_) => Signature::Unsigned,
@@ -136,6 +136,8 @@ pub fn tags_list(repository: &str, tags: &[String], query: Option<&str>) -> Resp
 
 #[cfg(test)]
 mod tests {
+    use portcullis_oci::Digest;
+
     use super::*;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -146,7 +148,7 @@ mod tests {
         let targets = SignedTargets::from_tags(&[("v1", D1)]);
         let t = Some(&targets);
         let tag = |s: &str| Reference::Tag(s.into());
-        let digest = |s: &str| Reference::Digest(s.into());
+        let digest = |s: &str| Reference::Digest(Digest::parse(s).unwrap());
         assert_eq!(signature(t, &digest(D1)), Signature::Signed);
         assert_eq!(signature(t, &digest(D2)), Signature::Unsigned);
         assert_eq!(signature(t, &tag("v1")), Signature::TagSigned);

@@ -21,11 +21,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, TokenUse};
-use super::trust_api::action_checks;
 use super::{Gateway, RequestMeta, access};
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Principal, now_unix};
-use crate::trust::service::gun_repository;
+use crate::trust::naming::gun_repository;
 
 /// GET and POST `/oauth2/token`.
 pub fn router() -> Router<Arc<Gateway>> {
@@ -267,7 +266,7 @@ fn grant(
 
 /// Which notary actions (`pull`, `push`, `*`) policy grants `principal` on the trust
 /// data of `repository`: exactly what the trust API's rules allow (see
-/// `trust_api::action_checks`), so `*` goes to whoever may delete or rotate keys.
+/// [`access::trust_checks`]), so `*` goes to whoever may delete or rotate keys.
 fn trust_granted(
     gw: &Gateway,
     meta: &RequestMeta,
@@ -277,7 +276,7 @@ fn trust_granted(
 ) -> Vec<String> {
     let identity = gw.store.snapshot();
     let allowed = |action: &str| {
-        action_checks(action, principal).is_some_and(|checks| {
+        access::trust_checks(action, principal).is_some_and(|checks| {
             checks.iter().all(|&(action, operation)| {
                 let check = access::Check {
                     action,

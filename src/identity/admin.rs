@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::model::PasswordRecord;
 use super::scope::ADMIN_USER;
 use super::secret::{generate_secret, hash_secret, verify_secret};
-use super::store::{IdentityStore, StoreError};
+use super::store::{IdentityStore, IdentityStoreError};
 
 /// The file under the data directory that holds a generated admin password.
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
@@ -30,7 +30,7 @@ pub enum AdminAccountError {
         source: std::io::Error,
     },
     #[error("storing the admin password's record: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] IdentityStoreError),
 }
 
 /// Where the admin password came from; a generated one is returned once, to be shown.

@@ -1,8 +1,9 @@
 //! Identity: who may call the registry. Owns the token / scope-map model, pattern
-//! validation, secrets (generation, salted hashing, constant-time checks), the
-//! control-plane store in redb, and the bootstrap admin account.
+//! validation, secrets (generation, salted hashing, constant-time checks), Basic
+//! credentials, the control-plane store in redb, and the bootstrap admin account.
 
 pub mod admin;
+pub mod basic;
 pub mod model;
 pub mod pattern;
 pub mod scope;

@@ -31,7 +31,7 @@ pub enum PatternError {
 }
 
 /// The OCI repository-name grammar is the storage backend's; patterns use the same one.
-pub use portcullis_storage::is_valid_repository_name;
+pub use portcullis_oci::is_valid_repository_name;
 
 impl RepositoryPattern {
     /// Parses and validates a pattern; input is lowercased first because repository

@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use portcullis_oci::Digest;
 use serde::Deserialize;
 
 use super::{
@@ -337,7 +338,9 @@ fn request(case: &TestCase) -> Result<AuthzRequest, String> {
     let reference = match (&case.tag, &case.digest) {
         (Some(_), Some(_)) => return Err("give `tag` or `digest`, not both".into()),
         (Some(tag), None) => Some(Reference::Tag(tag.clone())),
-        (None, Some(digest)) => Some(Reference::Digest(digest.clone())),
+        (None, Some(digest)) => Some(Reference::Digest(
+            Digest::parse(digest).map_err(|e| e.to_string())?,
+        )),
         (None, None) => None,
     };
     Ok(AuthzRequest {

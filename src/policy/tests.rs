@@ -1,18 +1,21 @@
 //! Engine tests: spec examples compiled to Cedar and decided, invalidation on every
 //! kind of identity change, caching, reload, and fail-closed forbids.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{PolicySet, ValidationMode, Validator};
+use cedar_policy::{Authorizer, Entities, Policy, PolicySet, ValidationMode, Validator};
 
+use super::analysis::{Kind, Loaded, RepositoryUse, context_fields, repository_use};
+use super::compile::CompiledScopeMap;
+use super::entities::{entity_uid, principal_entity, repository_entity};
 use super::*;
 use crate::identity::scope::system_scope_maps;
 use crate::identity::{
-    PasswordRecord, PasswordSlot, RepositoryAttributes, RepositoryPattern, ScopeMap, ScopeRule,
-    Token, TokenStatus,
+    Action, IdentitySnapshot, PasswordRecord, PasswordSlot, Principal, RepositoryAttributes,
+    RepositoryPattern, ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
 };
 
 const NOW: UnixSeconds = 1_767_225_600;
@@ -506,7 +509,7 @@ when { context has tag && context.tag == "latest" };
         e.authorize(&snap, r.clone()).policies,
         vec!["no-latest".to_owned()]
     );
-    r.context.reference = Some(Reference::Digest("sha256:00".into()));
+    r.context.reference = Some(Reference::Digest(portcullis_oci::Digest::of(b"manifest")));
     assert!(e.authorize(&snap, r.clone()).allowed);
 }
 
@@ -640,7 +643,7 @@ fn signed_only_repositories_refuse_unsigned_manifests_only() {
         assert!(e.authorize(&snap, r.clone()).allowed, "{principal:?}");
         for reference in [
             Reference::Tag("v1".into()),
-            Reference::Digest("sha256:00".into()),
+            Reference::Digest(portcullis_oci::Digest::of(b"manifest")),
         ] {
             r.context.reference = Some(reference);
             r.context.signed = false;
@@ -850,7 +853,7 @@ fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
         r.context.reference = match next(3) {
             0 => None,
             1 => Some(Reference::Tag("v1".into())),
-            _ => Some(Reference::Digest("sha256:00".into())),
+            _ => Some(Reference::Digest(portcullis_oci::Digest::of(b"manifest"))),
         };
         r.context.signed = next(2) == 0;
         let fast = e.authorize(&snap, r.clone());

@@ -24,7 +24,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use super::store::{StoreError, TrustStore};
+use super::store::{TrustStore, TrustStoreError};
 
 /// The passphrase file a fresh install generates inside the data directory.
 pub const PASSPHRASE_FILE: &str = "trust-key-passphrase";
@@ -57,7 +57,7 @@ pub enum KekError {
     #[error("deriving the key-encryption key: {0}")]
     Derive(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] TrustStoreError),
 }
 
 /// Where `serve` (or `rotate-kek`) was told to find the passphrase.

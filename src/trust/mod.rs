@@ -1,174 +1,28 @@
-//! Content trust: TUF metadata as Notary v1 implements it (no HTTP, no I/O).
+//! Content trust: TUF metadata as Notary v1 implements it, validated, persisted (redb)
+//! and served to the gateway's Notary API (`gateway::trust_api`, the only HTTP side).
 //!
+//! - [`naming`]: roles, metadata references and GUNs: the names the HTTP side parses.
 //! - [`canonical`]: OLPC canonical JSON, the bytes every signature covers.
 //! - [`keys`]: TUF public keys, key ids, signature verification, root certificate rules.
 //! - [`metadata`]: the signed envelope and the four role bodies, hashes, thresholds.
 //! - [`validate`]: notary-server's update validation, snapshot/timestamp generation and refresh.
 //! - [`signer`]: the server-held timestamp/snapshot keys.
-//! - [`store`], [`service`]: persistence and the trust service used by the HTTP API.
+//! - [`store`]: persistence in redb (current files, history, changefeed, server keys).
+//! - [`service`]: the trust service the Notary API and the signed-only views call.
 
 pub mod canonical;
 pub mod kek;
 pub mod keys;
 pub mod metadata;
+pub mod naming;
 pub mod service;
 pub mod signer;
 pub mod store;
 pub mod validate;
 
 pub use keys::{KeyError, KeyType, PublicKey};
+pub use naming::{InvalidRole, MetadataRef, Role, gun_repository};
 pub use signer::{KeyAlgorithm, ServerKey};
 pub use validate::{
     SignedTarget, TrustState, UpdateError, refresh, signed_targets, validate_update,
 };
-
-/// A role name that is not one of notary's valid roles.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid role {0:?}: expected root, targets, snapshot, timestamp or targets/<name>")]
-pub struct InvalidRole(pub String);
-
-/// A validated role name: `root`, `targets`, `snapshot`, `timestamp`, or a delegation
-/// `targets/<...>` (`^[-a-z0-9_/]+$`, < 256 chars, path-clean, a `.json` suffix stripped).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Role(String);
-
-impl Role {
-    /// Parses a role name as notary's `data.ValidRole` does, after stripping `.json`.
-    pub fn parse(s: &str) -> Result<Role, InvalidRole> {
-        let name = s.strip_suffix(".json").unwrap_or(s);
-        let base = matches!(name, "root" | "targets" | "snapshot" | "timestamp");
-        if base || is_delegation(name) {
-            Ok(Role(name.to_owned()))
-        } else {
-            Err(InvalidRole(s.to_owned()))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn root() -> Role {
-        Role("root".to_owned())
-    }
-
-    pub fn targets() -> Role {
-        Role("targets".to_owned())
-    }
-
-    pub fn snapshot() -> Role {
-        Role("snapshot".to_owned())
-    }
-
-    pub fn timestamp() -> Role {
-        Role("timestamp".to_owned())
-    }
-
-    /// Timestamp and snapshot: the roles whose keys the server may hold and whose files
-    /// it signs.
-    pub fn is_server_managed(&self) -> bool {
-        matches!(self.as_str(), "timestamp" | "snapshot")
-    }
-
-    /// The delegation docker signs tags with.
-    pub fn releases() -> Role {
-        Role("targets/releases".to_owned())
-    }
-
-    /// `targets` or a delegation below it.
-    pub fn is_targets(&self) -> bool {
-        self.0 == "targets" || self.is_delegation()
-    }
-
-    /// A `targets/...` delegation.
-    pub fn is_delegation(&self) -> bool {
-        self.0.starts_with("targets/")
-    }
-
-    /// The delegating role: `targets/a/b` → `targets/a`, `targets/a` → `targets`; None otherwise.
-    pub fn parent(&self) -> Option<Role> {
-        if !self.is_delegation() {
-            return None;
-        }
-        self.0
-            .rsplit_once('/')
-            .map(|(parent, _)| Role(parent.to_owned()))
-    }
-
-    /// Path depth, for processing shallower targets roles first (notary's `RoleList` order).
-    pub fn depth(&self) -> usize {
-        self.0.split('/').count()
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// notary's `IsDelegation`: `targets/` prefix, allowed characters, length, and `path.Clean`
-/// being the identity (no empty, `.` or `..` segment, no trailing slash).
-fn is_delegation(name: &str) -> bool {
-    let chars_ok = name
-        .bytes()
-        .all(|b| matches!(b, b'-' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'/'));
-    let clean = name
-        .split('/')
-        .all(|segment| !segment.is_empty() && segment != "." && segment != "..");
-    name.starts_with("targets/") && chars_ok && name.len() < 256 && clean
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roles_follow_notary_valid_role() {
-        for ok in [
-            "root",
-            "targets",
-            "snapshot",
-            "timestamp",
-            "targets/releases",
-            "targets/a/b-c_1",
-        ] {
-            assert_eq!(Role::parse(ok).unwrap().as_str(), ok);
-        }
-        assert_eq!(
-            Role::parse("targets/releases.json").unwrap().as_str(),
-            "targets/releases"
-        );
-        assert_eq!(Role::parse("root.json").unwrap(), Role::root());
-        let long = format!("targets/{}", "a".repeat(248));
-        for bad in [
-            "",
-            "Root",
-            "targets/",
-            "targets//a",
-            "targets/a/",
-            "targets/../root",
-            "targets/A",
-            "targets/a.b",
-            "other",
-            "snapshot/x",
-            long.as_str(),
-        ] {
-            assert!(Role::parse(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(Role::parse(&format!("targets/{}", "a".repeat(247))).is_ok());
-    }
-
-    #[test]
-    fn parents_and_depth() {
-        let role = Role::parse("targets/a/b").unwrap();
-        assert_eq!(role.parent(), Some(Role::parse("targets/a").unwrap()));
-        assert_eq!(
-            Role::parse("targets/a").unwrap().parent(),
-            Some(Role::targets())
-        );
-        assert_eq!(Role::targets().parent(), None);
-        assert_eq!(role.depth(), 3);
-        assert!(role.is_targets() && !Role::root().is_targets());
-    }
-}

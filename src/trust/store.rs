@@ -46,7 +46,7 @@ const LAST_CHANGE_KEY: &str = "last_change";
 const TIMESTAMP: &str = "timestamp";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum TrustStoreError {
     /// The stored version of a role is at least the new one (notary's `ErrOldVersion`).
     #[error("`{role}` version {new} of `{gun}` is not newer than the stored version {stored}")]
     OldVersion {
@@ -61,8 +61,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database(e.into())
+fn db_err(e: impl Into<redb::Error>) -> TrustStoreError {
+    TrustStoreError::Database(e.into())
 }
 
 /// One stored TUF file.
@@ -133,14 +133,14 @@ pub trait Tables {
     fn table<K: Key + 'static, V: Value + 'static>(
         &self,
         definition: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, StoreError>;
+    ) -> Result<impl ReadableTable<K, V>, TrustStoreError>;
 }
 
 impl Tables for ReadTransaction {
     fn table<K: Key + 'static, V: Value + 'static>(
         &self,
         definition: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+    ) -> Result<impl ReadableTable<K, V>, TrustStoreError> {
         self.open_table(definition).map_err(db_err)
     }
 }
@@ -149,14 +149,14 @@ impl Tables for WriteTransaction {
     fn table<K: Key + 'static, V: Value + 'static>(
         &self,
         definition: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+    ) -> Result<impl ReadableTable<K, V>, TrustStoreError> {
         self.open_table(definition).map_err(db_err)
     }
 }
 
 impl TrustStore {
     /// The trust tables in `db`, created when missing.
-    pub fn open(db: Arc<Database>) -> Result<TrustStore, StoreError> {
+    pub fn open(db: Arc<Database>) -> Result<TrustStore, TrustStoreError> {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(FILES).map_err(db_err)?;
         txn.open_table(CURRENT).map_err(db_err)?;
@@ -170,16 +170,16 @@ impl TrustStore {
     }
 
     /// The key-encryption key's salt and check value, once set up.
-    pub fn kek_params(&self) -> Result<Option<KekParams>, StoreError> {
+    pub fn kek_params(&self) -> Result<Option<KekParams>, TrustStoreError> {
         let txn = self.read()?;
         let kek = txn.txn.table(KEK)?;
-        let get = |name: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        let get = |name: &str| -> Result<Option<Vec<u8>>, TrustStoreError> {
             Ok(kek.get(name).map_err(db_err)?.map(|v| v.value().to_vec()))
         };
         Ok(get("salt")?.zip(get("check")?))
     }
 
-    pub fn read(&self) -> Result<ReadTxn, StoreError> {
+    pub fn read(&self) -> Result<ReadTxn, TrustStoreError> {
         Ok(TrustTxn {
             txn: self.db.begin_read().map_err(db_err)?,
         })
@@ -187,7 +187,7 @@ impl TrustStore {
 
     /// A write transaction (redb serialises writers); nothing is written unless
     /// [`WriteTxn::commit`] is called.
-    pub fn write(&self) -> Result<WriteTxn, StoreError> {
+    pub fn write(&self) -> Result<WriteTxn, TrustStoreError> {
         Ok(TrustTxn {
             txn: self.db.begin_write().map_err(db_err)?,
         })
@@ -196,20 +196,20 @@ impl TrustStore {
 
 impl<T: Tables> TrustTxn<T> {
     /// Whether content trust is enabled (disabled until switched on).
-    pub fn enabled(&self) -> Result<bool, StoreError> {
+    pub fn enabled(&self) -> Result<bool, TrustStoreError> {
         let meta = self.txn.table(META)?;
         Ok(meta.get(STATUS_KEY).map_err(db_err)?.map(|v| v.value()) == Some(1))
     }
 
     /// The current version of `role`.
-    pub fn current(&self, gun: &str, role: &str) -> Result<Option<StoredFile>, StoreError> {
+    pub fn current(&self, gun: &str, role: &str) -> Result<Option<StoredFile>, TrustStoreError> {
         let current = self.txn.table(CURRENT)?;
         let Some(version) = current.get((gun, role)).map_err(db_err)?.map(|v| v.value()) else {
             return Ok(None);
         };
         self.version(gun, role, version)?
             .map(Some)
-            .ok_or_else(|| StoreError::Corrupt(format!("{gun} {role} v{version}")))
+            .ok_or_else(|| TrustStoreError::Corrupt(format!("{gun} {role} v{version}")))
     }
 
     /// `role` at `version`.
@@ -218,7 +218,7 @@ impl<T: Tables> TrustTxn<T> {
         gun: &str,
         role: &str,
         version: u64,
-    ) -> Result<Option<StoredFile>, StoreError> {
+    ) -> Result<Option<StoredFile>, TrustStoreError> {
         let files = self.txn.table(FILES)?;
         let found = files.get((gun, role, version)).map_err(db_err)?;
         Ok(found.map(|v| {
@@ -233,7 +233,11 @@ impl<T: Tables> TrustTxn<T> {
     }
 
     /// The file of `gun` whose sha256 (hex, lowercase) is `sha256`.
-    pub fn by_checksum(&self, gun: &str, sha256: &str) -> Result<Option<StoredFile>, StoreError> {
+    pub fn by_checksum(
+        &self,
+        gun: &str,
+        sha256: &str,
+    ) -> Result<Option<StoredFile>, TrustStoreError> {
         let checksums = self.txn.table(CHECKSUMS)?;
         let found = checksums.get((gun, sha256)).map_err(db_err)?.map(|v| {
             let (role, version) = v.value();
@@ -251,14 +255,14 @@ impl<T: Tables> TrustTxn<T> {
         gun: &str,
         role: &str,
         key_id: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, TrustStoreError> {
         let keys = self.txn.table(KEYS)?;
         let found = keys.get((gun, role, key_id)).map_err(db_err)?;
         Ok(found.map(|v| v.value().1.to_vec()))
     }
 
     /// Every server-held key: ((gun, role, key id), stored bytes).
-    pub fn server_keys(&self) -> Result<Vec<HeldKey>, StoreError> {
+    pub fn server_keys(&self) -> Result<Vec<HeldKey>, TrustStoreError> {
         let keys = self.txn.table(KEYS)?;
         let mut out = Vec::new();
         for entry in keys.iter().map_err(db_err)? {
@@ -273,7 +277,7 @@ impl<T: Tables> TrustTxn<T> {
     }
 
     /// Every GUN with trust data, sorted.
-    pub fn guns(&self) -> Result<Vec<String>, StoreError> {
+    pub fn guns(&self) -> Result<Vec<String>, TrustStoreError> {
         let current = self.txn.table(CURRENT)?;
         let mut guns: Vec<String> = Vec::new();
         for entry in current.iter().map_err(db_err)? {
@@ -294,7 +298,7 @@ impl<T: Tables> TrustTxn<T> {
         gun: Option<&str>,
         change_id: i64,
         records: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<Change>, TrustStoreError> {
         self.changes_of(|g| gun.is_none_or(|gun| gun == g), change_id, records)
     }
 
@@ -305,13 +309,13 @@ impl<T: Tables> TrustTxn<T> {
         mut wanted: impl FnMut(&str) -> bool,
         change_id: i64,
         records: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<Change>, TrustStoreError> {
         let table = self.txn.table(CHANGES)?;
         let limit = usize::try_from(records.unsigned_abs()).unwrap_or(usize::MAX);
         let backward = records < 0 || change_id < 0;
         let decode = |bytes: &[u8], id: u64| {
             serde_json::from_slice::<Change>(bytes)
-                .map_err(|_| StoreError::Corrupt(format!("change {id}")))
+                .map_err(|_| TrustStoreError::Corrupt(format!("change {id}")))
         };
         let mut out = Vec::new();
         if backward {
@@ -350,11 +354,11 @@ impl<T: Tables> TrustTxn<T> {
 }
 
 impl WriteTxn {
-    pub fn commit(self) -> Result<(), StoreError> {
+    pub fn commit(self) -> Result<(), TrustStoreError> {
         self.txn.commit().map_err(db_err)
     }
 
-    pub fn set_enabled(&self, enabled: bool) -> Result<(), StoreError> {
+    pub fn set_enabled(&self, enabled: bool) -> Result<(), TrustStoreError> {
         let mut meta = self.txn.open_table(META).map_err(db_err)?;
         meta.insert(STATUS_KEY, u64::from(enabled))
             .map_err(db_err)?;
@@ -364,13 +368,13 @@ impl WriteTxn {
     /// Stores `files` as the new current versions of their roles, indexed by sha256, and
     /// records a changefeed update when a timestamp is among them. Any role whose stored
     /// version is not lower than the new one fails the whole update
-    /// ([`StoreError::OldVersion`]); the caller then drops the transaction.
+    /// ([`TrustStoreError::OldVersion`]); the caller then drops the transaction.
     pub fn update_many(
         &self,
         gun: &str,
         files: &[NewFile],
         now: time::OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TrustStoreError> {
         let stored_at = now.unix_timestamp();
         let mut change = None;
         {
@@ -381,7 +385,7 @@ impl WriteTxn {
                 let role = file.role.as_str();
                 let stored = current.get((gun, role)).map_err(db_err)?.map(|v| v.value());
                 if let Some(stored) = stored.filter(|s| *s >= file.version) {
-                    return Err(StoreError::OldVersion {
+                    return Err(TrustStoreError::OldVersion {
                         gun: gun.to_owned(),
                         role: role.to_owned(),
                         stored,
@@ -414,7 +418,7 @@ impl WriteTxn {
         role: &str,
         key_id: &str,
         key: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TrustStoreError> {
         let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
         let newest = held_keys(&keys, gun, role)?
             .into_iter()
@@ -434,20 +438,20 @@ impl WriteTxn {
         role: &str,
         key_id: &str,
         key: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TrustStoreError> {
         let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
         let sequence = keys
             .get((gun, role, key_id))
             .map_err(db_err)?
             .map(|v| v.value().0)
-            .ok_or_else(|| StoreError::Corrupt(format!("{gun}/{role}/{key_id}")))?;
+            .ok_or_else(|| TrustStoreError::Corrupt(format!("{gun}/{role}/{key_id}")))?;
         keys.insert((gun, role, key_id), (sequence, key))
             .map_err(db_err)?;
         Ok(())
     }
 
     /// Stores the key-encryption key's salt and check value.
-    pub fn set_kek_params(&self, salt: &[u8], check: &[u8]) -> Result<(), StoreError> {
+    pub fn set_kek_params(&self, salt: &[u8], check: &[u8]) -> Result<(), TrustStoreError> {
         let mut kek = self.txn.open_table(KEK).map_err(db_err)?;
         kek.insert("salt", salt).map_err(db_err)?;
         kek.insert("check", check).map_err(db_err)?;
@@ -462,7 +466,7 @@ impl WriteTxn {
         role: &str,
         keep: &[String],
         pending: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TrustStoreError> {
         let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
         let mut others: Vec<(u64, String)> = held_keys(&keys, gun, role)?
             .into_iter()
@@ -476,45 +480,33 @@ impl WriteTxn {
     }
 
     /// Deletes all of `gun`'s trust data and keys and records a changefeed deletion.
-    pub fn delete(&self, gun: &str, now: time::OffsetDateTime) -> Result<(), StoreError> {
+    pub fn delete(&self, gun: &str, now: time::OffsetDateTime) -> Result<(), TrustStoreError> {
         {
+            // Every key of `gun` sorts from `(gun, "", …)` to before `(gun + NUL, "", …)`:
+            // any other GUN is either greater at some byte or longer than `gun` + NUL.
+            let next = format!("{gun}\0");
+            let next = next.as_str();
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;
-            let doomed = keys_of(&files, (gun, "", 0), |k: (&str, &str, u64)| {
-                (k.0 == gun).then(|| (k.1.to_owned(), k.2))
-            })?;
-            for (role, version) in doomed {
-                files
-                    .remove((gun, role.as_str(), version))
-                    .map_err(db_err)?;
-            }
+            files
+                .retain_in((gun, "", 0)..(next, "", 0), |_, _| false)
+                .map_err(db_err)?;
             let mut current = self.txn.open_table(CURRENT).map_err(db_err)?;
-            let doomed = keys_of(&current, (gun, ""), |k: (&str, &str)| {
-                (k.0 == gun).then(|| k.1.to_owned())
-            })?;
-            for role in doomed {
-                current.remove((gun, role.as_str())).map_err(db_err)?;
-            }
+            current
+                .retain_in((gun, "")..(next, ""), |_, _| false)
+                .map_err(db_err)?;
             let mut checksums = self.txn.open_table(CHECKSUMS).map_err(db_err)?;
-            let doomed = keys_of(&checksums, (gun, ""), |k: (&str, &str)| {
-                (k.0 == gun).then(|| k.1.to_owned())
-            })?;
-            for sha in doomed {
-                checksums.remove((gun, sha.as_str())).map_err(db_err)?;
-            }
+            checksums
+                .retain_in((gun, "")..(next, ""), |_, _| false)
+                .map_err(db_err)?;
             let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
-            let doomed = keys_of(&keys, (gun, "", ""), |k: (&str, &str, &str)| {
-                (k.0 == gun).then(|| (k.1.to_owned(), k.2.to_owned()))
-            })?;
-            for (role, id) in doomed {
-                keys.remove((gun, role.as_str(), id.as_str()))
-                    .map_err(db_err)?;
-            }
+            keys.retain_in((gun, "", "")..(next, "", ""), |_, _| false)
+                .map_err(db_err)?;
         }
         self.record_change(gun, 0, String::new(), "deletion", now)
     }
 
     /// Deletes every GUN's trust data (a deletion record each) and every key.
-    pub fn delete_all(&self, now: time::OffsetDateTime) -> Result<(), StoreError> {
+    pub fn delete_all(&self, now: time::OffsetDateTime) -> Result<(), TrustStoreError> {
         for gun in self.guns()? {
             self.delete(&gun, now)?;
         }
@@ -531,7 +523,7 @@ impl WriteTxn {
         sha256: String,
         category: &str,
         now: time::OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), TrustStoreError> {
         let mut meta = self.txn.open_table(META).map_err(db_err)?;
         let id = meta
             .get(LAST_CHANGE_KEY)
@@ -549,8 +541,8 @@ impl WriteTxn {
             sha256,
             category: category.to_owned(),
         };
-        let json =
-            serde_json::to_vec(&change).map_err(|_| StoreError::Corrupt(format!("change {id}")))?;
+        let json = serde_json::to_vec(&change)
+            .map_err(|_| TrustStoreError::Corrupt(format!("change {id}")))?;
         let mut changes = self.txn.open_table(CHANGES).map_err(db_err)?;
         changes.insert(id, json.as_slice()).map_err(db_err)?;
         Ok(())
@@ -562,7 +554,7 @@ fn held_keys(
     keys: &impl ReadableTable<(&'static str, &'static str, &'static str), (u64, &'static [u8])>,
     gun: &str,
     role: &str,
-) -> Result<Vec<(u64, String)>, StoreError> {
+) -> Result<Vec<(u64, String)>, TrustStoreError> {
     let mut out = Vec::new();
     for entry in keys.range((gun, role, "")..).map_err(db_err)? {
         let (k, v) = entry.map_err(db_err)?;
@@ -575,232 +567,5 @@ fn held_keys(
     Ok(out)
 }
 
-/// The keys from `start` on for which `pick` returns `Some`, stopping at the first
-/// `None` (keys of one GUN are contiguous, so `pick` checks the GUN).
-fn keys_of<'a, K, V, O>(
-    table: &impl ReadableTable<K, V>,
-    start: K::SelfType<'a>,
-    pick: impl Fn(K::SelfType<'_>) -> Option<O>,
-) -> Result<Vec<O>, StoreError>
-where
-    K: Key + 'static,
-    V: Value + 'static,
-{
-    let mut out = Vec::new();
-    for entry in table.range(start..).map_err(db_err)? {
-        let (k, _) = entry.map_err(db_err)?;
-        match pick(k.value()) {
-            Some(o) => out.push(o),
-            None => break,
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GUN: &str = "127.0.0.1:5443/samples/app";
-    const OTHER: &str = "127.0.0.1:5443/samples/other";
-
-    fn store() -> (tempfile::TempDir, TrustStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("control.redb")).unwrap();
-        let store = TrustStore::open(Arc::new(db)).unwrap();
-        (dir, store)
-    }
-
-    fn file(role: &str, version: u64) -> NewFile {
-        NewFile {
-            role: role.into(),
-            version,
-            bytes: Bytes::from(format!("{{\"{role}\":{version}}}")),
-        }
-    }
-
-    fn now() -> time::OffsetDateTime {
-        time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
-    }
-
-    fn commit(store: &TrustStore, gun: &str, files: &[NewFile]) -> Result<(), StoreError> {
-        let txn = store.write()?;
-        txn.update_many(gun, files, now())?;
-        txn.commit()
-    }
-
-    #[test]
-    fn updates_are_indexed_by_version_and_checksum() {
-        let (_dir, store) = store();
-        commit(&store, GUN, &[file("root", 1), file("timestamp", 1)]).unwrap();
-        commit(&store, GUN, &[file("root", 2)]).unwrap();
-        let r = store.read().unwrap();
-        let current = r.current(GUN, "root").unwrap().unwrap();
-        assert_eq!((current.version, current.stored_at), (2, 1_800_000_000));
-        assert_eq!(current.bytes, file("root", 2).bytes);
-        assert_eq!(
-            r.version(GUN, "root", 1).unwrap().unwrap().bytes,
-            file("root", 1).bytes
-        );
-        let sha = hex::encode(Sha256::digest(&file("root", 1).bytes));
-        let by_sum = r.by_checksum(GUN, &sha).unwrap().unwrap();
-        assert_eq!((by_sum.role.as_str(), by_sum.version), ("root", 1));
-        assert!(r.by_checksum(OTHER, &sha).unwrap().is_none());
-        assert!(r.current(GUN, "targets").unwrap().is_none());
-        assert_eq!(r.guns().unwrap(), vec![GUN.to_owned()]);
-    }
-
-    #[test]
-    fn versions_must_increase_and_a_failing_update_writes_nothing() {
-        let (_dir, store) = store();
-        commit(&store, GUN, &[file("root", 1), file("targets", 3)]).unwrap();
-        for stale in [file("targets", 3), file("targets", 2)] {
-            // `root` v2 comes first and is fine, but the whole update must fail.
-            let err = commit(&store, GUN, &[file("root", 2), stale]).unwrap_err();
-            assert!(
-                matches!(&err, StoreError::OldVersion { role, stored: 3, .. } if role == "targets"),
-                "{err}"
-            );
-        }
-        let r = store.read().unwrap();
-        assert_eq!(r.current(GUN, "root").unwrap().unwrap().version, 1);
-        assert!(r.version(GUN, "root", 2).unwrap().is_none());
-        let sha = hex::encode(Sha256::digest(&file("root", 2).bytes));
-        assert!(r.by_checksum(GUN, &sha).unwrap().is_none());
-        // Another GUN's versions are its own.
-        commit(&store, OTHER, &[file("targets", 1)]).unwrap();
-    }
-
-    #[test]
-    fn delete_removes_one_gun_and_is_in_the_changefeed() {
-        let (_dir, store) = store();
-        commit(&store, GUN, &[file("root", 1), file("timestamp", 1)]).unwrap();
-        commit(&store, OTHER, &[file("root", 1), file("timestamp", 1)]).unwrap();
-        let txn = store.write().unwrap();
-        txn.put_server_key(GUN, "timestamp", "k1", b"secret")
-            .unwrap();
-        txn.delete(GUN, now()).unwrap();
-        txn.commit().unwrap();
-        let r = store.read().unwrap();
-        assert!(r.current(GUN, "root").unwrap().is_none());
-        assert!(r.version(GUN, "timestamp", 1).unwrap().is_none());
-        assert!(r.server_key(GUN, "timestamp", "k1").unwrap().is_none());
-        assert!(r.current(OTHER, "root").unwrap().is_some());
-        assert_eq!(r.guns().unwrap(), vec![OTHER.to_owned()]);
-        // Publishing again starts over at any version.
-        commit(&store, GUN, &[file("root", 1)]).unwrap();
-
-        let feed = store.read().unwrap().changes(None, 0, 100).unwrap();
-        let summary: Vec<_> = feed
-            .iter()
-            .map(|c| {
-                (
-                    c.id.as_str(),
-                    c.gun.as_str(),
-                    c.version,
-                    c.category.as_str(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                ("1", GUN, 1, "update"),
-                ("2", OTHER, 1, "update"),
-                ("3", GUN, 0, "deletion"),
-            ]
-        );
-        assert_eq!(
-            feed[0].sha256,
-            hex::encode(Sha256::digest(&file("timestamp", 1).bytes))
-        );
-        let r = store.read().unwrap();
-        let ids = |changes: Vec<Change>| changes.into_iter().map(|c| c.id).collect::<Vec<_>>();
-        assert_eq!(ids(r.changes(Some(GUN), 0, 100).unwrap()), ["1", "3"]);
-        assert_eq!(ids(r.changes(None, 1, 1).unwrap()), ["2"]);
-        assert_eq!(ids(r.changes(None, -1, 2).unwrap()), ["2", "3"]);
-        assert_eq!(ids(r.changes(None, 3, -5).unwrap()), ["1", "2"]);
-        assert!(r.changes(None, 3, 10).unwrap().is_empty());
-    }
-
-    #[test]
-    fn delete_all_and_key_retention() {
-        let (_dir, store) = store();
-        commit(&store, GUN, &[file("root", 1)]).unwrap();
-        let txn = store.write().unwrap();
-        for id in ["a", "b", "c"] {
-            txn.put_server_key(GUN, "snapshot", id, id.as_bytes())
-                .unwrap();
-        }
-        txn.put_server_key(GUN, "timestamp", "t", b"t").unwrap();
-        txn.put_server_key(OTHER, "snapshot", "pending", b"p")
-            .unwrap();
-        txn.retain_server_keys(GUN, "snapshot", &["b".to_owned()], 0)
-            .unwrap();
-        txn.commit().unwrap();
-        let r = store.read().unwrap();
-        assert_eq!(r.server_key(GUN, "snapshot", "b").unwrap().unwrap(), b"b");
-        assert!(r.server_key(GUN, "snapshot", "a").unwrap().is_none());
-        assert!(r.server_key(GUN, "timestamp", "t").unwrap().is_some());
-        drop(r);
-
-        let txn = store.write().unwrap();
-        assert!(!txn.enabled().unwrap());
-        txn.set_enabled(true).unwrap();
-        txn.delete_all(now()).unwrap();
-        txn.commit().unwrap();
-        let r = store.read().unwrap();
-        assert!(r.enabled().unwrap());
-        assert!(r.guns().unwrap().is_empty());
-        assert!(
-            r.server_key(OTHER, "snapshot", "pending")
-                .unwrap()
-                .is_none()
-        );
-        assert!(r.server_key(GUN, "snapshot", "b").unwrap().is_none());
-    }
-
-    #[test]
-    fn only_the_newest_pending_keys_are_kept() {
-        let (_dir, store) = store();
-        let txn = store.write().unwrap();
-        // Ids in the opposite of creation order: age is the sequence, not the id.
-        for id in ["f", "e", "d", "c", "b", "a"] {
-            txn.put_server_key(GUN, "timestamp", id, id.as_bytes())
-                .unwrap();
-        }
-        txn.retain_server_keys(GUN, "timestamp", &["f".to_owned()], 2)
-            .unwrap();
-        txn.commit().unwrap();
-        let r = store.read().unwrap();
-        let held: Vec<&str> = ["f", "e", "d", "c", "b", "a"]
-            .into_iter()
-            .filter(|id| r.server_key(GUN, "timestamp", id).unwrap().is_some())
-            .collect();
-        assert_eq!(held, ["f", "b", "a"]);
-    }
-
-    #[test]
-    fn an_uncommitted_write_leaves_nothing() {
-        let (_dir, store) = store();
-        let txn = store.write().unwrap();
-        txn.update_many(GUN, &[file("root", 1)], now()).unwrap();
-        drop(txn);
-        assert!(
-            store
-                .read()
-                .unwrap()
-                .current(GUN, "root")
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            store
-                .read()
-                .unwrap()
-                .changes(None, 0, 10)
-                .unwrap()
-                .is_empty()
-        );
-    }
-}
+mod tests;

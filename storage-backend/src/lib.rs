@@ -5,7 +5,8 @@
 //!   blobs content-addressed under `blobs/sha256/<aa>/<hex>`, upload
 //!   sessions under `uploads/<uuid>`.
 //! - [`router`] serves `/v2/…` on top of it.
-//! - [`errcode`] is the OCI error table, shared with the gateway.
+//! - [`names`], [`route`], [`errcode`]: the OCI domain types and error table, from
+//!   `portcullis_oci` (re-exported here so the store's paths stay short).
 //!
 //! Decisions where the spec leaves room:
 //! - Only `sha256` digests; a well-formed `sha512:` digest gets `UNSUPPORTED`.
@@ -32,18 +33,16 @@
 //!   links, catalog entry — and answers 202 with what it deleted.
 
 pub mod blobstore;
-pub mod errcode;
 pub mod error;
 mod http;
 pub mod manifest;
 pub mod meta;
-pub mod names;
 pub mod private;
 pub mod registry;
-pub mod route;
 pub mod upload;
 
 pub use error::StorageError;
 pub use http::{RangeRequest, parse_range, router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
+pub use portcullis_oci::{errcode, names, route};
 pub use registry::{Registry, StorageConfig};

@@ -94,7 +94,7 @@ impl fmt::Display for Digest {
 }
 
 /// A manifest reference: a tag or a digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(String),
     Digest(Digest),
