@@ -85,7 +85,7 @@ fn authenticator(
         })
         .expect("token");
     let password = created.passwords[0].value.clone();
-    let (admin, _) = AdminAccount::open(dir, Some("bench-admin-password")).expect("admin");
+    let (admin, _) = AdminAccount::open(dir, Some("bench-admin-password"), &store).expect("admin");
     let issuer = Arc::new(
         Issuer::load_or_create(dir, "portcullis", Duration::from_secs(300)).expect("issuer"),
     );

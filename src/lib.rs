@@ -7,6 +7,7 @@
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
 //! - [`audit`]: the audit stream (decisions, admin and token-endpoint actions).
+//! - [`fuzz`]: one entry per untrusted-bytes parser, for `fuzz/` and its corpus replay.
 //! - [`trust`]: content trust (Notary v1 / TUF) data, validation and storage.
 //! - The OCI domain types (names, digests, references, routes, error codes) are the
 //!   `portcullis_oci` crate (`oci/`); the bundled OCI registry is the
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod fuzz;
 pub mod gateway;
 pub mod identity;
 pub mod policy;

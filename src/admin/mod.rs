@@ -88,6 +88,17 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
     ]
 }
 
+/// Parses `body` as every kind of admin API request body (the fuzz target's entry).
+#[doc(hidden)]
+pub fn parse_request_bodies(body: &[u8]) {
+    let _ = wire::parse_body::<wire::CreateToken>(body);
+    let _ = wire::parse_body::<wire::UpdateToken>(body);
+    let _ = wire::parse_body::<wire::GenerateCredentials>(body);
+    let _ = wire::parse_body::<wire::CreateScopeMap>(body);
+    let _ = wire::parse_body::<wire::UpdateScopeMap>(body);
+    let _ = wire::parse_body::<wire::AttributesJson>(body);
+}
+
 /// The admin API with every path under `/admin/v1/`; mount it beside the registry.
 pub fn router(state: AdminState) -> Router {
     let mut router = Router::new();
@@ -198,8 +209,13 @@ mod tests {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
         let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
-        let trust =
-            TrustService::open(store.database(), crate::trust::KeyAlgorithm::Ecdsa).unwrap();
+        let (trust, _) = TrustService::open(
+            store.database(),
+            crate::trust::KeyAlgorithm::Ecdsa,
+            dir.path(),
+            &crate::trust::kek::PassphraseSource::DataDir,
+        )
+        .unwrap();
         let state = AdminState {
             store,
             admin: Arc::new(AdminAccount::new("pw").unwrap()),

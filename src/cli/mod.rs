@@ -11,6 +11,7 @@ mod repository;
 mod scope_map;
 mod serve;
 mod token;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,8 @@ enum Command {
     Manifest(manifest::ManifestArgs),
     /// Registry-level settings (the content-trust switch).
     Config(config::ConfigArgs),
+    /// Content-trust key management (`rotate-kek`).
+    Trust(trust::TrustArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Repository(args) => repository::run(args),
         Command::Manifest(args) => manifest::run(args),
         Command::Config(args) => config::run(args),
+        Command::Trust(args) => trust::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ use crate::audit::Audit;
 use crate::gateway::config::{Config, FileConfig, LogFormat, Overrides};
 use crate::gateway::server;
 use crate::identity::AdminPasswordSource;
+use crate::trust::kek::PassphraseSource;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -93,6 +94,22 @@ pub struct ServeArgs {
         env = "PORTCULLIS_TRUSTED_PROXIES"
     )]
     pub trusted_proxies: Option<Vec<String>>,
+    /// File holding the passphrase that encrypts the server-held trust keys at rest
+    /// [default: <data-dir>/trust-key-passphrase, generated on a fresh install].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE_FILE"
+    )]
+    pub trust_key_passphrase_file: Option<PathBuf>,
+    /// The passphrase itself, from the environment only (a flag would show in `ps`).
+    #[arg(
+        long,
+        hide = true,
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE",
+        hide_env_values = true
+    )]
+    pub trust_key_passphrase: Option<String>,
 }
 
 impl ServeArgs {
@@ -118,6 +135,10 @@ impl ServeArgs {
             log_format: self.log_format,
             audit_log: self.audit_log,
             trusted_proxies: self.trusted_proxies,
+            trust_key_passphrase: PassphraseSource::new(
+                self.trust_key_passphrase_file,
+                self.trust_key_passphrase,
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, Claims, Issuer, PrincipalKind, Subject, TokenUse};
@@ -148,6 +149,7 @@ impl Authenticator {
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let verified = self.verify_bearer(credentials, now)?;
             let principal = recheck(
+                &self.admin,
                 &self.store.snapshot(),
                 &verified.claims.subject,
                 now,
@@ -252,7 +254,13 @@ impl Authenticator {
             .issuer
             .verify(refresh_token, TokenUse::Refresh, now)
             .map_err(|e| invalid(&e.to_string().replacen("bearer", "refresh", 1)))?;
-        recheck(&self.store.snapshot(), &claims.subject, now, None)
+        recheck(
+            &self.admin,
+            &self.store.snapshot(),
+            &claims.subject,
+            now,
+            None,
+        )
     }
 
     /// What a token minted now for `principal` records about it, so that later uses can
@@ -263,8 +271,8 @@ impl Authenticator {
                 sub: ADMIN_USER.to_owned(),
                 principal: PrincipalKind::Admin,
                 slot: None,
-                password_created: None,
-                password_id: None,
+                password_created: Some(self.admin.record().created_at),
+                password_id: Some(password_id(self.admin.record())),
             },
             Principal::Anonymous => Subject {
                 sub: String::new(),
@@ -303,13 +311,27 @@ impl Authenticator {
 /// The principal a token names, if it is still valid in `snapshot` at `now`. `seen`
 /// remembers (per verified JWT) the snapshot in which the password was last matched.
 fn recheck(
+    admin: &AdminAccount,
     snapshot: &IdentitySnapshot,
     subject: &Subject,
     now: UnixSeconds,
     seen: Option<&AtomicU64>,
 ) -> Result<Principal, GatewayError> {
     match subject.principal {
-        PrincipalKind::Admin => Ok(Principal::Admin),
+        // Bound to the admin password the token was issued under: changing it revokes.
+        PrincipalKind::Admin => {
+            if subject
+                .password_id
+                .as_deref()
+                .is_some_and(|id| password_id_matches(admin.record(), id))
+            {
+                Ok(Principal::Admin)
+            } else {
+                Err(invalid(
+                    "the admin password has changed since this token was issued",
+                ))
+            }
+        }
         PrincipalKind::Anonymous => Ok(Principal::Anonymous),
         PrincipalKind::Token => {
             let name = &subject.sub;
@@ -367,7 +389,7 @@ fn password_id(record: &PasswordRecord) -> String {
 fn password_id_matches(record: &PasswordRecord, id: &str) -> bool {
     let mut expected = [0u8; 2 * PASSWORD_ID_LEN];
     hex::encode_to_slice(password_id_bytes(record), &mut expected).is_ok()
-        && expected == id.as_bytes()
+        && bool::from(expected.as_slice().ct_eq(id.as_bytes()))
 }
 
 /// Bytes of the salt's SHA-256 that identify a password.

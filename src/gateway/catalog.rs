@@ -221,6 +221,7 @@ mod tests {
                 token_ttl: Duration::from_secs(300),
                 storage: Default::default(),
                 audit: Default::default(),
+                trust_key_passphrase: Default::default(),
             })
             .unwrap();
             let registry = bundled.unwrap();

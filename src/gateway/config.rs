@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::forwarded::{InvalidProxy, TrustedProxies};
 use crate::audit::AuditTarget;
 use crate::trust::KeyAlgorithm;
+use crate::trust::kek::PassphraseSource;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -199,6 +200,7 @@ pub struct Overrides {
     pub audit_log: Option<String>,
     /// Replaces the file's list when given.
     pub trusted_proxies: Option<Vec<String>>,
+    pub trust_key_passphrase: PassphraseSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +241,8 @@ pub struct Config {
     pub audit_log: AuditTarget,
     /// Peers whose forwarding headers are believed (none by default).
     pub trusted_proxies: TrustedProxies,
+    /// Where the passphrase of the trust keys' key-encryption key comes from.
+    pub trust_key_passphrase: PassphraseSource,
 }
 
 /// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
@@ -345,6 +349,7 @@ impl Config {
                 .or(file.audit_log)
                 .map_or_else(AuditTarget::default, |t| AuditTarget::parse(&t)),
             trusted_proxies,
+            trust_key_passphrase: over.trust_key_passphrase,
         })
     }
 }

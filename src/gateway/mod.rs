@@ -55,6 +55,7 @@ use crate::audit::{Actor, Audit, Record};
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::KeyAlgorithm;
+use crate::trust::kek::{PassphraseSource, Unlocked};
 use crate::trust::service::TrustService;
 
 /// Everything a request needs, shared by the proxy and the control app.
@@ -103,6 +104,8 @@ pub struct GatewayOptions {
     pub storage: config::StorageSettings,
     /// Where audit records go.
     pub audit: Audit,
+    /// Where the passphrase of the trust keys' key-encryption key comes from.
+    pub trust_key_passphrase: PassphraseSource,
 }
 
 /// An opened gateway and what the server must still start or show.
@@ -111,6 +114,8 @@ pub struct Opened {
     /// The bundled store, whose background tasks the server starts (None with an upstream).
     pub bundled: Option<Arc<Registry>>,
     pub admin_password: AdminPasswordSource,
+    /// What unlocking the trust keys' key-encryption key did.
+    pub trust_kek: Unlocked,
 }
 
 impl Gateway {
@@ -170,10 +175,15 @@ impl Gateway {
         let store = IdentityStore::open(&control).context("opening the identity store")?;
         // Trust data lives in the same control-plane file; ECDSA keys until `serve`
         // applies the configured algorithm.
-        let trust = TrustService::open(store.database(), KeyAlgorithm::Ecdsa)
-            .context("opening the trust store")?;
+        let (trust, trust_kek) = TrustService::open(
+            store.database(),
+            KeyAlgorithm::Ecdsa,
+            data_dir,
+            &options.trust_key_passphrase,
+        )
+        .context("opening the trust store")?;
         let (admin, admin_password) =
-            AdminAccount::open(data_dir, options.admin_password.as_deref())?;
+            AdminAccount::open(data_dir, options.admin_password.as_deref(), &store)?;
         let admin = Arc::new(admin);
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
         let issuer = Arc::new(
@@ -211,6 +221,7 @@ impl Gateway {
             gateway: Arc::new(gateway),
             bundled,
             admin_password,
+            trust_kek,
         })
     }
 }
@@ -233,6 +244,7 @@ pub(crate) mod testing {
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
             audit: Audit::default(),
+            trust_key_passphrase: PassphraseSource::DataDir,
         };
         match Gateway::open(&options) {
             Ok(opened) => opened.gateway,

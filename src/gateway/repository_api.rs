@@ -147,13 +147,15 @@ async fn patch(
     let changes: AttributesPatch = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!("invalid repository attributes for `{name}`: {e}"))
     })?;
-    let attributes = changes.apply(&gw.store.snapshot().repository_attributes(name));
-    let (store, repo, stored) = (Arc::clone(&gw.store), name.to_owned(), attributes.clone());
-    tokio::task::spawn_blocking(move || store.set_repository_attributes(&repo, &stored))
-        .await
-        .map_err(|e| GatewayError::Internal(format!("attribute write task: {e}")))?
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-    Ok(attributes)
+    // Read, change and write in one transaction: concurrent PATCHes of different
+    // fields must not undo each other.
+    let (store, repo) = (Arc::clone(&gw.store), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        store.update_repository_attributes(&repo, |current| changes.apply(current))
+    })
+    .await
+    .map_err(|e| GatewayError::Internal(format!("attribute write task: {e}")))?
+    .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// `DELETE` of a whole repository (`<name>`) or an image (`<name>/_manifests/<ref>`):
@@ -280,6 +282,7 @@ mod tests {
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
             audit: Default::default(),
+            trust_key_passphrase: Default::default(),
         })
         .unwrap();
         Fixture {

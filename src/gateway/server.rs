@@ -69,7 +69,17 @@ pub fn prepare(config: Config, audit: Audit) -> anyhow::Result<Prepared> {
         token_ttl: TOKEN_TTL,
         storage: config.storage.clone(),
         audit,
+        trust_key_passphrase: config.trust_key_passphrase.clone(),
     })?;
+    if let crate::trust::kek::Unlocked::Generated(path) = &opened.trust_kek {
+        tracing::warn!(
+            passphrase_file = %path.display(),
+            "no trust key passphrase was given: generated one beside the data (mode 0600); \
+             the server-held trust keys are sealed with it, so copies of control.redb alone \
+             do not reveal them. Keep the passphrase elsewhere with `portcullis trust \
+             rotate-kek` and --trust-key-passphrase-file"
+        );
+    }
     opened
         .gateway
         .engine

@@ -193,6 +193,19 @@ struct RequestedScope {
     actions: Vec<String>,
 }
 
+/// Every scope a token request's query (or form body) asks for, as `issue` reads them:
+/// repeated `scope` keys, each a space-separated list; returns how many. The first
+/// malformed one fails.
+pub fn requested_scopes(query: &str) -> Result<usize, GatewayError> {
+    let form = Form::parse(query);
+    let mut count = 0;
+    for scope in form.all("scope").flat_map(str::split_whitespace) {
+        parse_scope(scope)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// Parses a scope. The name may itself contain `:` (a registry host with a port, as in
 /// trust scopes), so the actions follow the last `:`.
 fn parse_scope(scope: &str) -> Result<RequestedScope, GatewayError> {

@@ -529,10 +529,12 @@ impl NotaryError {
                 TrustError::InvalidParameter(_) => {
                     (StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", Null)
                 }
-                TrustError::Store(_) | TrustError::CorruptKey { .. } if !*reading => {
+                TrustError::Store(_) | TrustError::CorruptKey { .. } | TrustError::Kek(_)
+                    if !*reading =>
+                {
                     (StatusCode::INTERNAL_SERVER_ERROR, "UPDATING", Null)
                 }
-                TrustError::Store(_) | TrustError::CorruptKey { .. } => {
+                TrustError::Store(_) | TrustError::CorruptKey { .. } | TrustError::Kek(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", Null)
                 }
             },

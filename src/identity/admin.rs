@@ -8,9 +8,12 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 use super::model::PasswordRecord;
 use super::scope::ADMIN_USER;
 use super::secret::{generate_secret, hash_secret, verify_secret};
+use super::store::{IdentityStore, IdentityStoreError};
 
 /// The file under the data directory that holds a generated admin password.
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
@@ -26,6 +29,8 @@ pub enum AdminAccountError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("storing the admin password's record: {0}")]
+    Store(#[from] IdentityStoreError),
 }
 
 /// Where the admin password came from; a generated one is returned once, to be shown.
@@ -52,12 +57,37 @@ impl AdminAccount {
     }
 
     /// Uses `configured` if given, else the password file, else generates and stores one.
+    /// The password's record is kept in `store` (see
+    /// [`IdentityStore::admin_password_record`]).
     pub fn open(
         data_dir: &Path,
         configured: Option<&str>,
+        store: &IdentityStore,
     ) -> Result<(Self, AdminPasswordSource), AdminAccountError> {
+        let (password, source) = Self::read(data_dir, configured)?;
+        let record = store.admin_password_record(&password)?;
+        Ok((AdminAccount { record }, source))
+    }
+
+    /// The record tokens issued to the admin are bound to.
+    pub fn record(&self) -> &PasswordRecord {
+        &self.record
+    }
+
+    /// The admin password: `configured`, else the password file's, else a new one
+    /// written there.
+    fn read(
+        data_dir: &Path,
+        configured: Option<&str>,
+    ) -> Result<(Zeroizing<String>, AdminPasswordSource), AdminAccountError> {
         if let Some(p) = configured {
-            return Ok((Self::new(p)?, AdminPasswordSource::Configured));
+            if p.is_empty() {
+                return Err(AdminAccountError::EmptyPassword);
+            }
+            return Ok((
+                Zeroizing::new(p.to_owned()),
+                AdminPasswordSource::Configured,
+            ));
         }
         let path = data_dir.join(ADMIN_PASSWORD_FILE);
         let io = |source| AdminAccountError::Io {
@@ -70,7 +100,10 @@ impl AdminAccount {
                 if password.is_empty() {
                     return Err(AdminAccountError::EmptyFile { path });
                 }
-                Ok((Self::new(password)?, AdminPasswordSource::File(path)))
+                Ok((
+                    Zeroizing::new(password.to_owned()),
+                    AdminPasswordSource::File(path),
+                ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let password = generate_secret();
@@ -84,7 +117,7 @@ impl AdminAccount {
                     .and_then(|()| file.sync_all())
                     .map_err(io)?;
                 Ok((
-                    Self::new(&password)?,
+                    Zeroizing::new(password.clone()),
                     AdminPasswordSource::Generated { password, path },
                 ))
             }
@@ -105,17 +138,21 @@ mod tests {
 
     use super::*;
 
+    fn store(dir: &Path) -> std::sync::Arc<IdentityStore> {
+        IdentityStore::open(&dir.join("control.redb")).unwrap()
+    }
+
     #[test]
     fn configured_password_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, src) = AdminAccount::open(dir.path(), Some("s3cret")).unwrap();
+        let (a, src) = AdminAccount::open(dir.path(), Some("s3cret"), &store(dir.path())).unwrap();
         assert_eq!(src, AdminPasswordSource::Configured);
         assert!(a.verify("admin", "s3cret"));
         assert!(!a.verify("admin", "s3cret2"));
         assert!(!a.verify("Admin", "s3cret"));
         assert!(!dir.path().join(ADMIN_PASSWORD_FILE).exists());
         assert!(matches!(
-            AdminAccount::open(dir.path(), Some("")),
+            AdminAccount::open(dir.path(), Some(""), &store(dir.path())),
             Err(AdminAccountError::EmptyPassword)
         ));
     }
@@ -123,7 +160,8 @@ mod tests {
     #[test]
     fn generated_once_then_read_back_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, src) = AdminAccount::open(dir.path(), None).unwrap();
+        let s = store(dir.path());
+        let (a, src) = AdminAccount::open(dir.path(), None, &s).unwrap();
         let AdminPasswordSource::Generated { password, path } = src else {
             panic!("not generated: {src:?}")
         };
@@ -131,13 +169,25 @@ mod tests {
         assert!(a.verify("admin", &password));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (b, src) = AdminAccount::open(dir.path(), None).unwrap();
+        let (b, src) = AdminAccount::open(dir.path(), None, &s).unwrap();
         assert_eq!(src, AdminPasswordSource::File(path.clone()));
         assert!(b.verify("admin", &password));
         fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            AdminAccount::open(dir.path(), None),
+            AdminAccount::open(dir.path(), None, &s),
             Err(AdminAccountError::EmptyFile { .. })
         ));
+    }
+
+    #[test]
+    fn the_record_survives_a_restart_and_changes_with_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let (a, _) = AdminAccount::open(dir.path(), Some("one"), &s).unwrap();
+        let (b, _) = AdminAccount::open(dir.path(), Some("one"), &s).unwrap();
+        assert_eq!(a.record(), b.record());
+        let (c, _) = AdminAccount::open(dir.path(), Some("two"), &s).unwrap();
+        assert_ne!(a.record().salt, c.record().salt);
+        assert!(c.verify("admin", "two") && !c.verify("admin", "one"));
     }
 }

@@ -17,20 +17,23 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::model::{
-    PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
+    PasswordRecord, PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus,
+    UnixSeconds,
 };
 use super::pattern::is_valid_repository_name;
 use super::scope::{
     MAX_RULES, NameError, apply_rule_changes, is_system_name, system_scope_maps,
     validate_scope_map_name, validate_token_name,
 };
-use super::secret::{generate_secret, hash_secret};
+use super::secret::{generate_secret, hash_secret, verify_secret};
 use super::{AuthError, IdentitySnapshot, now_unix};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const SCOPE_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("scope_maps");
 const REPOSITORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("repositories");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `admin` → the admin password's [`PasswordRecord`] (JSON).
+const ADMIN: TableDefinition<&str, &[u8]> = TableDefinition::new("admin");
 const VERSION_KEY: &str = "version";
 
 /// Why a control-plane operation failed. Messages name the user's input.
@@ -537,21 +540,80 @@ impl IdentityStore {
         repository: &str,
         attributes: &RepositoryAttributes,
     ) -> Result<(), IdentityStoreError> {
+        self.update_repository_attributes(repository, |_| attributes.clone())
+            .map(drop)
+    }
+
+    /// Reads a repository's attributes, applies `change` and stores the result, all in
+    /// one write transaction, so concurrent updates of different fields all land.
+    /// Returns the stored attributes.
+    pub fn update_repository_attributes(
+        &self,
+        repository: &str,
+        change: impl FnOnce(&RepositoryAttributes) -> RepositoryAttributes,
+    ) -> Result<RepositoryAttributes, IdentityStoreError> {
         if !is_valid_repository_name(repository) {
             return Err(IdentityStoreError::InvalidRepository(repository.to_owned()));
         }
         self.write(|tx| {
-            if *attributes == RepositoryAttributes::default() {
+            let current = {
+                let table = tx.txn.open_table(REPOSITORIES).map_err(db_err)?;
+                let stored = table.get(repository).map_err(db_err)?;
+                match stored {
+                    Some(bytes) => decode(repository, bytes.value())?,
+                    None => RepositoryAttributes::default(),
+                }
+            };
+            let attributes = change(&current);
+            if attributes == RepositoryAttributes::default() {
                 tx.remove(REPOSITORIES, repository)?;
                 tx.snap.repositories.remove(repository);
             } else {
-                tx.put(REPOSITORIES, repository, attributes)?;
+                tx.put(REPOSITORIES, repository, &attributes)?;
                 tx.snap
                     .repositories
                     .insert(repository.to_owned(), attributes.clone());
             }
-            Ok(())
+            Ok(attributes)
         })
+    }
+
+    /// The admin password's stored record when `password` still matches it, else a
+    /// fresh record (new salt), stored. Bearer tokens name the record they were issued
+    /// under, so changing the admin password revokes the admin's earlier tokens while a
+    /// restart with the same password keeps them.
+    pub fn admin_password_record(
+        &self,
+        password: &str,
+    ) -> Result<PasswordRecord, IdentityStoreError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut table = txn.open_table(ADMIN).map_err(db_err)?;
+            let stored: Option<PasswordRecord> = match table.get("admin").map_err(db_err)? {
+                Some(bytes) => Some(decode("admin", bytes.value())?),
+                None => None,
+            };
+            match stored {
+                Some(record) if verify_secret(&record, password) => return Ok(record),
+                _ => {
+                    let record = hash_secret(password, now_unix(), None);
+                    let bytes = serde_json::to_vec(&record).map_err(|source| {
+                        IdentityStoreError::Corrupt {
+                            key: "admin".to_owned(),
+                            source,
+                        }
+                    })?;
+                    table.insert("admin", bytes.as_slice()).map_err(db_err)?;
+                    record
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(record)
     }
 
     /// Checks a token's credentials against the current snapshot.

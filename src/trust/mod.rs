@@ -11,6 +11,7 @@
 //! - [`service`]: the trust service the Notary API and the signed-only views call.
 
 pub mod canonical;
+pub mod kek;
 pub mod keys;
 pub mod metadata;
 pub mod naming;

@@ -18,6 +18,7 @@ use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::kek::{self, Kek, KekError, PassphraseSource, Unlocked};
 use super::keys::PublicKey;
 use super::metadata::{Root, SignedFile};
 use super::naming::{MetadataRef, Role, gun_repository};
@@ -82,6 +83,8 @@ pub enum TrustError {
     Store(TrustStoreError),
     #[error("stored server key of `{gun}` is unreadable: {reason}")]
     CorruptKey { gun: String, reason: String },
+    #[error(transparent)]
+    Kek(#[from] KekError),
 }
 
 impl From<TrustStoreError> for TrustError {
@@ -156,6 +159,8 @@ impl SignedTargets {
 
 pub struct TrustService {
     store: TrustStore,
+    /// Seals the server-held private keys at rest.
+    kek: Kek,
     /// For new server-managed keys.
     algorithm: Mutex<KeyAlgorithm>,
     enabled: AtomicBool,
@@ -175,11 +180,20 @@ impl std::fmt::Debug for TrustService {
 
 impl TrustService {
     /// The trust tables in the control-plane database; new keys use `algorithm`.
-    pub fn open(db: Arc<redb::Database>, algorithm: KeyAlgorithm) -> Result<Arc<Self>, TrustError> {
+    /// Opens the trust tables in `db` and unlocks the key-encryption key with the
+    /// passphrase `passphrase` names (see [`kek::unlock`]); says what the unlock did.
+    pub fn open(
+        db: Arc<redb::Database>,
+        algorithm: KeyAlgorithm,
+        data_dir: &std::path::Path,
+        passphrase: &PassphraseSource,
+    ) -> Result<(Arc<Self>, Unlocked), TrustError> {
         let store = TrustStore::open(db)?;
+        let (kek, unlocked) = kek::unlock(&store, data_dir, passphrase)?;
         let enabled = store.read()?.enabled()?;
-        Ok(Arc::new(TrustService {
+        let service = Arc::new(TrustService {
             store,
+            kek,
             algorithm: Mutex::new(algorithm),
             enabled: AtomicBool::new(enabled),
             signed: Cache::builder()
@@ -187,7 +201,8 @@ impl TrustService {
                 .time_to_live(SIGNED_TARGETS_TTL)
                 .build(),
             epoch: AtomicU64::new(0),
-        }))
+        });
+        Ok((service, unlocked))
     }
 
     /// The algorithm of keys generated from now on (`trust.key_algorithm`).
@@ -281,7 +296,7 @@ impl TrustService {
     fn refresh(&self, gun: &str, role: &Role, now: OffsetDateTime) -> Result<(), TrustError> {
         let stale = {
             let txn = self.store.read()?;
-            let state = GunState::new(&txn, gun);
+            let state = GunState::new(&txn, gun, &self.kek);
             let stale = validate::is_stale(&state, role, now);
             state.finish()?;
             stale
@@ -295,7 +310,7 @@ impl TrustService {
             }
         }
         let txn = self.write()?;
-        let state = GunState::new(&txn, gun);
+        let state = GunState::new(&txn, gun, &self.kek);
         let regenerated = validate::refresh(gun, &state, role, now);
         state.finish()?;
         match regenerated {
@@ -322,7 +337,7 @@ impl TrustService {
         now: OffsetDateTime,
     ) -> Result<(), TrustError> {
         let txn = self.write()?;
-        let state = GunState::new(&txn, gun);
+        let state = GunState::new(&txn, gun, &self.kek);
         let validated = validate::validate_update(gun, &state, parts, now);
         state.finish()?;
         let files = validated?;
@@ -350,7 +365,7 @@ impl TrustService {
         let pinned = stored_pins(&txn, gun, role)?;
         for id in &pinned {
             if let Some(bytes) = txn.server_key(gun, role.as_str(), id)? {
-                return Ok(decode_key(gun, &bytes)?.public());
+                return Ok(decode_key(&self.kek, gun, role.as_str(), id, &bytes)?.public());
             }
         }
         let key = self.new_key(&txn, gun, role, &pinned)?;
@@ -383,7 +398,12 @@ impl TrustService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let key = ServerKey::generate(algorithm);
-        txn.put_server_key(gun, role.as_str(), &key.id(), &key.to_bytes())?;
+        let id = key.id();
+        let plain = zeroize::Zeroizing::new(key.to_bytes());
+        let sealed = self
+            .kek
+            .seal(&kek::key_aad(gun, role.as_str(), &id), plain.as_slice());
+        txn.put_server_key(gun, role.as_str(), &id, &sealed)?;
         txn.retain_server_keys(gun, role.as_str(), pinned, MAX_PENDING_KEYS)?;
         Ok(key.public())
     }
@@ -469,7 +489,7 @@ impl TrustService {
             if gun_repository(&gun) != Some(repository) {
                 continue;
             }
-            let state = GunState::new(&txn, &gun);
+            let state = GunState::new(&txn, &gun, &self.kek);
             let targets = validate::signed_targets(&state, OffsetDateTime::now_utc());
             state.finish()?;
             out.guns += 1;
@@ -498,14 +518,16 @@ impl TrustService {
 struct GunState<'t, T> {
     txn: &'t TrustTxn<T>,
     gun: &'t str,
+    kek: &'t Kek,
     error: RefCell<Option<TrustError>>,
 }
 
 impl<'t, T: Tables> GunState<'t, T> {
-    fn new(txn: &'t TrustTxn<T>, gun: &'t str) -> Self {
+    fn new(txn: &'t TrustTxn<T>, gun: &'t str, kek: &'t Kek) -> Self {
         GunState {
             txn,
             gun,
+            kek,
             error: RefCell::new(None),
         }
     }
@@ -536,16 +558,31 @@ impl<T: Tables> TrustState for GunState<'_, T> {
             .txn
             .server_key(self.gun, role.as_str(), key_id)
             .map_err(TrustError::from)
-            .and_then(|bytes| bytes.map(|b| decode_key(self.gun, &b)).transpose());
+            .and_then(|bytes| {
+                bytes
+                    .map(|b| decode_key(self.kek, self.gun, role.as_str(), key_id, &b))
+                    .transpose()
+            });
         self.note(found)
     }
 }
 
-fn decode_key(gun: &str, bytes: &[u8]) -> Result<ServerKey, TrustError> {
-    ServerKey::from_bytes(bytes).map_err(|e| TrustError::CorruptKey {
+/// A stored key, opened with the key-encryption key.
+fn decode_key(
+    kek: &Kek,
+    gun: &str,
+    role: &str,
+    key_id: &str,
+    sealed: &[u8],
+) -> Result<ServerKey, TrustError> {
+    let corrupt = |reason: String| TrustError::CorruptKey {
         gun: gun.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let plain = kek
+        .open(&kek::key_aad(gun, role, key_id), sealed)
+        .ok_or_else(|| corrupt(format!("{role} key `{key_id}` does not open")))?;
+    ServerKey::from_bytes(&plain).map_err(|e| corrupt(e.to_string()))
 }
 
 fn server_managed(role: &Role) -> Result<(), TrustError> {

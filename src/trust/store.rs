@@ -28,10 +28,12 @@ const CURRENT: TableDefinition<(&str, &str), u64> = TableDefinition::new("trust_
 const CHECKSUMS: TableDefinition<(&str, &str), (&str, u64)> =
     TableDefinition::new("trust_checksums");
 /// (gun, role, key id) → (creation sequence within the GUN's role, a server-managed
-/// private key as `ServerKey::to_bytes` wrote it, unencrypted: the control-plane database
-/// is as sensitive as the gateway's TLS key).
+/// private key as `ServerKey::to_bytes` wrote it, sealed by the key-encryption key:
+/// see `trust::kek`).
 const KEYS: TableDefinition<(&str, &str, &str), (u64, &[u8])> =
     TableDefinition::new("trust_server_keys");
+/// `salt` (of the key-encryption key's derivation) and `check` (a value it sealed).
+const KEK: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_kek");
 /// change id → [`Change`] as JSON.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("trust_changes");
 /// `content_trust` (1 = enabled) and `last_change` (the last change id handed out).
@@ -101,6 +103,11 @@ pub struct Change {
     pub category: String,
 }
 
+/// The key-encryption key's (salt, check value).
+pub type KekParams = (Vec<u8>, Vec<u8>);
+/// A held server key: ((gun, role, key id), its stored bytes).
+pub type HeldKey = ((String, String, String), Vec<u8>);
+
 /// The trust tables; cheap to clone.
 #[derive(Clone)]
 pub struct TrustStore {
@@ -157,8 +164,19 @@ impl TrustStore {
         txn.open_table(KEYS).map_err(db_err)?;
         txn.open_table(CHANGES).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(KEK).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(TrustStore { db })
+    }
+
+    /// The key-encryption key's salt and check value, once set up.
+    pub fn kek_params(&self) -> Result<Option<KekParams>, TrustStoreError> {
+        let txn = self.read()?;
+        let kek = txn.txn.table(KEK)?;
+        let get = |name: &str| -> Result<Option<Vec<u8>>, TrustStoreError> {
+            Ok(kek.get(name).map_err(db_err)?.map(|v| v.value().to_vec()))
+        };
+        Ok(get("salt")?.zip(get("check")?))
     }
 
     pub fn read(&self) -> Result<ReadTxn, TrustStoreError> {
@@ -241,6 +259,21 @@ impl<T: Tables> TrustTxn<T> {
         let keys = self.txn.table(KEYS)?;
         let found = keys.get((gun, role, key_id)).map_err(db_err)?;
         Ok(found.map(|v| v.value().1.to_vec()))
+    }
+
+    /// Every server-held key: ((gun, role, key id), stored bytes).
+    pub fn server_keys(&self) -> Result<Vec<HeldKey>, TrustStoreError> {
+        let keys = self.txn.table(KEYS)?;
+        let mut out = Vec::new();
+        for entry in keys.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let (gun, role, id) = k.value();
+            out.push((
+                (gun.to_owned(), role.to_owned(), id.to_owned()),
+                v.value().1.to_vec(),
+            ));
+        }
+        Ok(out)
     }
 
     /// Every GUN with trust data, sorted.
@@ -394,6 +427,34 @@ impl WriteTxn {
         let sequence = newest.map_or(0, |n| n.saturating_add(1));
         keys.insert((gun, role, key_id), (sequence, key))
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Rewrites a held key's stored bytes (sealing or re-sealing it), keeping its place
+    /// in the creation order.
+    pub fn replace_server_key(
+        &self,
+        gun: &str,
+        role: &str,
+        key_id: &str,
+        key: &[u8],
+    ) -> Result<(), TrustStoreError> {
+        let mut keys = self.txn.open_table(KEYS).map_err(db_err)?;
+        let sequence = keys
+            .get((gun, role, key_id))
+            .map_err(db_err)?
+            .map(|v| v.value().0)
+            .ok_or_else(|| TrustStoreError::Corrupt(format!("{gun}/{role}/{key_id}")))?;
+        keys.insert((gun, role, key_id), (sequence, key))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Stores the key-encryption key's salt and check value.
+    pub fn set_kek_params(&self, salt: &[u8], check: &[u8]) -> Result<(), TrustStoreError> {
+        let mut kek = self.txn.open_table(KEK).map_err(db_err)?;
+        kek.insert("salt", salt).map_err(db_err)?;
+        kek.insert("check", check).map_err(db_err)?;
         Ok(())
     }
 

@@ -48,7 +48,7 @@ pub mod registry;
 pub mod upload;
 
 pub use error::StorageError;
-pub use http::{router, serve};
+pub use http::{RangeRequest, parse_range, router, serve};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use portcullis_oci::{errcode, names, route};
 pub use registry::{GcStats, Registry, StorageConfig, Stores};

@@ -52,12 +52,12 @@ impl Server {
             .args(extra)
             .env_remove("PORTCULLIS_ADMIN_PASSWORD")
             .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr);
         if let Some(p) = admin_password {
             cmd.env("PORTCULLIS_ADMIN_PASSWORD", p);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn portcullis serve");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();

@@ -36,11 +36,16 @@ pub struct TrustGateway {
 impl TrustGateway {
     /// Starts in `dir/data` with `extra` `serve` arguments besides `--tls-self-signed`.
     pub fn start(dir: &Path, extra: &[&str]) -> TrustGateway {
+        TrustGateway::start_with_env(dir, extra, &[])
+    }
+
+    /// Like [`TrustGateway::start`], with extra environment variables for the server.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TrustGateway {
         let data = dir.join("data");
         // No grace: the test clients' idle keep-alive connections would hold the stop.
         let mut args = vec!["--tls-self-signed", "--shutdown-grace-seconds", "0"];
         args.extend_from_slice(extra);
-        let server = Server::start_with(&data, Some(ADMIN_PASSWORD), &args);
+        let server = Server::start_with_env(&data, Some(ADMIN_PASSWORD), &args, env);
         let ca = data.join("tls/ca.pem");
         let pem = std::fs::read(&ca).unwrap();
         let http = Client::builder()

@@ -607,6 +607,7 @@ mod signed_views {
                     token_ttl: std::time::Duration::from_secs(300),
                     storage: Default::default(),
                     audit: Default::default(),
+                    trust_key_passphrase: Default::default(),
                 };
                 Gateway::open(&options).unwrap().gateway
             }

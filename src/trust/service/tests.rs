@@ -17,7 +17,13 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = redb::Database::create(dir.path().join("control.redb")).unwrap();
-    let service = TrustService::open(Arc::new(db), KeyAlgorithm::Ecdsa).unwrap();
+    let (service, _) = TrustService::open(
+        Arc::new(db),
+        KeyAlgorithm::Ecdsa,
+        dir.path(),
+        &PassphraseSource::DataDir,
+    )
+    .unwrap();
     service.set_status(ContentTrustStatus::Enabled).unwrap();
     Fixture {
         _dir: dir,

@@ -4,6 +4,7 @@
 //! [`StorageError`] becomes an OCI error response.
 
 mod blobs;
+pub use blobs::{RangeRequest, parse_range};
 mod discovery;
 mod manifests;
 mod uploads;

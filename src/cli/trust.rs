@@ -1,0 +1,73 @@
+//! `portcullis trust rotate-kek`: re-encrypts the server-held trust keys under a new
+//! key-encryption passphrase. Offline: the server holds `control.redb` open while it runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::gateway::config::DEFAULT_DATA_DIR;
+use crate::trust::kek::{self, PASSPHRASE_FILE, PassphraseSource};
+use crate::trust::store::TrustStore;
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    #[command(subcommand)]
+    command: TrustCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Re-encrypt the server-held trust keys (timestamp, snapshot) under a new
+    /// passphrase; stop the server first.
+    RotateKek(RotateKekArgs),
+}
+
+#[derive(Debug, Args)]
+struct RotateKekArgs {
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// File holding the current passphrase [default: <data-dir>/trust-key-passphrase].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE_FILE"
+    )]
+    trust_key_passphrase_file: Option<PathBuf>,
+    /// The current passphrase, from the environment only.
+    #[arg(
+        long,
+        hide = true,
+        env = "PORTCULLIS_TRUST_KEY_PASSPHRASE",
+        hide_env_values = true
+    )]
+    trust_key_passphrase: Option<String>,
+    /// File holding the new passphrase; without it a new one is generated into
+    /// <data-dir>/trust-key-passphrase (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    new_passphrase_file: Option<PathBuf>,
+}
+
+pub fn run(args: TrustArgs) -> anyhow::Result<()> {
+    let TrustCommand::RotateKek(args) = args.command;
+    let path = args.data_dir.join("control.redb");
+    let db = redb::Database::open(&path).with_context(|| {
+        format!(
+            "opening `{}` (is the server still running?)",
+            path.display()
+        )
+    })?;
+    let store = TrustStore::open(Arc::new(db)).context("opening the trust store")?;
+    let old = PassphraseSource::new(args.trust_key_passphrase_file, args.trust_key_passphrase);
+    let new = PassphraseSource::new(args.new_passphrase_file.clone(), None);
+    let count = kek::rotate(&store, &args.data_dir, &old, &new)?;
+    let place = args
+        .new_passphrase_file
+        .unwrap_or_else(|| args.data_dir.join(PASSPHRASE_FILE));
+    println!(
+        "re-encrypted {count} server-held trust key(s); the passphrase is now the one in {}",
+        place.display()
+    );
+    Ok(())
+}
