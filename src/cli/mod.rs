@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the registry (bundled storage backend and admin API).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage repository-scoped tokens.
     Token(token::TokenArgs),
     /// Manage scope maps.
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Token(cmd) => token::run(cmd, &matches),
         Command::ScopeMap(cmd) => scope_map::run(cmd, &matches),
         Command::Policy(cmd) => policy::run(cmd),
