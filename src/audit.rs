@@ -26,12 +26,15 @@ pub enum AuditTarget {
     Stdout,
     /// Appended to this file (created owner-only).
     File(PathBuf),
+    /// Not written (load tests; an operator who audits at a proxy instead).
+    Off,
 }
 
 impl AuditTarget {
-    /// `stderr`, `stdout`, or a file path.
+    /// `stderr`, `stdout`, `off`, or a file path.
     pub fn parse(value: &str) -> AuditTarget {
         match value {
+            "off" => AuditTarget::Off,
             "stderr" => AuditTarget::Stderr,
             "stdout" => AuditTarget::Stdout,
             path => AuditTarget::File(PathBuf::from(path)),
@@ -65,6 +68,7 @@ impl Audit {
                 .finish(writer)
         };
         let (writer, guard) = match target {
+            AuditTarget::Off => return Ok((Audit::default(), None)),
             AuditTarget::Stderr => (stderr.clone(), None),
             AuditTarget::Stdout => {
                 let (writer, guard) = queue(Box::new(std::io::stdout()));
@@ -189,4 +193,22 @@ pub enum Record<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_off_writes_nothing() {
+        assert_eq!(AuditTarget::parse("off"), AuditTarget::Off);
+        assert_eq!(AuditTarget::parse("stdout"), AuditTarget::Stdout);
+        assert_eq!(
+            AuditTarget::parse("/var/log/audit.jsonl"),
+            AuditTarget::File(PathBuf::from("/var/log/audit.jsonl"))
+        );
+        let (stderr, _guard) = tracing_appender::non_blocking(std::io::sink());
+        let (audit, guard) = Audit::open(&AuditTarget::Off, &stderr).unwrap();
+        assert!(audit.writer.is_none() && guard.is_none());
+    }
 }

@@ -81,9 +81,13 @@ pub struct ServeArgs {
     /// Log lines as text or as JSON objects [default: text]; RUST_LOG sets the level.
     #[arg(long, value_enum, ignore_case = true, env = "PORTCULLIS_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Where audit records (JSON lines) go: stderr, stdout or a file path [default:
+    /// Where audit records (JSON lines) go: stderr, stdout, a file path, or off [default:
     /// stderr]. No log level silences them.
-    #[arg(long, value_name = "stderr|stdout|FILE", env = "PORTCULLIS_AUDIT_LOG")]
+    #[arg(
+        long,
+        value_name = "stderr|stdout|FILE|off",
+        env = "PORTCULLIS_AUDIT_LOG"
+    )]
     pub audit_log: Option<String>,
     /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For,
     /// Forwarded and X-Forwarded-Proto/-Host are believed [default: none].
