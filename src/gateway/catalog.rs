@@ -194,7 +194,6 @@ mod tests {
     }
 
     mod through_the_router {
-        use std::time::Duration;
 
         use axum::body::Body;
         use base64::Engine;
@@ -213,15 +212,10 @@ mod tests {
             let Opened {
                 gateway, bundled, ..
             } = Gateway::open(&GatewayOptions {
-                data_dir: dir.to_owned(),
                 policy_dirs: Vec::new(),
                 admin_password: Some("admin-password".into()),
-                upstream: None,
                 service: "registry.test".into(),
-                token_ttl: Duration::from_secs(300),
-                storage: Default::default(),
-                audit: Default::default(),
-                trust_key_passphrase: Default::default(),
+                ..crate::gateway::testing::options(dir)
             })
             .unwrap();
             let registry = bundled.unwrap();

@@ -235,7 +235,15 @@ pub(crate) mod testing {
     /// A gateway with the bundled backend (not served) and the shipped policies,
     /// admin password `admin-secret`.
     pub fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
-        let options = GatewayOptions {
+        match Gateway::open(&options(dir)) {
+            Ok(opened) => opened.gateway,
+            Err(e) => panic!("opening a test gateway in {}: {e:#}", dir.display()),
+        }
+    }
+
+    /// The options of [`gateway`]: tests change a field with `..options(dir)`.
+    pub fn options(dir: &std::path::Path) -> GatewayOptions {
+        GatewayOptions {
             data_dir: dir.to_path_buf(),
             policy_dirs: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")],
             admin_password: Some("admin-secret".into()),
@@ -245,10 +253,6 @@ pub(crate) mod testing {
             storage: Default::default(),
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
-        };
-        match Gateway::open(&options) {
-            Ok(opened) => opened.gateway,
-            Err(e) => panic!("opening a test gateway in {}: {e:#}", dir.display()),
         }
     }
 

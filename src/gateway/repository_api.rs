@@ -246,7 +246,6 @@ fn authorize(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
@@ -273,16 +272,12 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let opened = Gateway::open(&GatewayOptions {
-            data_dir: dir.path().to_owned(),
             policy_dirs: Vec::new(),
             admin_password: Some("admin-pw".into()),
             // Never contacted: attributes live in the identity store.
             upstream: Some("http://127.0.0.1:9".into()),
             service: "registry.test".into(),
-            token_ttl: Duration::from_secs(300),
-            storage: Default::default(),
-            audit: Default::default(),
-            trust_key_passphrase: Default::default(),
+            ..crate::gateway::testing::options(dir.path())
         })
         .unwrap();
         Fixture {

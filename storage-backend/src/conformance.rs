@@ -360,13 +360,13 @@ pub async fn upload_listing_and_cancel(s: Stores) {
 
 // ---- metadata ----
 
-fn digest_of(c: char) -> Digest {
+pub(crate) fn digest_of(c: char) -> Digest {
     Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
 }
 
 /// An image manifest over blobs `config` and `layer` (1 byte each), with an optional
 /// subject and artifact type; its bytes, digest and parse.
-fn image(
+pub(crate) fn image(
     config: &Digest,
     layer: &Digest,
     subject: Option<(&Digest, usize)>,

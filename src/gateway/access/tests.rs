@@ -599,15 +599,8 @@ mod signed_views {
                 std::fs::create_dir(&policies).unwrap();
                 std::fs::write(policies.join("user.cedar"), text).unwrap();
                 let options = crate::gateway::GatewayOptions {
-                    data_dir: dir.path().join("data"),
                     policy_dirs: vec![policies],
-                    admin_password: Some("admin-secret".into()),
-                    upstream: None,
-                    service: "portcullis-test".into(),
-                    token_ttl: std::time::Duration::from_secs(300),
-                    storage: Default::default(),
-                    audit: Default::default(),
-                    trust_key_passphrase: Default::default(),
+                    ..testing::options(&dir.path().join("data"))
                 };
                 Gateway::open(&options).unwrap().gateway
             }

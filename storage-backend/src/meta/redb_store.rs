@@ -747,7 +747,7 @@ mod tests {
     use crate::manifest;
 
     fn d(c: char) -> Digest {
-        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+        crate::conformance::digest_of(c)
     }
 
     fn image(
@@ -755,16 +755,7 @@ mod tests {
         layer: &Digest,
         subject: Option<(&Digest, usize)>,
     ) -> (Vec<u8>, ParsedManifest) {
-        let mut m = serde_json::json!({
-            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.as_str(), "size": 1},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.as_str(), "size": 1}],
-        });
-        if let Some((s, size)) = subject {
-            m["subject"] = serde_json::json!({"mediaType": manifest::OCI_MANIFEST, "digest": s.as_str(), "size": size});
-        }
-        let bytes = serde_json::to_vec(&m).unwrap();
-        let parsed = manifest::parse(&bytes, None).unwrap();
+        let (bytes, _, parsed) = crate::conformance::image(config, layer, subject, None);
         (bytes, parsed)
     }
 
