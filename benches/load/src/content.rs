@@ -100,7 +100,7 @@ impl Image {
     /// Pushes the blobs and tags the manifest.
     pub async fn push(&self, conn: &mut Conn) -> Result<()> {
         for blob in [&self.config, &self.small, &self.large] {
-            push_monolithic(conn, blob).await?;
+            push_monolithic(conn, REPOSITORY, blob).await?;
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(MANIFEST_TYPE));
@@ -156,8 +156,8 @@ pub fn location_path(location: &str) -> String {
     }
 }
 
-async fn start_upload(conn: &mut Conn) -> Result<String> {
-    let path = format!("/v2/{REPOSITORY}/blobs/uploads/");
+async fn start_upload(conn: &mut Conn, repo: &str) -> Result<String> {
+    let path = format!("/v2/{repo}/blobs/uploads/");
     expect(
         conn,
         Method::POST,
@@ -183,8 +183,8 @@ fn octet_stream(len: usize) -> Result<HeaderMap> {
 }
 
 /// POST, then one PUT `?digest=` carrying the whole blob.
-pub async fn push_monolithic(conn: &mut Conn, blob: &Blob) -> Result<()> {
-    let location = start_upload(conn).await?;
+pub async fn push_monolithic(conn: &mut Conn, repo: &str, blob: &Blob) -> Result<()> {
+    let location = start_upload(conn, repo).await?;
     expect(
         conn,
         Method::PUT,
@@ -199,8 +199,8 @@ pub async fn push_monolithic(conn: &mut Conn, blob: &Blob) -> Result<()> {
 }
 
 /// POST, a PATCH per `chunk` bytes (with `Content-Range`), then an empty PUT `?digest=`.
-pub async fn push_chunked(conn: &mut Conn, blob: &Blob, chunk: usize) -> Result<()> {
-    let mut location = start_upload(conn).await?;
+pub async fn push_chunked(conn: &mut Conn, repo: &str, blob: &Blob, chunk: usize) -> Result<()> {
+    let mut location = start_upload(conn, repo).await?;
     let mut start = 0;
     while start < blob.data.len() {
         let end = (start + chunk.max(1)).min(blob.data.len());

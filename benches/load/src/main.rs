@@ -14,6 +14,7 @@ mod lean;
 mod measure;
 mod report;
 mod servers;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +39,10 @@ struct Cli {
 enum Command {
     /// Start the targets one after the other, measure them, print (and write) the results.
     Run(Box<RunArgs>),
+    /// A long mixed load (pushes, pulls, deletes, GC, token changes) against the gateway
+    /// that checks every answer and samples the gateway's RSS and descriptors; writes
+    /// soak.json, SOAK.md and soak.png. `scripts/soak` runs the 30-minute soak.
+    Soak(Box<SoakArgs>),
     /// Write RESULTS.md and results.png again from DIR/results.json.
     Render {
         #[arg(long, value_name = "DIR")]
@@ -89,11 +94,71 @@ struct RunArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// How long to run, in minutes.
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    #[arg(long, default_value_t = 8)]
+    repositories: usize,
+    #[arg(long, default_value_t = 2)]
+    pushers: usize,
+    #[arg(long, default_value_t = 6)]
+    pullers: usize,
+    /// Live images kept; the deleter removes the oldest beyond this.
+    #[arg(long, default_value_t = 40)]
+    keep: usize,
+    /// The gateway's `--gc-interval-seconds`.
+    #[arg(long, default_value_t = 15)]
+    gc_interval: u64,
+    /// The gateway's `--gc-grace-seconds`.
+    #[arg(long, default_value_t = 30)]
+    gc_grace: u64,
+    /// Seconds between samples of RSS and descriptors.
+    #[arg(long, default_value_t = 10.0)]
+    sample_seconds: f64,
+    /// Where `portcullis` is [the directory of this binary].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = "benches/soak")]
+    out: PathBuf,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
+        Command::Soak(args) => {
+            let bins = Binaries {
+                portcullis: bin_dir(args.bin_dir.as_deref())?.join("portcullis"),
+                storage: PathBuf::new(),
+                registry: PathBuf::new(),
+            };
+            bins.check(&[Target::Gateway])?;
+            let settings = soak::SoakSettings {
+                duration: Duration::from_secs_f64(args.minutes * 60.0),
+                repositories: args.repositories.max(1),
+                pushers: args.pushers,
+                pullers: args.pullers,
+                keep: args.keep,
+                gc_interval_seconds: args.gc_interval,
+                gc_grace_seconds: args.gc_grace,
+                sample_every: Duration::from_secs_f64(args.sample_seconds.max(0.5)),
+            };
+            soak::run(&bins, &settings, &args.out).await
+        }
         Command::Render { out } => report::Run::load(&out)?.write(&out),
+    }
+}
+
+/// `given`, or the directory of this binary (where cargo puts the servers too).
+fn bin_dir(given: Option<&std::path::Path>) -> Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the driver's own directory")?
+            .to_path_buf()),
     }
 }
 
@@ -120,13 +185,7 @@ async fn run(args: RunArgs) -> Result<()> {
     } else {
         args.target.clone()
     };
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the driver's own directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = bin_dir(args.bin_dir.as_deref())?;
     let bins = Binaries {
         portcullis: bin_dir.join("portcullis"),
         storage: bin_dir.join("portcullis-storage"),

@@ -385,9 +385,9 @@ async fn push(
         let blob = Blob::new(data.clone());
         let start = Instant::now();
         if chunked {
-            push_chunked(&mut conn, &blob, settings.chunk_bytes).await?;
+            push_chunked(&mut conn, REPOSITORY, &blob, settings.chunk_bytes).await?;
         } else {
-            push_monolithic(&mut conn, &blob).await?;
+            push_monolithic(&mut conn, REPOSITORY, &blob).await?;
         }
         busy += start.elapsed();
         m.count += 1;

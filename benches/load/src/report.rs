@@ -421,7 +421,7 @@ fn split_label(test: &str) -> Vec<String> {
 }
 
 /// Registers a system TrueType font as `sans-serif` for plotters' ab_glyph backend.
-fn register_font() -> Result<()> {
+pub fn register_font() -> Result<()> {
     let candidates = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",

@@ -170,6 +170,16 @@ pub struct Running {
 impl Running {
     /// `log` is the `RUST_LOG` of our servers.
     pub async fn start(target: Target, bins: &Binaries, log: &str) -> Result<Running> {
+        Running::start_with(target, bins, log, &[]).await
+    }
+
+    /// [`Running::start`] with more arguments for the gateway's `serve`.
+    pub async fn start_with(
+        target: Target,
+        bins: &Binaries,
+        log: &str,
+        gateway_args: &[&str],
+    ) -> Result<Running> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("portcullis-load-{target}-"))
             .tempdir()?;
@@ -193,6 +203,7 @@ impl Running {
                 let mut cmd = Command::new(&bins.portcullis);
                 cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
                     .arg(dir.path().join("data"))
+                    .args(gateway_args)
                     .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
                     .env("RUST_LOG", log);
                 if target == Target::GatewayUpstream {
@@ -226,27 +237,10 @@ impl Running {
     /// fetches a bearer token for pull and push, and uses it for every request.
     async fn login(&mut self) -> Result<()> {
         let mut conn = Conn::open(&self.endpoint).await?;
-        let resp = conn
-            .send(
-                self.endpoint
-                    .request(Method::GET, "/v2/", &HeaderMap::new(), Bytes::new())?,
-            )
-            .await?;
-        let challenge = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("GET /v2/ gave no challenge"))?;
-        collect(resp).await?;
-        let realm_path = challenge_param(&challenge, "realm")
-            .map(|realm| crate::content::location_path(&realm))
-            .ok_or_else(|| anyhow!("no realm in `{challenge}`"))?;
-        let service =
-            challenge_param(&challenge, "service").unwrap_or_else(|| "portcullis".to_owned());
+        let (realm_path, service) = token_realm(&mut conn).await?;
 
         let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, basic("admin", ADMIN_PASSWORD)?);
+        headers.insert(AUTHORIZATION, admin_basic()?);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let body = serde_json::to_vec(&serde_json::json!({
             "name": BENCH_TOKEN,
@@ -299,6 +293,11 @@ impl Running {
             .join("\n")
     }
 
+    /// The process id of the first server (the gateway, for gateway targets).
+    pub fn pid(&self) -> u32 {
+        self.processes[0].child.id()
+    }
+
     /// Peak RSS (VmHWM) of each server process, in KiB.
     pub fn peak_rss_kib(&self) -> Result<Vec<(&'static str, u64)>> {
         self.processes
@@ -308,7 +307,32 @@ impl Running {
     }
 }
 
-fn basic(user: &str, password: &str) -> Result<HeaderValue> {
+/// The token endpoint's path and the service name, from the challenge of `GET /v2/`.
+pub async fn token_realm(conn: &mut Conn) -> Result<(String, String)> {
+    let req = conn
+        .endpoint()
+        .request(Method::GET, "/v2/", &HeaderMap::new(), Bytes::new())?;
+    let resp = conn.send(req).await?;
+    let challenge = resp
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("GET /v2/ gave no challenge"))?;
+    collect(resp).await?;
+    let realm_path = challenge_param(&challenge, "realm")
+        .map(|realm| crate::content::location_path(&realm))
+        .ok_or_else(|| anyhow!("no realm in `{challenge}`"))?;
+    let service = challenge_param(&challenge, "service").unwrap_or_else(|| "portcullis".to_owned());
+    Ok((realm_path, service))
+}
+
+/// Basic credentials of the gateway's admin account.
+pub fn admin_basic() -> Result<HeaderValue> {
+    basic("admin", ADMIN_PASSWORD)
+}
+
+pub fn basic(user: &str, password: &str) -> Result<HeaderValue> {
     Ok(HeaderValue::from_str(&format!(
         "Basic {}",
         STANDARD.encode(format!("{user}:{password}"))
