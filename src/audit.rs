@@ -97,6 +97,12 @@ impl Audit {
         ))
     }
 
+    /// Whether records are written: callers skip building one when not (`--audit-log off`
+    /// is for load tests, where that work would be measured).
+    pub fn is_on(&self) -> bool {
+        self.writer.is_some()
+    }
+
     /// Writes one record as a JSON line, stamped with the time.
     pub fn record(&self, record: &Record<'_>) {
         let Some(writer) = &self.writer else {

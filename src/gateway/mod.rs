@@ -130,6 +130,9 @@ impl Gateway {
         refusal: Option<&errors::GatewayError>,
     ) {
         use errors::GatewayError as E;
+        if !self.audit.is_on() {
+            return;
+        }
         let decision = match refusal {
             None => "allow",
             Some(E::Denied { .. }) => "deny",

@@ -183,6 +183,9 @@ impl Proxy {
 
     /// The audit record of the decision on a repository request.
     fn audit(&self, session: &ServerSession, ctx: &RequestCtx, refusal: Option<&GatewayError>) {
+        if !self.gw.audit.is_on() {
+            return;
+        }
         let head = session.req_header();
         self.gw.audit_decision(
             &self.meta(session, ctx),

@@ -89,6 +89,10 @@ struct RunArgs {
     /// anchor; `info` is the gateway's default, with one audit line per decision.
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     server_log: String,
+    /// The gateways' `--audit-log`: `off` by default, as the anchor writes no
+    /// per-request record; `stderr` measures the audit stream's cost.
+    #[arg(long, value_name = "stderr|off", default_value = "off")]
+    audit_log: String,
     /// Write results.json, RESULTS.md and results.png into DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -204,7 +208,13 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut measurements = Vec::new();
     for &target in &targets {
         eprintln!("== {}", target.description());
-        let running = Running::start(target, &bins, &args.server_log).await?;
+        let running = Running::start(
+            target,
+            &bins,
+            &args.server_log,
+            &["--audit-log", &args.audit_log],
+        )
+        .await?;
         let measured = async {
             let mut conn = client::Conn::open(&running.endpoint).await?;
             image

@@ -168,13 +168,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// `log` is the `RUST_LOG` of our servers.
-    pub async fn start(target: Target, bins: &Binaries, log: &str) -> Result<Running> {
-        Running::start_with(target, bins, log, &[]).await
-    }
-
-    /// [`Running::start`] with more arguments for the gateway's `serve`.
-    pub async fn start_with(
+    /// `log` is the `RUST_LOG` of our servers; `gateway_args` go to the gateway's `serve`.
+    pub async fn start(
         target: Target,
         bins: &Binaries,
         log: &str,

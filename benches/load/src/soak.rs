@@ -176,7 +176,7 @@ impl Rng {
 pub async fn run(bins: &Binaries, settings: &SoakSettings, out: &Path) -> Result<()> {
     let gc_interval = settings.gc_interval_seconds.to_string();
     let gc_grace = settings.gc_grace_seconds.to_string();
-    let running = Running::start_with(
+    let running = Running::start(
         Target::Gateway,
         bins,
         "warn",
@@ -197,12 +197,12 @@ pub async fn run(bins: &Binaries, settings: &SoakSettings, out: &Path) -> Result
     let (realm, service) = token_realm(&mut conn).await?;
     let password = create_token(
         &mut conn,
-        "soak",
+        "soak-load",
         &["content/read", "content/write", "content/delete"],
         "soak/*",
     )
     .await?;
-    let credentials = basic("soak", &password)?;
+    let credentials = basic("soak-load", &password)?;
     let scopes: String = (0..settings.repositories)
         .map(|r| format!("&scope=repository:soak/r{r}:pull,push,delete"))
         .collect();
