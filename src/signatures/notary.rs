@@ -316,7 +316,7 @@ fn leaf_subject(leaf: &CertificateDer<'_>) -> Option<Vec<(String, String)>> {
 /// A JWS ECDSA signature (`r || s`, fixed width) as the DER `SEQUENCE { r, s }` ring
 /// verifies.
 fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 || raw.len() > 132 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
