@@ -372,14 +372,14 @@ mod tests {
 }
 
 /// The Notary Project's own envelope (made by Notation; see
-/// `tests/fixtures/notary/README.md`), verified against its certificate.
+/// `tests/fixtures/notation/README.md`), verified against its certificate.
 #[cfg(test)]
 mod fixture {
     use super::*;
     use crate::identity::{IdentitySnapshot, SignatureTrust, TrustMaterial};
 
-    const ENVELOPE: &[u8] = include_bytes!("../../tests/fixtures/notary/jws_signature.sig");
-    const CA: &str = include_str!("../../tests/fixtures/notary/alpine-ca.pem");
+    const ENVELOPE: &[u8] = include_bytes!("../../tests/fixtures/notation/jws_signature.sig");
+    const CA: &str = include_str!("../../tests/fixtures/notation/alpine-ca.pem");
     const SIGNED: &str = "sha256:19dbd2e48e921426ee8ace4dc892edfb2ecdc1d1a72d5416c83670c30acecef0";
 
     fn verifiers(identity: Option<&str>) -> Verifiers {
