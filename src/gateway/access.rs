@@ -376,19 +376,17 @@ async fn manifest_facts(
         .allowed
     };
     let unsigned = SignatureFacts::default();
+    let alternatives = alternatives(trust != Signature::Unsigned, &verifiers);
     let depends = checks.iter().any(|check| {
         let base = ask(check, &unsigned);
-        alternatives(trust != Signature::Unsigned, &verifiers)
-            .iter()
-            .any(|facts| ask(check, facts) != base)
+        alternatives.iter().any(|facts| ask(check, facts) != base)
     });
     if !depends {
         return Ok(unsigned);
     }
-    let digest = match (reference, &trust) {
-        // A signed target by digest needs no lookup unless OCI signatures could matter.
-        (Reference::Digest(digest), _) => digest.to_string(),
-        (Reference::Tag(tag), _) => match gw.backend.manifest_digest(&req.repository, tag).await? {
+    let digest = match reference {
+        Reference::Digest(digest) => digest.to_string(),
+        Reference::Tag(tag) => match gw.backend.manifest_digest(&req.repository, tag).await? {
             Some(digest) => digest,
             None => return Ok(unsigned),
         },
