@@ -112,6 +112,8 @@ fn request(repository: String, now: i64) -> AuthzRequest {
         context: RequestContext {
             reference: None,
             signed: false,
+            signatures: Default::default(),
+            signature_artifact: false,
             source_ip: Some("10.1.2.3".parse().expect("ip")),
             now,
             operation: Operation::Pull,

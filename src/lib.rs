@@ -20,4 +20,5 @@ pub mod fuzz;
 pub mod gateway;
 pub mod identity;
 pub mod policy;
+pub mod signatures;
 pub mod trust;

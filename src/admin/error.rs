@@ -58,7 +58,9 @@ impl From<IdentityStoreError> for AdminError {
             IdentityStoreError::AlreadyExists { .. }
             | IdentityStoreError::SystemScopeMap(_)
             | IdentityStoreError::ScopeMapInUse { .. } => AdminError::Conflict(msg),
-            IdentityStoreError::TooManyRules { .. } => AdminError::BadRequest(msg),
+            IdentityStoreError::TooManyRules { .. } | IdentityStoreError::TrustMaterial(_) => {
+                AdminError::BadRequest(msg)
+            }
             IdentityStoreError::InvalidRepository(_) | IdentityStoreError::Name(_) => {
                 AdminError::InvalidName(msg)
             }

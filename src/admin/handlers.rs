@@ -1,4 +1,5 @@
-//! Admin API handlers: tokens and their credentials, scope maps, repository attributes.
+//! Admin API handlers: tokens and their credentials, scope maps, repository attributes,
+//! verification identities of OCI signatures.
 //! Store writes (a redb commit each) run on the blocking pool.
 
 use axum::Json;
@@ -17,9 +18,9 @@ use crate::identity::store::{
 use super::AdminState;
 use super::error::AdminError;
 use super::wire::{
-    AttributesJson, CreateScopeMap, CreateToken, GenerateCredentials, UpdateScopeMap, UpdateToken,
-    credentials_json, expiry, parse_action_strings, parse_body, parse_rules, scope_map_json,
-    token_json,
+    AddSignatureTrust, AttributesJson, CreateScopeMap, CreateToken, GenerateCredentials,
+    UpdateScopeMap, UpdateToken, credentials_json, expiry, parse_action_strings, parse_body,
+    parse_rules, scope_map_json, signature_trust_json, token_json,
 };
 
 /// Runs a store operation off the async workers.
@@ -216,6 +217,58 @@ pub async fn delete_scope_map(
 ) -> Result<StatusCode, AdminError> {
     blocking(&state, move |s| s.delete_scope_map(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_signature_trust(State(state): State<AdminState>) -> Response {
+    let snap = state.store.snapshot();
+    let body: Vec<_> = snap
+        .signature_trust
+        .values()
+        .map(|t| signature_trust_json(t))
+        .collect();
+    Json(body).into_response()
+}
+
+pub async fn get_signature_trust(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, AdminError> {
+    let snap = state.store.snapshot();
+    let trust = snap.signature_trust.get(&name).ok_or_else(|| {
+        AdminError::from(IdentityStoreError::NotFound {
+            kind: "signature trust",
+            name: name.clone(),
+        })
+    })?;
+    Ok(Json(signature_trust_json(trust)).into_response())
+}
+
+pub async fn add_signature_trust(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
+    let (name, material) = parse_body::<AddSignatureTrust>(&body)?.material()?;
+    let trust = blocking(&state, move |s| s.add_signature_trust(&name, material)).await?;
+    Ok((StatusCode::CREATED, Json(signature_trust_json(&trust))).into_response())
+}
+
+pub async fn remove_signature_trust(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    blocking(&state, move |s| s.remove_signature_trust(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Per repository and tag: content-trust signed, OCI signatures, or neither.
+pub async fn signature_report(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let gateway = state.gateway.as_ref().ok_or_else(|| {
+        AdminError::NotFound("the signature report needs a running gateway".into())
+    })?;
+    let report = crate::gateway::signatures::report(gateway)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    Ok(Json(report).into_response())
 }
 
 /// `{*path}` is `<repository>/attributes`; repository names contain slashes.

@@ -1,5 +1,6 @@
 //! The admin HTTP API (`/admin/v1/...`): tokens, credentials and scope maps over the
-//! identity store, repository attributes, policies and the content-trust switch,
+//! identity store, repository attributes, verification identities of OCI signatures,
+//! policies and the content-trust switch,
 //! admin-authenticated, with an OpenAPI document.
 //!
 //! Every route, including the OpenAPI document and unknown `/admin/v1/` paths, requires
@@ -41,6 +42,9 @@ pub struct AdminState {
     pub engine: Arc<PolicyEngine>,
     pub trust: Arc<TrustService>,
     pub audit: Audit,
+    /// The gateway the API belongs to, for reports over the repositories it serves
+    /// (`None` in tests of the API alone).
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// Every identity route: method, axum path, handler. The router is built from this
@@ -51,6 +55,7 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
     const SCOPE_MAP: &str = "/admin/v1/scope-maps/{name}";
     const ATTRIBUTES: &str = "/admin/v1/repositories/{*path}";
     const CONTENT_TRUST: &str = "/admin/v1/config/content-trust";
+    const SIGNATURE_TRUST: &str = "/admin/v1/signature-trust/{name}";
     vec![
         (Method::GET, "/admin/v1/openapi.json", get(openapi)),
         (Method::GET, "/admin/v1/tokens", get(list_tokens)),
@@ -73,6 +78,27 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
         (Method::GET, SCOPE_MAP, get(get_scope_map)),
         (Method::PATCH, SCOPE_MAP, patch(update_scope_map)),
         (Method::DELETE, SCOPE_MAP, delete(delete_scope_map)),
+        (
+            Method::GET,
+            "/admin/v1/signature-trust",
+            get(list_signature_trust),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/signature-trust",
+            post(add_signature_trust),
+        ),
+        (Method::GET, SIGNATURE_TRUST, get(get_signature_trust)),
+        (
+            Method::GET,
+            "/admin/v1/signature-report",
+            get(signature_report),
+        ),
+        (
+            Method::DELETE,
+            SIGNATURE_TRUST,
+            delete(remove_signature_trust),
+        ),
         (Method::GET, ATTRIBUTES, get(get_attributes)),
         (Method::PUT, ATTRIBUTES, put(put_attributes)),
         (
@@ -97,6 +123,7 @@ pub fn parse_request_bodies(body: &[u8]) {
     let _ = wire::parse_body::<wire::CreateScopeMap>(body);
     let _ = wire::parse_body::<wire::UpdateScopeMap>(body);
     let _ = wire::parse_body::<wire::AttributesJson>(body);
+    let _ = wire::parse_body::<wire::AddSignatureTrust>(body);
 }
 
 /// The admin API with every path under `/admin/v1/`; mount it beside the registry.
@@ -169,6 +196,8 @@ fn action_name(method: &Method, route: &str) -> &'static str {
         ("DELETE", "scope-maps/{name}") => "scope_map.delete",
         ("PUT", "repositories/{*path}") => "repository.attributes.update",
         ("PUT", "config/content-trust") => "content_trust.update",
+        ("POST", "signature-trust") => "signature_trust.add",
+        ("DELETE", "signature-trust/{name}") => "signature_trust.remove",
         ("POST", "policy/explain") => "policy.explain",
         ("POST", "policy/reload") => "policy.reload",
         _ => "other",
@@ -222,6 +251,7 @@ mod tests {
             engine: Arc::new(PolicyEngine::load(&[]).unwrap()),
             trust,
             audit: Audit::default(),
+            gateway: None,
         };
         let app = router(state);
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();

@@ -41,6 +41,11 @@ pub struct ExplainBody {
     pub digest: Option<String>,
     #[serde(default)]
     pub signed: bool,
+    /// `context.signatures`: verification identities whose signatures verify.
+    #[serde(default)]
+    pub signatures: Vec<String>,
+    #[serde(default)]
+    pub signature_artifact: bool,
     pub source_ip: Option<IpAddr>,
     /// Unix seconds; default now.
     pub now: Option<UnixSeconds>,
@@ -93,6 +98,8 @@ async fn explain(
         context: RequestContext {
             reference,
             signed: body.signed,
+            signatures: sorted_names(body.signatures),
+            signature_artifact: body.signature_artifact,
             source_ip: body.source_ip,
             now,
             operation: body.operation,
@@ -121,4 +128,11 @@ async fn reload(State(state): State<AdminState>) -> Result<Response, AdminError>
         .map_err(|e| AdminError::Internal(e.to_string()))?
         .map(|count| Json(json!({ "policies": count })).into_response())
         .map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+/// `names` as `context.signatures`: sorted, without duplicates.
+fn sorted_names(mut names: Vec<String>) -> crate::policy::SignerNames {
+    names.sort_unstable();
+    names.dedup();
+    names.into()
 }

@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::identity::model::{
-    PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus, UnixSeconds,
+    PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, SignatureTrust, Token, TokenStatus,
+    TrustMaterial, UnixSeconds,
 };
 use crate::identity::scope::{action_strings, parse_action_string, parse_rule};
 use crate::identity::store::GeneratedPassword;
@@ -250,4 +251,52 @@ impl From<AttributesJson> for RepositoryAttributes {
             signed_only: a.signed_only,
         }
     }
+}
+
+/// `POST /admin/v1/signature-trust`: exactly one of `publicKey` and `caCerts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddSignatureTrust {
+    pub name: String,
+    pub public_key: Option<String>,
+    pub ca_certs: Option<String>,
+    pub identity: Option<String>,
+}
+
+impl AddSignatureTrust {
+    pub fn material(self) -> Result<(String, TrustMaterial), AdminError> {
+        let material = match (self.public_key, self.ca_certs, self.identity) {
+            (Some(public_key), None, None) => TrustMaterial::Cosign { public_key },
+            (None, Some(ca_certs), identity) => TrustMaterial::Notary { ca_certs, identity },
+            (Some(_), None, Some(_)) => {
+                return Err(AdminError::BadRequest(
+                    "`identity` constrains Notary Project certificates: give it with `caCerts`"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(AdminError::BadRequest(
+                    "give exactly one of `publicKey` (cosign) and `caCerts` (Notary Project)"
+                        .into(),
+                ));
+            }
+        };
+        Ok((self.name, material))
+    }
+}
+
+pub fn signature_trust_json(trust: &SignatureTrust) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "name": trust.name,
+        "kind": trust.material.kind(),
+        "creationDate": rfc3339(trust.created_at),
+    });
+    match &trust.material {
+        TrustMaterial::Cosign { public_key } => out["publicKey"] = public_key.as_str().into(),
+        TrustMaterial::Notary { ca_certs, identity } => {
+            out["caCerts"] = ca_certs.as_str().into();
+            out["identity"] = identity.as_deref().into();
+        }
+    }
+    out
 }

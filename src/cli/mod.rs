@@ -10,6 +10,7 @@ mod registry_client;
 mod repository;
 mod scope_map;
 mod serve;
+mod signature_trust;
 mod token;
 mod trust;
 
@@ -44,6 +45,10 @@ enum Command {
     Config(config::ConfigArgs),
     /// Content-trust key management (`rotate-kek`).
     Trust(trust::TrustArgs),
+    /// Verification identities of OCI signatures (sigstore/cosign keys, Notary Project
+    /// CA certificates).
+    #[command(name = "signature-trust")]
+    SignatureTrust(signature_trust::SignatureTrustArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -64,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Manifest(args) => manifest::run(args),
         Command::Config(args) => config::run(args),
         Command::Trust(args) => trust::run(args),
+        Command::SignatureTrust(args) => signature_trust::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,9 +42,16 @@ pub enum PolicyCommand {
         digest: Option<String>,
         #[arg(long)]
         source_ip: Option<IpAddr>,
-        /// Whether the referenced manifest is signed.
+        /// Whether the referenced manifest is signed (content trust).
         #[arg(long)]
         signed: bool,
+        /// A verification identity whose OCI signature over the manifest verifies
+        /// (`context.signatures`); repeat for several.
+        #[arg(long = "signature", value_name = "NAME")]
+        signatures: Vec<String>,
+        /// The manifest is itself a signature (`context.signatureArtifact`).
+        #[arg(long)]
+        signature_artifact: bool,
         /// The password slot the caller authenticates with.
         #[arg(long, value_parser = parse_slot, default_value = "password1")]
         slot: PasswordSlot,
@@ -80,6 +87,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             digest,
             source_ip,
             signed,
+            signatures,
+            signature_artifact,
             slot,
             client,
         } => {
@@ -92,6 +101,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 "digest": digest,
                 "sourceIp": source_ip,
                 "signed": signed,
+                "signatures": signatures,
+                "signatureArtifact": signature_artifact,
             });
             let answer =
                 AdminClient::new(&client)?.call(Method::POST, "/policy/explain", Some(&body))?;

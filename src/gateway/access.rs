@@ -15,12 +15,37 @@ use super::classify::{DeleteRequest, Mount, RepositoryRequest, RequestKind};
 use super::errors::GatewayError;
 use super::jwt::AccessEntry;
 use super::signed::{self, Signature};
-use super::{Gateway, RequestMeta};
+use super::{Gateway, RequestMeta, signatures};
 use crate::identity::{Action, IdentitySnapshot, Principal, now_unix};
-use crate::policy::{AuthzRequest, Decision, Operation, PolicyEngine, Reference, RequestContext};
+use crate::policy::{
+    AuthzRequest, Decision, Operation, PolicyEngine, Reference, RequestContext, SignerNames,
+};
+use crate::signatures::{Verifiers, cosign, notary};
 
 /// The base policy that refuses unsigned manifests in signed-only repositories.
 const SIGNED_ONLY_POLICY: &str = "base/repository-signed-only";
+
+/// What the context of a manifest pull says about its signatures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignatureFacts {
+    /// Content trust (`context.signed`).
+    pub signed: bool,
+    /// OCI signatures (`context.signatures`).
+    pub signatures: SignerNames,
+    /// `context.signatureArtifact`.
+    pub signature_artifact: bool,
+}
+
+impl SignatureFacts {
+    /// Signed every way there is: content trust and every identity of `identity`.
+    fn every(identity: &IdentitySnapshot) -> SignatureFacts {
+        SignatureFacts {
+            signed: true,
+            signatures: identity.signature_trust.keys().cloned().collect(),
+            signature_artifact: false,
+        }
+    }
+}
 
 /// One Cedar question a request raises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,8 +274,8 @@ pub async fn authorize(
     match &req.kind {
         RequestKind::ManifestGet { reference } => {
             let checks = checks(req, &[]);
-            let signed = manifest_signed(gw, who, req, &checks, reference, source_ip).await?;
-            decide_counted(gw, who, &checks, source_ip, signed).map(|()| Disposition::Forward)
+            let facts = manifest_facts(gw, who, req, &checks, reference, source_ip).await?;
+            decide_counted(gw, who, &checks, source_ip, &facts).map(|()| Disposition::Forward)
         }
         RequestKind::ManifestGetInvalid { reference } => {
             authorize_checks(gw, who, &checks(req, &[]), source_ip)?;
@@ -264,8 +289,7 @@ pub async fn authorize(
             if !signature_demanded(gw, &who.principal, &req.repository, source_ip) {
                 return Ok(Disposition::Forward);
             }
-            let targets = signed::targets(gw, &req.repository);
-            let tags = signed::signed_tags(gw, &req.repository, targets.as_deref()).await?;
+            let tags = pullable_tags(gw, who, &req.repository, source_ip).await?;
             Ok(Disposition::Respond(signed::tags_list(
                 &req.repository,
                 &tags,
@@ -319,49 +343,203 @@ async fn automatic_mount(
     }))
 }
 
-/// `context.signed` of a manifest pull. Free without trust data for the repository; a
-/// tag with a signed target costs a backend lookup only when the decision differs
-/// between signed and unsigned.
-async fn manifest_signed(
+/// The signature facts of a manifest pull. Free without trust data for the repository
+/// and without signature-trust identities; otherwise, only when the decision depends on
+/// them, the manifest's digest is looked up (by tag: one backend lookup, as content
+/// trust always needed) and its verified OCI signatures read (a hit: one cached
+/// lookup). Whether the manifest is itself a signature is asked only when nothing else
+/// lets the pull through.
+async fn manifest_facts(
     gw: &Gateway,
     who: &Authenticated,
     req: &RepositoryRequest,
     checks: &[Check],
     reference: &Reference,
     source_ip: Option<IpAddr>,
-) -> Result<bool, GatewayError> {
+) -> Result<SignatureFacts, GatewayError> {
     let targets = signed::targets(gw, &req.repository);
-    match (signed::signature(targets.as_deref(), reference), reference) {
-        (Signature::Unsigned, _) => Ok(false),
-        (Signature::Signed, _) => Ok(true),
-        (Signature::TagSigned, Reference::Tag(tag)) => {
-            let identity = gw.store.snapshot();
-            let depends = checks.iter().any(|check| {
-                let ask = |signed| {
-                    ask_signed(
-                        &gw.engine,
-                        &identity,
-                        &who.principal,
-                        check,
-                        source_ip,
-                        signed,
-                    )
-                    .allowed
-                };
-                ask(false) != ask(true)
-            });
-            if depends {
-                match targets.as_deref() {
-                    Some(targets) => signed::serves_signed(gw, targets, &req.repository, tag).await,
-                    None => Ok(false),
-                }
-            } else {
-                Ok(false)
-            }
-        }
-        (Signature::TagSigned, Reference::Digest(_)) => Ok(false),
+    let trust = signed::signature(targets.as_deref(), reference);
+    let identity = gw.store.snapshot();
+    let verifiers = gw.signatures.verifiers(&identity);
+    if trust == Signature::Unsigned && verifiers.is_empty() {
+        return Ok(SignatureFacts::default());
     }
+    let ask = |check: &Check, facts: &SignatureFacts| {
+        ask_signed(
+            &gw.engine,
+            &identity,
+            &who.principal,
+            check,
+            source_ip,
+            facts,
+        )
+        .allowed
+    };
+    let unsigned = SignatureFacts::default();
+    let alternatives = alternatives(trust != Signature::Unsigned, &verifiers);
+    let depends = checks.iter().any(|check| {
+        let base = ask(check, &unsigned);
+        alternatives.iter().any(|facts| ask(check, facts) != base)
+    });
+    if !depends {
+        return Ok(unsigned);
+    }
+    let digest = match reference {
+        Reference::Digest(digest) => digest.to_string(),
+        Reference::Tag(tag) => match gw.backend.manifest_digest(&req.repository, tag).await? {
+            Some(digest) => digest,
+            None => return Ok(unsigned),
+        },
+    };
+    let signed = match (&trust, reference, targets.as_deref()) {
+        (Signature::Signed, _, _) => true,
+        (Signature::TagSigned, Reference::Tag(tag), Some(targets)) => {
+            targets.tag_has_digest(tag, &digest)
+        }
+        _ => false,
+    };
+    let mut facts = SignatureFacts {
+        signed,
+        signatures: signatures::verified(gw, &verifiers, &req.repository, &digest).await?,
+        signature_artifact: false,
+    };
+    let artifact = SignatureFacts {
+        signature_artifact: true,
+        ..facts.clone()
+    };
+    let artifact_helps = checks
+        .iter()
+        .any(|check| !ask(check, &facts) && ask(check, &artifact));
+    if artifact_helps && is_signature_artifact(gw, &req.repository, &digest).await? {
+        facts = artifact;
+    }
+    Ok(facts)
 }
+
+/// The signature facts a decision is compared under to tell whether it depends on
+/// signatures: content trust alone (when the repository has trust data), every
+/// identity, and each identity alone.
+fn alternatives(trust_data: bool, verifiers: &Verifiers) -> Vec<SignatureFacts> {
+    let names = |names: Vec<String>| SignatureFacts {
+        signed: false,
+        signatures: names.into(),
+        signature_artifact: false,
+    };
+    let mut out = Vec::new();
+    if trust_data {
+        out.push(SignatureFacts {
+            signed: true,
+            ..SignatureFacts::default()
+        });
+    }
+    if !verifiers.is_empty() {
+        out.push(names(verifiers.names().map(str::to_owned).collect()));
+        out.extend(verifiers.names().map(|name| names(vec![name.to_owned()])));
+    }
+    out
+}
+
+/// Whether manifest `digest` of `repository` is a signature: it has layers and every
+/// one is a cosign payload or a Notary Project envelope (so it is no runnable image,
+/// whatever its tag or artifact type claims).
+async fn is_signature_artifact(
+    gw: &Gateway,
+    repository: &str,
+    digest: &str,
+) -> Result<bool, GatewayError> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        #[serde(default)]
+        layers: Vec<Layer>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Layer {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    }
+    let Ok(parsed) = portcullis_oci::Digest::parse(digest) else {
+        return Ok(false);
+    };
+    let Some(bytes) = gw
+        .backend
+        .manifest_bytes(repository, &Reference::Digest(parsed))
+        .await?
+    else {
+        return Ok(false);
+    };
+    let signature_layer = |l: &Layer| {
+        [
+            cosign::PAYLOAD_MEDIA_TYPE,
+            notary::JWS_MEDIA_TYPE,
+            notary::COSE_MEDIA_TYPE,
+        ]
+        .contains(&l.media_type.as_str())
+    };
+    Ok(serde_json::from_slice::<Manifest>(&bytes)
+        .is_ok_and(|m| !m.layers.is_empty() && m.layers.iter().all(signature_layer)))
+}
+
+/// The tag list of a caller under a signature demand: the tags whose manifest the
+/// caller may pull now, given its signatures. Without signature-trust identities only
+/// the tags with signed targets are candidates; with them, every tag.
+async fn pullable_tags(
+    gw: &Gateway,
+    who: &Authenticated,
+    repository: &str,
+    source_ip: Option<IpAddr>,
+) -> Result<Vec<String>, GatewayError> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let targets = signed::targets(gw, repository);
+    let identity = gw.store.snapshot();
+    let verifiers = gw.signatures.verifiers(&identity);
+    let candidates: Vec<String> = if verifiers.is_empty() {
+        targets
+            .as_deref()
+            .map(|t| t.tag_names().map(str::to_owned).collect())
+            .unwrap_or_default()
+    } else {
+        gw.backend.tags(repository).await?.unwrap_or_default()
+    };
+    let (targets, identity, verifiers) = (&targets, &identity, &verifiers);
+    let mut tags: Vec<String> = futures_util::stream::iter(candidates)
+        .map(|tag| async move {
+            let Some(digest) = gw.backend.manifest_digest(repository, &tag).await? else {
+                return Ok(None);
+            };
+            let facts = SignatureFacts {
+                signed: targets
+                    .as_deref()
+                    .is_some_and(|t| t.tag_has_digest(&tag, &digest)),
+                signatures: signatures::verified(gw, verifiers, repository, &digest).await?,
+                signature_artifact: false,
+            };
+            let check = Check {
+                action: Action::ContentRead,
+                repository: repository.to_owned(),
+                operation: Operation::Pull,
+                reference: Some(Reference::Tag(tag.clone())),
+            };
+            let allowed = ask_signed(
+                &gw.engine,
+                identity,
+                &who.principal,
+                &check,
+                source_ip,
+                &facts,
+            )
+            .allowed;
+            Ok::<_, GatewayError>(allowed.then_some(tag))
+        })
+        .buffer_unordered(CONCURRENT_LOOKUPS)
+        .try_filter_map(|tag| async move { Ok(tag) })
+        .try_collect()
+        .await?;
+    tags.sort_unstable();
+    Ok(tags)
+}
+
+/// Backend lookups run at once when building a signed tag list.
+const CONCURRENT_LOOKUPS: usize = 8;
 
 /// Whether policy refuses `principal` an unsigned manifest of `repository` but would
 /// serve a signed one: the repository is signed-only, or a policy demands signatures
@@ -382,9 +560,10 @@ fn signature_demanded(
         operation: Operation::Pull,
         reference: Some(Reference::Tag(PROBE_TAG.to_owned())),
     };
-    let ask =
-        |signed| ask_signed(&gw.engine, &identity, principal, &probe, source_ip, signed).allowed;
-    !ask(false) && ask(true)
+    let ask = |facts: &SignatureFacts| {
+        ask_signed(&gw.engine, &identity, principal, &probe, source_ip, facts).allowed
+    };
+    !ask(&SignatureFacts::default()) && ask(&SignatureFacts::every(&identity))
 }
 
 /// Every other request: only a manifest PUT that writes tags asks the backend anything
@@ -399,7 +578,13 @@ async fn authorize_writes(
     if !written.is_empty() {
         // Decide as if every tag were new before asking the backend anything: a caller
         // who may not even create them costs no lookups and learns nothing.
-        if let Err(e) = decide_for(gw, who, &checks(req, &[]), source_ip, false) {
+        if let Err(e) = decide_for(
+            gw,
+            who,
+            &checks(req, &[]),
+            source_ip,
+            &SignatureFacts::default(),
+        ) {
             gw.metrics.record_decision(false);
             return Err(e);
         }
@@ -421,7 +606,7 @@ pub fn authorize_checks(
     checks: &[Check],
     source_ip: Option<IpAddr>,
 ) -> Result<(), GatewayError> {
-    decide_counted(gw, who, checks, source_ip, false)
+    decide_counted(gw, who, checks, source_ip, &SignatureFacts::default())
 }
 
 /// Decides `checks` and counts the decision in the metrics: the one place every
@@ -431,9 +616,9 @@ fn decide_counted(
     who: &Authenticated,
     checks: &[Check],
     source_ip: Option<IpAddr>,
-    signed: bool,
+    facts: &SignatureFacts,
 ) -> Result<(), GatewayError> {
-    let result = decide_for(gw, who, checks, source_ip, signed);
+    let result = decide_for(gw, who, checks, source_ip, facts);
     gw.metrics.record_decision(result.is_ok());
     result
 }
@@ -443,7 +628,7 @@ fn decide_for(
     who: &Authenticated,
     checks: &[Check],
     source_ip: Option<IpAddr>,
-    signed: bool,
+    facts: &SignatureFacts,
 ) -> Result<(), GatewayError> {
     decide(
         &gw.engine,
@@ -452,7 +637,7 @@ fn decide_for(
         |repository, action| claim_covers(who, repository, action),
         checks,
         source_ip,
-        signed,
+        facts,
     )
 }
 
@@ -491,7 +676,7 @@ pub fn claim_covers(who: &Authenticated, repository: &str, action: &str) -> bool
 /// claim is also too narrow; a request policy allows but the claim does not cover is a
 /// 401 `insufficient_scope` naming every scope of the request, on which docker fetches
 /// a fresh token (that is how a widened scope map takes effect without a new login).
-/// `signed` is `context.signed` of the manifest a pull names (false for every other
+/// `facts` are the signature facts of the manifest a pull names (none for every other
 /// request).
 fn decide(
     engine: &PolicyEngine,
@@ -500,16 +685,17 @@ fn decide(
     covered: impl Fn(&str, &str) -> bool,
     checks: &[Check],
     source_ip: Option<IpAddr>,
-    signed: bool,
+    facts: &SignatureFacts,
 ) -> Result<(), GatewayError> {
     for check in checks {
-        let decision = ask_signed(engine, identity, principal, check, source_ip, signed);
+        let decision = ask_signed(engine, identity, principal, check, source_ip, facts);
         if !decision.allowed {
-            // Refused unsigned but allowed signed: the signature is what is missing.
-            let unsigned_pull =
-                !signed && check.action == Action::ContentRead && check.reference.is_some();
-            if unsigned_pull
-                && ask_signed(engine, identity, principal, check, source_ip, true).allowed
+            // Refused as signed but allowed signed every way: a signature is missing.
+            let pull = check.action == Action::ContentRead && check.reference.is_some();
+            let every = SignatureFacts::every(identity);
+            if pull
+                && *facts != every
+                && ask_signed(engine, identity, principal, check, source_ip, &every).allowed
             {
                 return Err(unsigned(check, &decision));
             }
@@ -529,7 +715,7 @@ fn decide(
     Ok(())
 }
 
-/// One check that names no manifest (`context.signed` is false) decided by Cedar for
+/// One check that names no manifest (no signature facts) decided by Cedar for
 /// `principal`, now.
 pub(crate) fn ask(
     engine: &PolicyEngine,
@@ -538,17 +724,24 @@ pub(crate) fn ask(
     check: &Check,
     source_ip: Option<IpAddr>,
 ) -> Arc<Decision> {
-    ask_signed(engine, identity, principal, check, source_ip, false)
+    ask_signed(
+        engine,
+        identity,
+        principal,
+        check,
+        source_ip,
+        &SignatureFacts::default(),
+    )
 }
 
-/// One check decided by Cedar for `principal`, now, with `context.signed`.
+/// One check decided by Cedar for `principal`, now, with a manifest's signature facts.
 pub(crate) fn ask_signed(
     engine: &PolicyEngine,
     identity: &IdentitySnapshot,
     principal: &Principal,
     check: &Check,
     source_ip: Option<IpAddr>,
-    signed: bool,
+    facts: &SignatureFacts,
 ) -> Arc<Decision> {
     let request = AuthzRequest {
         principal: principal.clone(),
@@ -556,7 +749,9 @@ pub(crate) fn ask_signed(
         repository: check.repository.clone(),
         context: RequestContext {
             reference: check.reference.clone(),
-            signed,
+            signed: facts.signed,
+            signatures: facts.signatures.clone(),
+            signature_artifact: facts.signature_artifact,
             source_ip,
             now: now_unix(),
             operation: check.operation,

@@ -22,6 +22,13 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// Largest signature manifest, payload or envelope the gateway reads to verify it.
+pub const SIGNATURE_LIMIT: u64 = 1 << 20;
+
+/// What signature manifests are asked for as (OCI image manifests; cosign's are).
+const SIGNATURE_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
 /// Longest an upstream lookup (one tag probe or catalog page) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -228,6 +235,135 @@ impl Backend {
                     StatusCode::NOT_FOUND => Ok(None),
                     s => Err(GatewayError::Unavailable(format!("HEAD {url}: {s}"))),
                 }
+            }
+        }
+    }
+
+    /// The bytes of manifest `reference` of `repository` (`None`: no such manifest),
+    /// for verifying the signatures stored as manifests. At most [`SIGNATURE_LIMIT`].
+    pub async fn manifest_bytes(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<Option<Vec<u8>>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                match registry.get_manifest(repository, reference, true).await {
+                    Ok(found) => Ok(found.bytes),
+                    Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(GatewayError::Internal(format!(
+                        "reading manifest `{repository}:{reference}`: {e}"
+                    ))),
+                }
+            }
+            Backend::Upstream { base, client, .. } => {
+                let url = format!("{base}/v2/{repository}/manifests/{reference}");
+                upstream_bytes(client, &url, Some(SIGNATURE_MANIFEST_ACCEPT)).await
+            }
+        }
+    }
+
+    /// The bytes of blob `digest` linked into `repository` (`None`: not there), when at
+    /// most [`SIGNATURE_LIMIT`] long: signature payloads and envelopes are small.
+    pub async fn small_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                let Ok(parsed) = Digest::parse(digest) else {
+                    return Ok(None);
+                };
+                let size = match registry.blob_size(repository, &parsed, false).await {
+                    Ok(size) => size,
+                    Err(StorageError::BlobUnknown { .. } | StorageError::NameUnknown(_)) => {
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        return Err(GatewayError::Internal(format!(
+                            "reading blob `{digest}` of `{repository}`: {e}"
+                        )));
+                    }
+                };
+                if size > SIGNATURE_LIMIT {
+                    return Ok(None);
+                }
+                let mut reader = registry
+                    .read_blob(&parsed, 0, size)
+                    .await
+                    .map_err(|e| GatewayError::Internal(format!("reading blob `{digest}`: {e}")))?;
+                let mut bytes = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+                    .await
+                    .map_err(|e| GatewayError::Internal(format!("reading blob `{digest}`: {e}")))?;
+                Ok(Some(bytes))
+            }
+            Backend::Upstream { base, client, .. } => {
+                let url = format!("{base}/v2/{repository}/blobs/{digest}");
+                upstream_bytes(client, &url, None).await
+            }
+        }
+    }
+
+    /// The referrers of manifest `digest` in `repository`: (digest, artifact type).
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Vec<(String, Option<String>)>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => {
+                let Ok(parsed) = Digest::parse(digest) else {
+                    return Ok(Vec::new());
+                };
+                match registry.referrers(repository, &parsed, None).await {
+                    Ok(found) => Ok(found
+                        .into_iter()
+                        .map(|(digest, record)| (digest, record.artifact_type))
+                        .collect()),
+                    Err(StorageError::NameUnknown(_)) => Ok(Vec::new()),
+                    Err(e) => Err(GatewayError::Internal(format!(
+                        "listing referrers of `{digest}` in `{repository}`: {e}"
+                    ))),
+                }
+            }
+            Backend::Upstream { base, client, .. } => {
+                let url = format!("{base}/v2/{repository}/referrers/{digest}");
+                let Some(bytes) = upstream_bytes(client, &url, None).await? else {
+                    return Ok(Vec::new());
+                };
+                let index: ReferrersIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                    GatewayError::Unavailable(format!("GET {url}: not a referrers index: {e}"))
+                })?;
+                Ok(index
+                    .manifests
+                    .into_iter()
+                    .map(|m| (m.digest, m.artifact_type))
+                    .collect())
+            }
+        }
+    }
+
+    /// Every tag of `repository`, sorted (`None`: no such repository).
+    pub async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>, GatewayError> {
+        match self {
+            Backend::Bundled { registry } => match registry.tags(repository, None, None).await {
+                Ok(page) => Ok(Some(page.items)),
+                Err(StorageError::NameUnknown(_)) => Ok(None),
+                Err(e) => Err(GatewayError::Internal(format!(
+                    "listing tags of `{repository}`: {e}"
+                ))),
+            },
+            Backend::Upstream { base, client, .. } => {
+                let upstream = Upstream {
+                    client,
+                    base,
+                    repository,
+                };
+                upstream.tags().await
             }
         }
     }
@@ -551,6 +687,46 @@ async fn upstream_listing<P: serde::de::DeserializeOwned>(
     out.sort();
     out.dedup();
     Ok(Some(out))
+}
+
+#[derive(serde::Deserialize)]
+struct ReferrersIndex {
+    #[serde(default)]
+    manifests: Vec<ReferrerDescriptor>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReferrerDescriptor {
+    digest: String,
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+}
+
+/// `GET url` from an upstream, bounded by [`SIGNATURE_LIMIT`]; `None` on a 404 or a
+/// larger body.
+async fn upstream_bytes(
+    client: &reqwest::Client,
+    url: &str,
+    accept: Option<&str>,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    let mut request = client.get(url);
+    if let Some(accept) = accept {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let mut response = request.send().await.map_err(|e| unavailable(url, e))?;
+    match response.status() {
+        s if s.is_success() => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        s => return Err(GatewayError::Unavailable(format!("GET {url}: {s}"))),
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unavailable(url, e))? {
+        if (bytes.len() + chunk.len()) as u64 > SIGNATURE_LIMIT {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
 }
 
 #[derive(serde::Deserialize)]

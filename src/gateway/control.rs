@@ -50,13 +50,14 @@ pub fn app(gw: Arc<Gateway>, admin: AdminPlacement) -> Router {
 }
 
 /// The admin API alone, for a separate admin listener.
-pub fn admin_router(gw: &Gateway) -> Router {
+pub fn admin_router(gw: &Arc<Gateway>) -> Router {
     admin::router(AdminState {
         store: Arc::clone(&gw.store),
         admin: Arc::clone(&gw.admin),
         engine: Arc::clone(&gw.engine),
         trust: Arc::clone(&gw.trust),
         audit: gw.audit.clone(),
+        gateway: Some(Arc::clone(gw)),
     })
 }
 

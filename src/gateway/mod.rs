@@ -11,6 +11,7 @@
 //! - [`catalog`]: `/v2/_catalog` filtered to what the caller may read.
 //! - [`repository_api`]: repository attributes over HTTP for tokens and the admin.
 //! - [`signed`]: signed-only views (`context.signed`, the signed tag list).
+//! - [`signatures`]: OCI signatures of a manifest (`context.signatures`), cached.
 //! - [`trust_api`]: the Notary v1 API (`/v2/<gun>/_trust/…`) over [`crate::trust`].
 //! - [`proxy`]: the request handling on a pingora session tying the steps together,
 //!   shared by both data planes; [`in_process`] calls the bundled store in process.
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod repository_api;
 pub mod server;
+pub mod signatures;
 pub mod signed;
 pub mod tls;
 pub mod token;
@@ -69,6 +71,8 @@ pub struct Gateway {
     pub metrics: metrics::Metrics,
     /// Content trust: the Notary API's data and the signed targets views consult.
     pub trust: Arc<TrustService>,
+    /// OCI signatures: the parsed verification identities and verified manifests.
+    pub signatures: signatures::SignatureCache,
     /// The `service` named in challenges and expected in token requests.
     pub service: String,
     pub audit: Audit,
@@ -217,6 +221,7 @@ impl Gateway {
             backend,
             metrics: metrics::Metrics::new().context("registering metrics")?,
             trust,
+            signatures: signatures::SignatureCache::default(),
             service: options.service.clone(),
             audit: options.audit.clone(),
         };

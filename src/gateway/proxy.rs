@@ -94,6 +94,9 @@ pub struct RequestCtx {
     pub(super) request_id: Arc<str>,
     /// The client as the trusted proxies name it (the peer without them).
     pub(super) origin: Origin,
+    /// The repository of an authorized manifest PUT or DELETE: once the backend has
+    /// answered, its cached signature verifications are redone.
+    manifest_write: Option<String>,
 }
 
 impl Proxy {
@@ -253,6 +256,14 @@ impl Proxy {
             // A lookup of the gateway's own (does the tag exist) failed.
             self.backend_error(BackendError::Lookup);
         }
+        if decided.is_ok()
+            && matches!(
+                req.kind,
+                RequestKind::ManifestPut { .. } | RequestKind::ManifestDelete { .. }
+            )
+        {
+            ctx.manifest_write = Some(req.repository.clone());
+        }
         match decided {
             Ok(access::Disposition::Forward) => self.forward(session, ctx).await,
             Ok(access::Disposition::ForwardWithQuery(query)) => {
@@ -364,6 +375,7 @@ impl Proxy {
             started: Instant::now(),
             route: "unclassified",
             principal: None,
+            manifest_write: None,
             has_body: false,
             query: None,
             request_id: Arc::from(""),
@@ -480,6 +492,9 @@ impl Proxy {
 
     /// The request's metrics and access-log line.
     pub(super) fn log(&self, session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
+        if let Some(repository) = &ctx.manifest_write {
+            self.gw.signatures.manifest_written(repository);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let protocol = if session.is_http2() { "h2" } else { "http/1.1" };

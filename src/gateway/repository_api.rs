@@ -202,10 +202,12 @@ async fn delete_target(
     let principal = who.as_ref().ok().map(|who| &who.principal);
     gw.audit_decision(meta, principal, ("DELETE", path), decided.as_ref().err());
     decided?;
-    match &req.reference {
+    let deleted = match &req.reference {
         None => gw.backend.delete_repository(&req.repository).await,
         Some(reference) => gw.backend.delete_image(&req.repository, reference).await,
-    }
+    };
+    gw.signatures.manifest_written(&req.repository);
+    deleted
 }
 
 /// Authenticates the caller and asks Cedar whether it holds `action` on `name`; a

@@ -12,17 +12,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::{HeaderValue, Response, StatusCode, header};
 use percent_encoding::percent_decode_str;
 
 use super::Gateway;
-use super::errors::GatewayError;
 use crate::policy::Reference;
 use crate::trust::service::{ContentTrustStatus, SignedTargets};
-
-/// Backend lookups run at once when checking which signed tags still match.
-const CONCURRENT_LOOKUPS: usize = 8;
 
 /// What the trust data says about one manifest reference, before asking the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,43 +52,6 @@ pub fn signature(targets: Option<&SignedTargets>, reference: &Reference) -> Sign
         Reference::Tag(tag) if targets.has_tag(tag) => Signature::TagSigned,
         Reference::Tag(_) => Signature::Unsigned,
     }
-}
-
-/// Whether the digest the backend serves for `repository:tag` is one of the tag's signed
-/// digests.
-pub async fn serves_signed(
-    gw: &Gateway,
-    targets: &SignedTargets,
-    repository: &str,
-    tag: &str,
-) -> Result<bool, GatewayError> {
-    let served = gw.backend.manifest_digest(repository, tag).await?;
-    Ok(served.is_some_and(|digest| targets.tag_has_digest(tag, &digest)))
-}
-
-/// The signed tags of `repository` whose signed digest is still the one the backend
-/// serves, sorted.
-pub async fn signed_tags(
-    gw: &Gateway,
-    repository: &str,
-    targets: Option<&SignedTargets>,
-) -> Result<Vec<String>, GatewayError> {
-    let Some(targets) = targets else {
-        return Ok(Vec::new());
-    };
-    // Owned names: a stream of borrowed ones makes the proxy's future not `Send`.
-    let candidates: Vec<String> = targets.tag_names().map(str::to_owned).collect();
-    let mut tags: Vec<String> = futures_util::stream::iter(candidates)
-        .map(|tag| async move {
-            let matches = serves_signed(gw, targets, repository, &tag).await?;
-            Ok::<_, GatewayError>(matches.then_some(tag))
-        })
-        .buffer_unordered(CONCURRENT_LOOKUPS)
-        .try_filter_map(|tag| async move { Ok(tag) })
-        .try_collect()
-        .await?;
-    tags.sort_unstable();
-    Ok(tags)
 }
 
 /// `GET /v2/<repository>/tags/list` answered with `tags` (sorted), paginated as

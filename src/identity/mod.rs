@@ -10,7 +10,7 @@ pub mod scope;
 pub mod secret;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use admin::{AdminAccount, AdminPasswordSource};
@@ -32,6 +32,11 @@ pub struct IdentitySnapshot {
     pub scope_maps: HashMap<String, Arc<ScopeMap>>,
     /// Only repositories whose attributes differ from the default are listed.
     pub repositories: HashMap<String, RepositoryAttributes>,
+    /// Verification identities of OCI signatures, by name.
+    pub signature_trust: BTreeMap<String, Arc<SignatureTrust>>,
+    /// Increases with every change of `signature_trust` only: verified signatures are
+    /// cached under it, so token and scope-map writes keep them.
+    pub signature_trust_version: u64,
 }
 
 /// Why token credentials were refused. Distinct for logs and tests; clients must only

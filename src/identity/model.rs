@@ -208,3 +208,38 @@ impl Default for RepositoryAttributes {
         }
     }
 }
+
+/// A named verification identity for OCI signatures (`portcullis signature-trust`):
+/// `context.signatures` of a manifest pull lists the names of those whose signature
+/// over the manifest verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureTrust {
+    pub name: String,
+    pub material: TrustMaterial,
+    pub created_at: UnixSeconds,
+}
+
+/// What a [`SignatureTrust`] verifies with, as the operator gave it (PEM text); parsed
+/// and checked when added (`crate::signatures`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TrustMaterial {
+    /// sigstore/cosign: an ECDSA P-256 public key (SubjectPublicKeyInfo PEM).
+    Cosign { public_key: String },
+    /// Notary Project: trusted CA certificates (PEM) and, optionally, the subject the
+    /// signing certificate must have.
+    Notary {
+        ca_certs: String,
+        identity: Option<String>,
+    },
+}
+
+impl TrustMaterial {
+    /// `cosign` or `notary`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TrustMaterial::Cosign { .. } => "cosign",
+            TrustMaterial::Notary { .. } => "notary",
+        }
+    }
+}

@@ -44,6 +44,12 @@ pub fn validate_scope_map_name(name: &str) -> Result<(), NameError> {
     validate_name(name, SCOPE_MAP_NAME_MAX)
 }
 
+/// Checks a signature-trust identity name (policies name it in `context.signatures`):
+/// as a token name.
+pub fn validate_signature_trust_name(name: &str) -> Result<(), NameError> {
+    validate_name(name, TOKEN_NAME_MAX)
+}
+
 fn validate_name(name: &str, max: usize) -> Result<(), NameError> {
     let ok = (NAME_MIN..=max).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -17,16 +17,17 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::model::{
-    PasswordRecord, PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, Token, TokenStatus,
-    UnixSeconds,
+    PasswordRecord, PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, SignatureTrust, Token,
+    TokenStatus, TrustMaterial, UnixSeconds,
 };
 use super::pattern::is_valid_repository_name;
 use super::scope::{
     MAX_RULES, NameError, apply_rule_changes, is_system_name, system_scope_maps,
-    validate_scope_map_name, validate_token_name,
+    validate_scope_map_name, validate_signature_trust_name, validate_token_name,
 };
 use super::secret::{generate_secret, hash_secret, verify_secret};
 use super::{AuthError, IdentitySnapshot, now_unix};
+use crate::signatures::{TrustMaterialError, TrustedIdentity};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const SCOPE_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("scope_maps");
@@ -35,6 +36,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `admin` → the admin password's [`PasswordRecord`] (JSON).
 const ADMIN: TableDefinition<&str, &[u8]> = TableDefinition::new("admin");
 const VERSION_KEY: &str = "version";
+/// Verification identities of OCI signatures ([`SignatureTrust`], JSON), by name.
+const SIGNATURE_TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("signature_trust");
+const SIGNATURE_TRUST_VERSION_KEY: &str = "signature_trust_version";
 
 /// Why a control-plane operation failed. Messages name the user's input.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub enum IdentityStoreError {
     InvalidRepository(String),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error(transparent)]
+    TrustMaterial(#[from] TrustMaterialError),
     #[error("control-plane database: {0}")]
     Database(#[from] redb::Error),
     #[error("control-plane record `{key}` is corrupt: {source}")]
@@ -168,6 +174,19 @@ impl Tx {
     ) -> Result<(), IdentityStoreError> {
         let mut t = self.txn.open_table(table).map_err(db_err)?;
         t.remove(key).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn bump_signature_trust(&mut self) -> Result<(), IdentityStoreError> {
+        self.snap.signature_trust_version += 1;
+        self.txn
+            .open_table(META)
+            .map_err(db_err)?
+            .insert(
+                SIGNATURE_TRUST_VERSION_KEY,
+                self.snap.signature_trust_version,
+            )
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -297,14 +316,18 @@ impl IdentityStore {
         let db = Database::create(path).map_err(db_err)?;
         // A write transaction creates missing tables, so a fresh file loads like an old one.
         let txn = db.begin_write().map_err(db_err)?;
-        let mut snap = IdentitySnapshot {
-            version: txn
+        let counter = |key: &str| -> Result<u64, IdentityStoreError> {
+            Ok(txn
                 .open_table(META)
                 .map_err(db_err)?
-                .get(VERSION_KEY)
+                .get(key)
                 .map_err(db_err)?
                 .map(|v| v.value())
-                .unwrap_or(0),
+                .unwrap_or(0))
+        };
+        let mut snap = IdentitySnapshot {
+            version: counter(VERSION_KEY)?,
+            signature_trust_version: counter(SIGNATURE_TRUST_VERSION_KEY)?,
             ..IdentitySnapshot::default()
         };
         for map in system_scope_maps() {
@@ -317,6 +340,9 @@ impl IdentityStore {
             snap.tokens.insert(name, Arc::new(token));
         }
         snap.repositories = load_table(&txn, REPOSITORIES)?.into_iter().collect();
+        for (name, trust) in load_table::<SignatureTrust>(&txn, SIGNATURE_TRUST)? {
+            snap.signature_trust.insert(name, Arc::new(trust));
+        }
         txn.commit().map_err(db_err)?;
         let (changes, _) = watch::channel(snap.version);
         Ok(Arc::new(IdentityStore {
@@ -575,6 +601,48 @@ impl IdentityStore {
                     .insert(repository.to_owned(), attributes.clone());
             }
             Ok(attributes)
+        })
+    }
+
+    /// Adds a verification identity for OCI signatures; its key or certificates must
+    /// parse. Bumps the signature-trust version (cached verifications are redone).
+    pub fn add_signature_trust(
+        &self,
+        name: &str,
+        material: TrustMaterial,
+    ) -> Result<Arc<SignatureTrust>, IdentityStoreError> {
+        validate_signature_trust_name(name)?;
+        TrustedIdentity::parse(&material)?;
+        self.write(|tx| {
+            if tx.snap.signature_trust.contains_key(name) {
+                return Err(IdentityStoreError::AlreadyExists {
+                    kind: "signature trust",
+                    name: name.to_owned(),
+                });
+            }
+            let trust = SignatureTrust {
+                name: name.to_owned(),
+                material,
+                created_at: tx.now,
+            };
+            tx.put(SIGNATURE_TRUST, name, &trust)?;
+            let trust = Arc::new(trust);
+            tx.snap
+                .signature_trust
+                .insert(name.to_owned(), Arc::clone(&trust));
+            tx.bump_signature_trust()?;
+            Ok(trust)
+        })
+    }
+
+    /// Removes a verification identity; signatures it verified no longer count.
+    pub fn remove_signature_trust(&self, name: &str) -> Result<(), IdentityStoreError> {
+        self.write(|tx| {
+            if tx.snap.signature_trust.remove(name).is_none() {
+                return Err(not_found("signature trust", name));
+            }
+            tx.remove(SIGNATURE_TRUST, name)?;
+            tx.bump_signature_trust()
         })
     }
 

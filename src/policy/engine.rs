@@ -387,6 +387,12 @@ impl PolicyEngine {
         add("referenceKind", &|| string(kind));
         add("operation", &|| string(ctx.operation.as_str()));
         add("signed", &|| RestrictedExpression::new_bool(ctx.signed));
+        add("signatures", &|| {
+            RestrictedExpression::new_set(ctx.signatures.iter().map(|name| string(name)))
+        });
+        add("signatureArtifact", &|| {
+            RestrictedExpression::new_bool(ctx.signature_artifact)
+        });
         add("now", &|| RestrictedExpression::new_long(ctx.now));
         if let Some(tag) = tag {
             add("tag", &|| string(tag));

@@ -46,7 +46,7 @@ pub use engine::PolicyEngine;
 pub use files::{Diagnostic, PolicyError};
 pub use portcullis_oci::Reference;
 pub use reload::ReloadStats;
-pub use request::{AuthzRequest, Decision, Explanation, Operation, RequestContext};
+pub use request::{AuthzRequest, Decision, Explanation, Operation, RequestContext, SignerNames};
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! decision.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use portcullis_oci::Reference;
 
@@ -22,12 +23,22 @@ pub struct AuthzRequest {
 pub struct RequestContext {
     /// The manifest reference, if the request has one.
     pub reference: Option<Reference>,
+    /// Content trust: the manifest is a signed target (`context.signed`).
     pub signed: bool,
+    /// OCI signatures: the names of the verification identities whose signatures over
+    /// the manifest verify, sorted (`context.signatures`).
+    pub signatures: SignerNames,
+    /// The manifest is itself a signature (cosign or Notary Project): every layer is a
+    /// signature payload or envelope (`context.signatureArtifact`).
+    pub signature_artifact: bool,
     pub source_ip: Option<IpAddr>,
     pub now: UnixSeconds,
     /// What the request does, finer than the action (`context.operation`).
     pub operation: Operation,
 }
+
+/// Sorted verification-identity names (`context.signatures`).
+pub type SignerNames = Arc<[String]>;
 
 /// The registry operation behind a request, so policies can tell a tag create from a
 /// tag overwrite, or a delete by tag from a delete by digest (`context.operation`).

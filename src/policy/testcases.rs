@@ -20,7 +20,7 @@
 //! principal = "token:ci-token"     # or "token:NAME:password2", "admin", "anonymous"
 //! action = "content/delete"
 //! repository = "prod/app"
-//! # tag, digest, signed, source_ip, now (default 1767225600), operation (default "other")
+//! # tag, digest, signed, signatures (names), signature_artifact, source_ip, now (default 1767225600), operation (default "other")
 //! expect = "deny"
 //! ```
 
@@ -167,6 +167,11 @@ struct TestCase {
     digest: Option<String>,
     #[serde(default)]
     signed: bool,
+    /// `context.signatures`.
+    #[serde(default)]
+    signatures: Vec<String>,
+    #[serde(default)]
+    signature_artifact: bool,
     source_ip: Option<IpAddr>,
     now: Option<UnixSeconds>,
     #[serde(default)]
@@ -305,6 +310,7 @@ fn snapshot(file: &TestFile) -> IdentitySnapshot {
         tokens,
         scope_maps,
         repositories,
+        ..IdentitySnapshot::default()
     }
 }
 
@@ -350,6 +356,13 @@ fn request(case: &TestCase) -> Result<AuthzRequest, String> {
         context: RequestContext {
             reference,
             signed: case.signed,
+            signatures: {
+                let mut names = case.signatures.clone();
+                names.sort_unstable();
+                names.dedup();
+                names.into()
+            },
+            signature_artifact: case.signature_artifact,
             source_ip: case.source_ip,
             now: case.now.unwrap_or(DEFAULT_NOW),
             operation: case.operation,

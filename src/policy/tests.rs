@@ -86,6 +86,8 @@ fn req(principal: Principal, action: Action, repository: &str) -> AuthzRequest {
         context: RequestContext {
             reference: None,
             signed: false,
+            signatures: Default::default(),
+            signature_artifact: false,
             source_ip: None,
             now: NOW,
             operation: Operation::Other,
@@ -605,6 +607,8 @@ fn only_policies_reading_context_are_evaluated_per_request() {
         Some(vec![
             "now".to_owned(),
             "referenceKind".to_owned(),
+            "signatureArtifact".to_owned(),
+            "signatures".to_owned(),
             "signed".to_owned()
         ])
     );

@@ -70,7 +70,7 @@ impl Fixture {
             |r, a| claim_covers(who, r, a),
             &checks(&req, &existing(&req.kind, tag_exists)),
             None,
-            false,
+            &SignatureFacts::default(),
         )
     }
 

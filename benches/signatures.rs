@@ -1,0 +1,228 @@
+//! Signed pulls decided at the gateway (`access::authorize`, the bundled store in
+//! process): a pull by tag with no signature demand, and by tag and by digest from a
+//! signed-only repository whose manifest carries a cosign signature — a verification
+//! cache hit, one lookup more than an unsigned pull — and the cache miss (finding the
+//! `.sig` artifact and the referrers, reading the payload, verifying ECDSA).
+//!
+//! `cargo bench --bench signatures [FILTER]`. `cargo test --all-targets` runs each case
+//! once, as a smoke test.
+#![allow(clippy::expect_used)] // a benchmark setup failure should abort loudly
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use criterion::Criterion;
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey as _;
+use portcullis::audit::Audit;
+use portcullis::gateway::access::{self, Disposition};
+use portcullis::gateway::authn::Authenticated;
+use portcullis::gateway::classify::{RepositoryRequest, RequestKind};
+use portcullis::gateway::{Gateway, GatewayOptions, signatures};
+use portcullis::identity::store::{NewToken, TokenScope};
+use portcullis::identity::{
+    Action, PasswordSlot, Principal, RepositoryAttributes, RepositoryPattern, ScopeRule,
+    TokenStatus, TrustMaterial,
+};
+use portcullis::trust::kek::PassphraseSource;
+use portcullis_oci::{Digest, Reference};
+use portcullis_storage::Registry;
+use serde_json::json;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+    json!({"mediaType": media_type, "digest": Digest::of(data).to_string(), "size": data.len()})
+}
+
+async fn put_blob(registry: &Registry, repo: &str, data: &[u8]) {
+    registry
+        .put_blob(
+            repo,
+            &Digest::of(data),
+            axum::body::Body::from(data.to_vec()),
+        )
+        .await
+        .expect("blob");
+}
+
+/// Pushes a small image to `repo:tag`; its digest.
+async fn push_image(registry: &Registry, repo: &str, tag: &str) -> String {
+    let config = format!("{{\"image\":\"{repo}:{tag}\"}}").into_bytes();
+    let layer = format!("layer of {repo}:{tag}").into_bytes();
+    put_blob(registry, repo, &config).await;
+    put_blob(registry, repo, &layer).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+    }))
+    .expect("json");
+    registry
+        .put_manifest(
+            repo,
+            &Reference::Tag(tag.into()),
+            Some(OCI_MANIFEST),
+            manifest,
+            vec![],
+        )
+        .await
+        .expect("manifest")
+        .digest
+        .to_string()
+}
+
+/// Signs `repo@digest` as cosign does: the simple-signing payload as a layer of the
+/// `sha256-<hex>.sig` manifest, its ECDSA signature in the layer's annotation.
+async fn cosign_sign(registry: &Registry, key: &SigningKey, repo: &str, digest: &str) {
+    let payload = serde_json::to_vec(&json!({"critical": {
+        "identity": {"docker-reference": format!("registry.example/{repo}")},
+        "image": {"docker-manifest-digest": digest},
+        "type": "cosign container image signature"}, "optional": null}))
+    .expect("json");
+    let signature: Signature = key.sign(&payload);
+    let config = b"{}".to_vec();
+    put_blob(registry, repo, &config).await;
+    put_blob(registry, repo, &payload).await;
+    let mut layer = descriptor(portcullis::signatures::cosign::PAYLOAD_MEDIA_TYPE, &payload);
+    layer["annotations"] = json!({
+        portcullis::signatures::cosign::SIGNATURE_ANNOTATION:
+            STANDARD.encode(signature.to_der().as_bytes())});
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [layer],
+    }))
+    .expect("json");
+    let tag = portcullis::signatures::cosign::signature_tag(digest).expect("tag");
+    registry
+        .put_manifest(
+            repo,
+            &Reference::Tag(tag),
+            Some(OCI_MANIFEST),
+            manifest,
+            vec![],
+        )
+        .await
+        .expect("signature manifest");
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opened = Gateway::open(&GatewayOptions {
+        data_dir: dir.path().to_path_buf(),
+        policy_dirs: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")],
+        admin_password: Some("bench-admin".into()),
+        upstream: None,
+        service: "portcullis-bench".into(),
+        token_ttl: Duration::from_secs(300),
+        storage: Default::default(),
+        audit: Audit::default(),
+        trust_key_passphrase: PassphraseSource::DataDir,
+    })
+    .expect("gateway");
+    let gw: Arc<Gateway> = opened.gateway;
+    let registry = opened.bundled.expect("bundled store");
+    gw.store
+        .create_token(&NewToken {
+            name: "puller".into(),
+            scope: TokenScope::Repositories(vec![ScopeRule {
+                repository: RepositoryPattern::parse("team/*").expect("pattern"),
+                actions: [Action::ContentRead, Action::MetadataRead]
+                    .into_iter()
+                    .collect(),
+            }]),
+            status: TokenStatus::Enabled,
+            passwords: vec![PasswordSlot::Password1],
+            expires_at: None,
+        })
+        .expect("token");
+    let who = Authenticated {
+        principal: Principal::Token {
+            name: "puller".into(),
+            slot: PasswordSlot::Password1,
+        },
+        bearer_access: None,
+    };
+    let key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let signed = rt.block_on(async {
+        push_image(&registry, "team/app", "v1").await;
+        let signed = push_image(&registry, "team/signed", "v1").await;
+        cosign_sign(&registry, &key, "team/signed", &signed).await;
+        signed
+    });
+    gw.store
+        .set_repository_attributes(
+            "team/signed",
+            &RepositoryAttributes {
+                signed_only: true,
+                ..RepositoryAttributes::default()
+            },
+        )
+        .expect("signed-only");
+
+    let pull = |repository: &str, reference: Reference| RepositoryRequest {
+        repository: repository.into(),
+        kind: RequestKind::ManifestGet { reference },
+    };
+    let authorize =
+        |req: &RepositoryRequest| rt.block_on(access::authorize(&gw, &who, req, None, None));
+    let by_tag = pull("team/app", Reference::Tag("v1".into()));
+    c.bench_function("signed/pull by tag, no identities", |b| {
+        b.iter(|| assert!(matches!(authorize(&by_tag), Ok(Disposition::Forward))))
+    });
+
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .expect("pem");
+    gw.store
+        .add_signature_trust("release", TrustMaterial::Cosign { public_key: public })
+        .expect("trust");
+    c.bench_function("signed/pull by tag, no signature demand", |b| {
+        b.iter(|| assert!(matches!(authorize(&by_tag), Ok(Disposition::Forward))))
+    });
+    let signed_tag = pull("team/signed", Reference::Tag("v1".into()));
+    c.bench_function("signed/pull by tag, signed-only, cosign (cached)", |b| {
+        b.iter(|| assert!(matches!(authorize(&signed_tag), Ok(Disposition::Forward))))
+    });
+    let digest = Digest::parse(&signed).expect("digest");
+    let signed_digest = pull("team/signed", Reference::Digest(digest));
+    c.bench_function("signed/pull by digest, signed-only, cosign (cached)", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                authorize(&signed_digest),
+                Ok(Disposition::Forward)
+            ))
+        })
+    });
+    let verifiers = gw.signatures.verifiers(&gw.store.snapshot());
+    c.bench_function("signed/verify cosign signature (cache miss)", |b| {
+        b.iter(|| {
+            gw.signatures.manifest_written("team/signed");
+            let names = rt
+                .block_on(signatures::verified(
+                    &gw,
+                    &verifiers,
+                    "team/signed",
+                    &signed,
+                ))
+                .expect("verify");
+            assert_eq!(names.len(), 1);
+        })
+    });
+    c.final_summary();
+}

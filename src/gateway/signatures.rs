@@ -1,0 +1,263 @@
+//! OCI signatures of the manifests the gateway serves (`context.signatures`): found in
+//! the backend — cosign's `sha256-<hex>.sig` tag and the referrers of the digest —,
+//! verified with [`crate::signatures`], and cached per (repository, digest,
+//! signature-trust version, repository write generation). A manifest PUT or DELETE in
+//! a repository bumps its generation once the backend has answered, so a signature
+//! pushed or deleted is seen by the next pull; a change of the trust configuration
+//! bumps the version.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use arc_swap::ArcSwap;
+use moka::sync::Cache;
+use portcullis_oci::{Digest, Reference};
+use serde::Deserialize;
+
+use super::Gateway;
+use super::errors::GatewayError;
+use crate::identity::IdentitySnapshot;
+use crate::signatures::{Verifiers, cosign, notary};
+
+/// Verified manifests remembered.
+const CACHE_ENTRIES: u64 = 100_000;
+
+/// The sorted names of the identities whose signatures over a manifest verified.
+pub type Verified = Arc<[String]>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    repository: String,
+    digest: String,
+    trust_version: u64,
+    generation: u64,
+}
+
+/// The parsed identities and the verification cache.
+pub struct SignatureCache {
+    verifiers: ArcSwap<Verifiers>,
+    verified: Cache<Key, Verified, ahash::RandomState>,
+    /// Per repository, bumped after every manifest write in it. Never shrinks: one
+    /// counter per repository ever written through this process.
+    generations: RwLock<HashMap<String, u64>>,
+}
+
+impl Default for SignatureCache {
+    fn default() -> Self {
+        SignatureCache {
+            verifiers: ArcSwap::from_pointee(Verifiers::default()),
+            verified: Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .build_with_hasher(ahash::RandomState::new()),
+            generations: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl SignatureCache {
+    /// The identities of `snapshot`'s signature-trust version, parsed once per version.
+    pub fn verifiers(&self, snapshot: &IdentitySnapshot) -> Arc<Verifiers> {
+        let current = self.verifiers.load_full();
+        if current.version == snapshot.signature_trust_version {
+            return current;
+        }
+        let fresh = Arc::new(Verifiers::from_snapshot(snapshot));
+        self.verifiers.store(Arc::clone(&fresh));
+        fresh
+    }
+
+    /// A manifest of `repository` was written or deleted: its verifications are redone.
+    pub fn manifest_written(&self, repository: &str) {
+        let mut generations = self
+            .generations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *generations.entry(repository.to_owned()).or_default() += 1;
+    }
+
+    fn generation(&self, repository: &str) -> u64 {
+        self.generations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(repository)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The identities whose signatures over manifest `digest` of `repository` verify; a
+/// cache hit is one lookup. Empty without any identity configured.
+pub async fn verified(
+    gw: &Gateway,
+    verifiers: &Verifiers,
+    repository: &str,
+    digest: &str,
+) -> Result<Verified, GatewayError> {
+    if verifiers.is_empty() {
+        return Ok(Arc::from([]));
+    }
+    // The generation is read before the backend: a write landing meanwhile bumps it,
+    // and what this lookup stores is never found again.
+    let key = Key {
+        repository: repository.to_owned(),
+        digest: digest.to_owned(),
+        trust_version: verifiers.version,
+        generation: gw.signatures.generation(repository),
+    };
+    if let Some(hit) = gw.signatures.verified.get(&key) {
+        return Ok(hit);
+    }
+    let names: Verified = verify_all(gw, verifiers, repository, digest)
+        .await?
+        .into_iter()
+        .collect();
+    gw.signatures.verified.insert(key, Arc::clone(&names));
+    Ok(names)
+}
+
+#[derive(Deserialize)]
+struct SignatureManifest {
+    #[serde(default)]
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct Layer {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+/// Every signature of `digest` found and checked; failures are logged, not errors.
+async fn verify_all(
+    gw: &Gateway,
+    verifiers: &Verifiers,
+    repository: &str,
+    digest: &str,
+) -> Result<BTreeSet<String>, GatewayError> {
+    let mut names = BTreeSet::new();
+    let mut cosign_manifests = Vec::new();
+    if let Some(tag) = cosign::signature_tag(digest)
+        && let Some(bytes) = gw
+            .backend
+            .manifest_bytes(repository, &Reference::Tag(tag))
+            .await?
+    {
+        cosign_manifests.push(bytes);
+    }
+    let mut notary_manifests = Vec::new();
+    for (referrer, artifact_type) in gw.backend.referrers(repository, digest).await? {
+        let Ok(referrer) = Digest::parse(&referrer) else {
+            continue;
+        };
+        let list = match artifact_type.as_deref() {
+            Some(cosign::ARTIFACT_TYPE) => &mut cosign_manifests,
+            Some(notary::ARTIFACT_TYPE) => &mut notary_manifests,
+            _ => continue,
+        };
+        if let Some(bytes) = gw
+            .backend
+            .manifest_bytes(repository, &Reference::Digest(referrer))
+            .await?
+        {
+            list.push(bytes);
+        }
+    }
+    for bytes in cosign_manifests {
+        for layer in layers(&bytes, cosign::PAYLOAD_MEDIA_TYPE) {
+            let Some(signature) = layer.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
+                continue;
+            };
+            let Some(payload) = gw.backend.small_blob(repository, &layer.digest).await? else {
+                continue;
+            };
+            match cosign::verify(verifiers, &payload, signature, digest, repository) {
+                Ok(found) => names.extend(found),
+                Err(e) => {
+                    tracing::debug!(repository, digest, error = %e, "cosign signature not counted")
+                }
+            }
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    for bytes in notary_manifests {
+        for layer in layers(&bytes, notary::JWS_MEDIA_TYPE) {
+            let Some(envelope) = gw.backend.small_blob(repository, &layer.digest).await? else {
+                continue;
+            };
+            match notary::verify_jws(verifiers, &envelope, digest, now) {
+                Ok(found) => names.extend(found),
+                Err(e) => {
+                    tracing::debug!(repository, digest, error = %e, "notary signature not counted");
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The layers of a signature manifest with `media_type` (none if it does not parse).
+fn layers(manifest: &[u8], media_type: &str) -> Vec<Layer> {
+    serde_json::from_slice::<SignatureManifest>(manifest)
+        .map(|m| {
+            m.layers
+                .into_iter()
+                .filter(|l| l.media_type == media_type)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One tag in the migration report: which kinds of signature its manifest carries.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagSignatures {
+    pub tag: String,
+    pub digest: String,
+    /// Signed by Docker Content Trust (the tag's signed target is the manifest served).
+    pub content_trust: bool,
+    /// Trusted identities whose OCI signatures verify.
+    pub signatures: Vec<String>,
+}
+
+/// The migration report of one repository.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepositorySignatures {
+    pub repository: String,
+    pub tags: Vec<TagSignatures>,
+}
+
+/// Per repository and tag, which carry content-trust signatures, which trusted OCI
+/// signatures, which neither: what an operator leaving Docker Content Trust needs to
+/// know. cosign's own `sha256-<hex>.sig` tags are left out.
+pub async fn report(gw: &Gateway) -> Result<Vec<RepositorySignatures>, GatewayError> {
+    let identity = gw.store.snapshot();
+    let verifiers = gw.signatures.verifiers(&identity);
+    let mut out = Vec::new();
+    for repository in gw.backend.repositories().await? {
+        let targets = super::signed::targets(gw, &repository);
+        let mut tags = Vec::new();
+        for tag in gw.backend.tags(&repository).await?.unwrap_or_default() {
+            if cosign::is_signature_tag(&tag) {
+                continue;
+            }
+            let Some(digest) = gw.backend.manifest_digest(&repository, &tag).await? else {
+                continue;
+            };
+            tags.push(TagSignatures {
+                content_trust: targets
+                    .as_deref()
+                    .is_some_and(|t| t.tag_has_digest(&tag, &digest)),
+                signatures: verified(gw, &verifiers, &repository, &digest)
+                    .await?
+                    .to_vec(),
+                tag,
+                digest,
+            });
+        }
+        out.push(RepositorySignatures { repository, tags });
+    }
+    Ok(out)
+}
