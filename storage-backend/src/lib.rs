@@ -55,3 +55,29 @@ pub use registry::{GcStats, Registry, StorageConfig, Stores};
 
 #[cfg(test)]
 conformance_tests!(|dir| Stores::open(dir).expect("default stores"));
+
+/// The same suite with metadata in a real PostgreSQL (one server for this test binary, a
+/// database per case) and blobs on the local disk.
+#[cfg(test)]
+mod postgres {
+    use std::sync::Arc;
+
+    use crate::Stores;
+    use crate::blobstore::FsBlobStore;
+    use crate::meta::PgMeta;
+
+    fn stores(dir: &std::path::Path) -> Stores {
+        let url = portcullis_test_support::postgres::Postgres::shared().database();
+        // The suite makes the stores inside its runtime; connecting is async.
+        let meta = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(PgMeta::connect(&url))
+        })
+        .expect("connecting to the test database");
+        Stores {
+            blobs: Arc::new(FsBlobStore::open(dir).expect("blob store")),
+            meta: Arc::new(meta),
+        }
+    }
+
+    crate::conformance_tests!(stores);
+}

@@ -13,9 +13,39 @@ use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
 use crate::names::{Digest, Reference};
 
+mod pg_store;
 mod redb_store;
 
+pub use pg_store::{PgMeta, redact};
 pub use redb_store::RedbMeta;
+
+/// Where the metadata lives: `--metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MetadataLocation {
+    /// `meta.redb` in the data directory ([`RedbMeta`]): one process.
+    #[default]
+    Local,
+    /// A PostgreSQL database ([`PgMeta`]), shared by any number of processes.
+    Postgres(String),
+}
+
+impl MetadataLocation {
+    /// `local` (or empty) or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<MetadataLocation, String> {
+        let value = value.trim();
+        if value.is_empty() || value == "local" {
+            Ok(MetadataLocation::Local)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(MetadataLocation::Postgres(value.to_owned()))
+        } else {
+            Err(format!(
+                "metadata location `{}` is neither `local` nor a postgres:// URL",
+                redact(value)
+            ))
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -35,6 +65,22 @@ pub struct ManifestRecord {
     pub subject: Option<String>,
     pub artifact_type: Option<String>,
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ManifestRecord {
+    /// The record of a manifest of `size` bytes parsed as `parsed`, stored at `created_at`.
+    pub fn new(parsed: &ParsedManifest, size: u64, created_at: u64) -> ManifestRecord {
+        ManifestRecord {
+            media_type: parsed.media_type.clone(),
+            size,
+            created_at,
+            blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
+            children: parsed.children.iter().map(|d| d.to_string()).collect(),
+            subject: parsed.subject.as_ref().map(|d| d.to_string()),
+            artifact_type: parsed.artifact_type.clone(),
+            annotations: parsed.annotations.clone(),
+        }
+    }
 }
 
 /// A manifest's record and, when asked for, its bytes.

@@ -315,16 +315,7 @@ impl RedbMeta {
         {
             check_declared(&tx, repo, parsed)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
-            let record = ManifestRecord {
-                media_type: parsed.media_type.clone(),
-                size: bytes.len() as u64,
-                created_at: now,
-                blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
-                children: parsed.children.iter().map(|d| d.to_string()).collect(),
-                subject: parsed.subject.as_ref().map(|d| d.to_string()),
-                artifact_type: parsed.artifact_type.clone(),
-                annotations: parsed.annotations.clone(),
-            };
+            let record = ManifestRecord::new(parsed, bytes.len() as u64, now);
             let encoded =
                 serde_json::to_vec(&record).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             manifests.insert((repo, digest.as_str()), encoded.as_slice())?;
