@@ -14,7 +14,10 @@ use axum::body::Body;
 use crate::blobstore::{BlobReader, BlobStore, FsBlobStore, body_stream};
 use crate::error::StorageError;
 use crate::manifest;
-use crate::meta::{Deleted, GcReport, ManifestRecord, MetadataStore, Page, RedbMeta, now_secs};
+use crate::meta::{
+    Deleted, GcReport, ManifestRecord, MetadataLocation, MetadataStore, Page, PgMeta, RedbMeta,
+    now_secs,
+};
 use crate::names::{Digest, Reference, is_valid_tag};
 
 /// Configuration of the storage service.
@@ -28,6 +31,8 @@ pub struct StorageConfig {
     pub gc_interval: Option<Duration>,
     /// Unreferenced content younger than this is never collected.
     pub gc_grace: Duration,
+    /// Where the metadata lives (`--metadata`); blobs stay in `data_dir`.
+    pub metadata: MetadataLocation,
 }
 
 impl StorageConfig {
@@ -39,6 +44,7 @@ impl StorageConfig {
             upload_expiry: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(3600),
+            metadata: MetadataLocation::Local,
         }
     }
 }
@@ -64,6 +70,21 @@ impl Stores {
         Ok(Stores {
             blobs: Arc::new(FsBlobStore::open(data_dir)?),
             meta: Arc::new(RedbMeta::open(&meta_path)?),
+        })
+    }
+
+    /// The stores `config` names: blobs in its data directory, metadata there
+    /// ([`Stores::open`]) or in PostgreSQL (connected, migrated).
+    pub async fn connect(config: &StorageConfig) -> Result<Stores, StorageError> {
+        let url = match &config.metadata {
+            MetadataLocation::Local => return Stores::open(&config.data_dir),
+            MetadataLocation::Postgres(url) => url,
+        };
+        let dir = &config.data_dir;
+        crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        Ok(Stores {
+            blobs: Arc::new(FsBlobStore::open(dir)?),
+            meta: Arc::new(PgMeta::connect(url).await?),
         })
     }
 }
@@ -114,9 +135,31 @@ pub struct PutManifest {
 }
 
 impl Registry {
-    /// Opens the data directory (creating it) with the default [`Stores`], synchronously.
+    /// Opens the stores `config` names ([`Stores::connect`]), synchronously: callable
+    /// inside a runtime or outside any.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
-        let stores = Stores::open(&config.data_dir)?;
+        let stores = match &config.metadata {
+            MetadataLocation::Local => Stores::open(&config.data_dir)?,
+            // On a thread and runtime of their own; the store's pool connects later, on
+            // the runtime that first uses it, so nothing is tied to this one.
+            MetadataLocation::Postgres(_) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| StorageError::io("tokio runtime", e))?
+                        .block_on(Stores::connect(&config))
+                })
+                .join()
+                .unwrap_or_else(|_| Err(StorageError::Corrupt("connecting thread panicked".into())))
+            })?,
+        };
+        Ok(Registry::with_stores(config, stores))
+    }
+
+    /// Opens the stores `config` names ([`Stores::connect`]).
+    pub async fn connect(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
+        let stores = Stores::connect(&config).await?;
         Ok(Registry::with_stores(config, stores))
     }
 

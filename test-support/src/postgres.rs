@@ -70,9 +70,11 @@ impl Postgres {
             .local_addr()
             .expect("port")
             .port();
+        // fsync off: only an OS crash loses data then, and tests stop the server, never
+        // the machine (commits stay synchronous, so an immediate stop loses none).
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+             -c full_page_writes=off -c max_connections=300",
             tmp.path().display()
         );
         let mut pg = Postgres {
