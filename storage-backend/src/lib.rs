@@ -5,7 +5,8 @@
 //!   bytes ([`blobstore::BlobStore`]) and metadata ([`meta::MetadataStore`]), and
 //!   orders their writes so a crash is harmless. The default stores keep the data
 //!   directory: metadata in `meta.redb` (redb), blobs content-addressed under
-//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`.
+//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`; with
+//!   `--metadata postgres://…` the metadata is in PostgreSQL instead ([`meta::PgMeta`]).
 //! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
 //!   suite; a new implementation runs it with [`conformance_tests!`].
 //! - [`router`] serves `/v2/…` on top of it.

@@ -1,8 +1,9 @@
 //! Registry metadata behind the [`MetadataStore`] trait: which blobs each repository
 //! holds, manifests (exact bytes and parsed record), tags, referrers, upload sessions,
 //! the repository list and GC over all of it. The default implementation is
-//! [`RedbMeta`] (`redb_store.rs`, one redb database); the contract every implementation
-//! meets is the conformance suite (`crate::conformance`).
+//! [`RedbMeta`] (`redb_store.rs`, one redb database); [`PgMeta`] (`pg_store.rs`) keeps it
+//! in PostgreSQL for several processes ([`MetadataLocation`], `--metadata`). The contract
+//! every implementation meets is the conformance suite (`crate::conformance`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -142,7 +142,7 @@ impl Registry {
             MetadataLocation::Local => Stores::open(&config.data_dir)?,
             // On a thread and runtime of their own; the store's pool connects later, on
             // the runtime that first uses it, so nothing is tied to this one.
-            MetadataLocation::Postgres(_) => std::thread::scope(|s| {
+            MetadataLocation::Postgres(url) => std::thread::scope(|s| {
                 s.spawn(|| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -151,7 +151,12 @@ impl Registry {
                         .block_on(Stores::connect(&config))
                 })
                 .join()
-                .unwrap_or_else(|_| Err(StorageError::Corrupt("connecting thread panicked".into())))
+                .unwrap_or_else(|_| {
+                    Err(StorageError::MetaConnect {
+                        url: crate::meta::redact(url),
+                        cause: "the connecting thread panicked".into(),
+                    })
+                })
             })?,
         };
         Ok(Registry::with_stores(config, stores))

@@ -4,8 +4,8 @@
 //! Every operation is one transaction, so each change is atomic.
 //!
 //! The operations are written blocking (`impl RedbMeta`); the [`MetadataStore`] impl runs
-//! reads inline (a redb read transaction never waits for a writer, and the pages a
-//! manifest GET needs are cached) and writes, which fsync on commit, on the blocking pool.
+//! reads inline (a redb read transaction never waits for a writer) and writes, which
+//! fsync on commit, on the blocking pool.
 //! Manifest PUT and GC are both write transactions, which redb serialises:
 //! GC's "still unreferenced?" re-check can never interleave with a PUT's
 //! reference check.
