@@ -1,7 +1,8 @@
 //! The gateway's per-request work outside Cedar (which `benches/authz.rs` measures):
 //! request classification, ES256 JWT verification (raw, and through the authenticator's
 //! claim cache), and password checks (the salted hash on a cache miss, the
-//! authenticator's Basic cache on a hit).
+//! authenticator's Basic cache on a hit), and the bundled store's manifest GET (what the
+//! metadata store costs a pull).
 //!
 //! `cargo bench --bench hot_path [FILTER]`. `cargo test --all-targets` runs each case
 //! once, as a smoke test.
@@ -146,6 +147,46 @@ fn credentials(c: &mut Criterion) {
     });
 }
 
+/// The bundled store's manifest GET by tag (resolve + record + bytes) on the default
+/// stores, driven as the gateway drives it: from a multi-threaded runtime.
+fn manifest_get(c: &mut Criterion) {
+    use portcullis_storage::{Registry, StorageConfig, names::Reference};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let registry = Registry::open(StorageConfig::new(dir.path())).expect("registry");
+    let tag = Reference::Tag("v1".into());
+    rt.block_on(async {
+        let config = b"{}".to_vec();
+        let digest = portcullis_storage::Digest::of(&config);
+        registry
+            .put_blob("team/app", &digest, axum::body::Body::from(config))
+            .await
+            .expect("config blob");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest.as_str(), "size": 2},
+            "layers": []
+        });
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        registry
+            .put_manifest("team/app", &tag, None, bytes, vec![])
+            .await
+            .expect("manifest");
+    });
+    c.bench_function("storage/manifest GET by tag", |b| {
+        b.iter(|| {
+            rt.block_on(registry.get_manifest("team/app", black_box(&tag), true))
+                .expect("manifest")
+        })
+    });
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -153,5 +194,6 @@ fn main() {
         .configure_from_args();
     classification(&mut c);
     credentials(&mut c);
+    manifest_get(&mut c);
     c.final_summary();
 }

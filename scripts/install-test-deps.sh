@@ -2,13 +2,14 @@
 # Installs the Debian packages the real-client tests need (skopeo, docker engine,
 # CNCF distribution registry, notary, cmake, jq, curl; python3-venv for scripts/check-deploy;
 # DejaVu fonts for the benchmark report's plot; wrk and ab for its lean-client rows;
-# prometheus for `promtool check metrics`; haproxy for the trusted-proxy tests) when any is
+# prometheus for `promtool check metrics`; haproxy for the trusted-proxy tests; postgresql-15
+# for the PostgreSQL metadata store's tests, which start their own servers) when any is
 # missing.
 # Idempotent: runs `apt-get update` and `apt-get install` only if something is missing.
 set -euo pipefail
 
 packages=(skopeo docker.io docker-registry notary cmake jq curl fonts-dejavu-core wrk apache2-utils
-    python3-venv prometheus haproxy)
+    python3-venv prometheus haproxy postgresql-15)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -75,6 +75,15 @@ pub struct ServeArgs {
     /// Upload sessions idle for longer are removed [default: 86400].
     #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_UPLOAD_EXPIRY_SECONDS")]
     pub upload_expiry_seconds: Option<u64>,
+    /// Where the bundled store's metadata lives: `local` (meta.redb in the data
+    /// directory) or postgres://USER:PASSWORD@HOST:PORT/DATABASE [default: local].
+    #[arg(
+        long,
+        value_name = "local|postgres://...",
+        env = "PORTCULLIS_METADATA",
+        hide_env_values = true
+    )]
+    pub metadata: Option<String>,
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
@@ -136,6 +145,7 @@ impl ServeArgs {
             gc_grace_seconds: self.gc_grace_seconds,
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_manifest_bytes: self.max_manifest_bytes,
+            metadata: self.metadata,
             log_format: self.log_format,
             audit_log: self.audit_log,
             trusted_proxies: self.trusted_proxies,

@@ -211,9 +211,10 @@ impl Backend {
                     Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
                         Ok(None)
                     }
-                    Err(e) => Err(GatewayError::Internal(format!(
-                        "looking up tag `{repository}:{tag}`: {e}"
-                    ))),
+                    Err(e) => Err(bundled_error(
+                        format!("looking up tag `{repository}:{tag}`"),
+                        e,
+                    )),
                 }
             }
             Backend::Upstream { base, client, .. } => {
@@ -443,9 +444,7 @@ impl Backend {
                     .blob_repositories(&parsed, limit)
                     .await
                     .map(Some)
-                    .map_err(|e| {
-                        GatewayError::Internal(format!("finding repositories of `{digest}`: {e}"))
-                    })
+                    .map_err(|e| bundled_error(format!("finding repositories of `{digest}`"), e))
             }
             Backend::Upstream { .. } => Ok(None),
         }
@@ -462,7 +461,16 @@ fn storage_error(repository: &str, reference: Option<&Reference>, e: StorageErro
                 reference: r.to_string(),
             }
         }
-        (e, _) => GatewayError::Internal(format!("deleting from `{repository}`: {e}")),
+        (e, _) => bundled_error(format!("deleting from `{repository}`"), e),
+    }
+}
+
+/// Any other failure of the bundled store: 503 when its metadata database is out of
+/// reach (a client retries), else internal.
+fn bundled_error(context: String, e: StorageError) -> GatewayError {
+    match e {
+        StorageError::MetaUnavailable(_) => GatewayError::Unavailable(format!("{context}: {e}")),
+        e => GatewayError::Internal(format!("{context}: {e}")),
     }
 }
 

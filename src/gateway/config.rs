@@ -43,6 +43,8 @@ pub enum ConfigError {
     TlsConflict,
     #[error("invalid public_url `{0}`: expected http://HOST[:PORT] or https://HOST[:PORT]")]
     PublicUrl(String),
+    #[error("--metadata / PORTCULLIS_METADATA / `storage.metadata`: {0}")]
+    Metadata(String),
     #[error("`{0}` must be greater than 0")]
     Zero(&'static str),
     #[error(transparent)]
@@ -122,6 +124,8 @@ pub struct FileStorage {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    /// `local` or a `postgres://` URL.
+    pub metadata: Option<String>,
 }
 
 /// The bundled store's settings: [`StorageSettings::default`] are the store's own defaults.
@@ -135,6 +139,8 @@ pub struct StorageSettings {
     pub upload_expiry: Duration,
     /// Larger manifests are refused.
     pub max_manifest_bytes: usize,
+    /// Where the metadata lives.
+    pub metadata: portcullis_storage::meta::MetadataLocation,
 }
 
 impl Default for StorageSettings {
@@ -145,6 +151,7 @@ impl Default for StorageSettings {
             gc_grace: store.gc_grace,
             upload_expiry: store.upload_expiry,
             max_manifest_bytes: store.max_manifest_bytes,
+            metadata: store.metadata,
         }
     }
 }
@@ -157,6 +164,7 @@ impl StorageSettings {
         config.gc_grace = self.gc_grace;
         config.upload_expiry = self.upload_expiry;
         config.max_manifest_bytes = self.max_manifest_bytes;
+        config.metadata = self.metadata.clone();
         config
     }
 }
@@ -196,6 +204,7 @@ pub struct Overrides {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    pub metadata: Option<String>,
     pub log_format: Option<LogFormat>,
     pub audit_log: Option<String>,
     /// Replaces the file's list when given.
@@ -301,6 +310,11 @@ impl Config {
                 Some(0) => return Err(ConfigError::Zero("max_manifest_bytes")),
                 Some(bytes) => bytes,
                 None => defaults.max_manifest_bytes,
+            },
+            metadata: match over.metadata.or(file.storage.metadata) {
+                Some(value) => portcullis_storage::meta::MetadataLocation::parse(&value)
+                    .map_err(ConfigError::Metadata)?,
+                None => defaults.metadata,
             },
         };
         let mut policy_dirs = file.policy_dirs;
@@ -484,16 +498,19 @@ mod tests {
 
     #[test]
     fn storage_settings_from_file_flags_and_defaults() {
+        use portcullis_storage::meta::MetadataLocation;
         let d = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
         assert_eq!(d.storage, StorageSettings::default());
         assert_eq!(d.storage.gc_interval, Some(Duration::from_secs(3600)));
         assert_eq!(d.storage.max_manifest_bytes, 4 * 1024 * 1024);
         let f = file(
             "[storage]\ngc_interval_seconds = 0\ngc_grace_seconds = 60\n\
-             upload_expiry_seconds = 120\nmax_manifest_bytes = 1000\n",
+             upload_expiry_seconds = 120\nmax_manifest_bytes = 1000\n\
+             metadata = \"postgres://file@db/reg\"\n",
         );
         let over = Overrides {
             gc_grace_seconds: Some(5),
+            metadata: Some("postgres://flag@db/reg".into()),
             ..Overrides::default()
         };
         let c = Config::resolve(over, f).unwrap();
@@ -504,8 +521,17 @@ mod tests {
                 gc_grace: Duration::from_secs(5),
                 upload_expiry: Duration::from_secs(120),
                 max_manifest_bytes: 1000,
+                metadata: MetadataLocation::Postgres("postgres://flag@db/reg".into()),
             }
         );
+        let bad = Overrides {
+            metadata: Some("mysql://u:secret@db/reg".into()),
+            ..Overrides::default()
+        };
+        let err = Config::resolve(bad, FileConfig::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Metadata(_)));
+        let message = err.to_string();
+        assert!(message.contains("--metadata") && message.contains("mysql://u:***@db/reg"));
         let zero = Overrides {
             max_manifest_bytes: Some(0),
             ..Overrides::default()

@@ -389,9 +389,9 @@ pub(crate) fn image(
 }
 
 /// Links blobs `a` and `b` (1 byte each) into `repo`.
-fn link_ab(m: &dyn MetadataStore, repo: &str) {
+async fn link_ab(m: &dyn MetadataStore, repo: &str) {
     for c in ['a', 'b'] {
-        m.commit_blob(repo, &digest_of(c), 1, None).unwrap();
+        m.commit_blob(repo, &digest_of(c), 1, None).await.unwrap();
     }
 }
 
@@ -404,85 +404,117 @@ pub async fn meta_manifest_put_get_delete(s: Stores) {
     let (bytes, digest, parsed) = image(&digest_of('a'), &digest_of('b'), None, None);
     let err = m
         .put_manifest("r", &digest, &bytes, &parsed, &[])
+        .await
         .unwrap_err();
     assert!(
         matches!(&err, StorageError::ManifestBlobUnknown(d) if *d == digest_of('a')),
         "{err}"
     );
-    link_ab(m, "r");
+    link_ab(m, "r").await;
     m.put_manifest("r", &digest, &bytes, &parsed, &["v1".into()])
+        .await
         .unwrap();
-    let (record, stored) = m.manifest("r", &digest, true).unwrap().expect("stored");
+    let (record, stored) = m
+        .manifest("r", &digest, true)
+        .await
+        .unwrap()
+        .expect("stored");
     assert_eq!(stored.as_deref(), Some(bytes.as_slice()), "byte-exact");
     assert_eq!(record.media_type, manifest::OCI_MANIFEST);
     assert_eq!(record.size, bytes.len() as u64);
-    let (_, none) = m.manifest("r", &digest, false).unwrap().expect("stored");
+    let (_, none) = m
+        .manifest("r", &digest, false)
+        .await
+        .unwrap()
+        .expect("stored");
     assert!(none.is_none());
-    assert_eq!(m.resolve("r", &tag("v1")).unwrap(), Some(digest.clone()));
-    assert!(m.manifest("other", &digest, false).unwrap().is_none());
+    assert_eq!(
+        m.resolve("r", &tag("v1")).await.unwrap(),
+        Some(digest.clone())
+    );
+    assert!(m.manifest("other", &digest, false).await.unwrap().is_none());
 
-    assert!(m.delete_manifest("r", &digest).unwrap());
-    assert!(m.manifest("r", &digest, true).unwrap().is_none());
-    assert_eq!(m.resolve("r", &tag("v1")).unwrap(), None, "its tags go too");
-    assert!(!m.delete_manifest("r", &digest).unwrap());
+    assert!(m.delete_manifest("r", &digest).await.unwrap());
+    assert!(m.manifest("r", &digest, true).await.unwrap().is_none());
+    assert_eq!(
+        m.resolve("r", &tag("v1")).await.unwrap(),
+        None,
+        "its tags go too"
+    );
+    assert!(!m.delete_manifest("r", &digest).await.unwrap());
 }
 
 pub async fn meta_tag_overwrite_and_delete(s: Stores) {
     let m = &*s.meta;
-    link_ab(m, "r");
+    link_ab(m, "r").await;
     let (b1, d1, p1) = image(&digest_of('a'), &digest_of('b'), None, None);
     let (b2, d2, p2) = image(&digest_of('b'), &digest_of('a'), None, None);
     m.put_manifest("r", &d1, &b1, &p1, &["v".into(), "w".into()])
+        .await
         .unwrap();
-    m.put_manifest("r", &d2, &b2, &p2, &["v".into()]).unwrap();
-    assert_eq!(m.resolve("r", &tag("v")).unwrap(), Some(d2.clone()));
-    assert_eq!(m.resolve("r", &tag("w")).unwrap(), Some(d1.clone()));
-    let page = m.tags("r", None, None).unwrap().expect("known");
+    m.put_manifest("r", &d2, &b2, &p2, &["v".into()])
+        .await
+        .unwrap();
+    assert_eq!(m.resolve("r", &tag("v")).await.unwrap(), Some(d2.clone()));
+    assert_eq!(m.resolve("r", &tag("w")).await.unwrap(), Some(d1.clone()));
+    let page = m.tags("r", None, None).await.unwrap().expect("known");
     assert_eq!(
         (page.items, page.more),
         (vec!["v".into(), "w".into()], false)
     );
-    let page = m.tags("r", None, Some(1)).unwrap().expect("known");
+    let page = m.tags("r", None, Some(1)).await.unwrap().expect("known");
     assert_eq!((page.items, page.more), (vec!["v".into()], true));
-    let page = m.tags("r", Some("v"), Some(1)).unwrap().expect("known");
+    let page = m
+        .tags("r", Some("v"), Some(1))
+        .await
+        .unwrap()
+        .expect("known");
     assert_eq!((page.items, page.more), (vec!["w".into()], false));
 
-    assert!(m.delete_tag("r", "v").unwrap());
-    assert!(!m.delete_tag("r", "v").unwrap());
-    assert_eq!(m.resolve("r", &tag("v")).unwrap(), None);
+    assert!(m.delete_tag("r", "v").await.unwrap());
+    assert!(!m.delete_tag("r", "v").await.unwrap());
+    assert_eq!(m.resolve("r", &tag("v")).await.unwrap(), None);
     assert!(
-        m.manifest("r", &d2, false).unwrap().is_some(),
+        m.manifest("r", &d2, false).await.unwrap().is_some(),
         "untagging keeps the manifest"
     );
     // Deleting an image by tag takes every tag of its manifest.
-    let deleted = m.delete_image("r", &tag("w")).unwrap().expect("deleted");
+    let deleted = m
+        .delete_image("r", &tag("w"))
+        .await
+        .unwrap()
+        .expect("deleted");
     assert_eq!(
         (deleted.manifests, deleted.tags),
         (vec![d1.to_string()], vec!["w".into()])
     );
     assert!(
         m.tags("r", None, None)
+            .await
             .unwrap()
             .expect("known")
             .items
             .is_empty()
     );
-    assert!(m.tags("unknown", None, None).unwrap().is_none());
+    assert!(m.tags("unknown", None, None).await.unwrap().is_none());
 }
 
 pub async fn meta_referrers_by_subject_and_artifact_type(s: Stores) {
     let m = &*s.meta;
-    link_ab(m, "r");
+    link_ab(m, "r").await;
     let (sb, sd, sp) = image(&digest_of('a'), &digest_of('b'), None, None);
-    m.put_manifest("r", &sd, &sb, &sp, &["v1".into()]).unwrap();
+    m.put_manifest("r", &sd, &sb, &sp, &["v1".into()])
+        .await
+        .unwrap();
     let subject = Some((&sd, sb.len()));
     let (b1, d1, p1) = image(&digest_of('a'), &digest_of('a'), subject, Some("x/sig"));
     let (b2, d2, p2) = image(&digest_of('b'), &digest_of('b'), subject, Some("x/sbom"));
-    m.put_manifest("r", &d1, &b1, &p1, &[]).unwrap();
-    m.put_manifest("r", &d2, &b2, &p2, &[]).unwrap();
+    m.put_manifest("r", &d1, &b1, &p1, &[]).await.unwrap();
+    m.put_manifest("r", &d2, &b2, &p2, &[]).await.unwrap();
 
     let mut all: Vec<_> = m
         .referrers("r", &sd, None)
+        .await
         .unwrap()
         .into_iter()
         .map(|(d, r)| (d, r.artifact_type))
@@ -494,72 +526,84 @@ pub async fn meta_referrers_by_subject_and_artifact_type(s: Stores) {
     ];
     want.sort();
     assert_eq!(all, want);
-    let sigs = m.referrers("r", &sd, Some("x/sig")).unwrap();
+    let sigs = m.referrers("r", &sd, Some("x/sig")).await.unwrap();
     assert_eq!(
         sigs.into_iter().map(|(d, _)| d).collect::<Vec<_>>(),
         [d1.to_string()]
     );
-    assert!(m.referrers("r", &sd, Some("x/none")).unwrap().is_empty());
-    assert!(m.referrers("r", &d1, None).unwrap().is_empty());
-    assert!(m.referrers("other", &sd, None).unwrap().is_empty());
-    m.delete_manifest("r", &d1).unwrap();
-    assert_eq!(m.referrers("r", &sd, None).unwrap().len(), 1);
+    assert!(
+        m.referrers("r", &sd, Some("x/none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(m.referrers("r", &d1, None).await.unwrap().is_empty());
+    assert!(m.referrers("other", &sd, None).await.unwrap().is_empty());
+    m.delete_manifest("r", &d1).await.unwrap();
+    assert_eq!(m.referrers("r", &sd, None).await.unwrap().len(), 1);
 }
 
 pub async fn meta_repository_list(s: Stores) {
     let m = &*s.meta;
-    assert!(m.catalog(None, None).unwrap().items.is_empty());
-    m.commit_blob("r1", &digest_of('a'), 1, None).unwrap();
-    link_ab(m, "r2");
+    assert!(m.catalog(None, None).await.unwrap().items.is_empty());
+    m.commit_blob("r1", &digest_of('a'), 1, None).await.unwrap();
+    link_ab(m, "r2").await;
     let (b, d, p) = image(&digest_of('a'), &digest_of('b'), None, None);
-    m.put_manifest("r2", &d, &b, &p, &["v1".into()]).unwrap();
-    link_ab(m, "r3");
-    let page = m.catalog(None, None).unwrap();
+    m.put_manifest("r2", &d, &b, &p, &["v1".into()])
+        .await
+        .unwrap();
+    link_ab(m, "r3").await;
+    let page = m.catalog(None, None).await.unwrap();
     assert_eq!(
         (page.items, page.more),
         (vec!["r1".into(), "r2".into(), "r3".into()], false)
     );
-    let page = m.catalog(None, Some(2)).unwrap();
+    let page = m.catalog(None, Some(2)).await.unwrap();
     assert_eq!(
         (page.items, page.more),
         (vec!["r1".into(), "r2".into()], true)
     );
-    let page = m.catalog(Some("r2"), Some(2)).unwrap();
+    let page = m.catalog(Some("r2"), Some(2)).await.unwrap();
     assert_eq!((page.items, page.more), (vec!["r3".into()], false));
 
     // Deleted: gone at once, with its manifests, tags and links.
-    let deleted = m.delete_repository("r2").unwrap().expect("known");
+    let deleted = m.delete_repository("r2").await.unwrap().expect("known");
     assert_eq!(
         (deleted.manifests, deleted.tags),
         (vec![d.to_string()], vec!["v1".into()])
     );
-    assert!(m.delete_repository("r2").unwrap().is_none());
-    assert!(m.manifest("r2", &d, false).unwrap().is_none());
-    assert!(m.linked_blob_size("r2", &digest_of('a')).unwrap().is_none());
-    assert!(m.tags("r2", None, None).unwrap().is_none());
-    assert_eq!(m.catalog(None, None).unwrap().items, ["r1", "r3"]);
+    assert!(m.delete_repository("r2").await.unwrap().is_none());
+    assert!(m.manifest("r2", &d, false).await.unwrap().is_none());
+    assert!(
+        m.linked_blob_size("r2", &digest_of('a'))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(m.tags("r2", None, None).await.unwrap().is_none());
+    assert_eq!(m.catalog(None, None).await.unwrap().items, ["r1", "r3"]);
 
     // Emptied: gone after the GC pass that finds it empty.
-    assert!(m.unlink_blob("r1", &digest_of('a')).unwrap());
-    assert!(!m.unlink_blob("r1", &digest_of('a')).unwrap());
-    let report = m.gc(now_secs() + 100, false).unwrap();
+    assert!(m.unlink_blob("r1", &digest_of('a')).await.unwrap());
+    assert!(!m.unlink_blob("r1", &digest_of('a')).await.unwrap());
+    let report = m.gc(now_secs() + 100, false).await.unwrap();
     assert_eq!(
         report.repositories, 2,
         "r1 emptied, r3 only unreferenced links"
     );
-    assert!(m.catalog(None, None).unwrap().items.is_empty());
+    assert!(m.catalog(None, None).await.unwrap().items.is_empty());
 }
 
 pub async fn meta_upload_sessions(s: Stores) {
     let m = &*s.meta;
     let now = now_secs();
-    m.create_upload("u1", "r").unwrap();
-    m.create_upload("u2", "s").unwrap();
-    let (repo, started) = m.upload("u1").unwrap().expect("recorded");
+    m.create_upload("u1", "r").await.unwrap();
+    m.create_upload("u2", "s").await.unwrap();
+    let (repo, started) = m.upload("u1").await.unwrap().expect("recorded");
     assert_eq!(repo, "r");
     assert!(started.abs_diff(now) <= 5, "started {started}, now {now}");
-    assert!(m.upload("nope").unwrap().is_none());
-    let mut sessions = m.uploads().unwrap();
+    assert!(m.upload("nope").await.unwrap().is_none());
+    let mut sessions = m.uploads().await.unwrap();
     sessions.sort();
     assert_eq!(
         sessions
@@ -568,13 +612,16 @@ pub async fn meta_upload_sessions(s: Stores) {
             .collect::<Vec<_>>(),
         [("u1", "r"), ("u2", "s")]
     );
-    assert!(m.remove_upload("u1").unwrap());
-    assert!(!m.remove_upload("u1").unwrap());
+    assert!(m.remove_upload("u1").await.unwrap());
+    assert!(!m.remove_upload("u1").await.unwrap());
     // Committing a blob ends its session.
-    m.commit_blob("s", &digest_of('a'), 1, Some("u2")).unwrap();
-    assert!(m.uploads().unwrap().is_empty());
+    m.commit_blob("s", &digest_of('a'), 1, Some("u2"))
+        .await
+        .unwrap();
+    assert!(m.uploads().await.unwrap().is_empty());
     assert_eq!(
         m.linked_blob_size("s", &digest_of('a'))
+            .await
             .unwrap()
             .map(|l| l.size),
         Some(1)
@@ -583,22 +630,30 @@ pub async fn meta_upload_sessions(s: Stores) {
 
 pub async fn meta_gc_keeps_referenced_and_recent_content(s: Stores) {
     let m = &*s.meta;
-    link_ab(m, "r");
-    m.commit_blob("r", &digest_of('c'), 1, None).unwrap();
+    link_ab(m, "r").await;
+    m.commit_blob("r", &digest_of('c'), 1, None).await.unwrap();
     let (b, d, p) = image(&digest_of('a'), &digest_of('b'), None, None);
-    m.put_manifest("r", &d, &b, &p, &["v1".into()]).unwrap();
+    m.put_manifest("r", &d, &b, &p, &["v1".into()])
+        .await
+        .unwrap();
     // Within the grace period nothing goes.
-    assert!(m.gc(now_secs() - 100, false).unwrap().blobs.is_empty());
+    assert!(
+        m.gc(now_secs() - 100, false)
+            .await
+            .unwrap()
+            .blobs
+            .is_empty()
+    );
     // Past it: only the blob no manifest references; a dry run changes nothing.
     let later = now_secs() + 100;
-    assert_eq!(m.gc(later, true).unwrap().blobs, [digest_of('c')]);
-    assert!(m.blob_known(&digest_of('c')).unwrap());
-    assert_eq!(m.gc(later, false).unwrap().blobs, [digest_of('c')]);
-    assert!(!m.blob_known(&digest_of('c')).unwrap());
-    assert!(m.blob_known(&digest_of('a')).unwrap());
+    assert_eq!(m.gc(later, true).await.unwrap().blobs, [digest_of('c')]);
+    assert!(m.blob_known(&digest_of('c')).await.unwrap());
+    assert_eq!(m.gc(later, false).await.unwrap().blobs, [digest_of('c')]);
+    assert!(!m.blob_known(&digest_of('c')).await.unwrap());
+    assert!(m.blob_known(&digest_of('a')).await.unwrap());
     // Untagged, the manifest and then its blobs go.
-    m.delete_tag("r", "v1").unwrap();
-    let report = m.gc(later, false).unwrap();
+    m.delete_tag("r", "v1").await.unwrap();
+    let report = m.gc(later, false).await.unwrap();
     assert_eq!((report.manifests, report.blobs.len()), (1, 2));
-    assert!(m.manifest("r", &d, false).unwrap().is_none());
+    assert!(m.manifest("r", &d, false).await.unwrap().is_none());
 }

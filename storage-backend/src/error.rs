@@ -16,6 +16,19 @@ pub enum StorageError {
         "metadata database {0} is in use by another process (is the server running? stop it first)"
     )]
     DbLocked(PathBuf),
+    #[error("metadata database: {0}")]
+    Pg(tokio_postgres::Error),
+    /// The metadata database cannot be reached (stopped, restarting, connection lost,
+    /// out of connections) or aborted a transaction that a retry can complete.
+    #[error("metadata database unavailable: {0}")]
+    MetaUnavailable(String),
+    #[error("cannot use metadata database `{url}` (--metadata): {cause}")]
+    MetaConnect { url: String, cause: String },
+    #[error(
+        "metadata database schema version {found} is newer than this binary's {known}: \
+         run a newer portcullis (never an older one) against this database"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("i/o on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -88,12 +101,58 @@ from_redb!(
     redb::CommitError
 );
 
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> StorageError {
+        // Without an SQLSTATE the error is the connection's (refused, lost, closed).
+        // Class 08 is a connection exception, 57P0x a server shutting down or starting,
+        // 53300 no free connection slot, 40001/40P01 a transaction aborted that a retry
+        // would complete.
+        let transient = match e.code() {
+            None => true,
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || matches!(code, "53300" | "40001" | "40P01")
+            }
+        };
+        if transient {
+            StorageError::MetaUnavailable(e.to_string())
+        } else {
+            StorageError::Pg(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> StorageError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StorageError::MetaUnavailable(other.to_string()),
+        }
+    }
+}
+
 impl From<StorageError> for OciError {
     fn from(e: StorageError) -> OciError {
         use StorageError as S;
         let msg = e.to_string();
         let code = match &e {
-            S::Db(_) | S::DbLocked(_) | S::Io { .. } | S::Corrupt(_) | S::Join(_) => {
+            S::MetaUnavailable(_) => {
+                tracing::warn!(error = %e, "metadata database unavailable");
+                return OciError::new(
+                    ErrorCode::Unavailable,
+                    "metadata database unavailable; retry later",
+                );
+            }
+            S::Db(_)
+            | S::DbLocked(_)
+            | S::Pg(_)
+            | S::SchemaTooNew { .. }
+            | S::MetaConnect { .. }
+            | S::Io { .. }
+            | S::Corrupt(_)
+            | S::Join(_) => {
                 tracing::error!(error = %e, "internal error");
                 return OciError::from_code(ErrorCode::Unknown);
             }

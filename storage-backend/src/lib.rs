@@ -5,7 +5,8 @@
 //!   bytes ([`blobstore::BlobStore`]) and metadata ([`meta::MetadataStore`]), and
 //!   orders their writes so a crash is harmless. The default stores keep the data
 //!   directory: metadata in `meta.redb` (redb), blobs content-addressed under
-//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`.
+//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`; with
+//!   `--metadata postgres://…` the metadata is in PostgreSQL instead ([`meta::PgMeta`]).
 //! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
 //!   suite; a new implementation runs it with [`conformance_tests!`].
 //! - [`router`] serves `/v2/…` on top of it.
@@ -55,3 +56,29 @@ pub use registry::{GcStats, Registry, StorageConfig, Stores};
 
 #[cfg(test)]
 conformance_tests!(|dir| Stores::open(dir).expect("default stores"));
+
+/// The same suite with metadata in a real PostgreSQL (one server for this test binary, a
+/// database per case) and blobs on the local disk.
+#[cfg(test)]
+mod postgres {
+    use std::sync::Arc;
+
+    use crate::Stores;
+    use crate::blobstore::FsBlobStore;
+    use crate::meta::PgMeta;
+
+    fn stores(dir: &std::path::Path) -> Stores {
+        let url = portcullis_test_support::postgres::Postgres::shared().database();
+        // The suite makes the stores inside its runtime; connecting is async.
+        let meta = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(PgMeta::connect(&url))
+        })
+        .expect("connecting to the test database");
+        Stores {
+            blobs: Arc::new(FsBlobStore::open(dir).expect("blob store")),
+            meta: Arc::new(meta),
+        }
+    }
+
+    crate::conformance_tests!(stores);
+}

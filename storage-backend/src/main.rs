@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
+use portcullis_storage::meta::MetadataLocation;
 use portcullis_storage::{Registry, StorageConfig, router};
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +44,11 @@ enum Command {
         upload_expiry_seconds: u64,
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         max_manifest_bytes: usize,
+        #[command(flatten)]
+        metadata: MetadataArg,
     },
-    /// Collect garbage offline (the server must not be running on DIR).
+    /// Collect garbage (with local metadata, offline: the server must not be running on
+    /// DIR; with PostgreSQL, online beside running servers).
     Gc {
         #[arg(long)]
         data_dir: PathBuf,
@@ -53,7 +57,25 @@ enum Command {
         /// Report what would be deleted without deleting it.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        metadata: MetadataArg,
     },
+}
+
+#[derive(clap::Args)]
+struct MetadataArg {
+    /// Where the metadata lives: `local` (meta.redb in the data directory) or a
+    /// PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE, shared by any number
+    /// of processes.
+    #[arg(
+        long = "metadata",
+        value_name = "local|postgres://...",
+        env = "PORTCULLIS_METADATA",
+        hide_env_values = true,
+        default_value = "local",
+        value_parser = MetadataLocation::parse
+    )]
+    location: MetadataLocation,
 }
 
 fn main() -> ExitCode {
@@ -94,8 +116,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gc_grace_seconds,
             upload_expiry_seconds,
             max_manifest_bytes,
+            metadata,
         } => {
             let mut config = StorageConfig::new(data_dir);
+            config.metadata = metadata.location;
             config.gc_interval =
                 (gc_interval_seconds > 0).then(|| Duration::from_secs(gc_interval_seconds));
             config.gc_grace = Duration::from_secs(gc_grace_seconds);
@@ -107,8 +131,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             grace_seconds,
             dry_run,
+            metadata,
         } => {
-            let reg = Registry::open(StorageConfig::new(data_dir))?;
+            let mut config = StorageConfig::new(data_dir);
+            config.metadata = metadata.location;
+            let reg = Registry::connect(config).await?;
             let r = reg.gc(Duration::from_secs(grace_seconds), dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
             println!(
@@ -129,7 +156,7 @@ async fn serve(
     listen: SocketAddr,
     unix_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let reg = Registry::open(config)?;
+    let reg = Registry::connect(config).await?;
     reg.start_background();
     let app = router(reg);
     let tcp = tokio::net::TcpListener::bind(listen).await?;

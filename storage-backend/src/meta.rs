@@ -1,20 +1,52 @@
 //! Registry metadata behind the [`MetadataStore`] trait: which blobs each repository
 //! holds, manifests (exact bytes and parsed record), tags, referrers, upload sessions,
 //! the repository list and GC over all of it. The default implementation is
-//! [`RedbMeta`] (`redb_store.rs`, one redb database); the contract every implementation
-//! meets is the conformance suite (`crate::conformance`).
+//! [`RedbMeta`] (`redb_store.rs`, one redb database); [`PgMeta`] (`pg_store.rs`) keeps it
+//! in PostgreSQL for several processes ([`MetadataLocation`], `--metadata`). The contract
+//! every implementation meets is the conformance suite (`crate::conformance`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
 use crate::names::{Digest, Reference};
 
+mod pg_store;
 mod redb_store;
 
+pub use pg_store::{PgMeta, redact};
 pub use redb_store::RedbMeta;
+
+/// Where the metadata lives: `--metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MetadataLocation {
+    /// `meta.redb` in the data directory ([`RedbMeta`]): one process.
+    #[default]
+    Local,
+    /// A PostgreSQL database ([`PgMeta`]), shared by any number of processes.
+    Postgres(String),
+}
+
+impl MetadataLocation {
+    /// `local` (or empty) or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<MetadataLocation, String> {
+        let value = value.trim();
+        if value.is_empty() || value == "local" {
+            Ok(MetadataLocation::Local)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(MetadataLocation::Postgres(value.to_owned()))
+        } else {
+            Err(format!(
+                "metadata location `{}` is neither `local` nor a postgres:// URL",
+                redact(value)
+            ))
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -34,6 +66,22 @@ pub struct ManifestRecord {
     pub subject: Option<String>,
     pub artifact_type: Option<String>,
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ManifestRecord {
+    /// The record of a manifest of `size` bytes parsed as `parsed`, stored at `created_at`.
+    pub fn new(parsed: &ParsedManifest, size: u64, created_at: u64) -> ManifestRecord {
+        ManifestRecord {
+            media_type: parsed.media_type.clone(),
+            size,
+            created_at,
+            blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
+            children: parsed.children.iter().map(|d| d.to_string()).collect(),
+            subject: parsed.subject.as_ref().map(|d| d.to_string()),
+            artifact_type: parsed.artifact_type.clone(),
+            annotations: parsed.annotations.clone(),
+        }
+    }
 }
 
 /// A manifest's record and, when asked for, its bytes.
@@ -77,134 +125,151 @@ pub struct GcReport {
     pub orphan_files: usize,
 }
 
+/// The future a [`MetadataStore`] call returns.
+pub type MetaFuture<'a, T> = BoxFuture<'a, Result<T, StorageError>>;
+
 /// Where the registry's metadata lives: which blobs each repository holds, manifests
 /// (exact bytes and parsed record), tags, referrers, upload sessions, the repository list,
 /// and GC over all of it. Each call is atomic: it happens whole or not at all, and
 /// concurrent calls behave as if they ran one after another.
 ///
-/// Calls block; the registry makes them on the blocking thread pool, so an implementation
-/// over a network database may block on its client too. The contract is checked by
+/// Calls are async (as [`crate::blobstore::BlobStore`]'s are), so an implementation over
+/// a network database awaits its client; one over a local file keeps blocking work (an
+/// fsync) off the async workers itself. The contract is checked by
 /// [`crate::conformance`] (feature `conformance`).
 pub trait MetadataStore: Send + Sync {
     /// The size of `digest` and when it was linked, if it is linked into `repo`.
-    fn linked_blob_size(
-        &self,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<Option<LinkedBlob>, StorageError>;
+    fn linked_blob_size<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> MetaFuture<'a, Option<LinkedBlob>>;
 
     /// Refreshes the link and blob timestamps, if the link still exists (false if not).
     /// Ordered against GC: either GC sees the fresh timestamps, or this sees the link gone.
-    fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError>;
+    fn touch_link<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool>;
 
     /// Whether metadata for `digest` exists at all (checked before deleting its bytes).
-    fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError>;
+    fn blob_known<'a>(&'a self, digest: &'a Digest) -> MetaFuture<'a, bool>;
 
     /// Records a stored blob (timestamp refreshed, so the GC grace period protects it) and
     /// its link into `repo`, and ends `upload` if given.
-    fn commit_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
+    fn commit_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
         size: u64,
-        upload: Option<&str>,
-    ) -> Result<(), StorageError>;
+        upload: Option<&'a str>,
+    ) -> MetaFuture<'a, ()>;
 
     /// Links `digest` into `repo` if it is linked into `from`; returns its size.
-    fn mount(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>, StorageError>;
+    fn mount<'a>(
+        &'a self,
+        repo: &'a str,
+        from: &'a str,
+        digest: &'a Digest,
+    ) -> MetaFuture<'a, Option<u64>>;
 
     /// Up to `limit` repositories `digest` is linked into, in name order.
-    fn blob_repositories(&self, digest: &Digest, limit: usize)
-    -> Result<Vec<String>, StorageError>;
+    fn blob_repositories<'a>(
+        &'a self,
+        digest: &'a Digest,
+        limit: usize,
+    ) -> MetaFuture<'a, Vec<String>>;
 
     /// Links `digest` into `repo` if it is linked into any repository; returns its size.
     /// Atomic, so the link it copies cannot vanish meanwhile.
-    fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError>;
+    fn mount_any<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, Option<u64>>;
 
     /// Removes the link of `digest` from `repo`; false if there was none.
-    fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError>;
+    fn unlink_blob<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool>;
 
     /// Stores a manifest and points `tags` at it (a tag already elsewhere moves), after
     /// checking atomically that every descriptor names content stored in `repo` with the
     /// declared size ([`StorageError::ManifestBlobUnknown`],
     /// [`StorageError::ManifestChildUnknown`], a size mismatch).
-    fn put_manifest(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        bytes: &[u8],
-        parsed: &ParsedManifest,
-        tags: &[String],
-    ) -> Result<(), StorageError>;
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        bytes: &'a [u8],
+        parsed: &'a ParsedManifest,
+        tags: &'a [String],
+    ) -> MetaFuture<'a, ()>;
 
     /// Resolves a reference to a digest in `repo` (a digest resolves to itself).
-    fn resolve(&self, repo: &str, reference: &Reference) -> Result<Option<Digest>, StorageError>;
+    fn resolve<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a Reference,
+    ) -> MetaFuture<'a, Option<Digest>>;
 
     /// A manifest's record and, if `with_bytes`, its exact bytes.
-    fn manifest(
-        &self,
-        repo: &str,
-        digest: &Digest,
+    fn manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
         with_bytes: bool,
-    ) -> Result<Option<ManifestWithBytes>, StorageError>;
+    ) -> MetaFuture<'a, Option<ManifestWithBytes>>;
 
     /// Removes a tag; false if it did not exist.
-    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError>;
+    fn delete_tag<'a>(&'a self, repo: &'a str, tag: &'a str) -> MetaFuture<'a, bool>;
 
     /// Removes a manifest with its references, referrer entry and tags; false if absent.
-    fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        Ok(self
-            .delete_image(repo, &Reference::Digest(digest.clone()))?
-            .is_some())
+    fn delete_manifest<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool> {
+        Box::pin(async move {
+            let reference = Reference::Digest(digest.clone());
+            Ok(self.delete_image(repo, &reference).await?.is_some())
+        })
     }
 
     /// Removes the manifest `reference` names (a tag resolved atomically with the
     /// removal) with every tag pointing at it; `None` if there is no such manifest.
-    fn delete_image(
-        &self,
-        repo: &str,
-        reference: &Reference,
-    ) -> Result<Option<Deleted>, StorageError>;
+    fn delete_image<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a Reference,
+    ) -> MetaFuture<'a, Option<Deleted>>;
 
     /// Removes a repository atomically: its manifests, tags and blob links, and its
     /// entry in the repository list. Blobs stay until GC finds them unlinked and
     /// unreferenced; upload sessions are left alone (one that completes recreates the
     /// repository, as a push after the delete would). `None` if the repository is unknown.
-    fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError>;
+    fn delete_repository<'a>(&'a self, repo: &'a str) -> MetaFuture<'a, Option<Deleted>>;
 
     /// Tags of `repo` in order after `last`, at most `n`; `None` if the repository is
     /// unknown.
-    fn tags(
-        &self,
-        repo: &str,
-        last: Option<&str>,
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+        last: Option<&'a str>,
         n: Option<usize>,
-    ) -> Result<Option<Page>, StorageError>;
+    ) -> MetaFuture<'a, Option<Page>>;
 
     /// Repository names in order after `last`, at most `n`. A repository exists from its
     /// first blob link or manifest until it is deleted or GC finds it empty.
-    fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError>;
+    fn catalog<'a>(&'a self, last: Option<&'a str>, n: Option<usize>) -> MetaFuture<'a, Page>;
 
     /// Manifests in `repo` whose subject is `subject` (digest and record), only those of
     /// `artifact_type` if given.
-    fn referrers(
-        &self,
-        repo: &str,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Vec<(String, ManifestRecord)>, StorageError>;
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        subject: &'a Digest,
+        artifact_type: Option<&'a str>,
+    ) -> MetaFuture<'a, Vec<(String, ManifestRecord)>>;
 
     /// Records upload session `id` into `repo`, started now.
-    fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError>;
+    fn create_upload<'a>(&'a self, id: &'a str, repo: &'a str) -> MetaFuture<'a, ()>;
 
     /// The repository and start time (unix seconds) of an upload session.
-    fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError>;
+    fn upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<(String, u64)>>;
 
     /// Ends an upload session; false if there was none.
-    fn remove_upload(&self, id: &str) -> Result<bool, StorageError>;
+    fn remove_upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool>;
 
     /// All upload sessions: (id, repository, started at), for expiry.
-    fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError>;
+    fn uploads(&self) -> MetaFuture<'_, Vec<(String, String, u64)>>;
 
     /// One garbage-collection pass, atomic:
     /// 1. untagged manifests created before `cutoff` (unix seconds) are removed, unless
@@ -218,5 +283,5 @@ pub trait MetadataStore: Send + Sync {
     /// 4. repositories with no manifest and no link left are forgotten.
     ///
     /// With `dry_run` nothing changes and the report says what would go.
-    fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError>;
+    fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport>;
 }

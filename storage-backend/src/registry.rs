@@ -14,7 +14,10 @@ use axum::body::Body;
 use crate::blobstore::{BlobReader, BlobStore, FsBlobStore, body_stream};
 use crate::error::StorageError;
 use crate::manifest;
-use crate::meta::{Deleted, GcReport, ManifestRecord, MetadataStore, Page, RedbMeta, now_secs};
+use crate::meta::{
+    Deleted, GcReport, ManifestRecord, MetadataLocation, MetadataStore, Page, PgMeta, RedbMeta,
+    now_secs,
+};
 use crate::names::{Digest, Reference, is_valid_tag};
 
 /// Configuration of the storage service.
@@ -28,6 +31,8 @@ pub struct StorageConfig {
     pub gc_interval: Option<Duration>,
     /// Unreferenced content younger than this is never collected.
     pub gc_grace: Duration,
+    /// Where the metadata lives (`--metadata`); blobs stay in `data_dir`.
+    pub metadata: MetadataLocation,
 }
 
 impl StorageConfig {
@@ -39,6 +44,7 @@ impl StorageConfig {
             upload_expiry: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(3600),
+            metadata: MetadataLocation::Local,
         }
     }
 }
@@ -64,6 +70,21 @@ impl Stores {
         Ok(Stores {
             blobs: Arc::new(FsBlobStore::open(data_dir)?),
             meta: Arc::new(RedbMeta::open(&meta_path)?),
+        })
+    }
+
+    /// The stores `config` names: blobs in its data directory, metadata there
+    /// ([`Stores::open`]) or in PostgreSQL (connected, migrated).
+    pub async fn connect(config: &StorageConfig) -> Result<Stores, StorageError> {
+        let url = match &config.metadata {
+            MetadataLocation::Local => return Stores::open(&config.data_dir),
+            MetadataLocation::Postgres(url) => url,
+        };
+        let dir = &config.data_dir;
+        crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        Ok(Stores {
+            blobs: Arc::new(FsBlobStore::open(dir)?),
+            meta: Arc::new(PgMeta::connect(url).await?),
         })
     }
 }
@@ -114,9 +135,36 @@ pub struct PutManifest {
 }
 
 impl Registry {
-    /// Opens the data directory (creating it) with the default [`Stores`], synchronously.
+    /// Opens the stores `config` names ([`Stores::connect`]), synchronously: callable
+    /// inside a runtime or outside any.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
-        let stores = Stores::open(&config.data_dir)?;
+        let stores = match &config.metadata {
+            MetadataLocation::Local => Stores::open(&config.data_dir)?,
+            // On a thread and runtime of their own; the store's pool connects later, on
+            // the runtime that first uses it, so nothing is tied to this one.
+            MetadataLocation::Postgres(url) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| StorageError::io("tokio runtime", e))?
+                        .block_on(Stores::connect(&config))
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(StorageError::MetaConnect {
+                        url: crate::meta::redact(url),
+                        cause: "the connecting thread panicked".into(),
+                    })
+                })
+            })?,
+        };
+        Ok(Registry::with_stores(config, stores))
+    }
+
+    /// Opens the stores `config` names ([`Stores::connect`]).
+    pub async fn connect(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
+        let stores = Stores::connect(&config).await?;
         Ok(Registry::with_stores(config, stores))
     }
 
@@ -133,16 +181,6 @@ impl Registry {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
-    }
-
-    /// Runs a blocking metadata operation off the async workers.
-    async fn meta<T, F>(&self, f: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn MetadataStore) -> Result<T, StorageError> + Send + 'static,
-    {
-        let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&*meta)).await?
     }
 
     fn blob_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
@@ -206,17 +244,17 @@ impl Registry {
             name: repo.to_owned(),
             digest: digest.clone(),
         };
-        let (r, d) = (repo.to_owned(), digest.clone());
         let linked = self
-            .meta(move |m| m.linked_blob_size(&r, &d))
+            .meta
+            .linked_blob_size(repo, digest)
             .await?
             .ok_or_else(unknown)?;
         let half_grace = self.config.gc_grace.as_secs() / 2;
-        if refresh && linked.linked_at.saturating_add(half_grace) <= now_secs() {
-            let (r, d) = (repo.to_owned(), digest.clone());
-            if !self.meta(move |m| m.touch_link(&r, &d)).await? {
-                return Err(unknown());
-            }
+        if refresh
+            && linked.linked_at.saturating_add(half_grace) <= now_secs()
+            && !self.meta.touch_link(repo, digest).await?
+        {
+            return Err(unknown());
         }
         Ok(linked.size)
     }
@@ -232,8 +270,7 @@ impl Registry {
 
     /// Unlinks a blob from `repo`; GC removes the bytes later.
     pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
-        let (r, d) = (repo.to_owned(), digest.clone());
-        if self.meta(move |m| m.unlink_blob(&r, &d)).await? {
+        if self.meta.unlink_blob(repo, digest).await? {
             Ok(())
         } else {
             Err(StorageError::BlobUnknown {
@@ -248,14 +285,12 @@ impl Registry {
     pub async fn start_upload(&self, repo: &str) -> Result<String, StorageError> {
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.create_upload(&id).await?;
-        let (i, r) = (id.clone(), repo.to_owned());
-        self.meta(move |m| m.create_upload(&i, &r)).await?;
+        self.meta.create_upload(&id, repo).await?;
         Ok(id)
     }
 
     async fn check_session(&self, repo: &str, id: &str) -> Result<(), StorageError> {
-        let i = id.to_owned();
-        match self.meta(move |m| m.upload(&i)).await? {
+        match self.meta.upload(id).await? {
             Some((r, _)) if r == repo => Ok(()),
             _ => Err(StorageError::UploadUnknown(id.to_owned())),
         }
@@ -296,15 +331,12 @@ impl Registry {
             .await;
         let (size, _placed) = match committed {
             Err(e @ StorageError::DigestMismatch { .. }) => {
-                let i = id.to_owned();
-                self.meta(move |m| m.remove_upload(&i)).await?;
+                self.meta.remove_upload(id).await?;
                 return Err(e);
             }
             r => r?,
         };
-        let (r, d, i) = (repo.to_owned(), expected.clone(), id.to_owned());
-        self.meta(move |m| m.commit_blob(&r, &d, size, Some(&i)))
-            .await
+        self.meta.commit_blob(repo, expected, size, Some(id)).await
     }
 
     /// Stores `body` as blob `digest` of `repo` in one step (a monolithic upload):
@@ -319,14 +351,12 @@ impl Registry {
             .blobs
             .put(digest, body_stream(body), self.blob_lock(digest))
             .await?;
-        let (r, d) = (repo.to_owned(), digest.clone());
-        self.meta(move |m| m.commit_blob(&r, &d, size, None)).await
+        self.meta.commit_blob(repo, digest, size, None).await
     }
 
     pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), StorageError> {
         self.check_session(repo, id).await?;
-        let i = id.to_owned();
-        self.meta(move |m| m.remove_upload(&i)).await?;
+        self.meta.remove_upload(id).await?;
         self.blobs.cancel_upload(id).await
     }
 
@@ -337,15 +367,13 @@ impl Registry {
         from: &str,
         digest: &Digest,
     ) -> Result<bool, StorageError> {
-        let (r, f, d) = (repo.to_owned(), from.to_owned(), digest.clone());
-        Ok(self.meta(move |m| m.mount(&r, &f, &d)).await?.is_some())
+        Ok(self.meta.mount(repo, from, digest).await?.is_some())
     }
 
     /// Links `digest` into `repo` from whichever repository has it (a mount without
     /// `from`); false if none has.
     pub async fn mount_any(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let (r, d) = (repo.to_owned(), digest.clone());
-        Ok(self.meta(move |m| m.mount_any(&r, &d)).await?.is_some())
+        Ok(self.meta.mount_any(repo, digest).await?.is_some())
     }
 
     /// Up to `limit` repositories `digest` is linked into, in name order.
@@ -354,8 +382,7 @@ impl Registry {
         digest: &Digest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let d = digest.clone();
-        self.meta(move |m| m.blob_repositories(&d, limit)).await
+        self.meta.blob_repositories(digest, limit).await
     }
 
     /// Removes sessions idle for longer than the expiry, and session bytes without a
@@ -364,7 +391,7 @@ impl Registry {
         let cutoff = SystemTime::now()
             .checked_sub(self.config.upload_expiry)
             .unwrap_or(UNIX_EPOCH);
-        let sessions = self.meta(|m| m.uploads()).await?;
+        let sessions = self.meta.uploads().await?;
         let mut files: HashMap<String, _> = self
             .blobs
             .uploads()
@@ -380,8 +407,7 @@ impl Registry {
                 .map_or(UNIX_EPOCH, |f| f.modified)
                 .max(UNIX_EPOCH + Duration::from_secs(started));
             if touched < cutoff && !file.is_some_and(|f| f.busy) {
-                let i = id.clone();
-                self.meta(move |m| m.remove_upload(&i)).await?;
+                self.meta.remove_upload(&id).await?;
                 self.blobs.cancel_upload(&id).await?;
                 expired += 1;
             }
@@ -423,8 +449,8 @@ impl Registry {
         }
         let parsed = manifest::parse(&bytes, content_type)?;
         let subject = parsed.subject.clone();
-        let (r, d, t) = (repo.to_owned(), digest.clone(), tags.clone());
-        self.meta(move |m| m.put_manifest(&r, &d, &bytes, &parsed, &t))
+        self.meta
+            .put_manifest(repo, &digest, &bytes, &parsed, &tags)
             .await?;
         Ok(PutManifest {
             digest,
@@ -439,23 +465,24 @@ impl Registry {
         reference: &Reference,
         with_bytes: bool,
     ) -> Result<StoredManifest, StorageError> {
-        let (r, rf) = (repo.to_owned(), reference.clone());
-        let found = self
-            .meta(move |m| {
-                let Some(digest) = m.resolve(&r, &rf)? else {
-                    return Ok(None);
-                };
-                Ok(m.manifest(&r, &digest, with_bytes)?
-                    .map(|(record, bytes)| StoredManifest {
-                        digest,
-                        record,
-                        bytes,
-                    }))
-            })
-            .await?;
-        found.ok_or_else(|| StorageError::ManifestUnknown {
+        let unknown = || StorageError::ManifestUnknown {
             name: repo.to_owned(),
             reference: reference.to_string(),
+        };
+        let digest = self
+            .meta
+            .resolve(repo, reference)
+            .await?
+            .ok_or_else(unknown)?;
+        let (record, bytes) = self
+            .meta
+            .manifest(repo, &digest, with_bytes)
+            .await?
+            .ok_or_else(unknown)?;
+        Ok(StoredManifest {
+            digest,
+            record,
+            bytes,
         })
     }
 
@@ -465,13 +492,10 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<(), StorageError> {
-        let (r, rf) = (repo.to_owned(), reference.clone());
-        let removed = self
-            .meta(move |m| match &rf {
-                Reference::Tag(t) => m.delete_tag(&r, t),
-                Reference::Digest(d) => m.delete_manifest(&r, d),
-            })
-            .await?;
+        let removed = match reference {
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+        };
         if removed {
             Ok(())
         } else {
@@ -490,8 +514,8 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<Deleted, StorageError> {
-        let (r, rf) = (repo.to_owned(), reference.clone());
-        self.meta(move |m| m.delete_image(&r, &rf))
+        self.meta
+            .delete_image(repo, reference)
             .await?
             .ok_or_else(|| StorageError::ManifestUnknown {
                 name: repo.to_owned(),
@@ -502,8 +526,8 @@ impl Registry {
     /// Deletes a whole repository atomically: every manifest, tag, referrer row and
     /// blob link, and its catalog entry. Blob bytes are left to GC.
     pub async fn delete_repository(&self, repo: &str) -> Result<Deleted, StorageError> {
-        let r = repo.to_owned();
-        self.meta(move |m| m.delete_repository(&r))
+        self.meta
+            .delete_repository(repo)
             .await?
             .ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
     }
@@ -516,8 +540,8 @@ impl Registry {
         last: Option<String>,
         n: Option<usize>,
     ) -> Result<Page, StorageError> {
-        let r = repo.to_owned();
-        self.meta(move |m| m.tags(&r, last.as_deref(), n))
+        self.meta
+            .tags(repo, last.as_deref(), n)
             .await?
             .ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
     }
@@ -527,7 +551,7 @@ impl Registry {
         last: Option<String>,
         n: Option<usize>,
     ) -> Result<Page, StorageError> {
-        self.meta(move |m| m.catalog(last.as_deref(), n)).await
+        self.meta.catalog(last.as_deref(), n).await
     }
 
     pub async fn referrers(
@@ -536,12 +560,7 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
-        let (r, s, t) = (
-            repo.to_owned(),
-            subject.clone(),
-            artifact_type.map(str::to_owned),
-        );
-        self.meta(move |m| m.referrers(&r, &s, t.as_deref())).await
+        self.meta.referrers(repo, subject, artifact_type).await
     }
 
     // ---- garbage collection ----
@@ -588,12 +607,11 @@ impl Registry {
 
     async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
         let cutoff = now_secs().saturating_sub(grace.as_secs());
-        let report = self.meta(move |m| m.gc(cutoff, dry_run)).await?;
+        let report = self.meta.gc(cutoff, dry_run).await?;
         if !dry_run {
             for d in &report.blobs {
                 let _guard = self.blob_lock(d).lock().await;
-                let dd = d.clone();
-                if !self.meta(move |m| m.blob_known(&dd)).await? {
+                if !self.meta.blob_known(d).await? {
                     self.blobs.delete(d).await?;
                 }
             }
@@ -605,8 +623,7 @@ impl Registry {
             // Under the blob lock, an upload cannot be between "file placed"
             // and "metadata committed" for this digest.
             let _guard = self.blob_lock(&d).lock().await;
-            let dd = d.clone();
-            if self.meta(move |m| m.blob_known(&dd)).await? {
+            if self.meta.blob_known(&d).await? {
                 continue;
             }
             report.orphan_files += 1;

@@ -4,7 +4,8 @@
 //! manifests become untagged) while the background GC runs every second with a
 //! 2 s grace period. No push may fail with MANIFEST_BLOB_UNKNOWN, every tagged
 //! manifest's blobs must be intact at the end, and GC must have deleted the
-//! untagged manifests and their orphaned blobs — so the test fails both ways.
+//! untagged manifests and their orphaned blobs — so the test fails both ways. The race
+//! runs with the metadata in redb and in PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -179,14 +180,44 @@ fn pusher(
 
 #[test]
 fn background_gc_races_pushes_without_losing_referenced_blobs() {
+    race_gc_against_pushes(&[]);
+}
+
+/// The same race with the metadata in PostgreSQL, where GC and the pushes are separate
+/// database transactions; then an online dry run from a second process beside the server.
+#[test]
+fn background_gc_races_pushes_with_metadata_in_postgres() {
+    let url = portcullis_test_support::postgres::Postgres::shared().database();
+    let server = race_gc_against_pushes(&["--metadata", &url]);
+    let out = gc(
+        &server.data_dir,
+        &["--metadata", &url, "--grace-seconds", "0", "--dry-run"],
+    );
+    let report = assert_gc_ok(&out);
+    assert!(report.starts_with("gc: would remove "), "{report}");
+    for repo in REPOS {
+        let problems = check_repo(&client(), &server.url, repo);
+        assert!(
+            problems.is_empty(),
+            "a dry run changed something:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+/// Pushes against background GC with `metadata` (the `--metadata` arguments, if any);
+/// returns the server, still running.
+fn race_gc_against_pushes(metadata: &[&str]) -> Server {
     let grace = GRACE.as_secs().to_string();
     let interval = INTERVAL.as_secs().to_string();
-    let server = Server::start(&[
+    let mut args = vec![
         "--gc-interval-seconds",
         &interval,
         "--gc-grace-seconds",
         &grace,
-    ]);
+    ];
+    args.extend_from_slice(metadata);
+    let server = Server::start(&args);
     let mut rng = Prng::from_time();
     // More pool blobs than the tagged manifests can reference at once, so some
     // are always orphaned, collected, and uploaded again.
@@ -288,6 +319,7 @@ fn background_gc_races_pushes_without_losing_referenced_blobs() {
             problems.join("\n")
         );
     }
+    server
 }
 
 /// Every manifest in `garbage` answers 404 MANIFEST_UNKNOWN, its own blobs 404

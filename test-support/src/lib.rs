@@ -10,6 +10,7 @@
 //! - [`oci`]: distribution-API client calls and manifest builders; [`image`]: test images
 //!   (pseudo-random content, tar layers, indexes, OCI image layouts, consistency checks);
 //!   [`content`]: the small one-layer image the gateway tests push.
+//! - [`postgres`]: a PostgreSQL 15 server (one per test binary), a database per test.
 //!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
@@ -18,6 +19,7 @@ pub mod docker;
 pub mod gateway;
 pub mod image;
 pub mod oci;
+pub mod postgres;
 pub mod registry;
 pub mod store;
 pub mod trust;

@@ -3,7 +3,9 @@
 //! manifest references, referrers, upload sessions, blob sizes and GC timestamps.
 //! Every operation is one transaction, so each change is atomic.
 //!
-//! All calls are blocking; async callers go through `spawn_blocking`.
+//! The operations are written blocking (`impl RedbMeta`); the [`MetadataStore`] impl runs
+//! reads inline (a redb read transaction never waits for a writer) and writes, which
+//! fsync on commit, on the blocking pool.
 //! Manifest PUT and GC are both write transactions, which redb serialises:
 //! GC's "still unreferenced?" re-check can never interleave with a PUT's
 //! reference check.
@@ -15,11 +17,13 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetadataStore, Page, now_secs,
+    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaFuture, MetadataStore,
+    Page, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
@@ -45,9 +49,10 @@ const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new(
 /// upload id → (repo, started at)
 const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("uploads");
 
-/// The default [`MetadataStore`]: one redb database file.
+/// The default [`MetadataStore`]: one redb database file. Clones share it.
+#[derive(Clone)]
 pub struct RedbMeta {
-    db: Database,
+    db: Arc<Database>,
 }
 
 fn decode(bytes: &[u8]) -> Result<ManifestRecord, StorageError> {
@@ -103,7 +108,7 @@ impl RedbMeta {
         tx.open_table(REFERRERS)?;
         tx.open_table(UPLOADS)?;
         tx.commit()?;
-        Ok(RedbMeta { db })
+        Ok(RedbMeta { db: Arc::new(db) })
     }
 
     fn link(
@@ -186,7 +191,8 @@ impl RedbMeta {
     }
 }
 
-impl MetadataStore for RedbMeta {
+/// The operations, blocking; see [`MetadataStore`] for what each does.
+impl RedbMeta {
     fn linked_blob_size(
         &self,
         repo: &str,
@@ -309,16 +315,7 @@ impl MetadataStore for RedbMeta {
         {
             check_declared(&tx, repo, parsed)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
-            let record = ManifestRecord {
-                media_type: parsed.media_type.clone(),
-                size: bytes.len() as u64,
-                created_at: now,
-                blobs: parsed.blobs.iter().map(|d| d.to_string()).collect(),
-                children: parsed.children.iter().map(|d| d.to_string()).collect(),
-                subject: parsed.subject.as_ref().map(|d| d.to_string()),
-                artifact_type: parsed.artifact_type.clone(),
-                annotations: parsed.annotations.clone(),
-            };
+            let record = ManifestRecord::new(parsed, bytes.len() as u64, now);
             let encoded =
                 serde_json::to_vec(&record).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             manifests.insert((repo, digest.as_str()), encoded.as_slice())?;
@@ -390,6 +387,12 @@ impl MetadataStore for RedbMeta {
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         tx.commit()?;
         Ok(removed)
+    }
+
+    fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+        Ok(self
+            .delete_image(repo, &Reference::Digest(digest.clone()))?
+            .is_some())
     }
 
     fn delete_image(
@@ -689,6 +692,179 @@ impl MetadataStore for RedbMeta {
             tx.commit()?;
         }
         Ok(report)
+    }
+}
+
+impl RedbMeta {
+    /// Runs a write transaction on the blocking pool (its commit fsyncs).
+    fn write<'a, T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&RedbMeta) -> Result<T, StorageError> + Send + 'static,
+    ) -> MetaFuture<'a, T> {
+        let this = self.clone();
+        Box::pin(async move { tokio::task::spawn_blocking(move || f(&this)).await? })
+    }
+}
+
+/// Reads inline, writes on the blocking pool (see the module docs).
+impl MetadataStore for RedbMeta {
+    fn linked_blob_size<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> MetaFuture<'a, Option<LinkedBlob>> {
+        Box::pin(async move { RedbMeta::linked_blob_size(self, repo, digest) })
+    }
+
+    fn touch_link<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool> {
+        let (repo, digest) = (repo.to_owned(), digest.clone());
+        self.write(move |m| m.touch_link(&repo, &digest))
+    }
+
+    fn blob_known<'a>(&'a self, digest: &'a Digest) -> MetaFuture<'a, bool> {
+        Box::pin(async move { RedbMeta::blob_known(self, digest) })
+    }
+
+    fn commit_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        size: u64,
+        upload: Option<&'a str>,
+    ) -> MetaFuture<'a, ()> {
+        let (repo, digest, upload) = (repo.to_owned(), digest.clone(), upload.map(str::to_owned));
+        self.write(move |m| m.commit_blob(&repo, &digest, size, upload.as_deref()))
+    }
+
+    fn mount<'a>(
+        &'a self,
+        repo: &'a str,
+        from: &'a str,
+        digest: &'a Digest,
+    ) -> MetaFuture<'a, Option<u64>> {
+        let (repo, from, digest) = (repo.to_owned(), from.to_owned(), digest.clone());
+        self.write(move |m| m.mount(&repo, &from, &digest))
+    }
+
+    fn blob_repositories<'a>(
+        &'a self,
+        digest: &'a Digest,
+        limit: usize,
+    ) -> MetaFuture<'a, Vec<String>> {
+        Box::pin(async move { RedbMeta::blob_repositories(self, digest, limit) })
+    }
+
+    fn mount_any<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, Option<u64>> {
+        let (repo, digest) = (repo.to_owned(), digest.clone());
+        self.write(move |m| m.mount_any(&repo, &digest))
+    }
+
+    fn unlink_blob<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool> {
+        let (repo, digest) = (repo.to_owned(), digest.clone());
+        self.write(move |m| m.unlink_blob(&repo, &digest))
+    }
+
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        bytes: &'a [u8],
+        parsed: &'a ParsedManifest,
+        tags: &'a [String],
+    ) -> MetaFuture<'a, ()> {
+        let (repo, digest, bytes, parsed, tags) = (
+            repo.to_owned(),
+            digest.clone(),
+            bytes.to_vec(),
+            parsed.clone(),
+            tags.to_vec(),
+        );
+        self.write(move |m| m.put_manifest(&repo, &digest, &bytes, &parsed, &tags))
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a Reference,
+    ) -> MetaFuture<'a, Option<Digest>> {
+        Box::pin(async move { RedbMeta::resolve(self, repo, reference) })
+    }
+
+    fn manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        with_bytes: bool,
+    ) -> MetaFuture<'a, Option<ManifestWithBytes>> {
+        Box::pin(async move { RedbMeta::manifest(self, repo, digest, with_bytes) })
+    }
+
+    fn delete_tag<'a>(&'a self, repo: &'a str, tag: &'a str) -> MetaFuture<'a, bool> {
+        let (repo, tag) = (repo.to_owned(), tag.to_owned());
+        self.write(move |m| m.delete_tag(&repo, &tag))
+    }
+
+    fn delete_manifest<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool> {
+        let (repo, digest) = (repo.to_owned(), digest.clone());
+        self.write(move |m| m.delete_manifest(&repo, &digest))
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a Reference,
+    ) -> MetaFuture<'a, Option<Deleted>> {
+        let (repo, reference) = (repo.to_owned(), reference.clone());
+        self.write(move |m| m.delete_image(&repo, &reference))
+    }
+
+    fn delete_repository<'a>(&'a self, repo: &'a str) -> MetaFuture<'a, Option<Deleted>> {
+        let repo = repo.to_owned();
+        self.write(move |m| m.delete_repository(&repo))
+    }
+
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+        last: Option<&'a str>,
+        n: Option<usize>,
+    ) -> MetaFuture<'a, Option<Page>> {
+        Box::pin(async move { RedbMeta::tags(self, repo, last, n) })
+    }
+
+    fn catalog<'a>(&'a self, last: Option<&'a str>, n: Option<usize>) -> MetaFuture<'a, Page> {
+        Box::pin(async move { RedbMeta::catalog(self, last, n) })
+    }
+
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        subject: &'a Digest,
+        artifact_type: Option<&'a str>,
+    ) -> MetaFuture<'a, Vec<(String, ManifestRecord)>> {
+        Box::pin(async move { RedbMeta::referrers(self, repo, subject, artifact_type) })
+    }
+
+    fn create_upload<'a>(&'a self, id: &'a str, repo: &'a str) -> MetaFuture<'a, ()> {
+        let (id, repo) = (id.to_owned(), repo.to_owned());
+        self.write(move |m| m.create_upload(&id, &repo))
+    }
+
+    fn upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<(String, u64)>> {
+        Box::pin(async move { RedbMeta::upload(self, id) })
+    }
+
+    fn remove_upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool> {
+        let id = id.to_owned();
+        self.write(move |m| m.remove_upload(&id))
+    }
+
+    fn uploads(&self) -> MetaFuture<'_, Vec<(String, String, u64)>> {
+        Box::pin(async move { RedbMeta::uploads(self) })
+    }
+
+    fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport> {
+        self.write(move |m| m.gc(cutoff, dry_run))
     }
 }
 

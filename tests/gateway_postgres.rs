@@ -1,0 +1,255 @@
+//! `portcullis serve --metadata postgres://…` against a real PostgreSQL 15 started here:
+//! skopeo pushes and pulls an image through the gateway with the bundled store's metadata
+//! in the database (none in the data directory), kept across a gateway restart; a
+//! PostgreSQL stopped in the middle of a push gives clients 503 `UNAVAILABLE` error JSON
+//! and leaves nothing half-written; a wrong `--metadata` stops `serve` at start with a
+//! message that names the setting.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::content::{self, TestImage, write_oci_layout};
+use common::{ADMIN_PASSWORD, Server};
+use portcullis_test_support::postgres::Postgres;
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, RequestBuilder};
+use serde_json::Value;
+
+fn admin(rb: RequestBuilder) -> RequestBuilder {
+    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
+}
+
+fn skopeo_ok(args: &[&str]) -> String {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One value of `query` in the database at `url`, through psql.
+fn psql(url: &str, query: &str) -> String {
+    let out =
+        Command::new(std::path::Path::new(portcullis_test_support::postgres::PG_BIN).join("psql"))
+            .args(["-At", "-d", url, "-c", query])
+            .output()
+            .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn skopeo_push_and_pull_with_metadata_in_postgres() {
+    let url = Postgres::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let image = TestImage::new("postgres skopeo");
+    let layout = dir.path().join("layout");
+    write_oci_layout(&layout, &[("v1", &image)]);
+    let creds = format!("admin:{ADMIN_PASSWORD}");
+
+    let server = Server::start_with(&data, Some(ADMIN_PASSWORD), &["--metadata", &url]);
+    let target = format!("docker://{}/pg/app:v1", server.host());
+    skopeo_ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        "--preserve-digests",
+        &format!("oci:{}:v1", layout.display()),
+        &target,
+    ]);
+    // The metadata is in the database, not beside the blobs.
+    assert!(!data.join("meta.redb").exists(), "no local metadata");
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT digest FROM tags WHERE repo = 'pg/app' AND tag = 'v1'"
+        ),
+        image.digest()
+    );
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM blob_links WHERE repo = 'pg/app'"
+        ),
+        "2"
+    );
+    server.stop();
+
+    // A restarted gateway finds everything in the database.
+    let server = Server::start_with(&data, Some(ADMIN_PASSWORD), &["--metadata", &url]);
+    let target = format!("docker://{}/pg/app:v1", server.host());
+    let inspected: Value = serde_json::from_str(&skopeo_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &target,
+    ]))
+    .unwrap();
+    assert_eq!(inspected["Digest"], image.digest());
+    let pulled = dir.path().join("pulled");
+    skopeo_ok(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        "--preserve-digests",
+        &target,
+        &format!("oci:{}:v1", pulled.display()),
+    ]);
+    let hex = |d: &[u8]| content::digest(d).trim_start_matches("sha256:").to_owned();
+    for blob in [&image.config, &image.layer, &image.manifest] {
+        let path = pulled.join("blobs/sha256").join(hex(blob));
+        assert_eq!(&std::fs::read(&path).unwrap(), blob, "{}", path.display());
+    }
+}
+
+/// The error JSON of a refused request: (status, first error code).
+fn refused(resp: reqwest::blocking::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: Value = resp.json().expect("error JSON");
+    (
+        status,
+        body["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[test]
+fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
+    // A server of its own: this test stops it.
+    let pg = Postgres::start();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        Some(ADMIN_PASSWORD),
+        &["--metadata", &url],
+    );
+    let http = Client::new();
+    let base = server.base.clone();
+    let image = TestImage::new("postgres outage");
+    for blob in [&image.config, &image.layer] {
+        let resp = content::upload(&http, &base, "pg/outage", blob, &admin);
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+
+    pg.stop();
+    // The manifest PUT that would finish the push, a new upload, a pull: each a clear
+    // 503 with OCI error JSON, never a 500 or a hang.
+    let put = image.put_manifest(&http, &base, "pg/outage", "v1", &admin);
+    assert_eq!(
+        refused(put),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
+    );
+    let post = admin(http.post(format!("{base}/v2/pg/outage/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        refused(post),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
+    );
+    let get = admin(http.get(format!("{base}/v2/pg/outage/manifests/v1")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        refused(get),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
+    );
+
+    pg.restart();
+    // Nothing of the failed PUT is visible; the blobs committed before the outage are.
+    let get = admin(http.get(format!("{base}/v2/pg/outage/manifests/v1")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        refused(get),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
+    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM manifests"), "0");
+    let tags: Value = admin(http.get(format!("{base}/v2/pg/outage/tags/list")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(tags["tags"], Value::Array(vec![]), "{tags}");
+    // The client's retry completes the push on the same gateway (the pool reconnects).
+    let put = image.put_manifest(&http, &base, "pg/outage", "v1", &admin);
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let got = admin(http.get(format!("{base}/v2/pg/outage/manifests/v1")))
+        .header("accept", content::OCI_MANIFEST)
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().unwrap().as_ref(), image.manifest.as_slice());
+}
+
+fn serve_fails(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out: Output = Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(args)
+        .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_wrong_metadata_setting_stops_serve_at_start_and_is_named() {
+    let err = serve_fails(&["--metadata", "mysql://app:secret@127.0.0.1/reg"]);
+    assert!(
+        err.contains("--metadata") && err.contains("mysql://app:***@127.0.0.1/reg"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "the password is not shown: {err}");
+
+    // Nothing listens on the port: the connection test fails before serving.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://app:secret@127.0.0.1:{port}/reg");
+    let err = serve_fails(&["--metadata", &url]);
+    assert!(
+        err.contains("--metadata")
+            && err.contains(&format!("postgres://app:***@127.0.0.1:{port}/reg")),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "the password is not shown: {err}");
+
+    // A database whose schema is newer than this binary is refused, named.
+    let url = Postgres::shared().database();
+    psql(
+        &url,
+        "CREATE TABLE portcullis_schema (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO portcullis_schema (version) VALUES (999)",
+    );
+    let err = serve_fails(&["--metadata", &url]);
+    assert!(err.contains("schema version 999 is newer"), "{err}");
+}
