@@ -57,6 +57,7 @@ pub fn admin_router(gw: &Gateway) -> Router {
         engine: Arc::clone(&gw.engine),
         trust: Arc::clone(&gw.trust),
         audit: gw.audit.clone(),
+        throttle: Arc::clone(gw.authn.throttle()),
     })
 }
 

@@ -19,6 +19,9 @@
 //! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
 //! - [`forwarded`]: the client behind trusted proxies (`X-Forwarded-For`, `Forwarded`).
+//! - [`throttle`]: failed-login throttling of Basic credentials.
+//! - [`connections`]: connection-level abuse limits (head deadline, keep-alive idle
+//!   timeout, per-address and descriptor caps) on every listener.
 //! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
 
 pub mod access;
@@ -27,6 +30,7 @@ pub mod backend;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod direct;
 pub mod errors;
@@ -38,6 +42,7 @@ pub mod proxy;
 pub mod repository_api;
 pub mod server;
 pub mod signed;
+pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod trust_api;
@@ -106,6 +111,10 @@ pub struct GatewayOptions {
     pub audit: Audit,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
     pub trust_key_passphrase: PassphraseSource,
+    /// Failed-login throttling.
+    pub login_throttle: config::LoginThrottle,
+    /// Upload sessions one principal may have open at once.
+    pub max_upload_sessions: usize,
 }
 
 /// An opened gateway and what the server must still start or show.
@@ -206,7 +215,11 @@ impl Gateway {
                 Arc::clone(&store),
                 Arc::clone(&admin),
                 Arc::clone(&issuer),
-            ),
+            )
+            .with_throttle(Arc::new(throttle::Throttle::new(
+                options.login_throttle,
+                options.audit.clone(),
+            ))),
             store,
             engine,
             admin,
@@ -253,6 +266,8 @@ pub(crate) mod testing {
             storage: Default::default(),
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
+            login_throttle: Default::default(),
+            max_upload_sessions: config::DEFAULT_MAX_UPLOAD_SESSIONS,
         }
     }
 

@@ -166,6 +166,9 @@ impl Proxy {
         if let Some(challenge) = response.www_authenticate {
             header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
         }
+        if let Some(seconds) = response.retry_after {
+            header.insert_header(header::RETRY_AFTER, seconds)?;
+        }
         // An unread request body (a refused blob upload) is not worth draining.
         if ctx.has_body {
             session.set_keepalive(None);
@@ -192,11 +195,18 @@ impl Proxy {
         );
     }
 
-    fn authenticate(&self, session: &ServerSession) -> Result<Authenticated, GatewayError> {
+    fn authenticate(
+        &self,
+        session: &ServerSession,
+        ctx: &RequestCtx,
+    ) -> Result<Authenticated, GatewayError> {
         let result = self
             .gw
             .authn
-            .authenticate(session.req_header().headers.get(header::AUTHORIZATION));
+            .authenticate(
+                session.req_header().headers.get(header::AUTHORIZATION),
+                ctx.origin.client,
+            );
         let label = match &result {
             Ok(Authenticated {
                 principal: Principal::Anonymous,
@@ -232,7 +242,7 @@ impl Proxy {
             );
             return self.refuse(session, ctx, &e).await;
         }
-        let who = match self.authenticate(session) {
+        let who = match self.authenticate(session, ctx) {
             Ok(who) => who,
             Err(e) => {
                 let e = e.with_scope(|| access::request_scopes(req));
@@ -290,7 +300,7 @@ impl Proxy {
 
     /// `/v2/`: anonymous → 401 challenge, authenticated → `{}`.
     async fn base(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.authenticate(session) {
+        match self.authenticate(session, ctx) {
             Ok(Authenticated {
                 principal: Principal::Anonymous,
                 ..

@@ -195,7 +195,9 @@ async fn delete_target(
             });
         }
     };
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION));
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip);
     let decided = who.as_ref().map_err(Clone::clone).and_then(|who| {
         access::authorize_checks(gw, who, &[access::delete_check(&req)], meta.source_ip)
     });
@@ -233,7 +235,7 @@ fn authorize(
     }];
     let who = gw
         .authn
-        .authenticate(headers.get(header::AUTHORIZATION))
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip)
         .map_err(|e| e.with_scope(|| access::challenge_scopes(&checks)));
     let decided = who
         .as_ref()
