@@ -144,6 +144,12 @@ async fn patch(
     body: &[u8],
 ) -> Result<RepositoryAttributes, GatewayError> {
     authorize(gw, meta, request, headers, name, Action::MetadataWrite)?;
+    if portcullis_oci::json::nested_deeper_than(body, portcullis_oci::json::MAX_DEPTH) {
+        return Err(GatewayError::BadRequest(format!(
+            "invalid repository attributes for `{name}`: JSON nested deeper than {} levels",
+            portcullis_oci::json::MAX_DEPTH
+        )));
+    }
     let changes: AttributesPatch = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!("invalid repository attributes for `{name}`: {e}"))
     })?;
