@@ -19,7 +19,8 @@
 //! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
 //! - [`forwarded`]: the client behind trusted proxies (`X-Forwarded-For`, `Forwarded`).
-//! - [`throttle`]: failed-login throttling of Basic credentials.
+//! - [`throttle`]: failed-login throttling of Basic credentials; [`uploads`]: the cap on
+//!   a principal's open upload sessions.
 //! - [`connections`]: connection-level abuse limits (head deadline, keep-alive idle
 //!   timeout, per-address and descriptor caps) on every listener.
 //! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
@@ -46,6 +47,7 @@ pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod trust_api;
+pub mod uploads;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -77,6 +79,8 @@ pub struct Gateway {
     /// The `service` named in challenges and expected in token requests.
     pub service: String,
     pub audit: Audit,
+    /// Open blob upload sessions per principal, and their cap.
+    pub uploads: uploads::UploadSessions,
 }
 
 /// Per-request facts handlers need beyond the HTTP request; the proxy inserts it as
@@ -229,6 +233,10 @@ impl Gateway {
             trust,
             service: options.service.clone(),
             audit: options.audit.clone(),
+            uploads: uploads::UploadSessions::new(
+                options.max_upload_sessions,
+                options.storage.upload_expiry,
+            ),
         };
         Ok(Opened {
             gateway: Arc::new(gateway),

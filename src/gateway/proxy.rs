@@ -39,6 +39,7 @@ use super::forwarded::{Origin, TrustedProxies};
 use super::in_process;
 use super::metrics::{self, BackendError};
 use super::{Gateway, RequestMeta, access};
+use crate::audit::Actor;
 use crate::identity::Principal;
 
 /// Largest request body the control app accepts (token forms, admin JSON).
@@ -251,6 +252,14 @@ impl Proxy {
             }
         };
         ctx.principal = Some(who.principal.clone());
+        if matches!(req.kind, RequestKind::UploadStart { .. })
+            && let Err(e) = self
+                .gw
+                .uploads
+                .admit(&Actor::principal(Some(&who.principal)))
+        {
+            return self.refuse(session, ctx, &e).await;
+        }
         // The challenge (realm from the Host header) is built only if the request is refused.
         let source_ip = ctx.origin.client;
         let query = session.req_header().uri.query().map(str::to_owned);
@@ -501,6 +510,23 @@ impl Proxy {
             (bytes_in, bytes_out),
         );
         self.gw.metrics.observe_protocol(protocol);
+        let upload = match ctx.route {
+            "upload_start" => Some(true),
+            "upload" => Some(false),
+            _ => None,
+        };
+        if let (Some(start), Some(response)) = (upload, session.response_written()) {
+            self.gw.uploads.observe(
+                &Actor::principal(ctx.principal.as_ref()),
+                start,
+                (&head.method, head.uri.path()),
+                response.status,
+                response
+                    .headers
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok()),
+            );
+        }
         let principal = match &ctx.principal {
             Some(Principal::Admin) => "admin",
             Some(Principal::Token { name, .. }) => name.as_str(),
