@@ -48,6 +48,9 @@ mod tests {
         assert!(!nested_deeper_than(br#"{"a":"[[[[[[\"[[[["}"#, 1));
         let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
         assert!(nested_deeper_than(deep.as_bytes(), MAX_DEPTH));
-        assert!(!nested_deeper_than(&deep.as_bytes()[1..deep.len() - 1], MAX_DEPTH));
+        assert!(!nested_deeper_than(
+            &deep.as_bytes()[1..deep.len() - 1],
+            MAX_DEPTH
+        ));
     }
 }

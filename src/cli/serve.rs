@@ -115,10 +115,18 @@ pub struct ServeArgs {
     )]
     pub trust_key_passphrase: Option<String>,
     /// A request head must be complete this many seconds after its first byte [default: 20].
-    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_HEADER_TIMEOUT_SECONDS")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_HEADER_TIMEOUT_SECONDS"
+    )]
     pub header_timeout_seconds: Option<u64>,
     /// Connections idle between requests this long are closed [default: 60].
-    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_KEEPALIVE_TIMEOUT_SECONDS")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_KEEPALIVE_TIMEOUT_SECONDS"
+    )]
     pub keepalive_timeout_seconds: Option<u64>,
     /// Longest a request-body read or response write may wait for the client [default: 60].
     #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_BODY_TIMEOUT_SECONDS")]
@@ -138,7 +146,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_FAILED_LOGINS")]
     pub max_failed_logins: Option<u32>,
     /// The failed-login window [default: 300].
-    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_FAILED_LOGIN_WINDOW_SECONDS")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_FAILED_LOGIN_WINDOW_SECONDS"
+    )]
     pub failed_login_window_seconds: Option<u64>,
     /// Blob upload sessions one principal may have open at once [default: 64].
     #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_UPLOAD_SESSIONS")]

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::errors::GatewayError;
-use super::throttle::Throttle;
 use super::jwt::{AccessEntry, Claims, Issuer, PrincipalKind, Subject, TokenUse};
+use super::throttle::Throttle;
 use crate::identity::basic::decode_basic;
 use crate::identity::scope::ADMIN_USER;
 use crate::identity::{

@@ -120,6 +120,8 @@ struct Conn {
     shed: AtomicBool,
     /// Wakes its reader when shed.
     waker: AtomicWaker,
+    /// Wakes pingora's h2c peek at the start of a connection when shed.
+    shed_notify: tokio::sync::Notify,
     /// Set by [`prepare`]: the next read starts a new request.
     next_request: AtomicBool,
 }
@@ -229,6 +231,7 @@ impl Tracker {
                 Some(victim) => {
                     victim.shed.store(true, Ordering::Release);
                     victim.waker.wake();
+                    victim.shed_notify.notify_one();
                 }
                 None => return Err(Refusal::Full(self.max_connections)),
             }
@@ -239,6 +242,7 @@ impl Tracker {
             idle_since: AtomicU64::new(self.now_ms()),
             shed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            shed_notify: tokio::sync::Notify::new(),
             next_request: AtomicBool::new(false),
         });
         registry.open.insert(id, Arc::clone(&conn));
@@ -254,11 +258,6 @@ impl Tracker {
             },
             conn,
         ))
-    }
-
-    /// Open connections (for tests and metrics).
-    pub fn open(&self) -> usize {
-        self.lock().open.len()
     }
 }
 
@@ -529,7 +528,9 @@ impl Guarded {
                         self.phase = Phase::Closed;
                         Poll::Ready(Ok(()))
                     } else {
-                        self.close("client closed the connection before its request head was complete")
+                        self.close(
+                            "client closed the connection before its request head was complete",
+                        )
                     };
                 }
                 Poll::Ready(Ok(())) => {
@@ -749,19 +750,16 @@ impl GetSocketDigest for Guarded {
 #[async_trait]
 impl Peek for Guarded {
     /// Pingora peeks for the h2c preface before reading anything: bounded by the
-    /// header timeout like the head itself.
+    /// header timeout like the head itself, and ended when the connection is shed.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let timeout = self.limits().header_timeout;
-        match tokio::time::timeout(timeout, self.inner.try_peek(buf)).await {
-            Ok(peeked) => peeked,
-            Err(_) => {
-                tracing::debug!(
-                    reason = "no request within the header timeout",
-                    "closing a client connection"
-                );
-                Err(io::ErrorKind::TimedOut.into())
-            }
-        }
+        let timeout = tokio::time::sleep(self.limits().header_timeout);
+        let why = tokio::select! {
+            peeked = self.inner.try_peek(buf) => return peeked,
+            () = timeout => "request head not complete within the header timeout",
+            () = self.conn.shed_notify.notified() => "idle connection shed at the connection cap",
+        };
+        tracing::debug!(reason = why, "closing a client connection");
+        Err(io::ErrorKind::TimedOut.into())
     }
 }
 

@@ -201,13 +201,10 @@ impl Proxy {
         session: &ServerSession,
         ctx: &RequestCtx,
     ) -> Result<Authenticated, GatewayError> {
-        let result = self
-            .gw
-            .authn
-            .authenticate(
-                session.req_header().headers.get(header::AUTHORIZATION),
-                ctx.origin.client,
-            );
+        let result = self.gw.authn.authenticate(
+            session.req_header().headers.get(header::AUTHORIZATION),
+            ctx.origin.client,
+        );
         let label = match &result {
             Ok(Authenticated {
                 principal: Principal::Anonymous,

@@ -271,14 +271,12 @@ fn add_service(
             app.h2_options = Some(options.h2);
         }
         let app = connections::Prepared::new(app, limits);
-        let mut service =
-            Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
+        let mut service = Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
         listen(&mut service, addr, tls, http2)?;
         server.add_service(service);
     } else {
         let app = Direct::new(proxy, options, limits);
-        let mut service =
-            Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
+        let mut service = Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
         listen(&mut service, addr, tls, http2)?;
         server.add_service(service);
     }

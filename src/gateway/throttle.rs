@@ -10,9 +10,9 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 #[cfg(test)]
 use std::time::Duration;
+use std::time::Instant;
 
 use moka::sync::Cache;
 
@@ -75,7 +75,10 @@ impl Throttle {
             (None, None) => return Ok(()),
             (Some(secs), _) => (
                 secs,
-                format!("too many failed logins for `{}`", super::errors::clip(user, 64)),
+                format!(
+                    "too many failed logins for `{}`",
+                    super::errors::clip(user, 64)
+                ),
             ),
             (None, Some(secs)) => (secs, "too many failed logins from this address".to_owned()),
         };
@@ -146,7 +149,9 @@ mod tests {
         assert!(t.check("ci", a).is_ok());
         t.failed("ci", b);
         // The name has failed twice (from two addresses): throttled from anywhere.
-        let refused = t.check("ci", Some(IpAddr::from([10, 0, 0, 3]))).unwrap_err();
+        let refused = t
+            .check("ci", Some(IpAddr::from([10, 0, 0, 3])))
+            .unwrap_err();
         match refused {
             GatewayError::TooManyRequests { retry_after, .. } => {
                 assert!((1..=60).contains(&retry_after));
