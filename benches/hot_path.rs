@@ -98,7 +98,7 @@ fn credentials(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, issuer, authn, password) = authenticator(dir.path());
     let principal = authn
-        .basic("ci-bot", &password)
+        .basic("ci-bot", &password, None)
         .expect("the password is accepted");
     let subject = authn.subject(&principal).expect("subject");
     let jwt = issuer
@@ -130,7 +130,7 @@ fn credentials(c: &mut Criterion) {
     });
     let bearer = HeaderValue::from_str(&format!("Bearer {jwt}")).expect("header");
     c.bench_function("authenticate/bearer (cached claims)", |b| {
-        b.iter(|| authn.authenticate(Some(black_box(&bearer))))
+        b.iter(|| authn.authenticate(Some(black_box(&bearer)), None))
     });
 
     // What a Basic-cache miss costs: the salted hash of both password slots.
@@ -143,7 +143,7 @@ fn credentials(c: &mut Criterion) {
     ))
     .expect("header");
     c.bench_function("authenticate/basic (cached)", |b| {
-        b.iter(|| authn.authenticate(Some(black_box(&basic))))
+        b.iter(|| authn.authenticate(Some(black_box(&basic)), None))
     });
 }
 

@@ -132,6 +132,8 @@ fn main() {
         storage: Default::default(),
         audit: Audit::default(),
         trust_key_passphrase: PassphraseSource::DataDir,
+        login_throttle: Default::default(),
+        max_upload_sessions: 64,
     })
     .expect("gateway");
     let gw: Arc<Gateway> = opened.gateway;

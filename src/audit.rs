@@ -199,6 +199,13 @@ pub enum Record<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A login refused unchecked: too many failed logins for the name or the address.
+    LoginThrottled {
+        client: Option<IpAddr>,
+        user: &'a str,
+        /// Seconds until it may try again (the `Retry-After` it got).
+        retry_after: u64,
+    },
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub fn route(data: &[u8]) {
 pub fn authorization(data: &[u8]) {
     let (authn, issuer) = authenticator();
     if let Ok(value) = HeaderValue::from_bytes(data) {
-        let _ = authn.authenticate(Some(&value));
+        let _ = authn.authenticate(Some(&value), None);
     }
     let token = String::from_utf8_lossy(data);
     let _ = issuer.verify(&token, TokenUse::Access, now_unix());

@@ -5,10 +5,12 @@
 //!   [`Reference`] (tag or digest) types.
 //! - [`route`]: a `/v2/…` path parsed into the distribution API endpoint it names.
 //! - [`errcode`]: the OCI error-code table and the `{"errors":[…]}` body.
+//! - [`json`]: the nesting-depth limit of JSON documents.
 //!
 //! Pure: no I/O, nothing async.
 
 pub mod errcode;
+pub mod json;
 pub mod names;
 pub mod route;
 

@@ -25,6 +25,7 @@ use http::{Method, header};
 
 use crate::audit::{Actor, Audit, Detail, Record};
 use crate::gateway::RequestMeta;
+use crate::gateway::throttle::Throttle;
 use crate::identity::basic::decode_basic;
 use crate::identity::{AdminAccount, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
@@ -45,6 +46,8 @@ pub struct AdminState {
     /// The gateway the API belongs to, for reports over the repositories it serves
     /// (`None` in tests of the API alone).
     pub gateway: Option<Arc<crate::gateway::Gateway>>,
+    /// Failed-login throttling, shared with the registry's Basic credentials.
+    pub throttle: Arc<Throttle>,
 }
 
 /// Every identity route: method, axum path, handler. The router is built from this
@@ -141,24 +144,46 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn require_admin(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let authorized = request
+    let meta = request.extensions().get::<RequestMeta>().cloned();
+    let client = meta.as_ref().and_then(|m| m.source_ip);
+    let credentials = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| decode_basic(b64.trim()).ok())
-        .is_some_and(|(user, password)| state.admin.verify(&user, &password));
+        .and_then(|b64| decode_basic(b64.trim()).ok());
+    // Throttled attempts are refused unchecked (the throttle audits them).
+    let throttled = credentials
+        .as_ref()
+        .and_then(|(user, _)| state.throttle.check(user, client).err());
+    let authorized = throttled.is_none()
+        && credentials.as_ref().is_some_and(|(user, password)| {
+            let ok = state.admin.verify(user, password);
+            if ok {
+                state.throttle.succeeded(user);
+            } else {
+                state.throttle.failed(user, client);
+            }
+            ok
+        });
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let action = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("other", |matched| action_name(&method, matched.as_str()));
-    let meta = request.extensions().get::<RequestMeta>().cloned();
-    let (principal, mut response) = if authorized {
-        (Some(Principal::Admin), next.run(request).await)
-    } else {
-        (None, AdminError::Unauthorized.into_response())
+    let (principal, mut response) = match (&throttled, authorized) {
+        (Some(refusal), _) => {
+            let challenge = meta.as_ref().map(|m| m.challenge.clone()).unwrap_or(
+                crate::gateway::errors::Challenge {
+                    realm: String::new(),
+                    service: String::new(),
+                },
+            );
+            return refusal.into_axum(&challenge);
+        }
+        (None, true) => (Some(Principal::Admin), next.run(request).await),
+        (None, false) => (None, AdminError::Unauthorized.into_response()),
     };
     // Reads are not actions; a failed login is audited whatever it asked for.
     if !authorized || !matches!(method, Method::GET | Method::HEAD) {
@@ -252,6 +277,7 @@ mod tests {
             trust,
             audit: Audit::default(),
             gateway: None,
+            throttle: Arc::new(Throttle::new(Default::default(), Audit::default())),
         };
         let app = router(state);
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();

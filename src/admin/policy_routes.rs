@@ -56,8 +56,9 @@ pub struct ExplainBody {
 
 async fn explain(
     State(state): State<AdminState>,
-    Json(body): Json<ExplainBody>,
+    body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
+    let body: ExplainBody = super::wire::parse_body(&body)?;
     let snapshot = state.store.snapshot();
     if !snapshot.tokens.contains_key(&body.token) {
         return Err(AdminError::NotFound(format!(

@@ -27,6 +27,12 @@ pub fn rfc3339(t: UnixSeconds) -> String {
 
 /// Parses a JSON body into `T`, mapping failures to a 400 that quotes serde's reason.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    use portcullis_oci::json::{MAX_DEPTH, nested_deeper_than};
+    if nested_deeper_than(body, MAX_DEPTH) {
+        return Err(AdminError::BadRequest(format!(
+            "invalid request body: JSON nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     serde_json::from_slice(body)
         .map_err(|e| AdminError::BadRequest(format!("invalid request body: {e}")))
 }

@@ -123,6 +123,47 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub trust_key_passphrase: Option<String>,
+    /// A request head must be complete this many seconds after its first byte [default: 20].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_HEADER_TIMEOUT_SECONDS"
+    )]
+    pub header_timeout_seconds: Option<u64>,
+    /// Connections idle between requests this long are closed [default: 60].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_KEEPALIVE_TIMEOUT_SECONDS"
+    )]
+    pub keepalive_timeout_seconds: Option<u64>,
+    /// Longest a request-body read or response write may wait for the client [default: 60].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_BODY_TIMEOUT_SECONDS")]
+    pub body_timeout_seconds: Option<u64>,
+    /// Larger request heads are refused with 431 [default: 65536].
+    #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Open connections per client address; trusted proxies are exempt [default: 256].
+    #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+    /// Open connections in all; at the cap the oldest idle one is closed; 0: the
+    /// descriptor limit less 256 [default: 0].
+    #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Failed logins per user name or client address within the window before 429s
+    /// [default: 10].
+    #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_FAILED_LOGINS")]
+    pub max_failed_logins: Option<u32>,
+    /// The failed-login window [default: 300].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_FAILED_LOGIN_WINDOW_SECONDS"
+    )]
+    pub failed_login_window_seconds: Option<u64>,
+    /// Blob upload sessions one principal may have open at once [default: 64].
+    #[arg(long, value_name = "N", env = "PORTCULLIS_MAX_UPLOAD_SESSIONS")]
+    pub max_upload_sessions: Option<usize>,
 }
 
 impl ServeArgs {
@@ -153,6 +194,15 @@ impl ServeArgs {
                 self.trust_key_passphrase_file,
                 self.trust_key_passphrase,
             ),
+            header_timeout_seconds: self.header_timeout_seconds,
+            keepalive_timeout_seconds: self.keepalive_timeout_seconds,
+            body_timeout_seconds: self.body_timeout_seconds,
+            max_header_bytes: self.max_header_bytes,
+            max_connections_per_client: self.max_connections_per_client,
+            max_connections: self.max_connections,
+            max_failed_logins: self.max_failed_logins,
+            failed_login_window_seconds: self.failed_login_window_seconds,
+            max_upload_sessions: self.max_upload_sessions,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! enabled, the same password still in its slot and not expired), so revocation is
 //! immediate even for tokens handed out earlier.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::errors::GatewayError;
 use super::jwt::{AccessEntry, Claims, Issuer, PrincipalKind, Subject, TokenUse};
+use super::throttle::Throttle;
 use crate::identity::basic::decode_basic;
 use crate::identity::scope::ADMIN_USER;
 use crate::identity::{
@@ -80,6 +82,8 @@ pub struct Authenticator {
     basic: Cache<BasicKey, PasswordSlot>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Failed-login throttling of Basic credentials.
+    throttle: Arc<Throttle>,
 }
 
 impl Authenticator {
@@ -109,20 +113,37 @@ impl Authenticator {
                 .build(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            throttle: Arc::new(Throttle::new(Default::default(), Default::default())),
         }
     }
 
-    /// No header → Anonymous. Bad/disabled/expired/deleted → GatewayError::InvalidCredentials.
+    /// This authenticator with `throttle` for failed logins (the default one audits
+    /// nothing).
+    pub fn with_throttle(mut self, throttle: Arc<Throttle>) -> Authenticator {
+        self.throttle = throttle;
+        self
+    }
+
+    /// The failed-login throttle (the admin API's Basic check shares it).
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
+    }
+
+    /// No header → Anonymous. Bad/disabled/expired/deleted → GatewayError::InvalidCredentials;
+    /// Basic credentials of a throttled name or from a throttled `client` →
+    /// GatewayError::TooManyRequests.
     pub fn authenticate(
         &self,
         authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
     ) -> Result<Authenticated, GatewayError> {
-        self.authenticate_at(authorization, now_unix())
+        self.authenticate_at(authorization, client, now_unix())
     }
 
     fn authenticate_at(
         &self,
         authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
         now: UnixSeconds,
     ) -> Result<Authenticated, GatewayError> {
         let Some(value) = authorization else {
@@ -143,7 +164,7 @@ impl Authenticator {
             let (user, password) =
                 decode_basic(credentials).map_err(|e| invalid(&e.to_string()))?;
             Ok(Authenticated {
-                principal: self.basic_at(&user, &password, now)?,
+                principal: self.basic_throttled(&user, &password, client, now)?,
                 bearer_access: None,
             })
         } else if scheme.eq_ignore_ascii_case("bearer") {
@@ -167,10 +188,31 @@ impl Authenticator {
         }
     }
 
-    /// Checks a user name and password: `admin` against the admin account, anything else
-    /// as a token name against that token's password slots.
-    pub fn basic(&self, user: &str, password: &str) -> Result<Principal, GatewayError> {
-        self.basic_at(user, password, now_unix())
+    /// Checks a user name and password from `client`: `admin` against the admin account,
+    /// anything else as a token name against that token's password slots; throttled.
+    pub fn basic(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, GatewayError> {
+        self.basic_throttled(user, password, client, now_unix())
+    }
+
+    fn basic_throttled(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+        now: UnixSeconds,
+    ) -> Result<Principal, GatewayError> {
+        self.throttle.check(user, client)?;
+        let checked = self.basic_at(user, password, now);
+        match &checked {
+            Ok(_) => self.throttle.succeeded(user),
+            Err(_) => self.throttle.failed(user, client),
+        }
+        checked
     }
 
     fn basic_at(
@@ -502,7 +544,7 @@ mod tests {
 
     impl Fixture {
         fn auth(&self, header: &HeaderValue) -> Result<Authenticated, GatewayError> {
-            self.authn.authenticate_at(Some(header), now_unix())
+            self.authn.authenticate_at(Some(header), None, now_unix())
         }
 
         fn bearer_for(&self, principal: &Principal, access: Vec<AccessEntry>) -> HeaderValue {
@@ -536,7 +578,7 @@ mod tests {
     #[test]
     fn no_header_is_anonymous() {
         let f = fixture(None);
-        let who = f.authn.authenticate(None).unwrap();
+        let who = f.authn.authenticate(None, None).unwrap();
         assert_eq!(who.principal, Principal::Anonymous);
         assert_eq!(who.bearer_access, None);
     }
@@ -622,7 +664,7 @@ mod tests {
         let h = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
         f.auth(&h).unwrap();
         let later = now_unix() + 300 + 61;
-        let err = f.authn.authenticate_at(Some(&h), later);
+        let err = f.authn.authenticate_at(Some(&h), None, later);
         assert_eq!(reason(err), "bearer token has expired");
     }
 
@@ -655,16 +697,16 @@ mod tests {
         let f = fixture(Some(now + 100));
         let b = basic("ci-bot", &f.secrets[0]);
         let jwt = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
-        f.authn.authenticate_at(Some(&b), now).unwrap();
-        f.authn.authenticate_at(Some(&jwt), now).unwrap();
+        f.authn.authenticate_at(Some(&b), None, now).unwrap();
+        f.authn.authenticate_at(Some(&jwt), None, now).unwrap();
         // The cached Basic result and the cached JWT are both re-checked against the clock.
         let later = now + 100;
         assert_eq!(
-            reason(f.authn.authenticate_at(Some(&b), later)),
+            reason(f.authn.authenticate_at(Some(&b), None, later)),
             "password1 of token `ci-bot` has expired"
         );
         assert_eq!(
-            reason(f.authn.authenticate_at(Some(&jwt), later)),
+            reason(f.authn.authenticate_at(Some(&jwt), None, later)),
             "password1 of token `ci-bot` has expired"
         );
     }

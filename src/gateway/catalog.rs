@@ -64,7 +64,9 @@ async fn list(
                 .map_err(|_| GatewayError::BadRequest(format!("invalid page size `n={n}`")))
         })
         .transpose()?;
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION))?;
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip)?;
     let all = gw.backend.repositories().await?;
     let page = visible(
         &gw.engine,

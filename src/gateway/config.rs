@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::connections::ConnectionLimits;
 use super::forwarded::{InvalidProxy, TrustedProxies};
 use crate::audit::AuditTarget;
 use crate::trust::KeyAlgorithm;
@@ -89,7 +90,46 @@ pub struct FileConfig {
     pub http2: FileHttp2,
     #[serde(default)]
     pub storage: FileStorage,
+    #[serde(default)]
+    pub limits: FileLimits,
 }
+
+/// `[limits]`: abuse limits (slow and idle clients, connection caps, failed logins,
+/// upload sessions).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub header_timeout_seconds: Option<u64>,
+    pub keepalive_timeout_seconds: Option<u64>,
+    pub body_timeout_seconds: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_failed_logins: Option<u32>,
+    pub failed_login_window_seconds: Option<u64>,
+    pub max_upload_sessions: Option<usize>,
+}
+
+/// Failed-login throttling: after `max_failures` failures within `window` for a user
+/// name or from a client address, logins are refused with `429` until the window has
+/// passed since the first of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> LoginThrottle {
+        LoginThrottle {
+            max_failures: 10,
+            window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Default cap on the upload sessions one principal has open at once.
+pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = 64;
 
 /// `[http2]`: HTTP/2 beside HTTP/1.1 on every listener (ALPN `h2` on TLS, prior
 /// knowledge `h2c` on plain TCP).
@@ -210,6 +250,15 @@ pub struct Overrides {
     /// Replaces the file's list when given.
     pub trusted_proxies: Option<Vec<String>>,
     pub trust_key_passphrase: PassphraseSource,
+    pub header_timeout_seconds: Option<u64>,
+    pub keepalive_timeout_seconds: Option<u64>,
+    pub body_timeout_seconds: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_failed_logins: Option<u32>,
+    pub failed_login_window_seconds: Option<u64>,
+    pub max_upload_sessions: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +301,11 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
     pub trust_key_passphrase: PassphraseSource,
+    /// Slow and idle clients, connection caps.
+    pub limits: ConnectionLimits,
+    pub login_throttle: LoginThrottle,
+    /// Upload sessions one principal may have open at once.
+    pub max_upload_sessions: usize,
 }
 
 /// HTTP/2 settings (`enabled = false`: HTTP/1.1 only).
@@ -264,6 +318,7 @@ pub struct Http2 {
 impl Config {
     /// Combines flags/environment with the file (see the module doc for precedence).
     pub fn resolve(over: Overrides, file: FileConfig) -> Result<Config, ConfigError> {
+        let (limits, login_throttle, max_upload_sessions) = resolve_limits(&over, &file.limits)?;
         let cert = over.tls_cert.or(file.tls.cert);
         let key = over.tls_key.or(file.tls.key);
         let self_signed = over
@@ -364,8 +419,87 @@ impl Config {
                 .map_or_else(AuditTarget::default, |t| AuditTarget::parse(&t)),
             trusted_proxies,
             trust_key_passphrase: over.trust_key_passphrase,
+            limits,
+            login_throttle,
+            max_upload_sessions,
         })
     }
+}
+
+/// The `[limits]` settings: flag/environment over file over default; none may be 0
+/// except `max_connections` (0: from the descriptor limit).
+fn resolve_limits(
+    over: &Overrides,
+    file: &FileLimits,
+) -> Result<(ConnectionLimits, LoginThrottle, usize), ConfigError> {
+    fn positive<T: PartialEq + Default>(
+        value: Option<T>,
+        name: &'static str,
+    ) -> Result<Option<T>, ConfigError> {
+        match value {
+            Some(v) if v == T::default() => Err(ConfigError::Zero(name)),
+            other => Ok(other),
+        }
+    }
+    let seconds = |flag: Option<u64>, file: Option<u64>, name, default: Duration| {
+        positive(flag.or(file), name).map(|v| v.map_or(default, Duration::from_secs))
+    };
+    let d = ConnectionLimits::default();
+    let connections = ConnectionLimits {
+        header_timeout: seconds(
+            over.header_timeout_seconds,
+            file.header_timeout_seconds,
+            "header_timeout_seconds",
+            d.header_timeout,
+        )?,
+        keepalive_timeout: seconds(
+            over.keepalive_timeout_seconds,
+            file.keepalive_timeout_seconds,
+            "keepalive_timeout_seconds",
+            d.keepalive_timeout,
+        )?,
+        body_timeout: seconds(
+            over.body_timeout_seconds,
+            file.body_timeout_seconds,
+            "body_timeout_seconds",
+            d.body_timeout,
+        )?,
+        max_header_bytes: positive(
+            over.max_header_bytes.or(file.max_header_bytes),
+            "max_header_bytes",
+        )?
+        .unwrap_or(d.max_header_bytes),
+        max_connections_per_client: positive(
+            over.max_connections_per_client
+                .or(file.max_connections_per_client),
+            "max_connections_per_client",
+        )?
+        .unwrap_or(d.max_connections_per_client),
+        max_connections: over
+            .max_connections
+            .or(file.max_connections)
+            .filter(|n| *n > 0),
+    };
+    let t = LoginThrottle::default();
+    let throttle = LoginThrottle {
+        max_failures: positive(
+            over.max_failed_logins.or(file.max_failed_logins),
+            "max_failed_logins",
+        )?
+        .unwrap_or(t.max_failures),
+        window: seconds(
+            over.failed_login_window_seconds,
+            file.failed_login_window_seconds,
+            "failed_login_window_seconds",
+            t.window,
+        )?,
+    };
+    let uploads = positive(
+        over.max_upload_sessions.or(file.max_upload_sessions),
+        "max_upload_sessions",
+    )?
+    .unwrap_or(DEFAULT_MAX_UPLOAD_SESSIONS);
+    Ok((connections, throttle, uploads))
 }
 
 #[cfg(test)]
@@ -541,6 +675,39 @@ mod tests {
             Err(ConfigError::Zero("max_manifest_bytes"))
         ));
         assert!(toml::from_str::<FileConfig>("[storage]\ngc = 1\n").is_err());
+    }
+
+    #[test]
+    fn limits_from_file_flags_and_defaults() {
+        let d = Config::resolve(Overrides::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.limits, ConnectionLimits::default());
+        assert_eq!(d.login_throttle, LoginThrottle::default());
+        assert_eq!(d.max_upload_sessions, DEFAULT_MAX_UPLOAD_SESSIONS);
+        let f = file(
+            "[limits]\nheader_timeout_seconds = 3\nkeepalive_timeout_seconds = 4\n\
+             max_connections = 0\nmax_failed_logins = 2\nmax_upload_sessions = 5\n",
+        );
+        let over = Overrides {
+            header_timeout_seconds: Some(7),
+            max_connections_per_client: Some(9),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(over, f).unwrap();
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(7));
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(4));
+        assert_eq!(c.limits.max_connections_per_client, 9);
+        assert_eq!(c.limits.max_connections, None);
+        assert_eq!(c.login_throttle.max_failures, 2);
+        assert_eq!(c.max_upload_sessions, 5);
+        let zero = Overrides {
+            keepalive_timeout_seconds: Some(0),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(zero, FileConfig::default()),
+            Err(ConfigError::Zero("keepalive_timeout_seconds"))
+        ));
+        assert!(toml::from_str::<FileConfig>("[limits]\nslowloris = 1\n").is_err());
     }
 
     #[test]

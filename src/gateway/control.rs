@@ -58,6 +58,7 @@ pub fn admin_router(gw: &Arc<Gateway>) -> Router {
         trust: Arc::clone(&gw.trust),
         audit: gw.audit.clone(),
         gateway: Some(Arc::clone(gw)),
+        throttle: Arc::clone(gw.authn.throttle()),
     })
 }
 

@@ -25,6 +25,7 @@ use pingora::server::ShutdownWatch;
 use pingora::{Error, Result};
 use tokio::sync::Notify;
 
+use super::connections::{self, ConnectionLimits};
 use super::errors::{Challenge, GatewayError};
 use super::proxy::{Proxy, json_header};
 
@@ -43,13 +44,16 @@ pub struct Direct {
     /// requests close then instead of waiting out their keep-alive.
     shutting_down: AtomicBool,
     shutdown: Notify,
+    /// The body and response timeouts of every request session.
+    limits: ConnectionLimits,
 }
 
 impl Direct {
-    pub fn new(proxy: Proxy, http2: Option<H2Settings>) -> Direct {
+    pub fn new(proxy: Proxy, http2: Option<H2Settings>, limits: ConnectionLimits) -> Direct {
         Direct {
             proxy,
             http2,
+            limits,
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         }
@@ -153,6 +157,7 @@ impl HttpServerApp for Direct {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         loop {
+            connections::prepare(&mut session, &self.limits);
             let reused = self.serve(session, shutdown).await?;
             // As pingora's own loop does between keep-alive requests.
             let (stream, settings) = reused.consume();

@@ -52,6 +52,12 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// An abuse limit was hit (failed logins, connections, upload sessions); the client
+    /// may try again after `retry_after` seconds.
+    #[error("{reason}")]
+    TooManyRequests { reason: String, retry_after: u64 },
     #[error("the backend is unavailable: {0}")]
     Unavailable(String),
     /// Internal failure: the cause is logged, the client sees a generic message.
@@ -71,6 +77,8 @@ pub struct Challenge {
 pub struct ErrorResponse {
     pub status: StatusCode,
     pub www_authenticate: Option<HeaderValue>,
+    /// Seconds for `Retry-After` (429s).
+    pub retry_after: Option<u64>,
     pub body: Bytes,
 }
 
@@ -91,7 +99,10 @@ impl GatewayError {
             GatewayError::NotFound { .. } => ErrorCode::Unsupported,
             GatewayError::Unsupported { .. } => ErrorCode::Unsupported,
             GatewayError::BadRequest(_) => ErrorCode::Unsupported,
-            GatewayError::PayloadTooLarge(_) => ErrorCode::SizeInvalid,
+            GatewayError::PayloadTooLarge(_) | GatewayError::HeadTooLarge(_) => {
+                ErrorCode::SizeInvalid
+            }
+            GatewayError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             GatewayError::Unavailable(_) => ErrorCode::Unavailable,
             GatewayError::Internal(_) => ErrorCode::Unknown,
         }
@@ -102,6 +113,7 @@ impl GatewayError {
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             other => other.code().status(),
         }
     }
@@ -189,6 +201,9 @@ impl GatewayError {
         if let Some(challenge) = r.www_authenticate {
             headers.insert(http::header::WWW_AUTHENTICATE, challenge);
         }
+        if let Some(seconds) = r.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 
@@ -200,6 +215,10 @@ impl GatewayError {
         ErrorResponse {
             status: oci.status,
             www_authenticate: self.challenge(challenge),
+            retry_after: match self {
+                GatewayError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+                _ => None,
+            },
             body: Bytes::from(oci.body().to_string()),
         }
     }

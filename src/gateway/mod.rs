@@ -20,6 +20,10 @@
 //! - [`direct`]: the data plane with the bundled store, pingora without its proxy layer.
 //! - [`errors`]: the gateway's refusals, mapped once to OCI error JSON and challenges.
 //! - [`forwarded`]: the client behind trusted proxies (`X-Forwarded-For`, `Forwarded`).
+//! - [`throttle`]: failed-login throttling of Basic credentials; [`uploads`]: the cap on
+//!   a principal's open upload sessions.
+//! - [`connections`]: connection-level abuse limits (head deadline, keep-alive idle
+//!   timeout, per-address and descriptor caps) on every listener.
 //! - [`server`], [`config`], [`tls`], [`metrics`]: process wiring and operations.
 
 pub mod access;
@@ -28,6 +32,7 @@ pub mod backend;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod direct;
 pub mod errors;
@@ -40,9 +45,11 @@ pub mod repository_api;
 pub mod server;
 pub mod signatures;
 pub mod signed;
+pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod trust_api;
+pub mod uploads;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -76,6 +83,8 @@ pub struct Gateway {
     /// The `service` named in challenges and expected in token requests.
     pub service: String,
     pub audit: Audit,
+    /// Open blob upload sessions per principal, and their cap.
+    pub uploads: uploads::UploadSessions,
 }
 
 /// Per-request facts handlers need beyond the HTTP request; the proxy inserts it as
@@ -110,6 +119,10 @@ pub struct GatewayOptions {
     pub audit: Audit,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
     pub trust_key_passphrase: PassphraseSource,
+    /// Failed-login throttling.
+    pub login_throttle: config::LoginThrottle,
+    /// Upload sessions one principal may have open at once.
+    pub max_upload_sessions: usize,
 }
 
 /// An opened gateway and what the server must still start or show.
@@ -213,7 +226,11 @@ impl Gateway {
                 Arc::clone(&store),
                 Arc::clone(&admin),
                 Arc::clone(&issuer),
-            ),
+            )
+            .with_throttle(Arc::new(throttle::Throttle::new(
+                options.login_throttle,
+                options.audit.clone(),
+            ))),
             store,
             engine,
             admin,
@@ -224,6 +241,10 @@ impl Gateway {
             signatures: signatures::SignatureCache::default(),
             service: options.service.clone(),
             audit: options.audit.clone(),
+            uploads: uploads::UploadSessions::new(
+                options.max_upload_sessions,
+                options.storage.upload_expiry,
+            ),
         };
         Ok(Opened {
             gateway: Arc::new(gateway),
@@ -261,6 +282,8 @@ pub(crate) mod testing {
             storage: Default::default(),
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
+            login_throttle: Default::default(),
+            max_upload_sessions: config::DEFAULT_MAX_UPLOAD_SESSIONS,
         }
     }
 

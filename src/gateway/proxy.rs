@@ -39,6 +39,7 @@ use super::forwarded::{Origin, TrustedProxies};
 use super::in_process;
 use super::metrics::{self, BackendError};
 use super::{Gateway, RequestMeta, access};
+use crate::audit::Actor;
 use crate::identity::Principal;
 
 /// Largest request body the control app accepts (token forms, admin JSON).
@@ -169,6 +170,9 @@ impl Proxy {
         if let Some(challenge) = response.www_authenticate {
             header.insert_header(header::WWW_AUTHENTICATE, challenge)?;
         }
+        if let Some(seconds) = response.retry_after {
+            header.insert_header(header::RETRY_AFTER, seconds)?;
+        }
         // An unread request body (a refused blob upload) is not worth draining.
         if ctx.has_body {
             session.set_keepalive(None);
@@ -198,11 +202,15 @@ impl Proxy {
         );
     }
 
-    fn authenticate(&self, session: &ServerSession) -> Result<Authenticated, GatewayError> {
-        let result = self
-            .gw
-            .authn
-            .authenticate(session.req_header().headers.get(header::AUTHORIZATION));
+    fn authenticate(
+        &self,
+        session: &ServerSession,
+        ctx: &RequestCtx,
+    ) -> Result<Authenticated, GatewayError> {
+        let result = self.gw.authn.authenticate(
+            session.req_header().headers.get(header::AUTHORIZATION),
+            ctx.origin.client,
+        );
         let label = match &result {
             Ok(Authenticated {
                 principal: Principal::Anonymous,
@@ -238,7 +246,7 @@ impl Proxy {
             );
             return self.refuse(session, ctx, &e).await;
         }
-        let who = match self.authenticate(session) {
+        let who = match self.authenticate(session, ctx) {
             Ok(who) => who,
             Err(e) => {
                 let e = e.with_scope(|| access::request_scopes(req));
@@ -247,6 +255,14 @@ impl Proxy {
             }
         };
         ctx.principal = Some(who.principal.clone());
+        if matches!(req.kind, RequestKind::UploadStart { .. })
+            && let Err(e) = self
+                .gw
+                .uploads
+                .admit(&Actor::principal(Some(&who.principal)))
+        {
+            return self.refuse(session, ctx, &e).await;
+        }
         // The challenge (realm from the Host header) is built only if the request is refused.
         let source_ip = ctx.origin.client;
         let query = session.req_header().uri.query().map(str::to_owned);
@@ -304,7 +320,7 @@ impl Proxy {
 
     /// `/v2/`: anonymous → 401 challenge, authenticated → `{}`.
     async fn base(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.authenticate(session) {
+        match self.authenticate(session, ctx) {
             Ok(Authenticated {
                 principal: Principal::Anonymous,
                 ..
@@ -509,6 +525,23 @@ impl Proxy {
             (bytes_in, bytes_out),
         );
         self.gw.metrics.observe_protocol(protocol);
+        let upload = match ctx.route {
+            "upload_start" => Some(true),
+            "upload" => Some(false),
+            _ => None,
+        };
+        if let (Some(start), Some(response)) = (upload, session.response_written()) {
+            self.gw.uploads.observe(
+                &Actor::principal(ctx.principal.as_ref()),
+                start,
+                (&head.method, head.uri.path()),
+                response.status,
+                response
+                    .headers
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok()),
+            );
+        }
         let principal = match &ctx.principal {
             Some(Principal::Admin) => "admin",
             Some(Principal::Token { name, .. }) => name.as_str(),

@@ -144,6 +144,12 @@ async fn patch(
     body: &[u8],
 ) -> Result<RepositoryAttributes, GatewayError> {
     authorize(gw, meta, request, headers, name, Action::MetadataWrite)?;
+    if portcullis_oci::json::nested_deeper_than(body, portcullis_oci::json::MAX_DEPTH) {
+        return Err(GatewayError::BadRequest(format!(
+            "invalid repository attributes for `{name}`: JSON nested deeper than {} levels",
+            portcullis_oci::json::MAX_DEPTH
+        )));
+    }
     let changes: AttributesPatch = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!("invalid repository attributes for `{name}`: {e}"))
     })?;
@@ -195,7 +201,9 @@ async fn delete_target(
             });
         }
     };
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION));
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip);
     let decided = who.as_ref().map_err(Clone::clone).and_then(|who| {
         access::authorize_checks(gw, who, &[access::delete_check(&req)], meta.source_ip)
     });
@@ -235,7 +243,7 @@ fn authorize(
     }];
     let who = gw
         .authn
-        .authenticate(headers.get(header::AUTHORIZATION))
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip)
         .map_err(|e| e.with_scope(|| access::challenge_scopes(&checks)));
     let decided = who
         .as_ref()

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pingora::apps::HttpServerOptions;
 use pingora::protocols::http::v2::server::{H2Options, default_h2_options};
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use super::config::{Config, Http2, TlsMode};
+use super::connections::{self, Connections, Tracker};
 use super::control::{self, AdminPlacement};
 use super::direct::{Direct, H2Settings};
 use super::proxy::{Listener, Proxy};
@@ -44,9 +45,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection window bounds what one client can have buffered here across streams.
 const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// An HTTP/2 connection without streams is closed after this long (HTTP/1.1's
-/// keepalive timeout in pingora is 60 s too).
-const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A gateway opened and its listen addresses resolved, ready to [`run`](Prepared::run).
 pub struct Prepared {
@@ -70,6 +68,8 @@ pub fn prepare(config: Config, audit: Audit) -> anyhow::Result<Prepared> {
         storage: config.storage.clone(),
         audit,
         trust_key_passphrase: config.trust_key_passphrase.clone(),
+        login_throttle: config.login_throttle,
+        max_upload_sessions: config.max_upload_sessions,
     })?;
     if let crate::trust::kek::Unlocked::Generated(path) = &opened.trust_kek {
         tracing::warn!(
@@ -165,6 +165,8 @@ impl Prepared {
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
         let http2 = config.http2;
+        // One tracker for both listeners: they share the descriptor budget.
+        let tracker = Tracker::new(config.limits.clone(), config.trusted_proxies.clone());
         let main_listener = Listener::Main {
             admin_api: admin_listen.is_none(),
         };
@@ -187,6 +189,7 @@ impl Prepared {
             listen,
             tls.as_ref(),
             http2,
+            &tracker,
         )?;
         if let Some(admin_addr) = admin_listen {
             let proxy = Proxy::new(
@@ -204,6 +207,7 @@ impl Prepared {
                 admin_addr,
                 tls.as_ref(),
                 http2,
+                &tracker,
             )?;
         }
 
@@ -225,7 +229,8 @@ impl Prepared {
 /// Adds a listener's pingora service. Only requests for an upstream are proxied, so
 /// only then does it run pingora's proxy (`HttpProxy`); with the bundled store every
 /// response is the gateway's own, and [`Direct`] serves it without the proxy layer.
-/// Both speak HTTP/2 beside HTTP/1.1 when it is enabled.
+/// Both speak HTTP/2 beside HTTP/1.1 when it is enabled, and both run under the
+/// connection limits ([`Connections`]).
 fn add_service(
     server: &mut Server,
     proxy: Proxy,
@@ -233,6 +238,7 @@ fn add_service(
     addr: SocketAddr,
     tls: Option<&TlsFiles>,
     http2: Http2,
+    tracker: &Arc<Tracker>,
 ) -> anyhow::Result<()> {
     fn listen<A>(
         service: &mut Service<A>,
@@ -253,20 +259,24 @@ fn add_service(
         }
         Ok(())
     }
+    let limits = tracker.limits().clone();
     let options = http2.enabled.then(|| H2Settings {
-        server: h2c_server_options(),
+        server: h2c_server_options(limits.keepalive_timeout),
         h2: h2_options(http2),
     });
     if proxy.proxies() {
-        let mut service = http_proxy_service_with_name(&server.configuration, proxy, name);
-        if let (Some(app), Some(options)) = (service.app_logic_mut(), options) {
+        let mut app = http_proxy(&server.configuration, proxy);
+        if let Some(options) = options {
             app.server_options = Some(options.server);
             app.h2_options = Some(options.h2);
         }
+        let app = connections::Prepared::new(app, limits);
+        let mut service = Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
         listen(&mut service, addr, tls, http2)?;
         server.add_service(service);
     } else {
-        let mut service = Service::new(name.to_owned(), Direct::new(proxy, options));
+        let app = Direct::new(proxy, options, limits);
+        let mut service = Service::new(name.to_owned(), Connections::new(app, Arc::clone(tracker)));
         listen(&mut service, addr, tls, http2)?;
         server.add_service(service);
     }
@@ -274,11 +284,12 @@ fn add_service(
 }
 
 /// Prior-knowledge h2c on plain TCP (pingora peeks for the connection preface and keeps
-/// HTTP/1.1 otherwise; on TLS, ALPN decides), with an idle timeout.
-fn h2c_server_options() -> HttpServerOptions {
+/// HTTP/1.1 otherwise; on TLS, ALPN decides), and the idle timeout of an HTTP/2
+/// connection without streams (the keep-alive timeout).
+fn h2c_server_options(idle: Duration) -> HttpServerOptions {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
+    options.h2_idle_timeout = Some(idle);
     options
 }
 

@@ -57,7 +57,9 @@ async fn get_token(
     headers: HeaderMap,
 ) -> Response {
     let form = Form::parse(query.as_deref().unwrap_or_default());
-    let who = gw.authn.authenticate(headers.get(header::AUTHORIZATION));
+    let who = gw
+        .authn
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip);
     let principal = who.as_ref().ok().map(|who| who.principal.clone());
     let result = who.and_then(|who| {
         let offline = form.one("offline_token") == Some("true");
@@ -83,7 +85,7 @@ async fn post_token(
                     let username = form.required("username")?;
                     let password = form.required("password")?;
                     let offline = form.one("access_type") == Some("offline");
-                    (gw.authn.basic(username, password)?, offline)
+                    (gw.authn.basic(username, password, meta.source_ip)?, offline)
                 }
                 // The refresh token stays what the client holds; no new one is minted.
                 Some("refresh_token") => {
@@ -546,7 +548,7 @@ mod tests {
         let bearer =
             HeaderValue::from_str(&format!("Bearer {}", reply.json["token"].as_str().unwrap()))
                 .unwrap();
-        let who = f.gw.authn.authenticate(Some(&bearer)).unwrap();
+        let who = f.gw.authn.authenticate(Some(&bearer), None).unwrap();
         assert_eq!(
             who.principal,
             Principal::Token {

@@ -100,7 +100,7 @@ async fn handle(
 ) -> Result<Response, NotaryError> {
     let who = gw
         .authn
-        .authenticate(headers.get(header::AUTHORIZATION))
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip)
         .map_err(|e| e.with_scope(|| trust_scope(req)))?;
     let decided = authorize(gw, &who, req, meta);
     let refusal = match &decided {
@@ -201,7 +201,7 @@ async fn global_changefeed(
     let catalog = || CATALOG_SCOPE.to_owned();
     let who = gw
         .authn
-        .authenticate(headers.get(header::AUTHORIZATION))
+        .authenticate(headers.get(header::AUTHORIZATION), meta.source_ip)
         .map_err(|e| e.with_scope(catalog))?;
     if who.principal == Principal::Anonymous {
         gw.metrics.record_decision(false);

@@ -35,6 +35,8 @@ pub enum ManifestError {
     Json(#[from] serde_json::Error),
     #[error("manifest is not a JSON object")]
     NotObject,
+    #[error("manifest JSON is nested deeper than {0} levels")]
+    TooDeep(usize),
     #[error("manifest media type {declared:?} does not match Content-Type {content_type:?}")]
     MediaTypeMismatch {
         declared: String,
@@ -157,6 +159,9 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
     // serde_json does not check the UTF-8 of strings it skips.
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(ManifestError::NotUtf8(e.valid_up_to()));
+    }
+    if portcullis_oci::json::nested_deeper_than(bytes, portcullis_oci::json::MAX_DEPTH) {
+        return Err(ManifestError::TooDeep(portcullis_oci::json::MAX_DEPTH));
     }
     let value: Value = serde_json::from_slice(bytes)?;
     let Value::Object(obj) = value else {

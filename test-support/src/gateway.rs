@@ -43,10 +43,29 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        Server::start_under(&[], data_dir, admin_password, extra, env)
+    }
+
+    /// Like [`Server::start_with_env`], run by `wrapper` (a command line the binary and
+    /// its arguments are appended to, e.g. `prlimit --nofile=256:256 --`); empty: none.
+    pub fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        admin_password: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper {
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+            [] => Command::new(bin()),
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
