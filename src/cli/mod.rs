@@ -4,6 +4,7 @@
 
 mod admin_client;
 mod config;
+mod fsck;
 mod manifest;
 mod policy;
 mod registry_client;
@@ -44,6 +45,9 @@ enum Command {
     Config(config::ConfigArgs),
     /// Content-trust key management (`rotate-kek`).
     Trust(trust::TrustArgs),
+    /// Check a stopped gateway's data directory (read-only); exit 0 clean, 1 problems,
+    /// 2 could not run.
+    Fsck(fsck::FsckArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Manifest(args) => manifest::run(args),
         Command::Config(args) => config::run(args),
         Command::Trust(args) => trust::run(args),
+        Command::Fsck(args) => return fsck::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

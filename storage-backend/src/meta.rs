@@ -4,6 +4,7 @@
 //! [`RedbMeta`] (`redb_store.rs`, one redb database); the contract every implementation
 //! meets is the conformance suite (`crate::conformance`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ use crate::names::{Digest, Reference};
 mod redb_store;
 
 pub use redb_store::RedbMeta;
+pub(crate) use redb_store::contents;
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -34,6 +36,29 @@ pub struct ManifestRecord {
     pub subject: Option<String>,
     pub artifact_type: Option<String>,
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Everything a metadata database holds that `crate::fsck` checks.
+#[derive(Debug, Default)]
+pub(crate) struct MetaContents {
+    /// digest → recorded size
+    pub blobs: BTreeMap<String, u64>,
+    /// (digest, repository)
+    pub links: BTreeSet<(String, String)>,
+    pub manifests: Vec<MetaManifest>,
+    /// (repository, tag, digest)
+    pub tags: Vec<(String, String, String)>,
+    /// upload session ids
+    pub uploads: BTreeSet<String>,
+}
+
+/// One stored manifest as read back, undecoded parts kept so fsck can name them.
+#[derive(Debug)]
+pub(crate) struct MetaManifest {
+    pub repo: String,
+    pub digest: String,
+    pub record: Result<ManifestRecord, String>,
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// A manifest's record and, when asked for, its bytes.

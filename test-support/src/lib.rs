@@ -11,8 +11,11 @@
 //!   (pseudo-random content, tar layers, indexes, OCI image layouts, consistency checks);
 //!   [`content`]: the small one-layer image the gateway tests push.
 //!
+//! - [`chaos`]: the crash campaign (writes, `kill -9`, fsck, restart, read-back).
+//!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
+pub mod chaos;
 pub mod content;
 pub mod docker;
 pub mod gateway;

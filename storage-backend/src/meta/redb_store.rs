@@ -19,7 +19,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetadataStore, Page, now_secs,
+    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaContents, MetaManifest,
+    MetadataStore, Page, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
@@ -690,6 +691,43 @@ impl MetadataStore for RedbMeta {
         }
         Ok(report)
     }
+}
+
+/// Every row `crate::fsck` checks, read in one transaction of `db` (any redb handle, so
+/// a read-only open of a stopped server's file works).
+pub(crate) fn contents(db: &impl ReadableDatabase) -> Result<MetaContents, StorageError> {
+    let rx = db.begin_read()?;
+    let mut out = MetaContents::default();
+    for row in rx.open_table(BLOBS)?.iter()? {
+        let (k, v) = row?;
+        out.blobs.insert(k.value().to_owned(), v.value().0);
+    }
+    for row in rx.open_table(BLOB_LINKS)?.iter()? {
+        let (k, _) = row?;
+        let (digest, repo) = k.value();
+        out.links.insert((digest.to_owned(), repo.to_owned()));
+    }
+    let bytes = rx.open_table(MANIFEST_BYTES)?;
+    for row in rx.open_table(MANIFESTS)?.iter()? {
+        let (k, v) = row?;
+        let (repo, digest) = k.value();
+        out.manifests.push(MetaManifest {
+            repo: repo.to_owned(),
+            digest: digest.to_owned(),
+            record: decode(v.value()).map_err(|e| e.to_string()),
+            bytes: bytes.get((repo, digest))?.map(|g| g.value().to_vec()),
+        });
+    }
+    for row in rx.open_table(TAGS)?.iter()? {
+        let (k, v) = row?;
+        let (repo, tag) = k.value();
+        out.tags
+            .push((repo.to_owned(), tag.to_owned(), v.value().to_owned()));
+    }
+    for row in rx.open_table(UPLOADS)?.iter()? {
+        out.uploads.insert(row?.0.value().to_owned());
+    }
+    Ok(out)
 }
 
 /// Every descriptor of `parsed` against the stored content: config and layers are
