@@ -57,7 +57,11 @@ fn blob_path(data: &Path, digest: &str) -> PathBuf {
 fn assert_problem(data: &Path, needles: &[&str]) {
     let out = fsck(data, false);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "fsck of damaged {data:?}:\n{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "fsck of damaged {data:?}:\n{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("PROBLEM") && needles.iter().all(|n| l.contains(n))),
@@ -70,7 +74,8 @@ fn fsck_finds_a_clean_directory_clean_and_names_each_damage() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = TrustGateway::start(dir.path(), &[]);
     let base = gateway.server.base.clone();
-    let admin = |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
+    let admin =
+        |rb: reqwest::blocking::RequestBuilder| rb.basic_auth("admin", Some(ADMIN_PASSWORD));
     let image = TestImage::new("fsck");
     image.push(&gateway.http, &base, REPO, "v1", &admin);
     // A trust publish of the fixture's GUN, by a token allowed to sign.
@@ -78,7 +83,12 @@ fn fsck_finds_a_clean_directory_clean_and_names_each_damage() {
     let password = gateway.token(
         "signer",
         "fixtures/*",
-        &["content/read", "content/write", "metadata/read", "trust/write"],
+        &[
+            "content/read",
+            "content/write",
+            "metadata/read",
+            "trust/write",
+        ],
     );
     let bearer = gateway.bearer(("signer", &password), &fixture.gun, "push,pull");
     let key = gateway.get(&fixture.gun, "tuf/timestamp.key", Some(&bearer));
@@ -120,7 +130,10 @@ fn fsck_finds_a_clean_directory_clean_and_names_each_damage() {
     let config = portcullis_test_support::digest(&image.config);
     std::fs::remove_file(blob_path(&missing, &config)).unwrap();
     assert_problem(&missing, &[&format!("blob {config}"), "missing"]);
-    assert_problem(&missing, &[&format!("manifest {REPO}@"), "references blob", &config]);
+    assert_problem(
+        &missing,
+        &[&format!("manifest {REPO}@"), "references blob", &config],
+    );
 
     // A tag pointing at no manifest.
     let dangling = copy_of(&data, "dangling");

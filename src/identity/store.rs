@@ -341,7 +341,10 @@ pub fn check_tables(
         if !known {
             problems.push((
                 format!("token {key}"),
-                format!("is bound to scope map `{}`, which does not exist", token.scope_map),
+                format!(
+                    "is bound to scope map `{}`, which does not exist",
+                    token.scope_map
+                ),
             ));
         }
     }

@@ -441,7 +441,10 @@ pub fn check_stored(gun: &str, state: &dyn TrustState, roles: &[Role]) -> Result
     }
     let timestamp = need(&Role::timestamp())?;
     timestamp
-        .verify(&Role::timestamp(), loaded.root_body.role(&Role::timestamp()))
+        .verify(
+            &Role::timestamp(),
+            loaded.root_body.role(&Role::timestamp()),
+        )
         .map_err(|e| format!("timestamp: {e}"))?;
     Timestamp::parse(&timestamp)
         .map_err(|e| format!("timestamp: {e}"))?

@@ -459,7 +459,9 @@ mod tests {
             record: Ok(record(manifest.len(), &[&layer], &[])),
             bytes: Some(manifest.clone()),
         });
-        contents.tags.push(("r".into(), "v1".into(), digest.clone()));
+        contents
+            .tags
+            .push(("r".into(), "v1".into(), digest.clone()));
         let files = vec![BlobFile {
             digest: layer.clone(),
             size: 5,
@@ -467,10 +469,15 @@ mod tests {
         let mut findings = Vec::new();
         let counts = check_contents(&contents, &files, &mut findings);
         assert_eq!(problems(&findings), Vec::<String>::new());
-        assert_eq!((counts.manifests, counts.tags, counts.repositories), (1, 1, 1));
+        assert_eq!(
+            (counts.manifests, counts.tags, counts.repositories),
+            (1, 1, 1)
+        );
 
         // Blob file gone, a dangling tag, an index child missing, a manifest's bytes changed.
-        contents.tags.push(("r".into(), "gone".into(), sha(b"nothing")));
+        contents
+            .tags
+            .push(("r".into(), "gone".into(), sha(b"nothing")));
         contents.manifests.push(MetaManifest {
             repo: "r".into(),
             digest: sha(b"index"),

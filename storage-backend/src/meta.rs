@@ -244,4 +244,10 @@ pub trait MetadataStore: Send + Sync {
     ///
     /// With `dry_run` nothing changes and the report says what would go.
     fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError>;
+
+    /// Called after a call failed with a database I/O error
+    /// ([`StorageError::is_database_io`]): an implementation whose database refuses all
+    /// work after one (redb) starts afresh here, so service resumes once the cause (a
+    /// full disk) is gone, without a restart.
+    fn recover(&self) {}
 }

@@ -142,7 +142,14 @@ impl Registry {
         F: FnOnce(&dyn MetadataStore) -> Result<T, StorageError> + Send + 'static,
     {
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&*meta)).await?
+        tokio::task::spawn_blocking(move || {
+            let result = f(&*meta);
+            if result.as_ref().is_err_and(StorageError::is_database_io) {
+                meta.recover();
+            }
+            result
+        })
+        .await?
     }
 
     fn blob_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {

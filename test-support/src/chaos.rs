@@ -30,7 +30,12 @@ use crate::trust::{Fixture, TrustGateway, multipart};
 const WORKERS: usize = 2;
 const TAGS: [&str; 3] = ["t0", "t1", "t2"];
 const SIGNER: &str = "chaos-signer";
-const SIGNER_ACTIONS: &[&str] = &["content/read", "content/write", "metadata/read", "trust/write"];
+const SIGNER_ACTIONS: &[&str] = &[
+    "content/read",
+    "content/write",
+    "metadata/read",
+    "trust/write",
+];
 
 /// What a campaign did.
 #[derive(Debug, Default)]
@@ -168,7 +173,11 @@ impl Ctx {
         if acked {
             let mut l = self.ledger.lock().unwrap();
             l.blobs.push((repo.to_owned(), digest, data.len() as u64));
-            l.ack(if chunked { "chunked blob push" } else { "monolithic blob push" });
+            l.ack(if chunked {
+                "chunked blob push"
+            } else {
+                "monolithic blob push"
+            });
         }
         acked
     }
@@ -256,7 +265,10 @@ impl Ctx {
         let rb = self
             .http
             .delete(format!("{}/v2/{repo}/manifests/{digest}", self.base));
-        if self.expect("DELETE manifest", 202, self.admin(rb)).is_none() {
+        if self
+            .expect("DELETE manifest", 202, self.admin(rb))
+            .is_none()
+        {
             return false;
         }
         let mut l = self.ledger.lock().unwrap();
@@ -281,7 +293,10 @@ impl Ctx {
                 .http
                 .patch(format!("{}/admin/v1/scope-maps/{name}", self.base))
                 .json(&json!({"description": description}));
-            if self.expect("PATCH scope map", 200, self.admin(rb)).is_none() {
+            if self
+                .expect("PATCH scope map", 200, self.admin(rb))
+                .is_none()
+            {
                 return;
             }
             let mut l = self.ledger.lock().unwrap();
@@ -293,7 +308,10 @@ impl Ctx {
     }
 
     fn trust_get(&self, role: &str) -> Option<Vec<u8>> {
-        let url = format!("{}/v2/{}/_trust/tuf/{role}.json", self.base, self.fixture.gun);
+        let url = format!(
+            "{}/v2/{}/_trust/tuf/{role}.json",
+            self.base, self.fixture.gun
+        );
         let r = self.send("GET trust", self.http.get(url).bearer_auth(&self.bearer))?;
         match r.status() {
             StatusCode::OK => Some(r.bytes().unwrap().to_vec()),
@@ -312,8 +330,10 @@ impl Ctx {
             };
             let (parts, version, targets) = if root.is_empty() {
                 let url = format!("{}/v2/{}/_trust/tuf/timestamp.key", self.base, f.gun);
-                let Some(r) = self.send("timestamp.key", self.http.get(url).bearer_auth(&self.bearer))
-                else {
+                let Some(r) = self.send(
+                    "timestamp.key",
+                    self.http.get(url).bearer_auth(&self.bearer),
+                ) else {
                     return;
                 };
                 let key: Value = r.json().unwrap();
@@ -356,8 +376,10 @@ impl Ctx {
                 l.trust.in_flight = Some(version.to_string());
                 l.trust_files.insert(version, targets);
             }
-            let borrowed: Vec<(&str, &[u8])> =
-                parts.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+            let borrowed: Vec<(&str, &[u8])> = parts
+                .iter()
+                .map(|(n, b)| (n.as_str(), b.as_slice()))
+                .collect();
             let (content_type, body) = multipart(&borrowed);
             let rb = self
                 .http
@@ -404,7 +426,12 @@ pub fn run(dir: &Path, iterations: usize, mut progress: impl FnMut(usize, &Summa
         };
         if iteration > 1 {
             // The restart: everything acknowledged before the kill reads back.
-            verify(&ctx(&Arc::new(AtomicBool::new(false))), &mut summary, false, &mut rng);
+            verify(
+                &ctx(&Arc::new(AtomicBool::new(false))),
+                &mut summary,
+                false,
+                &mut rng,
+            );
         } else {
             for w in 0..WORKERS {
                 let c = ctx(&Arc::new(AtomicBool::new(false)));
@@ -503,12 +530,18 @@ fn verify(c: &Ctx, summary: &mut Summary, all: bool, rng: &mut Prng) {
         let body = r.bytes().unwrap();
         if status != StatusCode::OK || body.len() as u64 != *size || crate::digest(&body) != *digest
         {
-            lost(format!("blob {repo}@{digest}: {status}, {} bytes", body.len()));
+            lost(format!(
+                "blob {repo}@{digest}: {status}, {} bytes",
+                body.len()
+            ));
         }
     }
     for ((repo, digest), bytes) in &l.manifests {
         checks += 1;
-        let r = c.admin(c.http.get(format!("{}/v2/{repo}/manifests/{digest}", c.base)));
+        let r = c.admin(
+            c.http
+                .get(format!("{}/v2/{repo}/manifests/{digest}", c.base)),
+        );
         let r = r.header("accept", OCI_MANIFEST).send().unwrap();
         let status = r.status();
         if status != StatusCode::OK || r.bytes().unwrap().as_ref() != bytes.as_slice() {
@@ -517,10 +550,15 @@ fn verify(c: &Ctx, summary: &mut Summary, all: bool, rng: &mut Prng) {
     }
     for (repo, digest) in &l.deleted {
         checks += 1;
-        let r = c.admin(c.http.head(format!("{}/v2/{repo}/manifests/{digest}", c.base)));
+        let r = c.admin(
+            c.http
+                .head(format!("{}/v2/{repo}/manifests/{digest}", c.base)),
+        );
         let status = r.header("accept", OCI_MANIFEST).send().unwrap().status();
         if status != StatusCode::NOT_FOUND {
-            lost(format!("deleted manifest {repo}@{digest} is back: {status}"));
+            lost(format!(
+                "deleted manifest {repo}@{digest} is back: {status}"
+            ));
         }
     }
     let mut tags = std::mem::take(&mut l.tags);
@@ -559,7 +597,9 @@ fn verify(c: &Ctx, summary: &mut Summary, all: bool, rng: &mut Prng) {
         if let Some(v) = now
             && l.trust_files.get(&v).is_some_and(|b| *b != targets)
         {
-            lost(format!("trust targets v{v}: bytes differ from the ones published"));
+            lost(format!(
+                "trust targets v{v}: bytes differ from the ones published"
+            ));
         }
         l.trust = slot;
     }

@@ -759,7 +759,10 @@ fn fsck_chain_accepts_published_metadata_and_names_each_broken_link() {
     other.apply(repo.state.files.clone().into_iter().collect());
     let mut older = Repo::new();
     older.init();
-    other.apply(vec![(Role::timestamp(), older.state.files[&Role::timestamp()].clone())]);
+    other.apply(vec![(
+        Role::timestamp(),
+        older.state.files[&Role::timestamp()].clone(),
+    )]);
     let err = check_stored(GUN, &other, &roles).unwrap_err();
     assert!(err.starts_with("timestamp:"), "{err}");
 
@@ -775,7 +778,10 @@ fn fsck_chain_accepts_published_metadata_and_names_each_broken_link() {
 
     // Nothing but a root.
     let mut partial = MemState::default();
-    partial.apply(vec![(Role::root(), repo.state.files[&Role::root()].clone())]);
+    partial.apply(vec![(
+        Role::root(),
+        repo.state.files[&Role::root()].clone(),
+    )]);
     assert_eq!(
         check_stored(GUN, &partial, &[Role::root()]),
         Err("no targets is stored".to_owned())

@@ -14,7 +14,8 @@
 //! them.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -48,7 +49,10 @@ const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("upload
 
 /// The default [`MetadataStore`]: one redb database file.
 pub struct RedbMeta {
-    db: Database,
+    path: PathBuf,
+    /// `None` after an I/O failure ([`MetadataStore::recover`]) until the next call
+    /// reopens the file: redb refuses all work on a handle that failed once.
+    db: RwLock<Option<Arc<Database>>>,
 }
 
 fn decode(bytes: &[u8]) -> Result<ManifestRecord, StorageError> {
@@ -86,13 +90,7 @@ fn has_prefix3(
 impl RedbMeta {
     /// Opens (or creates) the database and all tables.
     pub fn open(path: &Path) -> Result<RedbMeta, StorageError> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StorageError::DbLocked(path.to_owned()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let db = RedbMeta::open_file(path)?;
         let tx = db.begin_write()?;
         tx.open_table(BLOBS)?;
         tx.open_table(BLOB_LINKS)?;
@@ -104,7 +102,42 @@ impl RedbMeta {
         tx.open_table(REFERRERS)?;
         tx.open_table(UPLOADS)?;
         tx.commit()?;
-        Ok(RedbMeta { db })
+        Ok(RedbMeta {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(db))),
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Database, StorageError> {
+        match Database::create(path) {
+            Ok(db) => Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(StorageError::DbLocked(path.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The open database, reopened first if an I/O failure dropped it. A reopen runs
+    /// redb's repair when the failure left a commit half-written; until it succeeds
+    /// (space freed, the last transaction of the old handle gone) calls fail.
+    fn db(&self) -> Result<Arc<Database>, StorageError> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Arc::clone(db));
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(RedbMeta::open_file(&self.path)?);
+        tracing::warn!(path = %self.path.display(), "metadata database reopened after an i/o failure");
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
     }
 
     fn link(
@@ -193,7 +226,7 @@ impl MetadataStore for RedbMeta {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<LinkedBlob>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let Some(linked_at) = rx
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), repo))?
@@ -211,7 +244,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let now = now_secs();
         let size = tx
             .open_table(BLOBS)?
@@ -230,7 +263,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         Ok(rx.open_table(BLOBS)?.get(digest.as_str())?.is_some())
     }
 
@@ -241,7 +274,7 @@ impl MetadataStore for RedbMeta {
         size: u64,
         upload: Option<&str>,
     ) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         RedbMeta::link(&tx, repo, digest, size, now_secs())?;
         if let Some(upload) = upload {
             tx.open_table(UPLOADS)?.remove(upload)?;
@@ -251,7 +284,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn mount(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let linked = tx
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), from))?
@@ -264,7 +297,7 @@ impl MetadataStore for RedbMeta {
         digest: &Digest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let links = rx.open_table(BLOB_LINKS)?;
         let mut out = Vec::new();
         for entry in links.range((digest.as_str(), "")..)? {
@@ -282,13 +315,13 @@ impl MetadataStore for RedbMeta {
     }
 
     fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let linked = has_prefix2(&tx.open_table(BLOB_LINKS)?, digest.as_str())?;
         RedbMeta::link_if_stored(tx, repo, digest, linked)
     }
 
     fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx
             .open_table(BLOB_LINKS)?
             .remove((digest.as_str(), repo))?
@@ -306,7 +339,7 @@ impl MetadataStore for RedbMeta {
         tags: &[String],
     ) -> Result<(), StorageError> {
         let now = now_secs();
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         {
             check_declared(&tx, repo, parsed)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
@@ -350,7 +383,7 @@ impl MetadataStore for RedbMeta {
         match reference {
             Reference::Digest(d) => Ok(Some(d.clone())),
             Reference::Tag(t) => {
-                let rx = self.db.begin_read()?;
+                let rx = self.db()?.begin_read()?;
                 let found = rx
                     .open_table(TAGS)?
                     .get((repo, t.as_str()))?
@@ -368,7 +401,7 @@ impl MetadataStore for RedbMeta {
         digest: &Digest,
         with_bytes: bool,
     ) -> Result<Option<ManifestWithBytes>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let Some(rec) = rx
             .open_table(MANIFESTS)?
             .get((repo, digest.as_str()))?
@@ -387,7 +420,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         tx.commit()?;
         Ok(removed)
@@ -398,7 +431,7 @@ impl MetadataStore for RedbMeta {
         repo: &str,
         reference: &Reference,
     ) -> Result<Option<Deleted>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let digest = match reference {
             Reference::Digest(d) => Some(d.to_string()),
             Reference::Tag(t) => tx
@@ -421,7 +454,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         if tx.open_table(REPOS)?.remove(repo)?.is_none() {
             return Ok(None);
         }
@@ -480,7 +513,7 @@ impl MetadataStore for RedbMeta {
         last: Option<&str>,
         n: Option<usize>,
     ) -> Result<Option<Page>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         if rx.open_table(REPOS)?.get(repo)?.is_none() {
             return Ok(None);
         }
@@ -506,7 +539,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let t = rx.open_table(REPOS)?;
         let mut items = Vec::new();
         let mut more = false;
@@ -531,7 +564,7 @@ impl MetadataStore for RedbMeta {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let refs = rx.open_table(REFERRERS)?;
         let manifests = rx.open_table(MANIFESTS)?;
         let mut out = Vec::new();
@@ -552,14 +585,14 @@ impl MetadataStore for RedbMeta {
     }
 
     fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         tx.open_table(UPLOADS)?.insert(id, (repo, now_secs()))?;
         tx.commit()?;
         Ok(())
     }
 
     fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         Ok(rx.open_table(UPLOADS)?.get(id)?.map(|g| {
             let (repo, started) = g.value();
             (repo.to_owned(), started)
@@ -567,14 +600,14 @@ impl MetadataStore for RedbMeta {
     }
 
     fn remove_upload(&self, id: &str) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx.open_table(UPLOADS)?.remove(id)?.is_some();
         tx.commit()?;
         Ok(removed)
     }
 
     fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for entry in rx.open_table(UPLOADS)?.iter()? {
             let (k, v) = entry?;
@@ -584,9 +617,17 @@ impl MetadataStore for RedbMeta {
         Ok(out)
     }
 
+    fn recover(&self) {
+        // Dropped here; closed once the last call still holding it ends.
+        self.db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError> {
         let mut report = GcReport::default();
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         loop {
             let tagged: HashSet<(String, String)> = {
                 let t = tx.open_table(TAGS)?;
