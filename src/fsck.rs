@@ -101,10 +101,10 @@ fn check_control(path: &Path, findings: &mut Vec<Finding>) -> Result<ControlCoun
         message: e.to_string(),
     };
     let txn = db.begin_read().map_err(|e| read_err(&e))?;
-    let ((tokens, scope_maps, repositories), problems) =
-        check_tables(&txn).map_err(|e| read_err(&e))?;
+    let identity = check_tables(&txn).map_err(|e| read_err(&e))?;
     findings.extend(
-        problems
+        identity
+            .problems
             .into_iter()
             .map(|(subject, message)| Finding::new(Severity::Problem, subject, message)),
     );
@@ -137,9 +137,9 @@ fn check_control(path: &Path, findings: &mut Vec<Finding>) -> Result<ControlCoun
         }
     }
     Ok(ControlCounts {
-        tokens,
-        scope_maps,
-        repositories,
+        tokens: identity.tokens,
+        scope_maps: identity.scope_maps,
+        repositories: identity.repositories,
         trust_guns: guns.len(),
     })
 }

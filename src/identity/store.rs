@@ -291,13 +291,19 @@ fn load_table<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// What [`check_tables`] found: records counted, problems as (subject, message).
+#[derive(Debug, Default)]
+pub struct TablesCheck {
+    pub tokens: usize,
+    pub scope_maps: usize,
+    pub repositories: usize,
+    pub problems: Vec<(String, String)>,
+}
+
 /// What `portcullis fsck` finds in the identity tables read through `txn`: every token,
 /// scope map, repository attribute record and the admin password record must decode under
-/// its key, and every token's scope map must exist. Returns (tokens, scope maps,
-/// repositories) counted and the problems as (subject, message).
-pub fn check_tables(
-    txn: &ReadTransaction,
-) -> Result<((usize, usize, usize), Vec<(String, String)>), IdentityStoreError> {
+/// its key, and every token's scope map must exist.
+pub fn check_tables(txn: &ReadTransaction) -> Result<TablesCheck, IdentityStoreError> {
     fn rows<T: DeserializeOwned>(
         txn: &ReadTransaction,
         table: TableDefinition<&str, &[u8]>,
@@ -348,7 +354,12 @@ pub fn check_tables(
             ));
         }
     }
-    Ok(((tokens.len(), maps.len(), repositories.len()), problems))
+    Ok(TablesCheck {
+        tokens: tokens.len(),
+        scope_maps: maps.len(),
+        repositories: repositories.len(),
+        problems,
+    })
 }
 
 impl IdentityStore {
