@@ -6,6 +6,7 @@
 //! - [`admin`]: the `/admin/v1` HTTP API over the identity store.
 //! - [`gateway`]: the data plane: classify, authenticate, decide (Cedar), forward.
 //! - [`cli`]: the `portcullis` command line (server and admin client).
+//! - [`fsck`]: the offline consistency check of a data directory (`portcullis fsck`).
 //! - [`audit`]: the audit stream (decisions, admin and token-endpoint actions).
 //! - [`fuzz`]: one entry per untrusted-bytes parser, for `fuzz/` and its corpus replay.
 //! - [`trust`]: content trust (Notary v1 / TUF) data, validation and storage.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod fsck;
 pub mod fuzz;
 pub mod gateway;
 pub mod identity;

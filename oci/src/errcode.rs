@@ -29,13 +29,16 @@ pub enum ErrorCode {
     TagInvalid,
     /// A dependency (the backend behind the gateway) cannot be reached.
     Unavailable,
+    /// The disk (or quota) holding the data is full: nothing was stored (507). Not in the
+    /// distribution spec; a client retries once an operator frees space.
+    InsufficientStorage,
     /// Internal failure; the message is generic and the cause is logged.
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -53,6 +56,7 @@ impl ErrorCode {
         ErrorCode::RangeInvalid,
         ErrorCode::TagInvalid,
         ErrorCode::Unavailable,
+        ErrorCode::InsufficientStorage,
         ErrorCode::Unknown,
     ];
 
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +105,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::InsufficientStorage => "INSUFFICIENT_STORAGE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -126,6 +132,9 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "invalid content range",
             ErrorCode::TagInvalid => "manifest tag did not match URI",
             ErrorCode::Unavailable => "service unavailable",
+            ErrorCode::InsufficientStorage => {
+                "the registry's storage is full: nothing was stored, retry when space is freed"
+            }
             ErrorCode::Unknown => "unknown error",
         }
     }

@@ -8,6 +8,7 @@ use portcullis_oci::{ErrorCode, OciError};
 use crate::identity::pattern::PatternError;
 use crate::identity::scope::{NameError, RuleError};
 use crate::identity::store::IdentityStoreError;
+use portcullis_storage::error::is_out_of_space;
 
 /// The admin realm, sent with every 401.
 pub const REALM: &str = r#"Basic realm="portcullis-admin""#;
@@ -27,6 +28,9 @@ pub enum AdminError {
     Conflict(String),
     #[error("method not allowed on this admin endpoint")]
     MethodNotAllowed,
+    /// The disk holding `control.redb` is full; nothing was written.
+    #[error("{}", ErrorCode::InsufficientStorage.default_message())]
+    InsufficientStorage(String),
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -45,6 +49,10 @@ impl AdminError {
             AdminError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
+            AdminError::InsufficientStorage(_) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+            ),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         }
     }
@@ -63,6 +71,9 @@ impl From<IdentityStoreError> for AdminError {
             }
             IdentityStoreError::InvalidRepository(_) | IdentityStoreError::Name(_) => {
                 AdminError::InvalidName(msg)
+            }
+            IdentityStoreError::Database(e) if is_out_of_space(&e) => {
+                AdminError::InsufficientStorage(msg)
             }
             IdentityStoreError::Database(_) | IdentityStoreError::Corrupt { .. } => {
                 AdminError::Internal(msg)
@@ -94,8 +105,10 @@ impl From<RuleError> for AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        if let AdminError::Internal(cause) = &self {
-            tracing::error!(%cause, "admin api internal error");
+        match &self {
+            AdminError::Internal(cause) => tracing::error!(%cause, "admin api internal error"),
+            AdminError::InsufficientStorage(cause) => tracing::warn!(%cause, "storage full"),
+            _ => {}
         }
         let (status, code) = self.status_and_code();
         let mut resp = OciError::new(code, self.to_string())

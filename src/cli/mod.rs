@@ -4,6 +4,7 @@
 
 mod admin_client;
 mod config;
+mod fsck;
 mod manifest;
 mod policy;
 mod registry_client;
@@ -49,6 +50,9 @@ enum Command {
     /// CA certificates).
     #[command(name = "signature-trust")]
     SignatureTrust(signature_trust::SignatureTrustArgs),
+    /// Check a stopped gateway's data directory (read-only); exit 0 clean, 1 problems,
+    /// 2 could not run.
+    Fsck(fsck::FsckArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Config(args) => config::run(args),
         Command::Trust(args) => trust::run(args),
         Command::SignatureTrust(args) => signature_trust::run(args),
+        Command::Fsck(args) => return fsck::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

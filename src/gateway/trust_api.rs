@@ -40,7 +40,9 @@ use crate::policy::Operation;
 use crate::trust::Role;
 use crate::trust::naming::{MetadataRef, gun_repository};
 use crate::trust::service::TrustError;
+use crate::trust::store::TrustStoreError;
 use crate::trust::validate::UpdateError;
+use portcullis_storage::error::is_out_of_space;
 
 /// `Cache-Control` of current metadata (`<role>.json`): notary's 5-minute default. Shared
 /// caches may keep only what anonymous callers may read.
@@ -529,6 +531,11 @@ impl NotaryError {
                 TrustError::InvalidParameter(_) => {
                     (StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", Null)
                 }
+                TrustError::Store(TrustStoreError::Database(e)) if is_out_of_space(e) => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "INSUFFICIENT_STORAGE",
+                    Null,
+                ),
                 TrustError::Store(_) | TrustError::CorruptKey { .. } | TrustError::Kek(_)
                     if !*reading =>
                 {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -308,6 +308,77 @@ fn load_table<T: DeserializeOwned>(
         out.push((key, value));
     }
     Ok(out)
+}
+
+/// What [`check_tables`] found: records counted, problems as (subject, message).
+#[derive(Debug, Default)]
+pub struct TablesCheck {
+    pub tokens: usize,
+    pub scope_maps: usize,
+    pub repositories: usize,
+    pub problems: Vec<(String, String)>,
+}
+
+/// What `portcullis fsck` finds in the identity tables read through `txn`: every token,
+/// scope map, repository attribute record and the admin password record must decode under
+/// its key, and every token's scope map must exist.
+pub fn check_tables(txn: &ReadTransaction) -> Result<TablesCheck, IdentityStoreError> {
+    fn rows<T: DeserializeOwned>(
+        txn: &ReadTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        kind: &str,
+        problems: &mut Vec<(String, String)>,
+    ) -> Result<Vec<(String, T)>, IdentityStoreError> {
+        let mut out = Vec::new();
+        let table = match txn.open_table(table) {
+            // A table is created at the first write that needs it.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            r => r.map_err(db_err)?,
+        };
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let key = k.value().to_owned();
+            match decode::<T>(&key, v.value()) {
+                Ok(value) => out.push((key, value)),
+                Err(e) => problems.push((format!("{kind} {key}"), e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+    let mut problems = Vec::new();
+    let tokens: Vec<(String, Token)> = rows(txn, TOKENS, "token", &mut problems)?;
+    let maps: Vec<(String, ScopeMap)> = rows(txn, SCOPE_MAPS, "scope map", &mut problems)?;
+    let repositories: Vec<(String, RepositoryAttributes)> =
+        rows(txn, REPOSITORIES, "repository", &mut problems)?;
+    let _admin: Vec<(String, PasswordRecord)> = rows(txn, ADMIN, "admin", &mut problems)?;
+    for (key, map) in &maps {
+        if &map.name != key {
+            problems.push((
+                format!("scope map {key}"),
+                format!("its record is named `{}`", map.name),
+            ));
+        }
+    }
+    let system = system_scope_maps();
+    for (key, token) in &tokens {
+        let known = maps.iter().any(|(name, _)| name == &token.scope_map)
+            || system.iter().any(|m| m.name == token.scope_map);
+        if !known {
+            problems.push((
+                format!("token {key}"),
+                format!(
+                    "is bound to scope map `{}`, which does not exist",
+                    token.scope_map
+                ),
+            ));
+        }
+    }
+    Ok(TablesCheck {
+        tokens: tokens.len(),
+        scope_maps: maps.len(),
+        repositories: repositories.len(),
+        problems,
+    })
 }
 
 impl IdentityStore {

@@ -179,6 +179,12 @@ impl TrustStore {
         Ok(get("salt")?.zip(get("check")?))
     }
 
+    /// Reads through `txn`, a read transaction of any handle on the control-plane file
+    /// (fsck's read-only open of a stopped server's file).
+    pub fn reader(txn: ReadTransaction) -> ReadTxn {
+        TrustTxn { txn }
+    }
+
     pub fn read(&self) -> Result<ReadTxn, TrustStoreError> {
         Ok(TrustTxn {
             txn: self.db.begin_read().map_err(db_err)?,
@@ -274,6 +280,21 @@ impl<T: Tables> TrustTxn<T> {
             ));
         }
         Ok(out)
+    }
+
+    /// The roles `gun` has a current version of, sorted.
+    pub fn roles(&self, gun: &str) -> Result<Vec<String>, TrustStoreError> {
+        let current = self.txn.table(CURRENT)?;
+        let mut roles = Vec::new();
+        for entry in current.range((gun, "")..).map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            let (g, role) = key.value();
+            if g != gun {
+                break;
+            }
+            roles.push(role.to_owned());
+        }
+        Ok(roles)
     }
 
     /// Every GUN with trust data, sorted.

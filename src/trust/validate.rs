@@ -385,6 +385,74 @@ pub fn signed_targets(state: &dyn TrustState, now: OffsetDateTime) -> Vec<Signed
     out
 }
 
+/// What `portcullis fsck` asks of one GUN's stored metadata: the chain a client walks —
+/// the root signed by a threshold of its own valid root certificates; `targets` and every
+/// delegation its parent still delegates signed by the keys the parent names; the snapshot
+/// signed by the root's snapshot keys and matching the root and those targets roles; the
+/// timestamp signed by the root's timestamp keys and matching the snapshot. Expiry is not
+/// checked: an expired file is not a broken one (the server re-signs what it can on read).
+pub fn check_stored(gun: &str, state: &dyn TrustState, roles: &[Role]) -> Result<(), String> {
+    let need = |role: &Role| -> Result<SignedFile, String> {
+        stored(state, role)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no {role} is stored"))
+    };
+    let root = need(&Role::root())?;
+    let root_body = Root::parse(&root).map_err(|e| format!("root: {e}"))?;
+    let own = valid_root_keys(&root_body, gun, None).map_err(|e| format!("root: {e}"))?;
+    root.verify(&Role::root(), &own)
+        .map_err(|e| format!("root: {e}"))?;
+    let mut loaded = Loaded {
+        root,
+        root_body,
+        targets: BTreeMap::new(),
+    };
+    let mut targets_roles: Vec<&Role> = roles.iter().filter(|r| r.is_targets()).collect();
+    targets_roles.sort_by(|a, b| a.depth().cmp(&b.depth()).then_with(|| a.cmp(b)));
+    for role in targets_roles {
+        // A delegation its parent no longer names is left over, and ignored by clients.
+        if let Some(parent) = role.parent() {
+            let delegated = loaded
+                .targets
+                .get(&parent)
+                .is_some_and(|(_, body)| body.delegation(role).is_some());
+            if !delegated {
+                continue;
+            }
+        }
+        loaded.load_targets(role, need(role)?, None)?;
+    }
+    if !loaded.targets.contains_key(&Role::targets()) {
+        return Err("no targets is stored".to_owned());
+    }
+    let snapshot = need(&Role::snapshot())?;
+    snapshot
+        .verify(&Role::snapshot(), loaded.root_body.role(&Role::snapshot()))
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let body = Snapshot::parse(&snapshot).map_err(|e| format!("snapshot: {e}"))?;
+    let listed = std::iter::once((Role::root(), &loaded.root.raw))
+        .chain(loaded.targets.iter().map(|(r, (f, _))| (r.clone(), &f.raw)));
+    for (role, bytes) in listed {
+        body.meta
+            .get(role.as_str())
+            .ok_or_else(|| format!("snapshot: no entry for {role}"))?
+            .check(&role, bytes)
+            .map_err(|e| format!("snapshot: {e}"))?;
+    }
+    let timestamp = need(&Role::timestamp())?;
+    timestamp
+        .verify(
+            &Role::timestamp(),
+            loaded.root_body.role(&Role::timestamp()),
+        )
+        .map_err(|e| format!("timestamp: {e}"))?;
+    Timestamp::parse(&timestamp)
+        .map_err(|e| format!("timestamp: {e}"))?
+        .snapshot
+        .check(&Role::snapshot(), &snapshot.raw)
+        .map_err(|e| format!("timestamp: {e}"))
+}
+
 /// The version after `previous` (1 for a new role), within what files may carry.
 fn next_version(role: &Role, previous: Option<&SignedFile>) -> Result<u64, UpdateError> {
     previous

@@ -74,7 +74,37 @@ pub enum StorageError {
     Unsupported(String),
 }
 
+/// Whether `e`, or an error it wraps, is the filesystem out of space (ENOSPC) or the
+/// user's quota exhausted (EDQUOT): answered with 507 `INSUFFICIENT_STORAGE` everywhere.
+pub fn is_out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let full = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    };
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<std::io::Error>().is_some_and(full)
+            || matches!(err.downcast_ref::<redb::Error>(), Some(redb::Error::Io(io)) if full(io))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 impl StorageError {
+    /// The metadata database failed an I/O operation (redb refuses every later one until
+    /// it is reopened: see `MetadataStore::recover`).
+    pub fn is_database_io(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StorageError {
         StorageError::Io {
             path: path.into(),
@@ -136,6 +166,10 @@ impl From<deadpool_postgres::PoolError> for StorageError {
 impl From<StorageError> for OciError {
     fn from(e: StorageError) -> OciError {
         use StorageError as S;
+        if is_out_of_space(&e) {
+            tracing::warn!(error = %e, "storage full");
+            return OciError::from_code(ErrorCode::InsufficientStorage);
+        }
         let msg = e.to_string();
         let code = match &e {
             S::MetaUnavailable(_) => {

@@ -41,6 +41,7 @@ pub mod blobstore;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod error;
+pub mod fsck;
 mod http;
 pub mod manifest;
 pub mod meta;

@@ -5,6 +5,7 @@
 //! in PostgreSQL for several processes ([`MetadataLocation`], `--metadata`). The contract
 //! every implementation meets is the conformance suite (`crate::conformance`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -47,6 +48,7 @@ impl MetadataLocation {
     }
 }
 
+pub(crate) use redb_store::contents;
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -82,6 +84,29 @@ impl ManifestRecord {
             annotations: parsed.annotations.clone(),
         }
     }
+}
+
+/// Everything a metadata database holds that `crate::fsck` checks.
+#[derive(Debug, Default)]
+pub(crate) struct MetaContents {
+    /// digest → recorded size
+    pub blobs: BTreeMap<String, u64>,
+    /// (digest, repository)
+    pub links: BTreeSet<(String, String)>,
+    pub manifests: Vec<MetaManifest>,
+    /// (repository, tag, digest)
+    pub tags: Vec<(String, String, String)>,
+    /// upload session ids
+    pub uploads: BTreeSet<String>,
+}
+
+/// One stored manifest as read back, undecoded parts kept so fsck can name them.
+#[derive(Debug)]
+pub(crate) struct MetaManifest {
+    pub repo: String,
+    pub digest: String,
+    pub record: Result<ManifestRecord, String>,
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// A manifest's record and, when asked for, its bytes.
@@ -284,4 +309,10 @@ pub trait MetadataStore: Send + Sync {
     ///
     /// With `dry_run` nothing changes and the report says what would go.
     fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport>;
+
+    /// Called after a call failed with a database I/O error
+    /// ([`StorageError::is_database_io`]): an implementation whose database refuses all
+    /// work after one (redb) starts afresh here, so service resumes once the cause (a
+    /// full disk) is gone, without a restart.
+    fn recover(&self) {}
 }

@@ -101,6 +101,13 @@ impl Server {
         std::fs::read_to_string(&self.stderr_path).unwrap()
     }
 
+    /// `kill -9`: no shutdown at all, as a crash or the OOM killer; returns once the
+    /// process is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Graceful stop; returns once the process has exited (so its files are released).
     pub fn stop(mut self) {
         self.terminate();

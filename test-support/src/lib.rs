@@ -12,8 +12,11 @@
 //!   [`content`]: the small one-layer image the gateway tests push.
 //! - [`postgres`]: a PostgreSQL 15 server (one per test binary), a database per test.
 //!
+//! - [`chaos`]: the crash campaign (writes, `kill -9`, fsck, restart, read-back).
+//!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
+pub mod chaos;
 pub mod content;
 pub mod docker;
 pub mod gateway;

@@ -732,3 +732,58 @@ fn generated_versions_stop_at_the_largest_accepted() {
         "{err}"
     );
 }
+
+/// The roles a state holds, as fsck lists them from the store.
+fn stored_roles(state: &MemState) -> Vec<Role> {
+    state.files.keys().cloned().collect()
+}
+
+#[test]
+fn fsck_chain_accepts_published_metadata_and_names_each_broken_link() {
+    let mut repo = Repo::new();
+    repo.init();
+    let targets = repo.targets_file(2, &[("v2", b"manifest two")]);
+    repo.update(vec![(Role::targets(), targets)]).unwrap();
+    let roles = stored_roles(&repo.state);
+    assert_eq!(check_stored(GUN, &repo.state, &roles), Ok(()));
+
+    // A targets file the snapshot does not list (a write that half landed).
+    let mut stale = MemState::default();
+    stale.apply(repo.state.files.clone().into_iter().collect());
+    stale.apply(vec![(Role::targets(), repo.targets_file(3, &[]))]);
+    let err = check_stored(GUN, &stale, &roles).unwrap_err();
+    assert!(err.starts_with("snapshot:"), "{err}");
+
+    // A timestamp over another snapshot.
+    let mut other = MemState::default();
+    other.apply(repo.state.files.clone().into_iter().collect());
+    let mut older = Repo::new();
+    older.init();
+    other.apply(vec![(
+        Role::timestamp(),
+        older.state.files[&Role::timestamp()].clone(),
+    )]);
+    let err = check_stored(GUN, &other, &roles).unwrap_err();
+    assert!(err.starts_with("timestamp:"), "{err}");
+
+    // Targets signed by a key the root does not name.
+    let mut forged = MemState::default();
+    forged.apply(repo.state.files.clone().into_iter().collect());
+    let bogus = sign(
+        &targets_json(9, &[], &[], repo.now + Duration::days(30)),
+        &[&TestKey::ecdsa()],
+    );
+    forged.apply(vec![(Role::targets(), bogus)]);
+    assert!(check_stored(GUN, &forged, &roles).is_err());
+
+    // Nothing but a root.
+    let mut partial = MemState::default();
+    partial.apply(vec![(
+        Role::root(),
+        repo.state.files[&Role::root()].clone(),
+    )]);
+    assert_eq!(
+        check_stored(GUN, &partial, &[Role::root()]),
+        Err("no targets is stored".to_owned())
+    );
+}

@@ -16,14 +16,14 @@
 //! them.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaFuture, MetadataStore,
-    Page, now_secs,
+    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaContents, MetaFuture,
+    MetaManifest, MetadataStore, Page, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
@@ -52,7 +52,10 @@ const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("upload
 /// The default [`MetadataStore`]: one redb database file. Clones share it.
 #[derive(Clone)]
 pub struct RedbMeta {
-    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    /// `None` after an I/O failure ([`MetadataStore::recover`]) until the next call
+    /// reopens the file: redb refuses all work on a handle that failed once.
+    db: Arc<RwLock<Option<Arc<Database>>>>,
 }
 
 fn decode(bytes: &[u8]) -> Result<ManifestRecord, StorageError> {
@@ -90,13 +93,7 @@ fn has_prefix3(
 impl RedbMeta {
     /// Opens (or creates) the database and all tables.
     pub fn open(path: &Path) -> Result<RedbMeta, StorageError> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StorageError::DbLocked(path.to_owned()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let db = RedbMeta::open_file(path)?;
         let tx = db.begin_write()?;
         tx.open_table(BLOBS)?;
         tx.open_table(BLOB_LINKS)?;
@@ -108,7 +105,42 @@ impl RedbMeta {
         tx.open_table(REFERRERS)?;
         tx.open_table(UPLOADS)?;
         tx.commit()?;
-        Ok(RedbMeta { db: Arc::new(db) })
+        Ok(RedbMeta {
+            path: Arc::new(path.to_owned()),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Database, StorageError> {
+        match Database::create(path) {
+            Ok(db) => Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(StorageError::DbLocked(path.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The open database, reopened first if an I/O failure dropped it. A reopen runs
+    /// redb's repair when the failure left a commit half-written; until it succeeds
+    /// (space freed, the last transaction of the old handle gone) calls fail.
+    fn db(&self) -> Result<Arc<Database>, StorageError> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Arc::clone(db));
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(RedbMeta::open_file(&self.path)?);
+        tracing::warn!(path = %self.path.display(), "metadata database reopened after an i/o failure");
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
     }
 
     fn link(
@@ -198,7 +230,7 @@ impl RedbMeta {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<LinkedBlob>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let Some(linked_at) = rx
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), repo))?
@@ -216,7 +248,7 @@ impl RedbMeta {
     }
 
     fn touch_link(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let now = now_secs();
         let size = tx
             .open_table(BLOBS)?
@@ -235,7 +267,7 @@ impl RedbMeta {
     }
 
     fn blob_known(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         Ok(rx.open_table(BLOBS)?.get(digest.as_str())?.is_some())
     }
 
@@ -246,7 +278,7 @@ impl RedbMeta {
         size: u64,
         upload: Option<&str>,
     ) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         RedbMeta::link(&tx, repo, digest, size, now_secs())?;
         if let Some(upload) = upload {
             tx.open_table(UPLOADS)?.remove(upload)?;
@@ -256,7 +288,7 @@ impl RedbMeta {
     }
 
     fn mount(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let linked = tx
             .open_table(BLOB_LINKS)?
             .get((digest.as_str(), from))?
@@ -269,7 +301,7 @@ impl RedbMeta {
         digest: &Digest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let links = rx.open_table(BLOB_LINKS)?;
         let mut out = Vec::new();
         for entry in links.range((digest.as_str(), "")..)? {
@@ -287,13 +319,13 @@ impl RedbMeta {
     }
 
     fn mount_any(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let linked = has_prefix2(&tx.open_table(BLOB_LINKS)?, digest.as_str())?;
         RedbMeta::link_if_stored(tx, repo, digest, linked)
     }
 
     fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx
             .open_table(BLOB_LINKS)?
             .remove((digest.as_str(), repo))?
@@ -311,7 +343,7 @@ impl RedbMeta {
         tags: &[String],
     ) -> Result<(), StorageError> {
         let now = now_secs();
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         {
             check_declared(&tx, repo, parsed)?;
             let mut manifests = tx.open_table(MANIFESTS)?;
@@ -346,7 +378,7 @@ impl RedbMeta {
         match reference {
             Reference::Digest(d) => Ok(Some(d.clone())),
             Reference::Tag(t) => {
-                let rx = self.db.begin_read()?;
+                let rx = self.db()?.begin_read()?;
                 let found = rx
                     .open_table(TAGS)?
                     .get((repo, t.as_str()))?
@@ -364,7 +396,7 @@ impl RedbMeta {
         digest: &Digest,
         with_bytes: bool,
     ) -> Result<Option<ManifestWithBytes>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let Some(rec) = rx
             .open_table(MANIFESTS)?
             .get((repo, digest.as_str()))?
@@ -383,7 +415,7 @@ impl RedbMeta {
     }
 
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx.open_table(TAGS)?.remove((repo, tag))?.is_some();
         tx.commit()?;
         Ok(removed)
@@ -400,7 +432,7 @@ impl RedbMeta {
         repo: &str,
         reference: &Reference,
     ) -> Result<Option<Deleted>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let digest = match reference {
             Reference::Digest(d) => Some(d.to_string()),
             Reference::Tag(t) => tx
@@ -423,7 +455,7 @@ impl RedbMeta {
     }
 
     fn delete_repository(&self, repo: &str) -> Result<Option<Deleted>, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         if tx.open_table(REPOS)?.remove(repo)?.is_none() {
             return Ok(None);
         }
@@ -482,7 +514,7 @@ impl RedbMeta {
         last: Option<&str>,
         n: Option<usize>,
     ) -> Result<Option<Page>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         if rx.open_table(REPOS)?.get(repo)?.is_none() {
             return Ok(None);
         }
@@ -508,7 +540,7 @@ impl RedbMeta {
     }
 
     fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let t = rx.open_table(REPOS)?;
         let mut items = Vec::new();
         let mut more = false;
@@ -533,7 +565,7 @@ impl RedbMeta {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<(String, ManifestRecord)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let refs = rx.open_table(REFERRERS)?;
         let manifests = rx.open_table(MANIFESTS)?;
         let mut out = Vec::new();
@@ -554,14 +586,14 @@ impl RedbMeta {
     }
 
     fn create_upload(&self, id: &str, repo: &str) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         tx.open_table(UPLOADS)?.insert(id, (repo, now_secs()))?;
         tx.commit()?;
         Ok(())
     }
 
     fn upload(&self, id: &str) -> Result<Option<(String, u64)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         Ok(rx.open_table(UPLOADS)?.get(id)?.map(|g| {
             let (repo, started) = g.value();
             (repo.to_owned(), started)
@@ -569,14 +601,14 @@ impl RedbMeta {
     }
 
     fn remove_upload(&self, id: &str) -> Result<bool, StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         let removed = tx.open_table(UPLOADS)?.remove(id)?.is_some();
         tx.commit()?;
         Ok(removed)
     }
 
     fn uploads(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
-        let rx = self.db.begin_read()?;
+        let rx = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for entry in rx.open_table(UPLOADS)?.iter()? {
             let (k, v) = entry?;
@@ -586,9 +618,17 @@ impl RedbMeta {
         Ok(out)
     }
 
+    fn recover(&self) {
+        // Dropped here; closed once the last call still holding it ends.
+        self.db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     fn gc(&self, cutoff: u64, dry_run: bool) -> Result<GcReport, StorageError> {
         let mut report = GcReport::default();
-        let tx = self.db.begin_write()?;
+        let tx = self.db()?.begin_write()?;
         loop {
             let tagged: HashSet<(String, String)> = {
                 let t = tx.open_table(TAGS)?;
@@ -702,7 +742,18 @@ impl RedbMeta {
         f: impl FnOnce(&RedbMeta) -> Result<T, StorageError> + Send + 'static,
     ) -> MetaFuture<'a, T> {
         let this = self.clone();
-        Box::pin(async move { tokio::task::spawn_blocking(move || f(&this)).await? })
+        Box::pin(
+            async move { tokio::task::spawn_blocking(move || this.recovering(f(&this))).await? },
+        )
+    }
+
+    /// Passes `result` on; after a database I/O error the handle is dropped, so the next
+    /// call reopens the file (service resumes once a full disk has room again).
+    fn recovering<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.as_ref().is_err_and(StorageError::is_database_io) {
+            RedbMeta::recover(self);
+        }
+        result
     }
 }
 
@@ -713,7 +764,7 @@ impl MetadataStore for RedbMeta {
         repo: &'a str,
         digest: &'a Digest,
     ) -> MetaFuture<'a, Option<LinkedBlob>> {
-        Box::pin(async move { RedbMeta::linked_blob_size(self, repo, digest) })
+        Box::pin(async move { self.recovering(RedbMeta::linked_blob_size(self, repo, digest)) })
     }
 
     fn touch_link<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, bool> {
@@ -722,7 +773,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn blob_known<'a>(&'a self, digest: &'a Digest) -> MetaFuture<'a, bool> {
-        Box::pin(async move { RedbMeta::blob_known(self, digest) })
+        Box::pin(async move { self.recovering(RedbMeta::blob_known(self, digest)) })
     }
 
     fn commit_blob<'a>(
@@ -751,7 +802,7 @@ impl MetadataStore for RedbMeta {
         digest: &'a Digest,
         limit: usize,
     ) -> MetaFuture<'a, Vec<String>> {
-        Box::pin(async move { RedbMeta::blob_repositories(self, digest, limit) })
+        Box::pin(async move { self.recovering(RedbMeta::blob_repositories(self, digest, limit)) })
     }
 
     fn mount_any<'a>(&'a self, repo: &'a str, digest: &'a Digest) -> MetaFuture<'a, Option<u64>> {
@@ -787,7 +838,7 @@ impl MetadataStore for RedbMeta {
         repo: &'a str,
         reference: &'a Reference,
     ) -> MetaFuture<'a, Option<Digest>> {
-        Box::pin(async move { RedbMeta::resolve(self, repo, reference) })
+        Box::pin(async move { self.recovering(RedbMeta::resolve(self, repo, reference)) })
     }
 
     fn manifest<'a>(
@@ -796,7 +847,7 @@ impl MetadataStore for RedbMeta {
         digest: &'a Digest,
         with_bytes: bool,
     ) -> MetaFuture<'a, Option<ManifestWithBytes>> {
-        Box::pin(async move { RedbMeta::manifest(self, repo, digest, with_bytes) })
+        Box::pin(async move { self.recovering(RedbMeta::manifest(self, repo, digest, with_bytes)) })
     }
 
     fn delete_tag<'a>(&'a self, repo: &'a str, tag: &'a str) -> MetaFuture<'a, bool> {
@@ -829,11 +880,11 @@ impl MetadataStore for RedbMeta {
         last: Option<&'a str>,
         n: Option<usize>,
     ) -> MetaFuture<'a, Option<Page>> {
-        Box::pin(async move { RedbMeta::tags(self, repo, last, n) })
+        Box::pin(async move { self.recovering(RedbMeta::tags(self, repo, last, n)) })
     }
 
     fn catalog<'a>(&'a self, last: Option<&'a str>, n: Option<usize>) -> MetaFuture<'a, Page> {
-        Box::pin(async move { RedbMeta::catalog(self, last, n) })
+        Box::pin(async move { self.recovering(RedbMeta::catalog(self, last, n)) })
     }
 
     fn referrers<'a>(
@@ -842,7 +893,9 @@ impl MetadataStore for RedbMeta {
         subject: &'a Digest,
         artifact_type: Option<&'a str>,
     ) -> MetaFuture<'a, Vec<(String, ManifestRecord)>> {
-        Box::pin(async move { RedbMeta::referrers(self, repo, subject, artifact_type) })
+        Box::pin(
+            async move { self.recovering(RedbMeta::referrers(self, repo, subject, artifact_type)) },
+        )
     }
 
     fn create_upload<'a>(&'a self, id: &'a str, repo: &'a str) -> MetaFuture<'a, ()> {
@@ -851,7 +904,7 @@ impl MetadataStore for RedbMeta {
     }
 
     fn upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<(String, u64)>> {
-        Box::pin(async move { RedbMeta::upload(self, id) })
+        Box::pin(async move { self.recovering(RedbMeta::upload(self, id)) })
     }
 
     fn remove_upload<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool> {
@@ -860,12 +913,53 @@ impl MetadataStore for RedbMeta {
     }
 
     fn uploads(&self) -> MetaFuture<'_, Vec<(String, String, u64)>> {
-        Box::pin(async move { RedbMeta::uploads(self) })
+        Box::pin(async move { self.recovering(RedbMeta::uploads(self)) })
     }
 
     fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport> {
         self.write(move |m| m.gc(cutoff, dry_run))
     }
+
+    fn recover(&self) {
+        RedbMeta::recover(self);
+    }
+}
+
+/// Every row `crate::fsck` checks, read in one transaction of `db` (any redb handle, so
+/// a read-only open of a stopped server's file works).
+pub(crate) fn contents(db: &impl ReadableDatabase) -> Result<MetaContents, StorageError> {
+    let rx = db.begin_read()?;
+    let mut out = MetaContents::default();
+    for row in rx.open_table(BLOBS)?.iter()? {
+        let (k, v) = row?;
+        out.blobs.insert(k.value().to_owned(), v.value().0);
+    }
+    for row in rx.open_table(BLOB_LINKS)?.iter()? {
+        let (k, _) = row?;
+        let (digest, repo) = k.value();
+        out.links.insert((digest.to_owned(), repo.to_owned()));
+    }
+    let bytes = rx.open_table(MANIFEST_BYTES)?;
+    for row in rx.open_table(MANIFESTS)?.iter()? {
+        let (k, v) = row?;
+        let (repo, digest) = k.value();
+        out.manifests.push(MetaManifest {
+            repo: repo.to_owned(),
+            digest: digest.to_owned(),
+            record: decode(v.value()).map_err(|e| e.to_string()),
+            bytes: bytes.get((repo, digest))?.map(|g| g.value().to_vec()),
+        });
+    }
+    for row in rx.open_table(TAGS)?.iter()? {
+        let (k, v) = row?;
+        let (repo, tag) = k.value();
+        out.tags
+            .push((repo.to_owned(), tag.to_owned(), v.value().to_owned()));
+    }
+    for row in rx.open_table(UPLOADS)?.iter()? {
+        out.uploads.insert(row?.0.value().to_owned());
+    }
+    Ok(out)
 }
 
 /// Every descriptor of `parsed` against the stored content: config and layers are
