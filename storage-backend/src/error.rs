@@ -21,6 +21,13 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A request to the S3 blob store failed (after its retries): the service is
+    /// unavailable to the client, whatever S3 said.
+    #[error("s3 storage ({key}): {source}")]
+    ObjectStore {
+        key: String,
+        source: object_store::Error,
+    },
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
     #[error("background task failed: {0}")]
@@ -96,6 +103,10 @@ impl From<StorageError> for OciError {
             S::Db(_) | S::DbLocked(_) | S::Io { .. } | S::Corrupt(_) | S::Join(_) => {
                 tracing::error!(error = %e, "internal error");
                 return OciError::from_code(ErrorCode::Unknown);
+            }
+            S::ObjectStore { .. } => {
+                tracing::error!(error = %e, "blob storage unavailable");
+                return OciError::new(ErrorCode::Unavailable, "blob storage is unavailable");
             }
             S::Route(RouteError::NotFound(_)) => {
                 return OciError::new(ErrorCode::Unsupported, msg)

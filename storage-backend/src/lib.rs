@@ -45,6 +45,7 @@ pub mod manifest;
 pub mod meta;
 pub mod private;
 pub mod registry;
+pub mod s3;
 pub mod upload;
 
 pub use error::StorageError;

@@ -16,6 +16,7 @@ use crate::error::StorageError;
 use crate::manifest;
 use crate::meta::{Deleted, GcReport, ManifestRecord, MetadataStore, Page, RedbMeta, now_secs};
 use crate::names::{Digest, Reference, is_valid_tag};
+use crate::s3::{S3BlobStore, S3Config};
 
 /// Configuration of the storage service.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct StorageConfig {
     pub max_manifest_bytes: usize,
     /// Sessions idle for longer are removed.
     pub upload_expiry: Duration,
+    /// Blob bytes in this S3 bucket instead of `data_dir/blobs`.
+    pub s3: Option<S3Config>,
     /// `None` disables the background GC pass.
     pub gc_interval: Option<Duration>,
     /// Unreferenced content younger than this is never collected.
@@ -36,6 +39,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             max_manifest_bytes: 4 * 1024 * 1024,
+            s3: None,
             upload_expiry: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(3600),
@@ -58,13 +62,30 @@ impl Stores {
     /// The default stores in `data_dir` (created owner-only): blob files
     /// ([`FsBlobStore`]) and a redb database ([`RedbMeta`], `meta.redb`, 0600).
     pub fn open(data_dir: &Path) -> Result<Stores, StorageError> {
+        let meta = Stores::redb(data_dir)?;
+        Ok(Stores {
+            blobs: Arc::new(FsBlobStore::open(data_dir)?),
+            meta,
+        })
+    }
+
+    /// The stores `config` names: [`Stores::open`], or blobs on S3 (reached once to
+    /// prove the settings) beside the redb metadata.
+    pub fn for_config(config: &StorageConfig) -> Result<Stores, StorageError> {
+        let Some(s3) = &config.s3 else {
+            return Stores::open(&config.data_dir);
+        };
+        Ok(Stores {
+            blobs: Arc::new(S3BlobStore::connect(s3)?),
+            meta: Stores::redb(&config.data_dir)?,
+        })
+    }
+
+    fn redb(data_dir: &Path) -> Result<Arc<dyn MetadataStore>, StorageError> {
         crate::private::private_dir(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
         let meta_path = data_dir.join("meta.redb");
         crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
-        Ok(Stores {
-            blobs: Arc::new(FsBlobStore::open(data_dir)?),
-            meta: Arc::new(RedbMeta::open(&meta_path)?),
-        })
+        Ok(Arc::new(RedbMeta::open(&meta_path)?))
     }
 }
 
@@ -114,9 +135,10 @@ pub struct PutManifest {
 }
 
 impl Registry {
-    /// Opens the data directory (creating it) with the default [`Stores`], synchronously.
+    /// Opens the data directory (creating it) with the [`Stores`] `config` names,
+    /// synchronously.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
-        let stores = Stores::open(&config.data_dir)?;
+        let stores = Stores::for_config(&config)?;
         Ok(Registry::with_stores(config, stores))
     }
 
@@ -133,6 +155,11 @@ impl Registry {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// Whether the blob store can be used now (readiness).
+    pub async fn check_blobs(&self) -> Result<(), StorageError> {
+        self.blobs.check().await
     }
 
     /// Runs a blocking metadata operation off the async workers.
