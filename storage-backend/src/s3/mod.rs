@@ -758,4 +758,135 @@ mod tests {
     }
 
     crate::conformance_tests!(stores);
+
+    fn config() -> S3Config {
+        let target = std::thread::spawn(|| SeaweedFs::shared().target())
+            .join()
+            .unwrap();
+        let env = target.env();
+        S3Config::resolve_with(&target.url, &S3Settings::default(), |name| {
+            env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect()
+    }
+
+    fn body(data: &[u8]) -> ByteStream {
+        // As a request body arrives: in pieces that do not line up with parts.
+        let chunks: Vec<_> = data
+            .chunks(1_000_003)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures_util::stream::iter(chunks))
+    }
+
+    async fn keys(store: &S3BlobStore) -> Vec<String> {
+        let mut keys: Vec<String> = store
+            .s3
+            .list(Some(&store.key(&[])))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    async fn read(store: &S3BlobStore, digest: &Digest, offset: u64, len: u64) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let mut r = store.get(digest, offset, len).await.unwrap();
+        r.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// A session of several parts, continued by a second store (another gateway
+    /// process): chunks of any size, parts of [`PART`], the digest state carried along.
+    #[tokio::test]
+    async fn multipart_session_is_continued_by_another_process() {
+        let config = config();
+        let (a, b) = (
+            S3BlobStore::connect(&config).unwrap(),
+            S3BlobStore::connect(&config).unwrap(),
+        );
+        let data = content(2 * PART + 3 * 1024 * 1024 + 17);
+        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+        a.create_upload("s").await.unwrap();
+        let cuts = [0, 3 << 20, PART + 1, PART + (5 << 20), data.len() - 10];
+        for (i, w) in cuts.windows(2).enumerate() {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let range = (w[0] as u64, w[1] as u64 - 1);
+            let offset = store
+                .append_upload("s", Some(range), body(&data[w[0]..w[1]]))
+                .await
+                .unwrap();
+            assert_eq!(offset, w[1] as u64);
+            assert_eq!(b.upload_offset("s").await.unwrap(), w[1] as u64);
+        }
+        assert!(a.stat(&digest).await.unwrap().is_none(), "not yet visible");
+        let lock = Mutex::new(());
+        let (size, placed) = b
+            .commit_upload("s", &digest, body(&data[cuts[4]..]), &lock)
+            .await
+            .unwrap();
+        drop(placed);
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(read(&a, &digest, 0, size).await, data);
+        let across = (PART - 5) as u64;
+        assert_eq!(
+            read(&a, &digest, across, 10).await,
+            &data[PART - 5..PART + 5]
+        );
+        assert_eq!(
+            keys(&a).await,
+            [a.blob_key(&digest).to_string()],
+            "the session left nothing behind"
+        );
+    }
+
+    /// A put of several parts goes straight to the blob's key, where S3 shows nothing
+    /// until the verified upload completes; a mismatch aborts it.
+    #[tokio::test]
+    async fn large_put_is_invisible_until_verified() {
+        let store = S3BlobStore::connect(&config()).unwrap();
+        let data = content(PART + PART / 2);
+        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+        let wrong = Digest::of(b"something else");
+        let lock = Mutex::new(());
+        let err = store
+            .put(&wrong, body(&data), &lock)
+            .await
+            .map(|(size, _)| size)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
+        assert!(keys(&store).await.is_empty(), "nothing visible");
+        let (size, placed) = store.put(&digest, body(&data), &lock).await.unwrap();
+        drop(placed);
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(read(&store, &digest, 0, size).await, data);
+        assert_eq!(keys(&store).await, [store.blob_key(&digest).to_string()]);
+    }
+
+    /// A session whose record names a multipart upload: cancelling aborts it and
+    /// removes every object of the session.
+    #[tokio::test]
+    async fn cancel_removes_parts_and_tail() {
+        let store = S3BlobStore::connect(&config()).unwrap();
+        store.create_upload("c").await.unwrap();
+        store
+            .append_upload("c", None, body(&content(PART + 10)))
+            .await
+            .unwrap();
+        let session = store.load("c").await.unwrap();
+        assert_eq!((session.parts.len(), session.tail), (1, 10));
+        store.cancel_upload("c").await.unwrap();
+        assert!(keys(&store).await.is_empty());
+        assert!(matches!(
+            store.upload_offset("c").await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
 }
