@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use portcullis_storage::s3::{S3Config, S3ConfigError, S3Settings};
+
 use super::forwarded::{InvalidProxy, TrustedProxies};
 use crate::audit::AuditTarget;
 use crate::trust::KeyAlgorithm;
@@ -47,6 +49,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error(transparent)]
     TrustedProxy(#[from] InvalidProxy),
+    #[error(transparent)]
+    Storage(#[from] S3ConfigError),
 }
 
 /// How log lines are written (the audit stream is always JSON).
@@ -122,6 +126,20 @@ pub struct FileStorage {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    /// `s3://BUCKET[/PREFIX]`: blobs on S3.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub s3: FileS3,
+}
+
+/// `[storage.s3]`: how to reach the bucket of `storage.url` (credentials come from the
+/// environment only).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
 }
 
 /// The bundled store's settings: [`StorageSettings::default`] are the store's own defaults.
@@ -135,6 +153,8 @@ pub struct StorageSettings {
     pub upload_expiry: Duration,
     /// Larger manifests are refused.
     pub max_manifest_bytes: usize,
+    /// Blobs on S3 rather than in the data directory.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for StorageSettings {
@@ -145,6 +165,7 @@ impl Default for StorageSettings {
             gc_grace: store.gc_grace,
             upload_expiry: store.upload_expiry,
             max_manifest_bytes: store.max_manifest_bytes,
+            s3: store.s3,
         }
     }
 }
@@ -157,6 +178,7 @@ impl StorageSettings {
         config.gc_grace = self.gc_grace;
         config.upload_expiry = self.upload_expiry;
         config.max_manifest_bytes = self.max_manifest_bytes;
+        config.s3 = self.s3.clone();
         config
     }
 }
@@ -196,6 +218,9 @@ pub struct Overrides {
     pub gc_grace_seconds: Option<u64>,
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
+    /// `s3://BUCKET[/PREFIX]` and how to reach it.
+    pub storage: Option<String>,
+    pub s3: S3Settings,
     pub log_format: Option<LogFormat>,
     pub audit_log: Option<String>,
     /// Replaces the file's list when given.
@@ -301,6 +326,17 @@ impl Config {
                 Some(0) => return Err(ConfigError::Zero("max_manifest_bytes")),
                 Some(bytes) => bytes,
                 None => defaults.max_manifest_bytes,
+            },
+            s3: match over.storage.or(file.storage.url) {
+                Some(url) => {
+                    let s3 = S3Settings {
+                        endpoint: over.s3.endpoint.or(file.storage.s3.endpoint),
+                        region: over.s3.region.or(file.storage.s3.region),
+                        path_style: over.s3.path_style.or(file.storage.s3.path_style),
+                    };
+                    Some(S3Config::resolve(&url, &s3)?)
+                }
+                None => None,
             },
         };
         let mut policy_dirs = file.policy_dirs;

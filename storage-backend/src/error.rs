@@ -23,11 +23,17 @@ pub enum StorageError {
     },
     /// A request to the S3 blob store failed (after its retries): the service is
     /// unavailable to the client, whatever S3 said.
-    #[error("s3 storage ({key}): {source}")]
+    #[error("s3 storage ({key}): {error}")]
     ObjectStore {
         key: String,
-        source: object_store::Error,
+        error: object_store::Error,
     },
+    /// The S3 blob store cannot be used with the settings given (at start).
+    #[error(
+        "cannot use s3 storage {target}: {cause} (check --storage, --s3-endpoint or \
+         AWS_ENDPOINT_URL, --s3-region or AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    )]
+    S3Settings { target: String, cause: String },
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
     #[error("background task failed: {0}")]
@@ -104,7 +110,7 @@ impl From<StorageError> for OciError {
                 tracing::error!(error = %e, "internal error");
                 return OciError::from_code(ErrorCode::Unknown);
             }
-            S::ObjectStore { .. } => {
+            S::ObjectStore { .. } | S::S3Settings { .. } => {
                 tracing::error!(error = %e, "blob storage unavailable");
                 return OciError::new(ErrorCode::Unavailable, "blob storage is unavailable");
             }

@@ -87,6 +87,12 @@ impl Server {
         self.terminate();
     }
 
+    /// SIGKILL, as a crash: no graceful shutdown; returns once the process has exited.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn terminate(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;

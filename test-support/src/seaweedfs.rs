@@ -29,11 +29,21 @@ pub fn weed() -> PathBuf {
 
 /// A running SeaweedFS; stopped on drop.
 pub struct SeaweedFs {
-    child: Child,
+    child: Option<Child>,
     /// Closing it makes the wrapper shell kill `weed`.
     stdin: Option<ChildStdin>,
     /// `http://127.0.0.1:PORT` of the S3 API.
     pub endpoint: String,
+    /// `http://127.0.0.1:PORT` of the filer: the bucket's objects as directories
+    /// (`/buckets/<bucket>/<key>`), readable without signing, for checks.
+    pub filer: String,
+    /// `http://127.0.0.1:PORT` of the master (which knows the volume servers).
+    master: String,
+    /// `weed mini` and its arguments, for [`SeaweedFs::restart`].
+    command: Vec<String>,
+    /// Whether the wrapper removes `dir` when `weed` ends (the shared server is never
+    /// dropped).
+    remove_dir: bool,
     dir: tempfile::TempDir,
 }
 
@@ -70,11 +80,15 @@ impl SeaweedFs {
     /// The server of this test binary, started at first use.
     pub fn shared() -> &'static SeaweedFs {
         static SHARED: OnceLock<SeaweedFs> = OnceLock::new();
-        SHARED.get_or_init(SeaweedFs::start)
+        SHARED.get_or_init(|| SeaweedFs::launch(true))
     }
 
     /// A server of the caller's own.
     pub fn start() -> SeaweedFs {
+        SeaweedFs::launch(false)
+    }
+
+    fn launch(remove_dir: bool) -> SeaweedFs {
         let weed = weed();
         assert!(
             weed.exists(),
@@ -82,60 +96,95 @@ impl SeaweedFs {
             weed.display()
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc] =
-            free_ports::<10>();
-        let log = std::fs::File::create(dir.path().join("weed.log")).expect("log file");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
+        let [
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3,
+            s3_grpc,
+            admin,
+            admin_grpc,
+        ] = free_ports::<10>();
+        let command = vec![
+            weed.display().to_string(),
+            "mini".into(),
+            format!("-dir={}", data.display()),
+            // Its defaults bind every address: loopback only, always.
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-admin.ui=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-webdav=false".into(),
+            "-master.telemetry=false".into(),
+            format!("-bucket={BUCKET}"),
+            format!("-master.port={master}"),
+            format!("-master.port.grpc={master_grpc}"),
+            format!("-volume.port={volume}"),
+            format!("-volume.port.grpc={volume_grpc}"),
+            format!("-filer.port={filer}"),
+            format!("-filer.port.grpc={filer_grpc}"),
+            format!("-s3.port={s3}"),
+            format!("-s3.port.grpc={s3_grpc}"),
+            format!("-admin.port={admin}"),
+            format!("-admin.port.grpc={admin_grpc}"),
+        ];
+        let mut server = SeaweedFs {
+            child: None,
+            stdin: None,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            filer: format!("http://127.0.0.1:{filer}"),
+            master: format!("http://127.0.0.1:{master}"),
+            command,
+            remove_dir,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weed.log"))
+            .expect("log file");
+        let mut script = r#""$0" "$@" </dev/null & w=$!; read _; kill $w; wait $w"#.to_owned();
+        if self.remove_dir {
+            script.push_str(r#"; rm -rf "$WEED_TMP""#);
+        }
         let mut child = Command::new("sh")
             .arg("-c")
-            // The shared server's directory is never dropped: the shell removes it.
-            .arg(r#""$0" "$@" </dev/null & w=$!; read _; kill $w; wait $w; rm -rf "$WEED_TMP""#)
-            .arg(&weed)
-            .arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            // Its defaults bind every address: loopback only, always.
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .args(["-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .args(["-webdav=false", "-master.telemetry=false"])
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-master.port.grpc={master_grpc}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-volume.port.grpc={volume_grpc}"))
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-filer.port.grpc={filer_grpc}"))
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!("-s3.port.grpc={s3_grpc}"))
-            .arg(format!("-admin.port={admin}"))
-            .arg(format!("-admin.port.grpc={admin_grpc}"))
-            .env("WEED_TMP", dir.path())
+            .arg(script)
+            .args(&self.command)
+            .env("WEED_TMP", self.dir.path())
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("spawn weed mini");
-        let stdin = child.stdin.take();
-        let mut server = SeaweedFs {
-            child,
-            stdin,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            dir,
-        };
-        server.wait_ready(filer);
-        server
+        self.stdin = child.stdin.take();
+        self.child = Some(child);
+        self.wait_ready();
     }
 
-    /// Until the bucket exists (the filer lists `/buckets/<bucket>/`) and S3 answers.
-    fn wait_ready(&mut self, filer: u16) {
+    /// Until the bucket exists (the filer lists `/buckets/<bucket>/`), the master knows
+    /// a volume server (else object reads fail for a while after a restart) and S3
+    /// answers.
+    fn wait_ready(&mut self) {
         let client = crate::client();
-        let bucket = format!("http://127.0.0.1:{filer}/buckets/{BUCKET}/");
+        let bucket = format!("{}/buckets/{BUCKET}/", self.filer);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("weed mini exited early ({status}): {}", self.log());
             }
             let ready = client
@@ -143,6 +192,11 @@ impl SeaweedFs {
                 .header("Accept", "application/json")
                 .send()
                 .is_ok_and(|r| r.status() == 200)
+                && client
+                    .get(format!("{}/dir/status", self.master))
+                    .send()
+                    .and_then(|r| r.text())
+                    .is_ok_and(|t| t.contains(r#""DataNodes":[{"#))
                 && client.get(&self.endpoint).send().is_ok();
             if ready {
                 return;
@@ -154,6 +208,44 @@ impl SeaweedFs {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The object keys under `prefix` of the bucket (the part of a target's URL after
+    /// the bucket), read from the filer.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![prefix.trim_matches('/').to_owned()];
+        let client = crate::client();
+        while let Some(dir) = dirs.pop() {
+            let r = client
+                .get(format!(
+                    "{}/buckets/{BUCKET}/{dir}/?limit=10000",
+                    self.filer
+                ))
+                .header("Accept", "application/json")
+                .send()
+                .expect("filer listing");
+            if r.status() == 404 {
+                continue;
+            }
+            let listing: serde_json::Value = r.json().expect("filer listing JSON");
+            for entry in listing["Entries"].as_array().into_iter().flatten() {
+                let path = entry["FullPath"].as_str().expect("FullPath");
+                let key = path
+                    .strip_prefix(&format!("/buckets/{BUCKET}/"))
+                    .expect("under the bucket")
+                    .to_owned();
+                // Directories have a mode with the directory bit (0o20000000000).
+                let is_dir = entry["Mode"].as_u64().is_some_and(|m| m & (1 << 31) != 0);
+                if is_dir {
+                    dirs.push(key);
+                } else {
+                    out.push(key);
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn log(&self) -> String {
@@ -173,7 +265,15 @@ impl SeaweedFs {
     /// Stops the server (S3 requests fail from then on).
     pub fn stop(&mut self) {
         drop(self.stdin.take());
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped server again on the same data and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        self.spawn();
     }
 }
 

@@ -141,8 +141,8 @@ mod tests {
     fn url_settings_and_environment() {
         let mut vars = KEYS.to_vec();
         vars.push(("AWS_ENDPOINT_URL", "http://127.0.0.1:8333/"));
-        let c = S3Config::resolve_with("s3://bucket/a/b/", &S3Settings::default(), env(&vars))
-            .unwrap();
+        let c =
+            S3Config::resolve_with("s3://bucket/a/b/", &S3Settings::default(), env(&vars)).unwrap();
         assert_eq!(
             (c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()),
             ("bucket", "a/b", "us-east-1")

@@ -99,7 +99,7 @@ pub struct S3BlobStore {
 /// A failed S3 request on `key`.
 fn s3_error(key: &Path) -> impl FnOnce(object_store::Error) -> StorageError {
     let key = key.to_string();
-    move |source| StorageError::ObjectStore { key, source }
+    move |error| StorageError::ObjectStore { key, error }
 }
 
 impl S3BlobStore {
@@ -145,9 +145,9 @@ impl S3BlobStore {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        b.build().map_err(|source| StorageError::ObjectStore {
-            key: config.describe(),
-            source,
+        b.build().map_err(|e| StorageError::S3Settings {
+            target: config.describe(),
+            cause: root_cause(&e),
         })
     }
 
@@ -158,9 +158,9 @@ impl S3BlobStore {
             .list_with_delimiter(Some(&prefix))
             .await
             .map(|_| ())
-            .map_err(|source| StorageError::ObjectStore {
+            .map_err(|e| StorageError::ObjectStore {
                 key: self.config.describe(),
-                source,
+                error: e,
             })
     }
 
@@ -180,6 +180,13 @@ impl S3BlobStore {
             })
             .join()
             .unwrap_or_else(|_| Err(StorageError::Corrupt("s3 check panicked".into())))
+        })
+        .map_err(|e| match e {
+            StorageError::ObjectStore { error, .. } => StorageError::S3Settings {
+                target: config.describe(),
+                cause: root_cause(&error),
+            },
+            e => e,
         })?;
         S3BlobStore::open(config)
     }
@@ -335,7 +342,10 @@ impl S3BlobStore {
             None => Ok((session, parts)),
             Some(broken) => {
                 self.persist(id, &session, &parts).await?;
-                Err(StorageError::io(format!("upload {id} request body"), broken))
+                Err(StorageError::io(
+                    format!("upload {id} request body"),
+                    broken,
+                ))
             }
         }
     }
@@ -463,6 +473,24 @@ impl S3BlobStore {
         }
         let stream = got.into_stream().map_err(io::Error::other);
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+}
+
+/// The innermost cause (object_store's messages repeat their sources), with an S3 error
+/// document cut down to its code and message.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    let text = e.to_string();
+    let element = |name: &str| {
+        let (_, rest) = text.split_once(&format!("<{name}>"))?;
+        Some(rest.split_once(&format!("</{name}>"))?.0.to_owned())
+    };
+    match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => text,
     }
 }
 
@@ -771,7 +799,9 @@ mod tests {
     }
 
     fn content(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect()
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+            .collect()
     }
 
     fn body(data: &[u8]) -> ByteStream {
