@@ -28,14 +28,15 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 const MIB: usize = 1 << 20;
 
 fn gateway(data: &Path, target: &S3Target) -> Server {
+    gateway_with(data, target, &[])
+}
+
+fn gateway_with(data: &Path, target: &S3Target, extra: &[&str]) -> Server {
     let env = target.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Server::start_with_env(
-        data,
-        Some(ADMIN_PASSWORD),
-        &["--storage", &target.url],
-        &env,
-    )
+    let mut args = vec!["--storage", &target.url];
+    args.extend_from_slice(extra);
+    Server::start_with_env(data, Some(ADMIN_PASSWORD), &args, &env)
 }
 
 /// The prefix of `target` inside the bucket.
@@ -159,6 +160,15 @@ fn finish(http: &Client, location: &str, blob: &[u8]) -> Response {
         .unwrap()
 }
 
+/// Closes the session at `location` with `blob` as its (last) body.
+fn finish_with(http: &Client, location: &str, blob: &[u8]) -> Response {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    admin(http.put(format!("{location}{separator}digest={}", digest(blob))))
+        .body(blob.to_vec())
+        .send()
+        .unwrap()
+}
+
 /// The session's offset, from `GET` of its location (`Range: 0-<last>`).
 fn offset(http: &Client, location: &str) -> usize {
     let resp = admin(http.get(location)).send().unwrap();
@@ -261,6 +271,44 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
     assert_eq!(
         finish(&http, &location, &blob).status(),
         StatusCode::CREATED
+    );
+}
+
+#[test]
+fn blob_gets_redirect_to_presigned_urls_when_configured() {
+    let s3 = SeaweedFs::shared();
+    let target = s3.target();
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway_with(
+        &dir.path().join("data"),
+        &target,
+        &["--s3-redirect-seconds", "60"],
+    );
+    let http = portcullis_test_support::client();
+    let blob = pseudo_random(11, 300_000);
+    let location = start_upload(&http, &server, "s3/redirect");
+    assert_eq!(
+        finish_with(&http, &location, &blob).status(),
+        StatusCode::CREATED
+    );
+    let url = server.url(&format!("/v2/s3/redirect/blobs/{}", digest(&blob)));
+    let resp = admin(http.get(&url)).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let presigned = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(presigned.starts_with(&s3.endpoint), "{presigned}");
+    assert!(presigned.contains("X-Amz-Signature="), "{presigned}");
+    // No credentials: the URL itself is the permission, for a short while.
+    let got = http.get(&presigned).send().unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().unwrap().as_ref(), blob.as_slice());
+    // Still refused to whoever may not read the repository, before any URL is made.
+    assert_eq!(
+        http.get(&url).send().unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin(http.head(&url)).send().unwrap().status(),
+        StatusCode::OK
     );
 }
 

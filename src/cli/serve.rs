@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
-
 use portcullis_storage::s3::S3Settings;
 
 use crate::audit::Audit;
@@ -93,6 +92,10 @@ pub struct ServeArgs {
     /// Path-style S3 requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
     #[arg(long, value_name = "BOOL", env = "PORTCULLIS_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
     pub s3_path_style: Option<bool>,
+    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them through
+    /// the gateway [default: 0].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_S3_REDIRECT_SECONDS")]
+    pub s3_redirect_seconds: Option<u64>,
     /// Log lines as text or as JSON objects [default: text]; RUST_LOG sets the level.
     #[arg(long, value_enum, ignore_case = true, env = "PORTCULLIS_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -156,6 +159,7 @@ impl ServeArgs {
                 endpoint: self.s3_endpoint,
                 region: self.s3_region,
                 path_style: self.s3_path_style,
+                redirect_seconds: self.s3_redirect_seconds,
             },
             log_format: self.log_format,
             audit_log: self.audit_log,

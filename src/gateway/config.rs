@@ -11,9 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use portcullis_storage::s3::{S3Config, S3ConfigError, S3Settings};
+use serde::Deserialize;
 
 use super::forwarded::{InvalidProxy, TrustedProxies};
 use crate::audit::AuditTarget;
@@ -140,6 +139,7 @@ pub struct FileS3 {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: Option<bool>,
+    pub redirect_seconds: Option<u64>,
 }
 
 /// The bundled store's settings: [`StorageSettings::default`] are the store's own defaults.
@@ -333,6 +333,10 @@ impl Config {
                         endpoint: over.s3.endpoint.or(file.storage.s3.endpoint),
                         region: over.s3.region.or(file.storage.s3.region),
                         path_style: over.s3.path_style.or(file.storage.s3.path_style),
+                        redirect_seconds: over
+                            .s3
+                            .redirect_seconds
+                            .or(file.storage.s3.redirect_seconds),
                     };
                     Some(S3Config::resolve(&url, &s3)?)
                 }

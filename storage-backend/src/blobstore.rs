@@ -84,6 +84,15 @@ pub trait BlobStore: Send + Sync {
         len: u64,
     ) -> BoxFuture<'a, Result<BlobReader, StorageError>>;
 
+    /// A short-lived URL the client can fetch `digest` from directly, if the store hands
+    /// out such URLs and is configured to; `None`: the registry streams the bytes.
+    fn redirect<'a>(
+        &'a self,
+        _digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Stores `body` as `digest`, hashing while it streams. Content that does not hash to
     /// `digest` is [`StorageError::DigestMismatch`] and leaves nothing visible. Takes
     /// `placement` before the blob becomes visible and returns it held, with the size.

@@ -6,6 +6,8 @@
 //!   orders their writes so a crash is harmless. The default stores keep the data
 //!   directory: metadata in `meta.redb` (redb), blobs content-addressed under
 //!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`.
+//!   [`s3::S3BlobStore`] keeps blobs and upload sessions in an S3 bucket instead
+//!   (`--storage s3://BUCKET[/PREFIX]`), so several processes can share them.
 //! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
 //!   suite; a new implementation runs it with [`conformance_tests!`].
 //! - [`router`] serves `/v2/…` on top of it.

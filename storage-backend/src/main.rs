@@ -43,6 +43,9 @@ struct BlobArgs {
     /// Path-style requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
     #[arg(long, value_name = "BOOL", env = "PORTCULLIS_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
     s3_path_style: Option<bool>,
+    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them [default: 0].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_S3_REDIRECT_SECONDS")]
+    s3_redirect_seconds: Option<u64>,
 }
 
 impl BlobArgs {
@@ -53,6 +56,7 @@ impl BlobArgs {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
                 path_style: self.s3_path_style,
+                redirect_seconds: self.s3_redirect_seconds,
             };
             config.s3 = Some(S3Config::resolve(url, &settings)?);
         }

@@ -257,6 +257,12 @@ impl Registry {
         self.blobs.get(digest, offset, len).await
     }
 
+    /// Where the client may fetch `digest` itself (a pre-signed URL), if the blob store
+    /// is configured to redirect.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        self.blobs.redirect(digest).await
+    }
+
     /// Unlinks a blob from `repo`; GC removes the bytes later.
     pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), StorageError> {
         let (r, d) = (repo.to_owned(), digest.clone());

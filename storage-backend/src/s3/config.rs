@@ -17,6 +17,9 @@ pub struct S3Config {
     pub session_token: Option<String>,
     /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
     pub path_style: bool,
+    /// Blob GETs answer with a redirect to a pre-signed URL valid this long, instead of
+    /// streaming the bytes through the registry.
+    pub redirect: Option<std::time::Duration>,
 }
 
 // The secret stays out of logs and panics.
@@ -29,6 +32,7 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("path_style", &self.path_style)
+            .field("redirect", &self.redirect)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +54,8 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: Option<bool>,
+    /// Seconds a pre-signed blob URL is valid; `None` or 0: blob GETs stream.
+    pub redirect_seconds: Option<u64>,
 }
 
 impl S3Config {
@@ -103,6 +109,10 @@ impl S3Config {
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             path_style: settings.path_style.unwrap_or(true),
+            redirect: settings
+                .redirect_seconds
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
             endpoint: endpoint.map(|e| e.trim_end_matches('/').to_owned()),
             region,
             access_key_id: env("AWS_ACCESS_KEY_ID")
@@ -153,11 +163,13 @@ mod tests {
             endpoint: Some("https://s3.example".into()),
             region: Some("eu-west-1".into()),
             path_style: Some(false),
+            redirect_seconds: Some(60),
         };
         let c = S3Config::resolve_with("s3://bucket", &settings, env(&vars)).unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("https://s3.example"));
         assert_eq!((c.prefix.as_str(), c.region.as_str()), ("", "eu-west-1"));
         assert!(!c.path_style);
+        assert_eq!(c.redirect, Some(std::time::Duration::from_secs(60)));
         assert!(!format!("{c:?}").contains("secret"));
     }
 

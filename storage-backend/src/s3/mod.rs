@@ -25,7 +25,6 @@ mod sha256;
 
 use std::io;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -34,6 +33,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt,
     PutPayload, RetryConfig,
@@ -91,7 +91,10 @@ impl Session {
 
 /// Blobs and upload sessions in an S3 bucket.
 pub struct S3BlobStore {
-    s3: Arc<AmazonS3>,
+    /// Requests of bounded size (metadata, 8 MiB parts): a stuck server times out.
+    s3: AmazonS3,
+    /// Blob GETs, streamed to clients at their pace: no limit on the whole request.
+    s3_streams: AmazonS3,
     config: S3Config,
     session_locks: [Mutex<()>; SESSION_LOCKS],
 }
@@ -103,17 +106,18 @@ fn s3_error(key: &Path) -> impl FnOnce(object_store::Error) -> StorageError {
 }
 
 impl S3BlobStore {
-    /// The store `config` names; no request is made (see [`S3BlobStore::check`]).
+    /// The store `config` names; no request is made (see [`S3BlobStore::connect`]).
     pub fn open(config: &S3Config) -> Result<S3BlobStore, StorageError> {
-        let s3 = Self::client(config)?;
+        let bounded = ClientOptions::new().with_timeout(Duration::from_secs(120));
         Ok(S3BlobStore {
-            s3: Arc::new(s3),
+            s3: Self::client(config, bounded)?,
+            s3_streams: Self::client(config, ClientOptions::new().with_timeout_disabled())?,
             config: config.clone(),
             session_locks: std::array::from_fn(|_| Mutex::new(())),
         })
     }
 
-    fn client(config: &S3Config) -> Result<AmazonS3, StorageError> {
+    fn client(config: &S3Config, options: ClientOptions) -> Result<AmazonS3, StorageError> {
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
@@ -131,12 +135,7 @@ impl S3BlobStore {
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(10),
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    // Bodies of 8 MiB parts over slow links; a stuck server still ends.
-                    .with_timeout(Duration::from_secs(300)),
-            );
+            .with_client_options(options.with_connect_timeout(Duration::from_secs(5)));
         if let Some(token) = &config.session_token {
             b = b.with_token(token);
         }
@@ -400,7 +399,7 @@ impl S3BlobStore {
         mut parts: Parts,
         placement: &'p Mutex<()>,
     ) -> Result<(u64, Placement<'p>), StorageError> {
-        let size = parts.hasher.len() + parts.buf.len() as u64;
+        let size = parts.hasher.hashed() + parts.buf.len() as u64;
         let mut hasher = parts.hasher.clone();
         hasher.update(&parts.buf);
         let actual = Digest::from_sha256(&hasher.finish());
@@ -456,7 +455,7 @@ impl S3BlobStore {
             range: Some(GetRange::Bounded(range.clone())),
             ..GetOptions::default()
         };
-        let got = match self.s3.get_opts(&key, opts).await {
+        let got = match self.s3_streams.get_opts(&key, opts).await {
             Ok(got) => got,
             Err(e) => {
                 // S3 refuses a range starting past the end; tell that from a failure.
@@ -631,6 +630,24 @@ impl BlobStore for S3BlobStore {
         })
     }
 
+    fn redirect<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async move {
+            let Some(valid) = self.config.redirect else {
+                return Ok(None);
+            };
+            let key = self.blob_key(digest);
+            let url = self
+                .s3
+                .signed_url(http::Method::GET, &key, valid)
+                .await
+                .map_err(s3_error(&key))?;
+            Ok(Some(url.to_string()))
+        })
+    }
+
     fn put<'a>(
         &'a self,
         digest: &'a Digest,
@@ -763,6 +780,7 @@ impl BlobStore for S3BlobStore {
 #[cfg(test)]
 mod tests {
     use std::path::Path as FsPath;
+    use std::sync::Arc;
 
     use portcullis_test_support::seaweedfs::SeaweedFs;
 

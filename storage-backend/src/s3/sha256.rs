@@ -51,7 +51,7 @@ impl Sha256 {
     }
 
     /// Bytes hashed so far.
-    pub fn len(&self) -> u64 {
+    pub fn hashed(&self) -> u64 {
         self.len
     }
 
