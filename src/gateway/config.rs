@@ -544,8 +544,15 @@ mod tests {
                 gc_grace: Duration::from_secs(5),
                 upload_expiry: Duration::from_secs(120),
                 max_manifest_bytes: 1000,
+                s3: None,
             }
         );
+        // Blobs on S3: a storage URL that is none is refused, naming it.
+        let bad = file("[storage]\nurl = \"/srv/blobs\"\n[storage.s3]\nregion = \"eu-west-1\"\n");
+        assert!(matches!(
+            Config::resolve(Overrides::default(), bad),
+            Err(ConfigError::Storage(S3ConfigError::Url(u))) if u == "/srv/blobs"
+        ));
         let zero = Overrides {
             max_manifest_bytes: Some(0),
             ..Overrides::default()
