@@ -124,8 +124,8 @@ impl Backend {
     /// Whether the backend answers the distribution API; why not when it does not.
     /// An upstream must answer `GET /v2/` with 200 or 401 and
     /// `Docker-Distribution-API-Version: registry/2.0` (a socket that merely accepts
-    /// is not a registry); the bundled store must read its metadata and see its blob
-    /// directory.
+    /// is not a registry); the bundled store must read its metadata and reach its blob
+    /// store (the blob directory, or the S3 bucket).
     pub async fn ready(&self) -> Result<(), String> {
         match self {
             Backend::Bundled { registry } => {
@@ -133,12 +133,10 @@ impl Backend {
                     .catalog(None, Some(1))
                     .await
                     .map_err(|e| format!("the bundled store: {e}"))?;
-                let blobs = registry.config().data_dir.join("blobs");
-                match tokio::fs::metadata(&blobs).await {
-                    Ok(m) if m.is_dir() => Ok(()),
-                    Ok(_) => Err(format!("`{}` is not a directory", blobs.display())),
-                    Err(e) => Err(format!("`{}`: {e}", blobs.display())),
-                }
+                registry
+                    .check_blobs()
+                    .await
+                    .map_err(|e| format!("the blob store: {e}"))
             }
             Backend::Upstream {
                 base,

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portcullis_storage::s3::{S3Config, S3ConfigError, S3Settings};
 use serde::Deserialize;
 
 use super::connections::ConnectionLimits;
@@ -50,6 +51,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error(transparent)]
     TrustedProxy(#[from] InvalidProxy),
+    #[error(transparent)]
+    Storage(#[from] S3ConfigError),
 }
 
 /// How log lines are written (the audit stream is always JSON).
@@ -166,6 +169,21 @@ pub struct FileStorage {
     pub max_manifest_bytes: Option<usize>,
     /// `local` or a `postgres://` URL.
     pub metadata: Option<String>,
+    /// `s3://BUCKET[/PREFIX]`: blobs on S3.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub s3: FileS3,
+}
+
+/// `[storage.s3]`: how to reach the bucket of `storage.url` (credentials come from the
+/// environment only).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub redirect_seconds: Option<u64>,
 }
 
 /// The bundled store's settings: [`StorageSettings::default`] are the store's own defaults.
@@ -181,6 +199,8 @@ pub struct StorageSettings {
     pub max_manifest_bytes: usize,
     /// Where the metadata lives.
     pub metadata: portcullis_storage::meta::MetadataLocation,
+    /// Blobs on S3 rather than in the data directory.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for StorageSettings {
@@ -192,6 +212,7 @@ impl Default for StorageSettings {
             upload_expiry: store.upload_expiry,
             max_manifest_bytes: store.max_manifest_bytes,
             metadata: store.metadata,
+            s3: store.s3,
         }
     }
 }
@@ -205,6 +226,7 @@ impl StorageSettings {
         config.upload_expiry = self.upload_expiry;
         config.max_manifest_bytes = self.max_manifest_bytes;
         config.metadata = self.metadata.clone();
+        config.s3 = self.s3.clone();
         config
     }
 }
@@ -245,6 +267,9 @@ pub struct Overrides {
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
     pub metadata: Option<String>,
+    /// `s3://BUCKET[/PREFIX]` and how to reach it.
+    pub storage: Option<String>,
+    pub s3: S3Settings,
     pub log_format: Option<LogFormat>,
     pub audit_log: Option<String>,
     /// Replaces the file's list when given.
@@ -370,6 +395,21 @@ impl Config {
                 Some(value) => portcullis_storage::meta::MetadataLocation::parse(&value)
                     .map_err(ConfigError::Metadata)?,
                 None => defaults.metadata,
+            },
+            s3: match over.storage.or(file.storage.url) {
+                Some(url) => {
+                    let s3 = S3Settings {
+                        endpoint: over.s3.endpoint.or(file.storage.s3.endpoint),
+                        region: over.s3.region.or(file.storage.s3.region),
+                        path_style: over.s3.path_style.or(file.storage.s3.path_style),
+                        redirect_seconds: over
+                            .s3
+                            .redirect_seconds
+                            .or(file.storage.s3.redirect_seconds),
+                    };
+                    Some(S3Config::resolve(&url, &s3)?)
+                }
+                None => None,
             },
         };
         let mut policy_dirs = file.policy_dirs;
@@ -656,6 +696,7 @@ mod tests {
                 upload_expiry: Duration::from_secs(120),
                 max_manifest_bytes: 1000,
                 metadata: MetadataLocation::Postgres("postgres://flag@db/reg".into()),
+                s3: None,
             }
         );
         let bad = Overrides {
@@ -666,6 +707,12 @@ mod tests {
         assert!(matches!(err, ConfigError::Metadata(_)));
         let message = err.to_string();
         assert!(message.contains("--metadata") && message.contains("mysql://u:***@db/reg"));
+        // Blobs on S3: a storage URL that is none is refused, naming it.
+        let bad = file("[storage]\nurl = \"/srv/blobs\"\n[storage.s3]\nregion = \"eu-west-1\"\n");
+        assert!(matches!(
+            Config::resolve(Overrides::default(), bad),
+            Err(ConfigError::Storage(S3ConfigError::Url(u))) if u == "/srv/blobs"
+        ));
         let zero = Overrides {
             max_manifest_bytes: Some(0),
             ..Overrides::default()

@@ -66,6 +66,9 @@ pub struct UploadStat {
 /// The contract is checked by [`crate::conformance`] (feature `conformance`); a new
 /// implementation runs it with one line, `portcullis_storage::conformance_tests!(…)`.
 pub trait BlobStore: Send + Sync {
+    /// Whether the store can be reached and used (readiness probes); why not if not.
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
     /// Size and last write of `digest`; `None` if it is not stored.
     fn stat<'a>(
         &'a self,
@@ -80,6 +83,15 @@ pub trait BlobStore: Send + Sync {
         offset: u64,
         len: u64,
     ) -> BoxFuture<'a, Result<BlobReader, StorageError>>;
+
+    /// A short-lived URL the client can fetch `digest` from directly, if the store hands
+    /// out such URLs and is configured to; `None`: the registry streams the bytes.
+    fn redirect<'a>(
+        &'a self,
+        _digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Stores `body` as `digest`, hashing while it streams. Content that does not hash to
     /// `digest` is [`StorageError::DigestMismatch`] and leaves nothing visible. Takes
@@ -220,6 +232,19 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl BlobStore for FsBlobStore {
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            match tokio::fs::metadata(&self.root).await {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(StorageError::io(
+                    &self.root,
+                    io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                )),
+                Err(e) => Err(StorageError::io(&self.root, e)),
+            }
+        })
+    }
+
     fn stat<'a>(
         &'a self,
         digest: &'a Digest,

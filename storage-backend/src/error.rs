@@ -34,6 +34,19 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A request to the S3 blob store failed (after its retries): the service is
+    /// unavailable to the client, whatever S3 said.
+    #[error("s3 storage ({key}): {error}")]
+    ObjectStore {
+        key: String,
+        error: object_store::Error,
+    },
+    /// The S3 blob store cannot be used with the settings given (at start).
+    #[error(
+        "cannot use s3 storage {target}: {cause} (check --storage, --s3-endpoint or \
+         AWS_ENDPOINT_URL, --s3-region or AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    )]
+    S3Settings { target: String, cause: String },
     #[error("corrupt metadata record: {0}")]
     Corrupt(String),
     #[error("background task failed: {0}")]
@@ -189,6 +202,10 @@ impl From<StorageError> for OciError {
             | S::Join(_) => {
                 tracing::error!(error = %e, "internal error");
                 return OciError::from_code(ErrorCode::Unknown);
+            }
+            S::ObjectStore { .. } | S::S3Settings { .. } => {
+                tracing::error!(error = %e, "blob storage unavailable");
+                return OciError::new(ErrorCode::Unavailable, "blob storage is unavailable");
             }
             S::Route(RouteError::NotFound(_)) => {
                 return OciError::new(ErrorCode::Unsupported, msg)

@@ -5,8 +5,10 @@
 //!   bytes ([`blobstore::BlobStore`]) and metadata ([`meta::MetadataStore`]), and
 //!   orders their writes so a crash is harmless. The default stores keep the data
 //!   directory: metadata in `meta.redb` (redb), blobs content-addressed under
-//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`; with
-//!   `--metadata postgres://…` the metadata is in PostgreSQL instead ([`meta::PgMeta`]).
+//!   `blobs/sha256/<aa>/<hex>`, upload sessions under `uploads/<uuid>`.
+//!   [`s3::S3BlobStore`] keeps blobs and upload sessions in an S3 bucket instead
+//!   (`--storage s3://BUCKET[/PREFIX]`), and with `--metadata postgres://…` the metadata
+//!   is in PostgreSQL ([`meta::PgMeta`]), so several processes can share them.
 //! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
 //!   suite; a new implementation runs it with [`conformance_tests!`].
 //! - [`router`] serves `/v2/…` on top of it.
@@ -47,6 +49,7 @@ pub mod manifest;
 pub mod meta;
 pub mod private;
 pub mod registry;
+pub mod s3;
 pub mod upload;
 
 pub use error::StorageError;

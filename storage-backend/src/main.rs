@@ -1,5 +1,7 @@
 //! The `portcullis-storage` binary: `serve` runs the registry, `gc` collects
-//! garbage offline.
+//! garbage offline. Blobs live in the data directory, or on S3 with `--storage
+//! s3://BUCKET[/PREFIX]` (endpoint, region and credentials from the AWS SDK variables or
+//! the `--s3-*` flags).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -8,8 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use clap::{Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
 use portcullis_storage::meta::MetadataLocation;
+use portcullis_storage::s3::{S3Config, S3Settings};
 use portcullis_storage::{Registry, StorageConfig, router};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +26,43 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where blobs live: the data directory unless `--storage` names a bucket.
+#[derive(Args)]
+struct BlobArgs {
+    /// Blobs in this bucket (s3://BUCKET[/PREFIX]) instead of DATA_DIR/blobs; metadata
+    /// stays in the data directory. Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]", env = "PORTCULLIS_STORAGE")]
+    storage: Option<String>,
+    /// S3 endpoint (http[s]://HOST[:PORT]) [default: AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, value_name = "URL", env = "PORTCULLIS_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION; us-east-1 with an endpoint].
+    #[arg(long, value_name = "REGION", env = "PORTCULLIS_S3_REGION")]
+    s3_region: Option<String>,
+    /// Path-style requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
+    #[arg(long, value_name = "BOOL", env = "PORTCULLIS_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
+    s3_path_style: Option<bool>,
+    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them [default: 0].
+    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_S3_REDIRECT_SECONDS")]
+    s3_redirect_seconds: Option<u64>,
+}
+
+impl BlobArgs {
+    fn config(&self, data_dir: PathBuf) -> anyhow::Result<StorageConfig> {
+        let mut config = StorageConfig::new(data_dir);
+        if let Some(url) = &self.storage {
+            let settings = S3Settings {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                path_style: self.s3_path_style,
+                redirect_seconds: self.s3_redirect_seconds,
+            };
+            config.s3 = Some(S3Config::resolve(url, &settings)?);
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Subcommand)]
@@ -46,6 +87,8 @@ enum Command {
         max_manifest_bytes: usize,
         #[command(flatten)]
         metadata: MetadataArg,
+        #[command(flatten)]
+        blobs: BlobArgs,
     },
     /// Collect garbage (with local metadata, offline: the server must not be running on
     /// DIR; with PostgreSQL, online beside running servers).
@@ -59,6 +102,8 @@ enum Command {
         dry_run: bool,
         #[command(flatten)]
         metadata: MetadataArg,
+        #[command(flatten)]
+        blobs: BlobArgs,
     },
 }
 
@@ -117,8 +162,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             upload_expiry_seconds,
             max_manifest_bytes,
             metadata,
+            blobs,
         } => {
-            let mut config = StorageConfig::new(data_dir);
+            let mut config = blobs.config(data_dir)?;
             config.metadata = metadata.location;
             config.gc_interval =
                 (gc_interval_seconds > 0).then(|| Duration::from_secs(gc_interval_seconds));
@@ -132,8 +178,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             grace_seconds,
             dry_run,
             metadata,
+            blobs,
         } => {
-            let mut config = StorageConfig::new(data_dir);
+            let mut config = blobs.config(data_dir)?;
             config.metadata = metadata.location;
             let reg = Registry::connect(config).await?;
             let r = reg.gc(Duration::from_secs(grace_seconds), dry_run).await?;

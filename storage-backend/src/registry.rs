@@ -19,6 +19,7 @@ use crate::meta::{
     now_secs,
 };
 use crate::names::{Digest, Reference, is_valid_tag};
+use crate::s3::{S3BlobStore, S3Config};
 
 /// Configuration of the storage service.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct StorageConfig {
     pub max_manifest_bytes: usize,
     /// Sessions idle for longer are removed.
     pub upload_expiry: Duration,
+    /// Blob bytes in this S3 bucket instead of `data_dir/blobs`.
+    pub s3: Option<S3Config>,
     /// `None` disables the background GC pass.
     pub gc_interval: Option<Duration>,
     /// Unreferenced content younger than this is never collected.
@@ -41,6 +44,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             max_manifest_bytes: 4 * 1024 * 1024,
+            s3: None,
             upload_expiry: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(3600),
@@ -64,26 +68,48 @@ impl Stores {
     /// The default stores in `data_dir` (created owner-only): blob files
     /// ([`FsBlobStore`]) and a redb database ([`RedbMeta`], `meta.redb`, 0600).
     pub fn open(data_dir: &Path) -> Result<Stores, StorageError> {
-        crate::private::private_dir(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
-        let meta_path = data_dir.join("meta.redb");
-        crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
+        let meta = Stores::redb(data_dir)?;
         Ok(Stores {
             blobs: Arc::new(FsBlobStore::open(data_dir)?),
-            meta: Arc::new(RedbMeta::open(&meta_path)?),
+            meta,
         })
     }
 
-    /// The stores `config` names: blobs in its data directory, metadata there
-    /// ([`Stores::open`]) or in PostgreSQL (connected, migrated).
-    pub async fn connect(config: &StorageConfig) -> Result<Stores, StorageError> {
-        let url = match &config.metadata {
-            MetadataLocation::Local => return Stores::open(&config.data_dir),
-            MetadataLocation::Postgres(url) => url,
-        };
+    /// The stores `config` names with the metadata in the data directory: blobs there
+    /// ([`Stores::open`]) or on S3 (reached once to prove the settings).
+    pub fn for_config(config: &StorageConfig) -> Result<Stores, StorageError> {
+        Ok(Stores {
+            blobs: Stores::blobs(config)?,
+            meta: Stores::redb(&config.data_dir)?,
+        })
+    }
+
+    /// Blobs on S3 when `config` names a bucket, else files in the data directory.
+    fn blobs(config: &StorageConfig) -> Result<Arc<dyn BlobStore>, StorageError> {
+        if let Some(s3) = &config.s3 {
+            return Ok(Arc::new(S3BlobStore::connect(s3)?));
+        }
         let dir = &config.data_dir;
         crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        Ok(Arc::new(FsBlobStore::open(dir)?))
+    }
+
+    fn redb(data_dir: &Path) -> Result<Arc<dyn MetadataStore>, StorageError> {
+        crate::private::private_dir(data_dir).map_err(|e| StorageError::io(data_dir, e))?;
+        let meta_path = data_dir.join("meta.redb");
+        crate::private::private_file(&meta_path).map_err(|e| StorageError::io(&meta_path, e))?;
+        Ok(Arc::new(RedbMeta::open(&meta_path)?))
+    }
+
+    /// The stores `config` names: blobs in the data directory or on S3, metadata there
+    /// ([`Stores::for_config`]) or in PostgreSQL (connected, migrated).
+    pub async fn connect(config: &StorageConfig) -> Result<Stores, StorageError> {
+        let url = match &config.metadata {
+            MetadataLocation::Local => return Stores::for_config(config),
+            MetadataLocation::Postgres(url) => url,
+        };
         Ok(Stores {
-            blobs: Arc::new(FsBlobStore::open(dir)?),
+            blobs: Stores::blobs(config)?,
             meta: Arc::new(PgMeta::connect(url).await?),
         })
     }
@@ -139,7 +165,7 @@ impl Registry {
     /// inside a runtime or outside any.
     pub fn open(config: StorageConfig) -> Result<Arc<Registry>, StorageError> {
         let stores = match &config.metadata {
-            MetadataLocation::Local => Stores::open(&config.data_dir)?,
+            MetadataLocation::Local => Stores::for_config(&config)?,
             // On a thread and runtime of their own; the store's pool connects later, on
             // the runtime that first uses it, so nothing is tied to this one.
             MetadataLocation::Postgres(url) => std::thread::scope(|s| {
@@ -181,6 +207,11 @@ impl Registry {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// Whether the blob store can be used now (readiness).
+    pub async fn check_blobs(&self) -> Result<(), StorageError> {
+        self.blobs.check().await
     }
 
     fn blob_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
@@ -266,6 +297,12 @@ impl Registry {
         len: u64,
     ) -> Result<BlobReader, StorageError> {
         self.blobs.get(digest, offset, len).await
+    }
+
+    /// Where the client may fetch `digest` itself (a pre-signed URL), if the blob store
+    /// is configured to redirect.
+    pub async fn blob_redirect(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        self.blobs.redirect(digest).await
     }
 
     /// Unlinks a blob from `repo`; GC removes the bytes later.

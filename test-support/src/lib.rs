@@ -6,6 +6,7 @@
 //!   [`walkthrough`]: the token walkthrough replayed with docker.
 //! - [`store`]: the `portcullis-storage` binary; [`registry`]: Debian's `docker-registry`
 //!   (distribution), the reference and upstream.
+//! - [`seaweedfs`]: a real S3 server (SeaweedFS), one per test binary, a prefix per test.
 //! - [`docker`]: a docker engine and CLI handles with private configs.
 //! - [`oci`]: distribution-API client calls and manifest builders; [`image`]: test images
 //!   (pseudo-random content, tar layers, indexes, OCI image layouts, consistency checks);
@@ -24,6 +25,7 @@ pub mod image;
 pub mod oci;
 pub mod postgres;
 pub mod registry;
+pub mod seaweedfs;
 pub mod store;
 pub mod trust;
 pub mod walkthrough;

@@ -80,6 +80,11 @@ struct RunArgs {
     /// Phases to run [all].
     #[arg(long, value_enum, value_delimiter = ',')]
     phase: Vec<Phase>,
+    /// Blobs of the gateway-s3 target in this bucket (s3://BUCKET[/PREFIX]); the endpoint
+    /// and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    /// Without it, gateway-s3 is left out of the default targets.
+    #[arg(long, value_name = "URL")]
+    s3: Option<String>,
     /// Where `portcullis` and `portcullis-storage` are [the directory of this binary].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -137,6 +142,7 @@ async fn main() -> Result<()> {
                 portcullis: bin_dir(args.bin_dir.as_deref())?.join("portcullis"),
                 storage: PathBuf::new(),
                 registry: PathBuf::new(),
+                s3: None,
             };
             bins.check(&[Target::Gateway])?;
             let settings = soak::SoakSettings {
@@ -185,7 +191,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let large_mib = args.large_mib.unwrap_or(if quick { 32 } else { 256 });
     let targets = if args.target.is_empty() {
-        Target::ALL.to_vec()
+        Target::ALL
+            .into_iter()
+            .filter(|t| *t != Target::GatewayS3 || args.s3.is_some())
+            .collect()
     } else {
         args.target.clone()
     };
@@ -194,6 +203,7 @@ async fn run(args: RunArgs) -> Result<()> {
         portcullis: bin_dir.join("portcullis"),
         storage: bin_dir.join("portcullis-storage"),
         registry: args.registry_bin.clone(),
+        s3: args.s3.clone(),
     };
     bins.check(&targets)?;
     if settings.phases.contains(&Phase::WrkManifestGet) {

@@ -36,14 +36,18 @@ pub enum Target {
     Gateway,
     /// `portcullis serve --upstream` in front of docker-registry.
     GatewayUpstream,
+    /// `portcullis serve --storage s3://…`: the bundled backend with blobs on S3 (run
+    /// only with `--s3`; endpoint and credentials from the AWS_* variables).
+    GatewayS3,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Registry,
         Target::Storage,
         Target::Gateway,
         Target::GatewayUpstream,
+        Target::GatewayS3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Target {
             Target::Storage => "storage",
             Target::Gateway => "gateway",
             Target::GatewayUpstream => "gateway-upstream",
+            Target::GatewayS3 => "gateway-s3",
         }
     }
 
@@ -63,11 +68,17 @@ impl Target {
             Target::GatewayUpstream => {
                 "(4) portcullis serve --upstream, bearer token + Cedar → docker-registry 2.8.2"
             }
+            Target::GatewayS3 => {
+                "(5) portcullis serve --storage s3://…, bearer token + Cedar → bundled backend, blobs on S3"
+            }
         }
     }
 
     pub fn is_gateway(self) -> bool {
-        matches!(self, Target::Gateway | Target::GatewayUpstream)
+        matches!(
+            self,
+            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3
+        )
     }
 }
 
@@ -83,6 +94,8 @@ pub struct Binaries {
     pub portcullis: PathBuf,
     pub storage: PathBuf,
     pub registry: PathBuf,
+    /// The bucket of [`Target::GatewayS3`] (`s3://BUCKET[/PREFIX]`).
+    pub s3: Option<String>,
 }
 
 impl Binaries {
@@ -94,7 +107,11 @@ impl Binaries {
                 Target::Storage => &[&self.storage],
                 Target::Gateway => &[&self.portcullis],
                 Target::GatewayUpstream => &[&self.portcullis, &self.registry],
+                Target::GatewayS3 => &[&self.portcullis],
             };
+            if *target == Target::GatewayS3 && self.s3.is_none() {
+                bail!("the gateway-s3 target needs --s3 s3://BUCKET[/PREFIX]");
+            }
             if let Some(missing) = needed.iter().find(|b| !b.is_file()) {
                 bail!(
                     "`{}` not found (build with `cargo build --release --bins`, or pass --bin-dir / --registry-bin)",
@@ -194,7 +211,7 @@ impl Running {
                         .env("RUST_LOG", log),
                 )?);
             }
-            Target::Gateway | Target::GatewayUpstream => {
+            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3 => {
                 let mut cmd = Command::new(&bins.portcullis);
                 cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
                     .arg(dir.path().join("data"))
@@ -207,6 +224,9 @@ impl Running {
                     wait_ready(&p, upstream).await?;
                     processes.push(p);
                     cmd.arg("--upstream").arg(format!("http://{upstream}"));
+                }
+                if let (Target::GatewayS3, Some(url)) = (target, &bins.s3) {
+                    cmd.arg("--storage").arg(url);
                 }
                 processes.insert(0, Process::spawn("portcullis", dir.path(), &mut cmd)?);
             }

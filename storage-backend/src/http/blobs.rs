@@ -73,6 +73,17 @@ pub(super) async fn get(
     head: bool,
 ) -> Result<Response, StorageError> {
     let size = reg.blob_size(name, digest, head).await?;
+    // Only after the repository check above: the URL is a bearer credential for the bytes.
+    if !head && let Some(url) = reg.blob_redirect(digest).await? {
+        return build(
+            Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header("docker-content-digest", digest.as_str())
+                .header(header::CONTENT_LENGTH, 0),
+            Body::empty(),
+        );
+    }
     let range = if head {
         RangeRequest::Full
     } else {

@@ -1,0 +1,355 @@
+//! The gateway on S3 blob storage (`portcullis serve --storage s3://…`) against a real
+//! SeaweedFS started by the test: skopeo pushes and pulls an image whose big layer spans
+//! several multipart parts; a gateway killed midway through a chunked upload leaves a
+//! session the next gateway process finishes; S3 stopped during a push gives the client
+//! 503 `UNAVAILABLE` and leaves nothing half-written visible; a wrong setting stops the
+//! start with a message naming it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{ADMIN_PASSWORD, Server, bin};
+use portcullis_test_support::content::{follow, pseudo_random};
+use portcullis_test_support::digest;
+use portcullis_test_support::image::{Image, Prng, tar_gz_layer, write_oci_layout};
+use portcullis_test_support::oci::OCI_MANIFEST;
+use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+
+const MIB: usize = 1 << 20;
+
+fn gateway(data: &Path, target: &S3Target) -> Server {
+    gateway_with(data, target, &[])
+}
+
+fn gateway_with(data: &Path, target: &S3Target, extra: &[&str]) -> Server {
+    let env = target.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["--storage", &target.url];
+    args.extend_from_slice(extra);
+    Server::start_with_env(data, Some(ADMIN_PASSWORD), &args, &env)
+}
+
+/// The prefix of `target` inside the bucket.
+fn prefix(target: &S3Target) -> &str {
+    target.url.splitn(4, '/').nth(3).unwrap()
+}
+
+fn admin(rb: RequestBuilder) -> RequestBuilder {
+    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn error_code(resp: Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().expect("OCI error JSON");
+    (
+        status,
+        body["errors"][0]["code"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn skopeo_push_and_pull_through_the_gateway_on_s3() {
+    let s3 = SeaweedFs::shared();
+    let target = s3.target();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = gateway(&data, &target);
+    let mut rng = Prng::new(17);
+    // 20 MiB of noise: the layer crosses two multipart part boundaries.
+    let image = Image::new(
+        "amd64",
+        vec![
+            tar_gz_layer(&[("data/big.bin", &rng.bytes(20 * MIB))]),
+            tar_gz_layer(&[("etc/hello.txt", b"hello s3\n")]),
+        ],
+    );
+    let layout = dir.path().join("layout");
+    write_oci_layout(
+        &layout,
+        &image.blobs(),
+        &[("v1", OCI_MANIFEST, &image.manifest)],
+    );
+    let creds = format!("admin:{ADMIN_PASSWORD}");
+    let reference = format!("docker://{}/s3/app:v1", server.host());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        "--preserve-digests",
+        &format!("oci:{}:v1", layout.display()),
+        &reference,
+    ]);
+    let out = dir.path().join("out");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &reference,
+        &format!("dir:{}", out.display()),
+    ]);
+    for blob in image.blobs() {
+        let hex = digest(blob).trim_start_matches("sha256:").to_owned();
+        assert_eq!(std::fs::read(out.join(&hex)).unwrap(), blob, "blob {hex}");
+    }
+    // The bytes are in the bucket, and only the blobs: no session is left behind, and
+    // nothing went to the data directory.
+    let mut want: Vec<String> = image
+        .blobs()
+        .iter()
+        .map(|b| {
+            let hex = digest(b).trim_start_matches("sha256:").to_owned();
+            format!("{}/blobs/sha256/{hex}", prefix(&target))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(s3.keys(prefix(&target)), want);
+    assert!(!data.join("blobs").exists());
+}
+
+/// PATCHes `chunk` at `start` to the session at `location`; the response.
+fn patch(http: &Client, location: &str, start: usize, chunk: &[u8]) -> Response {
+    admin(http.patch(location))
+        .header("content-type", "application/octet-stream")
+        .header(
+            "content-range",
+            format!("{start}-{}", start + chunk.len() - 1),
+        )
+        .body(chunk.to_vec())
+        .send()
+        .unwrap()
+}
+
+fn start_upload(http: &Client, server: &Server, repo: &str) -> String {
+    let resp = admin(http.post(server.url(&format!("/v2/{repo}/blobs/uploads/"))))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    follow(&server.base, resp.headers()["location"].to_str().unwrap())
+}
+
+fn finish(http: &Client, location: &str, blob: &[u8]) -> Response {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    admin(http.put(format!("{location}{separator}digest={}", digest(blob))))
+        .send()
+        .unwrap()
+}
+
+/// Closes the session at `location` with `blob` as its (last) body.
+fn finish_with(http: &Client, location: &str, blob: &[u8]) -> Response {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    admin(http.put(format!("{location}{separator}digest={}", digest(blob))))
+        .body(blob.to_vec())
+        .send()
+        .unwrap()
+}
+
+/// The session's offset, from `GET` of its location (`Range: 0-<last>`).
+fn offset(http: &Client, location: &str) -> usize {
+    let resp = admin(http.get(location)).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let range = resp.headers()["range"].to_str().unwrap();
+    range.split_once('-').unwrap().1.parse::<usize>().unwrap() + 1
+}
+
+#[test]
+fn upload_started_on_a_killed_gateway_is_finished_by_the_next() {
+    let s3 = SeaweedFs::shared();
+    let target = s3.target();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = portcullis_test_support::client();
+    let blob = pseudo_random(5, 19 * MIB + 123);
+    let mut first = gateway(&data, &target);
+    let location = start_upload(&http, &first, "s3/resume");
+    let path = location.strip_prefix(&first.base).unwrap().to_owned();
+    // 11 MiB: one 8 MiB part sent to S3, 3 MiB waiting for the next.
+    let resp = patch(&http, &location, 0, &blob[..11 * MIB]);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    first.kill();
+
+    let second = gateway(&data, &target);
+    let location = second.url(&path);
+    assert_eq!(offset(&http, &location), 11 * MIB);
+    let resp = patch(&http, &location, 11 * MIB, &blob[11 * MIB..]);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = finish(&http, &location, &blob);
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let got = admin(http.get(second.url(&format!("/v2/s3/resume/blobs/{}", digest(&blob)))))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(digest(&got.bytes().unwrap()), digest(&blob));
+}
+
+#[test]
+fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
+    let mut s3 = SeaweedFs::start();
+    let target = s3.target();
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&dir.path().join("data"), &target);
+    let http = portcullis_test_support::client();
+    let blob = pseudo_random(9, 3 * MIB);
+    let location = start_upload(&http, &server, "s3/outage");
+    assert_eq!(
+        patch(&http, &location, 0, &blob[..MIB]).status(),
+        StatusCode::ACCEPTED
+    );
+
+    s3.stop();
+    let (status, code) = error_code(patch(&http, &location, MIB, &blob[MIB..2 * MIB]));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    let (status, code) = error_code(finish(&http, &location, &blob));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    let other = pseudo_random(10, 100_000);
+    let monolithic = admin(http.post(server.url(&format!(
+        "/v2/s3/outage/blobs/uploads/?digest={}",
+        digest(&other)
+    ))))
+    .body(other.clone())
+    .send()
+    .unwrap();
+    let (status, code) = error_code(monolithic);
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+
+    // Back up: no blob appeared, and the session holds exactly what was acknowledged.
+    s3.restart();
+    let blobs = format!("{}/blobs/", prefix(&target));
+    assert!(
+        s3.keys(prefix(&target))
+            .iter()
+            .all(|k| !k.starts_with(&blobs)),
+        "{:?}",
+        s3.keys(prefix(&target))
+    );
+    for d in [digest(&blob), digest(&other)] {
+        let url = server.url(&format!("/v2/s3/outage/blobs/{d}"));
+        assert_eq!(
+            admin(http.head(url)).send().unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(offset(&http, &location), MIB);
+    assert_eq!(
+        patch(&http, &location, MIB, &blob[MIB..]).status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        finish(&http, &location, &blob).status(),
+        StatusCode::CREATED
+    );
+}
+
+#[test]
+fn blob_gets_redirect_to_presigned_urls_when_configured() {
+    let s3 = SeaweedFs::shared();
+    let target = s3.target();
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway_with(
+        &dir.path().join("data"),
+        &target,
+        &["--s3-redirect-seconds", "60"],
+    );
+    let http = portcullis_test_support::client();
+    let blob = pseudo_random(11, 300_000);
+    let location = start_upload(&http, &server, "s3/redirect");
+    assert_eq!(
+        finish_with(&http, &location, &blob).status(),
+        StatusCode::CREATED
+    );
+    let url = server.url(&format!("/v2/s3/redirect/blobs/{}", digest(&blob)));
+    let resp = admin(http.get(&url)).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let presigned = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(presigned.starts_with(&s3.endpoint), "{presigned}");
+    assert!(presigned.contains("X-Amz-Signature="), "{presigned}");
+    // No credentials: the URL itself is the permission, for a short while.
+    let got = http.get(&presigned).send().unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().unwrap().as_ref(), blob.as_slice());
+    // Still refused to whoever may not read the repository, before any URL is made.
+    assert_eq!(
+        http.get(&url).send().unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        admin(http.head(&url)).send().unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_wrong_s3_setting_stops_the_start_and_is_named() {
+    let s3 = SeaweedFs::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, secret: &str| {
+        let out = Command::new(bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--storage",
+                url,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("PORTCULLIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                portcullis_test_support::seaweedfs::ACCESS_KEY,
+            )
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with {url}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let good = portcullis_test_support::seaweedfs::SECRET_KEY;
+    let err = run("s3://no-such-bucket/x", good);
+    assert!(
+        err.contains("NoSuchBucket") && err.contains("--storage"),
+        "{err}"
+    );
+    let err = run(&s3.target().url, "wrong");
+    assert!(
+        err.contains("SignatureDoesNotMatch") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    let err = run("/var/lib/registry", good);
+    assert!(err.contains("expected s3://BUCKET[/PREFIX]"), "{err}");
+}
