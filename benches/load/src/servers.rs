@@ -156,13 +156,19 @@ impl Process {
 
     /// VmHWM (peak resident set) in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmHWM for {}", self.name))
+        proc_status_kib(self.child.id(), "VmHWM")
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`).
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} for process {pid}"))
 }
 
 impl Drop for Process {

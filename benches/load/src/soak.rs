@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::client::{Conn, Endpoint, collect};
 use crate::content::{Blob, MANIFEST_TYPE, digest, pseudo_random, push_chunked, push_monolithic};
 use crate::report::register_font;
-use crate::servers::{Binaries, Running, Target, admin_basic, basic, token_realm};
+use crate::servers::{Binaries, Running, Target, admin_basic, basic, proc_status_kib, token_realm};
 
 /// What `portcullis-load soak` is told.
 pub struct SoakSettings {
@@ -328,13 +328,7 @@ async fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
 }
 
 fn sample(pid: u32, started: Instant, counters: &Counters) -> Result<Sample> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("the gateway (pid {pid}) is gone"))?;
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))?;
+    let rss_kib = proc_status_kib(pid, "VmRSS")? as f64;
     let open_fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
     Ok(Sample {
         seconds: started.elapsed().as_secs_f64(),
