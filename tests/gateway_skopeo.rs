@@ -2,7 +2,8 @@
 //! SPEC §2 (`sample/*` read, `sample/teamA/*` write, `sample/teamA/projectB` delete)
 //! enforced on live copy / inspect / list-tags / delete traffic, the catalog filtered to
 //! what a token may read (Basic and bearer), a disabled or deleted token refused on
-//! its next request, and a registry-to-registry copy that mounts its blobs.
+//! its next request, and a registry-to-registry copy that mounts its blobs. The scope-map
+//! traffic and the mount run on both backends (local, S3 + PostgreSQL).
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +18,7 @@ use common::content;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::backend::Backend;
 use common::{ADMIN_PASSWORD, Server, cli};
 use content::{TestImage, write_oci_layout};
 use reqwest::StatusCode;
@@ -105,10 +107,14 @@ impl Skopeo<'_> {
     }
 }
 
-#[test]
-fn wildcard_scope_map_on_live_skopeo_traffic() {
+portcullis_test_support::backend_matrix!(
+    wildcard_scope_map_on_live_skopeo_traffic,
+    skopeo_copy_between_repositories_mounts_through_the_gateway,
+);
+
+fn wildcard_scope_map_on_live_skopeo_traffic(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let server = backend.storage().gateway(&dir.path().join("data"), &[]);
     let layout = dir.path().join("layout");
     let images = [
         ("a", TestImage::new("skopeo a")),
@@ -321,10 +327,9 @@ fn mounts_answered(server: &Server) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
-#[test]
-fn skopeo_copy_between_repositories_mounts_through_the_gateway() {
+fn skopeo_copy_between_repositories_mounts_through_the_gateway(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let server = backend.storage().gateway(&dir.path().join("data"), &[]);
     let layout = dir.path().join("layout");
     let image = TestImage::new("skopeo mount");
     write_oci_layout(&layout, &[("v1", &image)]);

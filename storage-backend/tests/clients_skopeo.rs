@@ -1,7 +1,8 @@
 //! skopeo against `portcullis-storage`: copy an OCI layout (generated here, three
 //! gzip'd layers, one of 6 MiB) into the registry as OCI and as Docker schema2,
 //! inspect, list tags, copy back to a `dir:` and compare every blob byte for
-//! byte, delete; and copy a multi-arch OCI index with `--all`.
+//! byte, delete (that one on both backends: local, S3 + PostgreSQL); and copy a
+//! multi-arch OCI index with `--all`.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,6 +20,7 @@ use std::process::Command;
 use common::oci::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, header};
 use common::{Server, client, digest};
 use image::{Image, Prng, error_code, get_manifest, tar_gz_layer};
+use portcullis_test_support::backend::Backend;
 use serde_json::Value;
 
 /// Runs `skopeo --insecure-policy args...` (no host signature policy applies
@@ -99,9 +101,11 @@ fn assert_dir_blobs(dir: &Path, source_blobs: &[&[u8]]) {
     }
 }
 
-#[test]
-fn skopeo_copy_inspect_list_pull_delete() {
-    let server = Server::start(&[]);
+portcullis_test_support::backend_matrix!(skopeo_copy_inspect_list_pull_delete);
+
+fn skopeo_copy_inspect_list_pull_delete(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend.storage().store(dir.path(), &[]);
     let mut rng = Prng::from_time();
     let app = app_image(&mut rng, "amd64");
     let layout = tempfile::tempdir().unwrap();

@@ -148,6 +148,27 @@ impl Drop for Server {
     }
 }
 
+/// A gateway in `dir/data` with the shipped example policy `prod-signed-by-release.cedar`
+/// (`prod/*` serves only what the trusted identity `release` signed) and a token `puller`
+/// that may pull and list everything: the gateway and the puller's password.
+pub fn start_with_release_policy(dir: &Path) -> (Server, String) {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies/examples/prod-signed-by-release.cedar"),
+        policies.join("prod-signed-by-release.cedar"),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.join("data"),
+        Some(ADMIN_PASSWORD),
+        &["--policy-dir", policies.to_str().unwrap()],
+    );
+    let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
+    (server, puller)
+}
+
 /// The JSON a successful CLI run printed (`Null` when it printed nothing); panics with
 /// the run's output when it failed or printed something else.
 pub fn json_output(args: &[&str], out: &Output) -> serde_json::Value {

@@ -4,6 +4,8 @@
 //! - [`gateway`]: the `portcullis` binary (`serve` on a free loopback port, the CLI);
 //!   [`trust`]: a TLS gateway with content trust, the notary CLI and a TUF signer;
 //!   [`walkthrough`]: the token walkthrough replayed with docker.
+//! - [`backend`]: the storage a gateway or store runs on (local, or S3 + PostgreSQL),
+//!   and [`backend_matrix!`] to run a test on both.
 //! - [`store`]: the `portcullis-storage` binary; [`registry`]: Debian's `docker-registry`
 //!   (distribution), the reference and upstream.
 //! - [`seaweedfs`]: a real S3 server (SeaweedFS), one per test binary, a prefix per test.
@@ -17,6 +19,7 @@
 //!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
+pub mod backend;
 pub mod chaos;
 pub mod content;
 pub mod docker;
