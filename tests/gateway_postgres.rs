@@ -15,33 +15,16 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::ADMIN_PASSWORD;
 use common::backend::Storage;
 use common::content::{self, TestImage, write_oci_layout};
+use common::{ADMIN_PASSWORD, admin};
+use portcullis_test_support::oci::status_and_code;
 use portcullis_test_support::postgres::Postgres;
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
+use portcullis_test_support::skopeo_ok;
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::Value;
-
-fn admin(rb: RequestBuilder) -> RequestBuilder {
-    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
-}
-
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// One value of `query` in the database at `url`, through psql.
 fn psql(url: &str, query: &str) -> String {
@@ -127,19 +110,6 @@ fn skopeo_push_and_pull_with_metadata_in_postgres() {
     }
 }
 
-/// The error JSON of a refused request: (status, first error code).
-fn refused(resp: reqwest::blocking::Response) -> (StatusCode, String) {
-    let status = resp.status();
-    let body: Value = resp.json().expect("error JSON");
-    (
-        status,
-        body["errors"][0]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
-}
-
 #[test]
 fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
     postgres_stopped_during_a_push(None);
@@ -174,21 +144,21 @@ fn postgres_stopped_during_a_push(s3: Option<S3Target>) {
     // 503 with OCI error JSON, never a 500 or a hang.
     let put = image.put_manifest(&http, &base, "pg/outage", "v1", &admin);
     assert_eq!(
-        refused(put),
+        status_and_code(put),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
     let post = admin(http.post(format!("{base}/v2/pg/outage/blobs/uploads/")))
         .send()
         .unwrap();
     assert_eq!(
-        refused(post),
+        status_and_code(post),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
     let get = admin(http.get(format!("{base}/v2/pg/outage/manifests/v1")))
         .send()
         .unwrap();
     assert_eq!(
-        refused(get),
+        status_and_code(get),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
 
@@ -198,7 +168,7 @@ fn postgres_stopped_during_a_push(s3: Option<S3Target>) {
         .send()
         .unwrap();
     assert_eq!(
-        refused(get),
+        status_and_code(get),
         (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
     );
     assert_eq!(psql(&url, "SELECT count(*) FROM manifests"), "0");
@@ -228,7 +198,7 @@ fn postgres_stopped_during_a_push(s3: Option<S3Target>) {
                 .send()
                 .unwrap();
             assert_eq!(
-                refused(get),
+                status_and_code(get),
                 (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()),
                 "{key}"
             );

@@ -19,47 +19,20 @@ use std::path::Path;
 use std::process::Command;
 
 use common::backend::{Backend, Storage};
-use common::{ADMIN_PASSWORD, Server, bin};
+use common::{ADMIN_PASSWORD, Server, admin, bin};
 use portcullis_test_support::content::{follow, pseudo_random};
-use portcullis_test_support::digest;
 use portcullis_test_support::image::{Image, Prng, tar_gz_layer, write_oci_layout};
-use portcullis_test_support::oci::OCI_MANIFEST;
+use portcullis_test_support::oci::{OCI_MANIFEST, status_and_code};
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
+use portcullis_test_support::{digest, skopeo_ok};
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, Response};
 
 const MIB: usize = 1 << 20;
 
 /// A gateway in `data` with its blobs on `target` (metadata in `data`).
 fn gateway(data: &Path, target: &S3Target) -> Server {
     Storage::default().s3(target.clone()).gateway(data, &[])
-}
-
-fn admin(rb: RequestBuilder) -> RequestBuilder {
-    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
-}
-
-fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn error_code(resp: Response) -> (StatusCode, String) {
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().expect("OCI error JSON");
-    (
-        status,
-        body["errors"][0]["code"].as_str().unwrap().to_owned(),
-    )
 }
 
 #[test]
@@ -110,7 +83,7 @@ fn skopeo_push_and_pull(target: &S3Target, push: &Server, pull: &Server) {
         &[("v1", OCI_MANIFEST, &image.manifest)],
     );
     let creds = format!("admin:{ADMIN_PASSWORD}");
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--dest-tls-verify=false",
         "--dest-creds",
@@ -120,7 +93,7 @@ fn skopeo_push_and_pull(target: &S3Target, push: &Server, pull: &Server) {
         &format!("docker://{}/s3/app:v1", push.host()),
     ]);
     let out = dir.path().join("out");
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--src-tls-verify=false",
         "--src-creds",
@@ -254,12 +227,12 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
     );
 
     s3.stop();
-    let (status, code) = error_code(patch(&http, &location, MIB, &blob[MIB..2 * MIB]));
+    let (status, code) = status_and_code(patch(&http, &location, MIB, &blob[MIB..2 * MIB]));
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
     );
-    let (status, code) = error_code(finish(&http, &location, &blob));
+    let (status, code) = status_and_code(finish(&http, &location, &blob));
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
@@ -272,7 +245,7 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
     .body(other.clone())
     .send()
     .unwrap();
-    let (status, code) = error_code(monolithic);
+    let (status, code) = status_and_code(monolithic);
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")

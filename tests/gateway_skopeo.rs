@@ -14,9 +14,10 @@
 
 mod common;
 use common::content;
+use portcullis_test_support::{skopeo, skopeo_fails, skopeo_ok};
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::backend::Backend;
 use common::{ADMIN_PASSWORD, Server, cli};
@@ -26,38 +27,6 @@ use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 const DENIED_TEXT: &str = "requested access to the resource is denied";
-
-fn skopeo(args: &[&str]) -> Output {
-    Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo")
-}
-
-/// Asserts success; returns stdout.
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = skopeo(args);
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Asserts failure; returns stderr.
-fn skopeo_fails(args: &[&str]) -> String {
-    let out = skopeo(args);
-    assert!(
-        !out.status.success(),
-        "skopeo {} succeeded but should fail:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn portcullis_ok(server: &Server, args: &[&str]) -> Value {
     let out = cli(server, args);

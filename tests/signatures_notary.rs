@@ -21,11 +21,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 use common::content::{OCI_MANIFEST, TestImage, digest, upload};
-use common::{ADMIN_PASSWORD, Server, cli_json};
+use common::{Server, admin, cli_json};
 
 const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";
 const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
@@ -109,10 +109,6 @@ struct Setup {
     http: Client,
     puller: String,
     dir: tempfile::TempDir,
-}
-
-fn admin(r: RequestBuilder) -> RequestBuilder {
-    r.basic_auth("admin", Some(ADMIN_PASSWORD))
 }
 
 impl Setup {

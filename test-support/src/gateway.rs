@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use reqwest::blocking::RequestBuilder;
+
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 /// The `portcullis` binary.
@@ -146,6 +148,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// `rb` with the admin account's Basic credentials.
+pub fn admin(rb: RequestBuilder) -> RequestBuilder {
+    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
 }
 
 /// A gateway in `dir/data` with the shipped example policy `prod-signed-by-release.cedar`

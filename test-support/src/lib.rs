@@ -51,6 +51,40 @@ pub fn client() -> reqwest::blocking::Client {
         .expect("client")
 }
 
+/// `skopeo --insecure-policy args...` (no host signature policy applies to a loopback
+/// test registry).
+pub fn skopeo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("run skopeo")
+}
+
+/// [`skopeo`], asserting success; its stdout.
+pub fn skopeo_ok(args: &[&str]) -> String {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`skopeo`], asserting failure; its stderr.
+pub fn skopeo_fails(args: &[&str]) -> String {
+    let out = skopeo(args);
+    assert!(
+        !out.status.success(),
+        "skopeo {} succeeded but should fail:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The path of the workspace binary `name`. Cargo gives `CARGO_BIN_EXE_<name>` only to the
 /// test crates of the binary's own package, at compile time; this crate is compiled once
 /// for all, so it looks next to the running test: tests live in `target/<profile>/deps/`,
