@@ -90,14 +90,32 @@ impl Storage {
     ) -> Server {
         let (args, env) = self.command_line(extra, env);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Server::start_with_env(data_dir, admin_password, &args, &env)
+        let server = Server::start_with_env(data_dir, admin_password, &args, &env);
+        self.assert_not_local(data_dir);
+        server
     }
 
     /// `portcullis-storage serve` in `data_dir` on this storage, with `extra` arguments.
     pub fn store(&self, data_dir: &Path, extra: &[&str]) -> store::Server {
         let (args, env) = self.command_line(extra, &[]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        store::Server::start_in_with_env(data_dir, &args, &env)
+        let server = store::Server::start_in_with_env(data_dir, &args, &env);
+        self.assert_not_local(data_dir);
+        server
+    }
+
+    /// A started process made none of the local stores this storage replaces (both
+    /// binaries make them at start), so a test on S3 + PostgreSQL cannot pass on the data
+    /// directory unnoticed.
+    fn assert_not_local(&self, data_dir: &Path) {
+        if self.s3.is_some() {
+            let blobs = data_dir.join("blobs");
+            assert!(!blobs.exists(), "{} exists with --storage", blobs.display());
+        }
+        if self.postgres.is_some() {
+            let meta = data_dir.join("meta.redb");
+            assert!(!meta.exists(), "{} exists with --metadata", meta.display());
+        }
     }
 
     /// The storage's arguments and environment followed by the caller's.
