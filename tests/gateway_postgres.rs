@@ -1,9 +1,9 @@
 //! `portcullis serve --metadata postgres://…` against a real PostgreSQL 15 started here:
 //! skopeo pushes and pulls an image through the gateway with the bundled store's metadata
 //! in the database (none in the data directory), kept across a gateway restart; a
-//! PostgreSQL stopped in the middle of a push gives clients 503 `UNAVAILABLE` error JSON
-//! and leaves nothing half-written; a wrong `--metadata` stops `serve` at start with a
-//! message that names the setting.
+//! PostgreSQL stopped in the middle of a push (blobs on the local disk or on S3) gives
+//! clients 503 `UNAVAILABLE` error JSON and leaves nothing half-written; a wrong
+//! `--metadata` stops `serve` at start with a message that names the setting.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,31 +15,16 @@ mod common;
 
 use std::process::{Command, Output};
 
+use common::backend::Storage;
 use common::content::{self, TestImage, write_oci_layout};
-use common::{ADMIN_PASSWORD, Server};
+use common::{ADMIN_PASSWORD, admin};
+use portcullis_test_support::oci::status_and_code;
 use portcullis_test_support::postgres::Postgres;
+use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
+use portcullis_test_support::skopeo_ok;
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::Value;
-
-fn admin(rb: RequestBuilder) -> RequestBuilder {
-    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
-}
-
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// One value of `query` in the database at `url`, through psql.
 fn psql(url: &str, query: &str) -> String {
@@ -59,6 +44,7 @@ fn psql(url: &str, query: &str) -> String {
 #[test]
 fn skopeo_push_and_pull_with_metadata_in_postgres() {
     let url = Postgres::shared().database();
+    let storage = Storage::default().postgres(url.clone());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let image = TestImage::new("postgres skopeo");
@@ -66,7 +52,7 @@ fn skopeo_push_and_pull_with_metadata_in_postgres() {
     write_oci_layout(&layout, &[("v1", &image)]);
     let creds = format!("admin:{ADMIN_PASSWORD}");
 
-    let server = Server::start_with(&data, Some(ADMIN_PASSWORD), &["--metadata", &url]);
+    let server = storage.gateway(&data, &[]);
     let target = format!("docker://{}/pg/app:v1", server.host());
     skopeo_ok(&[
         "copy",
@@ -96,7 +82,7 @@ fn skopeo_push_and_pull_with_metadata_in_postgres() {
     server.stop();
 
     // A restarted gateway finds everything in the database.
-    let server = Server::start_with(&data, Some(ADMIN_PASSWORD), &["--metadata", &url]);
+    let server = storage.gateway(&data, &[]);
     let target = format!("docker://{}/pg/app:v1", server.host());
     let inspected: Value = serde_json::from_str(&skopeo_ok(&[
         "inspect",
@@ -124,30 +110,27 @@ fn skopeo_push_and_pull_with_metadata_in_postgres() {
     }
 }
 
-/// The error JSON of a refused request: (status, first error code).
-fn refused(resp: reqwest::blocking::Response) -> (StatusCode, String) {
-    let status = resp.status();
-    let body: Value = resp.json().expect("error JSON");
-    (
-        status,
-        body["errors"][0]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
+#[test]
+fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
+    postgres_stopped_during_a_push(None);
 }
 
 #[test]
-fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
+fn postgres_stopped_during_a_push_on_s3_is_503_and_nothing_half_written() {
+    postgres_stopped_during_a_push(Some(SeaweedFs::shared().target()));
+}
+
+/// PostgreSQL stops after the blobs of a push were uploaded (to the data directory, or to
+/// `s3` when given) and before its manifest: every request is refused 503 `UNAVAILABLE`,
+/// and once PostgreSQL is back nothing of the failed requests is visible.
+fn postgres_stopped_during_a_push(s3: Option<S3Target>) {
     // A server of its own: this test stops it.
     let pg = Postgres::start();
     let url = pg.database();
+    let mut storage = Storage::default().postgres(url.clone());
+    storage.s3 = s3;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        Some(ADMIN_PASSWORD),
-        &["--metadata", &url],
-    );
+    let server = storage.gateway(&dir.path().join("data"), &[]);
     let http = Client::new();
     let base = server.base.clone();
     let image = TestImage::new("postgres outage");
@@ -161,21 +144,21 @@ fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
     // 503 with OCI error JSON, never a 500 or a hang.
     let put = image.put_manifest(&http, &base, "pg/outage", "v1", &admin);
     assert_eq!(
-        refused(put),
+        status_and_code(put),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
     let post = admin(http.post(format!("{base}/v2/pg/outage/blobs/uploads/")))
         .send()
         .unwrap();
     assert_eq!(
-        refused(post),
+        status_and_code(post),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
     let get = admin(http.get(format!("{base}/v2/pg/outage/manifests/v1")))
         .send()
         .unwrap();
     assert_eq!(
-        refused(get),
+        status_and_code(get),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
     );
 
@@ -185,10 +168,42 @@ fn postgres_stopped_during_a_push_is_503_and_nothing_half_written() {
         .send()
         .unwrap();
     assert_eq!(
-        refused(get),
+        status_and_code(get),
         (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
     );
     assert_eq!(psql(&url, "SELECT count(*) FROM manifests"), "0");
+    if let Some(s3) = &storage.s3 {
+        // Only the two blobs committed before the outage are in the bucket. The refused
+        // upload start may have left its session object (written before the database
+        // refused the session): no client can reach it, and the upload expiry removes it.
+        let keys = SeaweedFs::shared().keys(s3.prefix());
+        let (blobs, rest): (Vec<&String>, Vec<&String>) = keys
+            .iter()
+            .partition(|k| k.starts_with(&format!("{}/blobs/", s3.prefix())));
+        let mut want: Vec<String> = [&image.config, &image.layer]
+            .iter()
+            .map(|b| {
+                let hex = content::digest(b).trim_start_matches("sha256:").to_owned();
+                format!("{}/blobs/sha256/{hex}", s3.prefix())
+            })
+            .collect();
+        want.sort();
+        assert_eq!(blobs, want.iter().collect::<Vec<_>>());
+        for key in rest {
+            let id = key
+                .strip_prefix(&format!("{}/uploads/", s3.prefix()))
+                .and_then(|k| k.split('/').next())
+                .unwrap_or_else(|| panic!("unexpected object {key}"));
+            let get = admin(http.get(format!("{base}/v2/pg/outage/blobs/uploads/{id}")))
+                .send()
+                .unwrap();
+            assert_eq!(
+                status_and_code(get),
+                (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()),
+                "{key}"
+            );
+        }
+    }
     let tags: Value = admin(http.get(format!("{base}/v2/pg/outage/tags/list")))
         .send()
         .unwrap()

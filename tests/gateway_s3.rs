@@ -1,7 +1,9 @@
 //! The gateway on S3 blob storage (`portcullis serve --storage s3://…`) against a real
 //! SeaweedFS started by the test: skopeo pushes and pulls an image whose big layer spans
 //! several multipart parts; a gateway killed midway through a chunked upload leaves a
-//! session the next gateway process finishes; S3 stopped during a push gives the client
+//! session the next gateway process finishes. Two gateways on S3 + PostgreSQL with data
+//! directories of their own share content: one pushes, the other pulls, and one takes over
+//! the upload session of the other, killed. S3 stopped during a push gives the client
 //! 503 `UNAVAILABLE` and leaves nothing half-written visible; a wrong setting stops the
 //! start with a message naming it.
 #![allow(
@@ -16,70 +18,57 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ADMIN_PASSWORD, Server, bin};
+use common::backend::{Backend, Storage};
+use common::{ADMIN_PASSWORD, Server, admin, bin};
 use portcullis_test_support::content::{follow, pseudo_random};
-use portcullis_test_support::digest;
 use portcullis_test_support::image::{Image, Prng, tar_gz_layer, write_oci_layout};
-use portcullis_test_support::oci::OCI_MANIFEST;
+use portcullis_test_support::oci::{OCI_MANIFEST, status_and_code};
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
+use portcullis_test_support::{digest, skopeo_ok};
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, Response};
 
 const MIB: usize = 1 << 20;
 
+/// A gateway in `data` with its blobs on `target` (metadata in `data`).
 fn gateway(data: &Path, target: &S3Target) -> Server {
-    gateway_with(data, target, &[])
-}
-
-fn gateway_with(data: &Path, target: &S3Target, extra: &[&str]) -> Server {
-    let env = target.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut args = vec!["--storage", &target.url];
-    args.extend_from_slice(extra);
-    Server::start_with_env(data, Some(ADMIN_PASSWORD), &args, &env)
-}
-
-/// The prefix of `target` inside the bucket.
-fn prefix(target: &S3Target) -> &str {
-    target.url.splitn(4, '/').nth(3).unwrap()
-}
-
-fn admin(rb: RequestBuilder) -> RequestBuilder {
-    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
-}
-
-fn skopeo(args: &[&str]) {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn error_code(resp: Response) -> (StatusCode, String) {
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().expect("OCI error JSON");
-    (
-        status,
-        body["errors"][0]["code"].as_str().unwrap().to_owned(),
-    )
+    Storage::default().s3(target.clone()).gateway(data, &[])
 }
 
 #[test]
 fn skopeo_push_and_pull_through_the_gateway_on_s3() {
-    let s3 = SeaweedFs::shared();
-    let target = s3.target();
+    let target = SeaweedFs::shared().target();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = gateway(&data, &target);
+    let server = gateway(&dir.path().join("data"), &target);
+    skopeo_push_and_pull(&target, &server, &server);
+}
+
+/// Two gateways with data directories of their own on one bucket prefix and one
+/// database: what is pushed through one is pulled through the other. Both use the admin
+/// account: tokens and scope maps are still per process (`control.redb` in the data
+/// directory) until issue 18 moves the control plane.
+#[test]
+fn two_gateways_on_s3_and_postgres_push_through_one_pull_through_the_other() {
+    let storage = Backend::S3Pg.storage();
+    let dir = tempfile::tempdir().unwrap();
+    let a = storage.gateway(&dir.path().join("a"), &[]);
+    let b = storage.gateway(&dir.path().join("b"), &[]);
+    skopeo_push_and_pull(storage.s3.as_ref().unwrap(), &a, &b);
+    for server in [&a, &b] {
+        assert!(
+            !server.data_dir.join("meta.redb").exists(),
+            "no local metadata"
+        );
+    }
+}
+
+/// skopeo pushes an image whose 20 MiB layer crosses two multipart part boundaries
+/// through `push` and pulls it through `pull`. The bytes are in the bucket under
+/// `target`, and only the blobs: no session is left behind, and nothing went to a data
+/// directory.
+fn skopeo_push_and_pull(target: &S3Target, push: &Server, pull: &Server) {
+    let dir = tempfile::tempdir().unwrap();
     let mut rng = Prng::new(17);
-    // 20 MiB of noise: the layer crosses two multipart part boundaries.
     let image = Image::new(
         "amd64",
         vec![
@@ -94,42 +83,41 @@ fn skopeo_push_and_pull_through_the_gateway_on_s3() {
         &[("v1", OCI_MANIFEST, &image.manifest)],
     );
     let creds = format!("admin:{ADMIN_PASSWORD}");
-    let reference = format!("docker://{}/s3/app:v1", server.host());
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--dest-tls-verify=false",
         "--dest-creds",
         &creds,
         "--preserve-digests",
         &format!("oci:{}:v1", layout.display()),
-        &reference,
+        &format!("docker://{}/s3/app:v1", push.host()),
     ]);
     let out = dir.path().join("out");
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--src-tls-verify=false",
         "--src-creds",
         &creds,
-        &reference,
+        &format!("docker://{}/s3/app:v1", pull.host()),
         &format!("dir:{}", out.display()),
     ]);
     for blob in image.blobs() {
         let hex = digest(blob).trim_start_matches("sha256:").to_owned();
         assert_eq!(std::fs::read(out.join(&hex)).unwrap(), blob, "blob {hex}");
     }
-    // The bytes are in the bucket, and only the blobs: no session is left behind, and
-    // nothing went to the data directory.
     let mut want: Vec<String> = image
         .blobs()
         .iter()
         .map(|b| {
             let hex = digest(b).trim_start_matches("sha256:").to_owned();
-            format!("{}/blobs/sha256/{hex}", prefix(&target))
+            format!("{}/blobs/sha256/{hex}", target.prefix())
         })
         .collect();
     want.sort();
-    assert_eq!(s3.keys(prefix(&target)), want);
-    assert!(!data.join("blobs").exists());
+    assert_eq!(SeaweedFs::shared().keys(target.prefix()), want);
+    for server in [push, pull] {
+        assert!(!server.data_dir.join("blobs").exists());
+    }
 }
 
 /// PATCHes `chunk` at `start` to the session at `location`; the response.
@@ -179,13 +167,30 @@ fn offset(http: &Client, location: &str) -> usize {
 
 #[test]
 fn upload_started_on_a_killed_gateway_is_finished_by_the_next() {
-    let s3 = SeaweedFs::shared();
-    let target = s3.target();
+    let target = SeaweedFs::shared().target();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // The session's state is in `meta.redb`: the next process has the same data directory.
+    let first = gateway(&data, &target);
+    finish_upload_of_a_killed_gateway(first, || gateway(&data, &target));
+}
+
+/// The issue's check: the session lives in S3 and PostgreSQL, so another gateway process
+/// with a data directory of its own, running beside the first, takes it over.
+#[test]
+fn upload_started_on_a_killed_gateway_is_finished_by_another_on_s3_and_postgres() {
+    let storage = Backend::S3Pg.storage();
+    let dir = tempfile::tempdir().unwrap();
+    let first = storage.gateway(&dir.path().join("a"), &[]);
+    let second = storage.gateway(&dir.path().join("b"), &[]);
+    finish_upload_of_a_killed_gateway(first, || second);
+}
+
+/// Starts a chunked upload on `first`, kills it (SIGKILL) midway, then finishes the upload
+/// on the gateway `second` gives (asked for after the kill) with the same session URL.
+fn finish_upload_of_a_killed_gateway(mut first: Server, second: impl FnOnce() -> Server) {
     let http = portcullis_test_support::client();
     let blob = pseudo_random(5, 19 * MIB + 123);
-    let mut first = gateway(&data, &target);
     let location = start_upload(&http, &first, "s3/resume");
     let path = location.strip_prefix(&first.base).unwrap().to_owned();
     // 11 MiB: one 8 MiB part sent to S3, 3 MiB waiting for the next.
@@ -193,7 +198,7 @@ fn upload_started_on_a_killed_gateway_is_finished_by_the_next() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     first.kill();
 
-    let second = gateway(&data, &target);
+    let second = second();
     let location = second.url(&path);
     assert_eq!(offset(&http, &location), 11 * MIB);
     let resp = patch(&http, &location, 11 * MIB, &blob[11 * MIB..]);
@@ -222,12 +227,12 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
     );
 
     s3.stop();
-    let (status, code) = error_code(patch(&http, &location, MIB, &blob[MIB..2 * MIB]));
+    let (status, code) = status_and_code(patch(&http, &location, MIB, &blob[MIB..2 * MIB]));
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
     );
-    let (status, code) = error_code(finish(&http, &location, &blob));
+    let (status, code) = status_and_code(finish(&http, &location, &blob));
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
@@ -240,7 +245,7 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
     .body(other.clone())
     .send()
     .unwrap();
-    let (status, code) = error_code(monolithic);
+    let (status, code) = status_and_code(monolithic);
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
@@ -248,13 +253,13 @@ fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
 
     // Back up: no blob appeared, and the session holds exactly what was acknowledged.
     s3.restart();
-    let blobs = format!("{}/blobs/", prefix(&target));
+    let blobs = format!("{}/blobs/", target.prefix());
     assert!(
-        s3.keys(prefix(&target))
+        s3.keys(target.prefix())
             .iter()
             .all(|k| !k.starts_with(&blobs)),
         "{:?}",
-        s3.keys(prefix(&target))
+        s3.keys(target.prefix())
     );
     for d in [digest(&blob), digest(&other)] {
         let url = server.url(&format!("/v2/s3/outage/blobs/{d}"));
@@ -279,11 +284,9 @@ fn blob_gets_redirect_to_presigned_urls_when_configured() {
     let s3 = SeaweedFs::shared();
     let target = s3.target();
     let dir = tempfile::tempdir().unwrap();
-    let server = gateway_with(
-        &dir.path().join("data"),
-        &target,
-        &["--s3-redirect-seconds", "60"],
-    );
+    let server = Storage::default()
+        .s3(target)
+        .gateway(&dir.path().join("data"), &["--s3-redirect-seconds", "60"]);
     let http = portcullis_test_support::client();
     let blob = pseudo_random(11, 300_000);
     let location = start_upload(&http, &server, "s3/redirect");

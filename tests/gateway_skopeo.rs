@@ -2,7 +2,8 @@
 //! SPEC §2 (`sample/*` read, `sample/teamA/*` write, `sample/teamA/projectB` delete)
 //! enforced on live copy / inspect / list-tags / delete traffic, the catalog filtered to
 //! what a token may read (Basic and bearer), a disabled or deleted token refused on
-//! its next request, and a registry-to-registry copy that mounts its blobs.
+//! its next request, and a registry-to-registry copy that mounts its blobs. The scope-map
+//! traffic and the mount run on both backends (local, S3 + PostgreSQL).
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
 #![allow(
     clippy::unwrap_used,
@@ -13,10 +14,12 @@
 
 mod common;
 use common::content;
+use portcullis_test_support::{skopeo, skopeo_fails, skopeo_ok};
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::backend::Backend;
 use common::{ADMIN_PASSWORD, Server, cli};
 use content::{TestImage, write_oci_layout};
 use reqwest::StatusCode;
@@ -24,38 +27,6 @@ use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 const DENIED_TEXT: &str = "requested access to the resource is denied";
-
-fn skopeo(args: &[&str]) -> Output {
-    Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo")
-}
-
-/// Asserts success; returns stdout.
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = skopeo(args);
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Asserts failure; returns stderr.
-fn skopeo_fails(args: &[&str]) -> String {
-    let out = skopeo(args);
-    assert!(
-        !out.status.success(),
-        "skopeo {} succeeded but should fail:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
 
 fn portcullis_ok(server: &Server, args: &[&str]) -> Value {
     let out = cli(server, args);
@@ -105,10 +76,14 @@ impl Skopeo<'_> {
     }
 }
 
-#[test]
-fn wildcard_scope_map_on_live_skopeo_traffic() {
+portcullis_test_support::backend_matrix!(
+    wildcard_scope_map_on_live_skopeo_traffic,
+    skopeo_copy_between_repositories_mounts_through_the_gateway,
+);
+
+fn wildcard_scope_map_on_live_skopeo_traffic(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let server = backend.storage().gateway(&dir.path().join("data"), &[]);
     let layout = dir.path().join("layout");
     let images = [
         ("a", TestImage::new("skopeo a")),
@@ -321,10 +296,9 @@ fn mounts_answered(server: &Server) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
-#[test]
-fn skopeo_copy_between_repositories_mounts_through_the_gateway() {
+fn skopeo_copy_between_repositories_mounts_through_the_gateway(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+    let server = backend.storage().gateway(&dir.path().join("data"), &[]);
     let layout = dir.path().join("layout");
     let image = TestImage::new("skopeo mount");
     write_oci_layout(&layout, &[("v1", &image)]);

@@ -28,7 +28,7 @@ use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use zeroize::Zeroizing;
 
 use common::content::TestImage;
-use common::{ADMIN_PASSWORD, Server, cli, cli_json, create_token};
+use common::{ADMIN_PASSWORD, Server, cli, cli_json};
 
 const KEY_PASSWORD: &[u8] = b"cosign key password";
 
@@ -68,20 +68,7 @@ impl Setup {
     /// pull and list everything.
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("policies/examples/prod-signed-by-release.cedar"),
-            policies.join("prod-signed-by-release.cedar"),
-        )
-        .unwrap();
-        let server = Server::start_with(
-            &dir.path().join("data"),
-            Some(ADMIN_PASSWORD),
-            &["--policy-dir", policies.to_str().unwrap()],
-        );
-        let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
+        let (server, puller) = common::start_with_release_policy(dir.path());
         Setup {
             server,
             http: portcullis_test_support::client(),

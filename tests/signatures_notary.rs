@@ -14,8 +14,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -23,11 +21,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 use common::content::{OCI_MANIFEST, TestImage, digest, upload};
-use common::{ADMIN_PASSWORD, Server, cli_json, create_token};
+use common::{Server, admin, cli_json};
 
 const ARTIFACT_TYPE: &str = "application/vnd.cncf.notary.signature";
 const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
@@ -113,27 +111,10 @@ struct Setup {
     dir: tempfile::TempDir,
 }
 
-fn admin(r: RequestBuilder) -> RequestBuilder {
-    r.basic_auth("admin", Some(ADMIN_PASSWORD))
-}
-
 impl Setup {
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("policies/examples/prod-signed-by-release.cedar"),
-            policies.join("prod-signed-by-release.cedar"),
-        )
-        .unwrap();
-        let server = Server::start_with(
-            &dir.path().join("data"),
-            Some(ADMIN_PASSWORD),
-            &["--policy-dir", policies.to_str().unwrap()],
-        );
-        let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
+        let (server, puller) = common::start_with_release_policy(dir.path());
         Setup {
             server,
             http: portcullis_test_support::client(),

@@ -3,6 +3,7 @@
 //! signs, a DCT pull with a fresh trust cache verifies, unsigned tags fail the DCT pull
 //! with the client's wording, signing needs `trust/write` and is refused to the admin
 //! account, and a repository demanding signatures serves plain pulls of signed tags only.
+//! The README's walkthrough runs on both backends (local, S3 + PostgreSQL).
 // Helpers outside #[test] functions may fail loudly too: this whole crate is a test.
 #![allow(
     clippy::unwrap_used,
@@ -18,6 +19,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::ADMIN_PASSWORD;
+use common::backend::Backend;
 use common::trust::{PASSPHRASE, TrustGateway};
 use docker::Docker;
 
@@ -215,12 +217,14 @@ fn signing_needs_trust_write_and_is_refused_to_the_admin_account() {
     }
 }
 
+portcullis_test_support::backend_matrix!(the_readme_content_trust_walkthrough_runs_as_written);
+
 /// The README's content-trust walkthrough, run by bash as written, but for two changes a
 /// reader makes by hand: the gateway listens on a free port (not 5000) and `portcullis
 /// serve` runs in the background (started here). The CLI finds the admin password the
-/// server generated in ./data, as on a first start; the image to push exists.
-#[test]
-fn the_readme_content_trust_walkthrough_runs_as_written() {
+/// server generated in ./data, as on a first start; the image to push exists. On S3 +
+/// PostgreSQL the server gets `--storage` and `--metadata` besides.
+fn the_readme_content_trust_walkthrough_runs_as_written(backend: Backend) {
     let readme = include_str!("../README.md");
     let section = &readme[readme.find("## Content trust").unwrap()..];
     let block = section
@@ -240,7 +244,10 @@ fn the_readme_content_trust_walkthrough_runs_as_written() {
     assert_eq!(lines[0], "portcullis serve --tls-self-signed");
 
     let dir = tempfile::tempdir().unwrap();
-    let server = common::Server::start_with(&dir.path().join("data"), None, &["--tls-self-signed"]);
+    let server =
+        backend
+            .storage()
+            .serve(&dir.path().join("data"), None, &["--tls-self-signed"], &[]);
     let host = server.host().to_owned();
     let certs_d = Path::new("/etc/docker/certs.d").join(&host);
     let _remove = RemoveDir(certs_d.clone());

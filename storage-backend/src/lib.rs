@@ -86,3 +86,41 @@ mod postgres {
 
     crate::conformance_tests!(stores);
 }
+
+/// The same suite on the scale-out backend as `portcullis-storage serve --storage s3://…
+/// --metadata postgres://…` opens it: blobs under a fresh prefix of this test binary's
+/// SeaweedFS, metadata in a fresh database of its PostgreSQL.
+#[cfg(test)]
+mod s3_postgres {
+    use portcullis_test_support::backend::Backend;
+
+    use crate::meta::MetadataLocation;
+    use crate::s3::{S3Config, S3Settings};
+    use crate::{StorageConfig, Stores};
+
+    fn stores(dir: &std::path::Path) -> Stores {
+        // Made off the runtime: the harness uses a blocking HTTP client.
+        let storage = std::thread::spawn(|| Backend::S3Pg.storage())
+            .join()
+            .expect("S3 and PostgreSQL for the test");
+        let (Some(s3), Some(url)) = (storage.s3, storage.postgres) else {
+            panic!("S3Pg storage without S3 or PostgreSQL");
+        };
+        let env = s3.env();
+        let mut config = StorageConfig::new(dir);
+        config.s3 = Some(
+            S3Config::resolve_with(&s3.url, &S3Settings::default(), |name| {
+                env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+            })
+            .expect("S3 settings of the test"),
+        );
+        config.metadata = MetadataLocation::Postgres(url);
+        // The suite makes the stores inside its runtime; connecting is async.
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(Stores::connect(&config))
+        })
+        .expect("connecting to S3 and PostgreSQL")
+    }
+
+    crate::conformance_tests!(stores);
+}

@@ -1,7 +1,8 @@
 //! skopeo against `portcullis-storage`: copy an OCI layout (generated here, three
 //! gzip'd layers, one of 6 MiB) into the registry as OCI and as Docker schema2,
 //! inspect, list tags, copy back to a `dir:` and compare every blob byte for
-//! byte, delete; and copy a multi-arch OCI index with `--all`.
+//! byte, delete (that one on both backends: local, S3 + PostgreSQL); and copy a
+//! multi-arch OCI index with `--all`.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,29 +15,13 @@ mod common;
 use common::image;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::oci::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, header};
 use common::{Server, client, digest};
 use image::{Image, Prng, error_code, get_manifest, tar_gz_layer};
+use portcullis_test_support::backend::Backend;
+use portcullis_test_support::skopeo_ok;
 use serde_json::Value;
-
-/// Runs `skopeo --insecure-policy args...` (no host signature policy applies
-/// to a loopback test registry), asserts success, returns stdout.
-fn skopeo(args: &[&str]) -> String {
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// An image of three gzip'd layers: a small text file, 6 MiB of random bytes
 /// (larger than any single client write, so uploads are streamed in pieces),
@@ -99,9 +84,11 @@ fn assert_dir_blobs(dir: &Path, source_blobs: &[&[u8]]) {
     }
 }
 
-#[test]
-fn skopeo_copy_inspect_list_pull_delete() {
-    let server = Server::start(&[]);
+portcullis_test_support::backend_matrix!(skopeo_copy_inspect_list_pull_delete);
+
+fn skopeo_copy_inspect_list_pull_delete(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend.storage().store(dir.path(), &[]);
     let mut rng = Prng::from_time();
     let app = app_image(&mut rng, "amd64");
     let layout = tempfile::tempdir().unwrap();
@@ -113,7 +100,7 @@ fn skopeo_copy_inspect_list_pull_delete() {
     let src = format!("oci:{}:app", layout.path().display());
     let dest = format!("docker://{}/samples/app", server.addr);
 
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--dest-tls-verify=false",
         &src,
@@ -127,7 +114,7 @@ fn skopeo_copy_inspect_list_pull_delete() {
         "stored manifest bytes differ from the pushed ones"
     );
 
-    let inspect: Value = serde_json::from_str(&skopeo(&[
+    let inspect: Value = serde_json::from_str(&skopeo_ok(&[
         "inspect",
         "--tls-verify=false",
         &format!("{dest}:v1"),
@@ -139,7 +126,7 @@ fn skopeo_copy_inspect_list_pull_delete() {
     let layers: Vec<String> = app.layers.iter().map(|l| digest(&l.gz)).collect();
     assert_eq!(inspect["Layers"], serde_json::json!(layers));
     assert!(
-        skopeo(&[
+        skopeo_ok(&[
             "inspect",
             "--raw",
             "--tls-verify=false",
@@ -150,19 +137,19 @@ fn skopeo_copy_inspect_list_pull_delete() {
     );
 
     // A second tag: skopeo finds every blob present and only PUTs the manifest.
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--dest-tls-verify=false",
         &src,
         &format!("{dest}:v2"),
     ]);
     let listed: Value =
-        serde_json::from_str(&skopeo(&["list-tags", "--tls-verify=false", &dest])).unwrap();
+        serde_json::from_str(&skopeo_ok(&["list-tags", "--tls-verify=false", &dest])).unwrap();
     assert_eq!(listed["Tags"], serde_json::json!(["v1", "v2"]));
 
     let out = tempfile::tempdir().unwrap();
     let out_ref = format!("dir:{}", out.path().display());
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--src-tls-verify=false",
         &format!("{dest}:v1"),
@@ -172,7 +159,7 @@ fn skopeo_copy_inspect_list_pull_delete() {
     assert_dir_blobs(out.path(), &app.blobs());
 
     // skopeo deletes by digest, which removes the manifest and every tag on it.
-    skopeo(&["delete", "--tls-verify=false", &format!("{dest}:v1")]);
+    skopeo_ok(&["delete", "--tls-verify=false", &format!("{dest}:v1")]);
     for reference in ["v1", "v2", app.digest().as_str()] {
         let resp = client()
             .get(format!(
@@ -199,7 +186,7 @@ fn skopeo_copy_as_docker_schema2() {
     );
     let dest = format!("docker://{}/samples/app-v2s2:v1", server.addr);
 
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--format",
         "v2s2",
@@ -207,7 +194,7 @@ fn skopeo_copy_as_docker_schema2() {
         &format!("oci:{}:app", layout.path().display()),
         &dest,
     ]);
-    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &dest]);
+    let raw = skopeo_ok(&["inspect", "--raw", "--tls-verify=false", &dest]);
     let manifest: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(manifest["mediaType"], DOCKER_MANIFEST);
     assert_eq!(
@@ -241,7 +228,7 @@ fn skopeo_copy_as_docker_schema2() {
     assert!(resp.bytes().unwrap() == raw.as_bytes());
 
     let out = tempfile::tempdir().unwrap();
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--src-tls-verify=false",
         &dest,
@@ -267,7 +254,7 @@ fn skopeo_copy_multi_arch_index() {
     image::write_oci_layout(layout.path(), &blobs, &[("multi", OCI_INDEX, &index)]);
     let dest = format!("docker://{}/samples/multi:v1", server.addr);
 
-    skopeo(&[
+    skopeo_ok(&[
         "copy",
         "--all",
         "--dest-tls-verify=false",
@@ -297,7 +284,7 @@ fn skopeo_copy_multi_arch_index() {
 
     // Pulling one platform out of the index gets exactly that image's blobs.
     let out = tempfile::tempdir().unwrap();
-    skopeo(&[
+    skopeo_ok(&[
         "--override-arch",
         "arm64",
         "copy",

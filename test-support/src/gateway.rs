@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use reqwest::blocking::RequestBuilder;
+
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 /// The `portcullis` binary.
@@ -146,6 +148,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// `rb` with the admin account's Basic credentials.
+pub fn admin(rb: RequestBuilder) -> RequestBuilder {
+    rb.basic_auth("admin", Some(ADMIN_PASSWORD))
+}
+
+/// A gateway in `dir/data` with the shipped example policy `prod-signed-by-release.cedar`
+/// (`prod/*` serves only what the trusted identity `release` signed) and a token `puller`
+/// that may pull and list everything: the gateway and the puller's password.
+pub fn start_with_release_policy(dir: &Path) -> (Server, String) {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies/examples/prod-signed-by-release.cedar"),
+        policies.join("prod-signed-by-release.cedar"),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.join("data"),
+        Some(ADMIN_PASSWORD),
+        &["--policy-dir", policies.to_str().unwrap()],
+    );
+    let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
+    (server, puller)
 }
 
 /// The JSON a successful CLI run printed (`Null` when it printed nothing); panics with

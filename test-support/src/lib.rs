@@ -4,6 +4,8 @@
 //! - [`gateway`]: the `portcullis` binary (`serve` on a free loopback port, the CLI);
 //!   [`trust`]: a TLS gateway with content trust, the notary CLI and a TUF signer;
 //!   [`walkthrough`]: the token walkthrough replayed with docker.
+//! - [`backend`]: the storage a gateway or store runs on (local, or S3 + PostgreSQL),
+//!   and [`backend_matrix!`] to run a test on both.
 //! - [`store`]: the `portcullis-storage` binary; [`registry`]: Debian's `docker-registry`
 //!   (distribution), the reference and upstream.
 //! - [`seaweedfs`]: a real S3 server (SeaweedFS), one per test binary, a prefix per test.
@@ -17,6 +19,7 @@
 //!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
+pub mod backend;
 pub mod chaos;
 pub mod content;
 pub mod docker;
@@ -46,6 +49,40 @@ pub fn client() -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client")
+}
+
+/// `skopeo --insecure-policy args...` (no host signature policy applies to a loopback
+/// test registry).
+pub fn skopeo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("run skopeo")
+}
+
+/// [`skopeo`], asserting success; its stdout.
+pub fn skopeo_ok(args: &[&str]) -> String {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`skopeo`], asserting failure; its stderr.
+pub fn skopeo_fails(args: &[&str]) -> String {
+    let out = skopeo(args);
+    assert!(
+        !out.status.success(),
+        "skopeo {} succeeded but should fail:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The path of the workspace binary `name`. Cargo gives `CARGO_BIN_EXE_<name>` only to the

@@ -19,6 +19,14 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// Status and first OCI error code of a response (`""` without error JSON).
+pub fn status_and_code(resp: Response) -> (reqwest::StatusCode, String) {
+    let status = resp.status();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    let code = body["errors"][0]["code"].as_str().unwrap_or("").to_owned();
+    (status, code)
+}
+
 /// Resolves a `Location` header (relative on our backend, absolute on distribution).
 pub fn absolute(base: &str, location: &str) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {

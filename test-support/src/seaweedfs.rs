@@ -56,6 +56,12 @@ pub struct S3Target {
 }
 
 impl S3Target {
+    /// The prefix inside the bucket (the part of [`S3Target::url`] after the bucket), as
+    /// [`SeaweedFs::keys`] takes it.
+    pub fn prefix(&self) -> &str {
+        self.url.splitn(4, '/').nth(3).unwrap_or_default()
+    }
+
     /// The variables the gateway and the storage binary read (AWS SDK names).
     pub fn env(&self) -> [(&'static str, String); 4] {
         [

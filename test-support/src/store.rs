@@ -36,6 +36,11 @@ impl Server {
 
     /// Starts a server on `data_dir` (kept after the server stops, for restarts).
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_in_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Like [`Server::start_in`], with extra environment variables.
+    pub fn start_in_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -45,6 +50,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

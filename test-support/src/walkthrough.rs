@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::docker::Docker;
 use crate::gateway::{Server, bin, cli_json as portcullis, create_token};
+use crate::oci::status_and_code;
 
 const DENIED: &str = "requested access to the resource is denied";
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -59,14 +60,6 @@ impl Basic<'_> {
             .unwrap()
             .to_owned()
     }
-}
-
-/// Status and first OCI error code of a response.
-pub fn status_and_code(resp: reqwest::blocking::Response) -> (StatusCode, String) {
-    let status = resp.status();
-    let body: Value = resp.json().unwrap_or(Value::Null);
-    let code = body["errors"][0]["code"].as_str().unwrap_or("").to_owned();
-    (status, code)
 }
 
 /// The walkthrough, step by step as ACR documents it: push allowed and denied, a live

@@ -4,4 +4,4 @@
 #![allow(unused_imports, reason = "each test crate uses a different part")]
 
 pub use portcullis_test_support::gateway::*;
-pub use portcullis_test_support::{content, docker, registry, trust, walkthrough};
+pub use portcullis_test_support::{backend, content, docker, registry, trust, walkthrough};
