@@ -47,6 +47,7 @@ pub mod fsck;
 mod http;
 pub mod manifest;
 pub mod meta;
+pub mod migrate;
 pub mod private;
 pub mod registry;
 pub mod s3;

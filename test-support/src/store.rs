@@ -27,20 +27,35 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh temporary data directory.
     pub fn start(extra_args: &[&str]) -> Server {
+        Server::start_with_env(extra_args, &[])
+    }
+
+    /// [`Server::start`] with variables added to its environment (S3 credentials).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, String)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut s = Server::start_in(&dir, extra_args);
+        let mut s = Server::start_in_with_env(&dir, extra_args, env);
         s._tmp = Some(tmp);
         s
     }
 
     /// Starts a server on `data_dir` (kept after the server stops, for restarts).
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_in_with_env(data_dir, extra_args, &[])
+    }
+
+    /// [`Server::start_in`] with variables added to its environment (S3 credentials).
+    pub fn start_in_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let mut child = Command::new(bin())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
