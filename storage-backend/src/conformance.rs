@@ -634,11 +634,20 @@ pub async fn meta_upload_state_is_compare_and_swap(s: Stores) {
     let m = &*s.meta;
     let now = now_secs();
     assert!(m.upload_state("u").await.unwrap().is_none());
-    assert!(!m.set_upload_state("u", b"one", 1).await.unwrap(), "no record yet");
+    assert!(
+        !m.set_upload_state("u", b"one", 1).await.unwrap(),
+        "no record yet"
+    );
     assert!(m.set_upload_state("u", b"one", 0).await.unwrap());
-    assert!(!m.set_upload_state("u", b"other", 0).await.unwrap(), "created twice");
+    assert!(
+        !m.set_upload_state("u", b"other", 0).await.unwrap(),
+        "created twice"
+    );
     assert!(m.set_upload_state("u", b"two", 1).await.unwrap());
-    assert!(!m.set_upload_state("u", b"stale", 1).await.unwrap(), "stale version");
+    assert!(
+        !m.set_upload_state("u", b"stale", 1).await.unwrap(),
+        "stale version"
+    );
     let state = m.upload_state("u").await.unwrap().expect("recorded");
     assert_eq!((state.bytes.as_slice(), state.version), (&b"two"[..], 2));
     assert!(state.updated_at.abs_diff(now) <= 5, "{state:?}, now {now}");

@@ -13,8 +13,8 @@ use axum::serve::ListenerExt;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use portcullis_storage::meta::MetadataLocation;
-use portcullis_storage::s3::{S3Config, S3Settings};
 use portcullis_storage::migrate::migrate;
+use portcullis_storage::s3::{S3Config, S3Settings};
 use portcullis_storage::{Registry, StorageConfig, Stores, router};
 use tokio_util::sync::CancellationToken;
 

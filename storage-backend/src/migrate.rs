@@ -195,10 +195,11 @@ async fn copy_manifest(target: &Stores, p: &Pending) -> Result<bool, StorageErro
         .record
         .as_ref()
         .map_err(|e| StorageError::Corrupt(e.clone()))?;
-    let bytes =
-        p.row.bytes.as_deref().ok_or_else(|| {
-            StorageError::Corrupt("the manifest's bytes are missing".to_owned())
-        })?;
+    let bytes = p
+        .row
+        .bytes
+        .as_deref()
+        .ok_or_else(|| StorageError::Corrupt("the manifest's bytes are missing".to_owned()))?;
     let actual = Digest::of(bytes);
     if actual != digest {
         return Err(StorageError::DigestMismatch {

@@ -650,7 +650,9 @@ impl Registry {
 
     async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
         let cutoff = now_secs().saturating_sub(grace.as_secs());
-        let before = UNIX_EPOCH + Duration::from_secs(cutoff);
+        // To the nanosecond (as file times are): with no grace, everything written
+        // before the pass counts as old.
+        let before = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
         let mut report = self.meta.gc(cutoff, dry_run).await?;
         if !dry_run {
             for d in &report.blobs {

@@ -90,7 +90,11 @@ fn push_all(base: &str) -> (Vec<Pushed>, Vec<u8>, Pushed) {
     };
     let shared = Prng::new(5).bytes(3000);
     // 9 MiB: copied to S3 as a multipart upload.
-    let app = image("mig/app", "v1", vec![Prng::new(6).bytes(9 * MIB), shared.clone()]);
+    let app = image(
+        "mig/app",
+        "v1",
+        vec![Prng::new(6).bytes(9 * MIB), shared.clone()],
+    );
     let arm = image("mig/app", "v1-arm", vec![Prng::new(7).bytes(4000)]);
     let other = image("mig/other", "latest", vec![shared, Prng::new(8).bytes(100)]);
     let broken = image("mig/broken", "v1", vec![Prng::new(9).bytes(5000)]);
@@ -116,7 +120,14 @@ fn push_all(base: &str) -> (Vec<Pushed>, Vec<u8>, Pushed) {
         &signature,
         &app.bytes,
     );
-    let resp = put_manifest(&c, base, "mig/app", &digest(&referrer), OCI_MANIFEST, &referrer);
+    let resp = put_manifest(
+        &c,
+        base,
+        "mig/app",
+        &digest(&referrer),
+        OCI_MANIFEST,
+        &referrer,
+    );
     assert_eq!(resp.status(), 201);
     let lone = b"a blob no manifest needs".to_vec();
     push_blob(&c, base, "mig/lone", &lone);
@@ -196,13 +207,20 @@ fn local_store_moves_to_s3_and_postgres_verified_and_resumable() {
     let copied_before = s3.keys(&prefix).len();
 
     let (out, report) = run(&mut migrate(&local, &target, &database));
-    assert_eq!(out.status.code(), Some(1), "a corrupted blob must fail the run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a corrupted blob must fail the run"
+    );
     assert!(
         report.contains(&format!("not copied: blob {}: corrupt", digest(bad_layer))),
         "{report}"
     );
     assert!(
-        report.contains(&format!("not copied: manifest mig/broken@{}", digest(&broken.bytes))),
+        report.contains(&format!(
+            "not copied: manifest mig/broken@{}",
+            digest(&broken.bytes)
+        )),
         "{report}"
     );
     // 12 distinct blobs were pushed; the corrupted one is refused.
@@ -263,7 +281,11 @@ fn local_store_moves_to_s3_and_postgres_verified_and_resumable() {
         serde_json::json!(digest(&pushed[4].bytes))
     );
     let resp = c
-        .head(format!("{}/v2/mig/lone/blobs/{}", server.url, digest(&lone)))
+        .head(format!(
+            "{}/v2/mig/lone/blobs/{}",
+            server.url,
+            digest(&lone)
+        ))
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200, "a blob linked without a manifest");
@@ -271,12 +293,22 @@ fn local_store_moves_to_s3_and_postgres_verified_and_resumable() {
         .get(format!("{}/v2/mig/broken/manifests/v1", server.url))
         .send()
         .unwrap();
-    assert_eq!((resp.status().as_u16(), error_code(resp)), (404, "MANIFEST_UNKNOWN".into()));
+    assert_eq!(
+        (resp.status().as_u16(), error_code(resp)),
+        (404, "MANIFEST_UNKNOWN".into())
+    );
     let resp = c
-        .get(format!("{}/v2/mig/broken/blobs/{}", server.url, digest(bad_layer)))
+        .get(format!(
+            "{}/v2/mig/broken/blobs/{}",
+            server.url,
+            digest(bad_layer)
+        ))
         .send()
         .unwrap();
-    assert_eq!((resp.status().as_u16(), error_code(resp)), (404, "BLOB_UNKNOWN".into()));
+    assert_eq!(
+        (resp.status().as_u16(), error_code(resp)),
+        (404, "BLOB_UNKNOWN".into())
+    );
     assert!(
         s3.keys(&prefix)
             .iter()
@@ -296,5 +328,8 @@ fn migrate_names_the_missing_target() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--storage") && stderr.contains("--metadata"), "{stderr}");
+    assert!(
+        stderr.contains("--storage") && stderr.contains("--metadata"),
+        "{stderr}"
+    );
 }

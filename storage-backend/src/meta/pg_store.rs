@@ -788,7 +788,9 @@ impl MetadataStore for PgMeta {
         Box::pin(async move {
             let c = self.client().await?;
             let stmt = c
-                .prepare_cached("SELECT state, version, updated_at FROM upload_states WHERE id = $1")
+                .prepare_cached(
+                    "SELECT state, version, updated_at FROM upload_states WHERE id = $1",
+                )
                 .await?;
             Ok(c.query_opt(&stmt, &[&id]).await?.map(|r| UploadState {
                 bytes: r.get(0),
@@ -847,7 +849,10 @@ impl MetadataStore for PgMeta {
             let rows = c
                 .query("SELECT id, updated_at FROM upload_states", &[])
                 .await?;
-            Ok(rows.iter().map(|r| (r.get(0), unsigned(r.get(1)))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), unsigned(r.get(1))))
+                .collect())
         })
     }
 

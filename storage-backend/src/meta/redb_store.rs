@@ -639,7 +639,12 @@ impl RedbMeta {
         }))
     }
 
-    fn set_upload_state(&self, id: &str, bytes: &[u8], expected: u64) -> Result<bool, StorageError> {
+    fn set_upload_state(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        expected: u64,
+    ) -> Result<bool, StorageError> {
         let tx = self.db()?.begin_write()?;
         {
             let mut states = tx.open_table(UPLOAD_STATES)?;

@@ -30,8 +30,8 @@
 mod config;
 mod sha256;
 
-use std::io;
 use std::collections::HashMap;
+use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1104,17 +1104,18 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let first = Bytes::copy_from_slice(&data[..PART + 10]);
         // A body whose first chunk arrives at once and whose end waits for `tx`.
-        let slow: ByteStream = Box::pin(
-            futures_util::stream::once(async move { Ok(first) }).chain(
+        let slow: ByteStream =
+            Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(
                 futures_util::stream::once(async move {
                     let _ = rx.await;
                     Ok(Bytes::new())
                 }),
-            ),
-        );
+            ));
         let writer = {
             let a = Arc::clone(&a);
-            tokio::spawn(async move { a.append_upload("w", Some((0, PART as u64 + 9)), slow).await })
+            tokio::spawn(
+                async move { a.append_upload("w", Some((0, PART as u64 + 9)), slow).await },
+            )
         };
         // Until `a` holds the session (its part sent under the lease).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1123,7 +1124,10 @@ mod tests {
             if session.lease_until > 0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the first request never started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request never started"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let err = b
