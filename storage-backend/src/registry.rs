@@ -649,7 +649,12 @@ impl Registry {
     }
 
     async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
-        let cutoff = now_secs().saturating_sub(grace.as_secs());
+        // Timestamps are whole seconds (rounded down): one second more, or something
+        // written 1.1 s ago would count as 2 s old and a push's blobs could be collected
+        // just before its manifest arrives. No grace collects everything up to now.
+        let cutoff = now_secs()
+            .saturating_sub(grace.as_secs())
+            .saturating_sub(u64::from(!grace.is_zero()));
         // To the nanosecond (as file times are): with no grace, everything written
         // before the pass counts as old.
         let before = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
