@@ -255,7 +255,7 @@ fn background_gc_races_pushes_on_s3_and_postgres() {
             while !stop.load(Ordering::Relaxed) {
                 let mut gc_args: Vec<&str> = args.iter().map(String::as_str).collect();
                 gc_args.extend(["--grace-seconds", "0", "--dry-run"]);
-                let out = gc_with_env(dir.path(), &gc_args, &target);
+                let out = gc_with_env(dir.path(), &gc_args, &target.env());
                 let report = assert_gc_ok(&out);
                 assert!(report.starts_with("gc: would remove "), "{report}");
                 runs += 1;
@@ -430,23 +430,17 @@ fn assert_collected(server: &Server, bytes: &BlobBytes, garbage: &[&Untagged], w
 }
 
 fn gc(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin())
-        .arg("gc")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .unwrap()
+    gc_with_env(data_dir, args, &[])
 }
 
-/// `gc` with the credentials of `s3`.
-fn gc_with_env(data_dir: &Path, args: &[&str], s3: &S3Target) -> std::process::Output {
+/// `gc` with `env` added to its environment (S3 credentials).
+fn gc_with_env(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     Command::new(bin())
         .arg("gc")
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .envs(s3.env())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap()
 }
