@@ -282,7 +282,12 @@ fn race_gc_against_pushes(extra: &[&str], s3: Option<&S3Target>) -> Server {
         &grace,
     ];
     args.extend_from_slice(extra);
-    let env: Vec<(&str, String)> = s3.map(|t| t.env().to_vec()).unwrap_or_default();
+    let env = s3.map(S3Target::env);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .flatten()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     let server = Server::start_with_env(&args, &env);
     let bytes = Arc::new(match s3 {
         Some(t) => BlobBytes::S3 {

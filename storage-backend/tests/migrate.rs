@@ -239,7 +239,7 @@ fn local_store_moves_to_s3_and_postgres_verified_and_resumable() {
 
     // A server with nothing but the bucket and the database serves everything.
     let env = target.env();
-    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start_in_with_env(
         &tmp.path().join("empty"),
         &["--storage", &target.url, "--metadata", &database],

@@ -30,8 +30,8 @@ impl Server {
         Server::start_with_env(extra_args, &[])
     }
 
-    /// [`Server::start`] with variables added to its environment (S3 credentials).
-    pub fn start_with_env(extra_args: &[&str], env: &[(&str, String)]) -> Server {
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut s = Server::start_in_with_env(&dir, extra_args, env);
@@ -44,22 +44,18 @@ impl Server {
         Server::start_in_with_env(data_dir, extra_args, &[])
     }
 
-    /// [`Server::start_in`] with variables added to its environment (S3 credentials).
-    pub fn start_in_with_env(
-        data_dir: &Path,
-        extra_args: &[&str],
-        env: &[(&str, String)],
-    ) -> Server {
+    /// Like [`Server::start_in`], with extra environment variables.
+    pub fn start_in_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -916,27 +916,6 @@ mod tests {
 
     crate::conformance_tests!(stores);
 
-    /// The suite on S3 + PostgreSQL, the stores several gateway processes share.
-    mod with_postgres {
-        use super::*;
-
-        fn stores(_: &FsPath) -> Stores {
-            let url = database();
-            // The suite makes the stores inside its runtime; connecting is async.
-            let meta: Arc<dyn MetadataStore> = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(PgMeta::connect(&url))
-            })
-            .map(Arc::new)
-            .unwrap();
-            Stores {
-                blobs: Arc::new(S3BlobStore::connect(&config(), Arc::clone(&meta)).unwrap()),
-                meta,
-            }
-        }
-
-        crate::conformance_tests!(stores);
-    }
-
     /// A fresh database of this binary's PostgreSQL (started off the runtime: the
     /// harness blocks).
     fn database() -> String {
