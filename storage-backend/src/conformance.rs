@@ -52,6 +52,8 @@ macro_rules! conformance_tests {
             meta_referrers_by_subject_and_artifact_type,
             meta_repository_list,
             meta_upload_sessions,
+            meta_upload_state_is_compare_and_swap,
+            meta_upload_state_has_one_winner_per_version,
             meta_gc_keeps_referenced_and_recent_content,
         );
     };
@@ -626,6 +628,84 @@ pub async fn meta_upload_sessions(s: Stores) {
             .map(|l| l.size),
         Some(1)
     );
+}
+
+pub async fn meta_upload_state_is_compare_and_swap(s: Stores) {
+    let m = &*s.meta;
+    let now = now_secs();
+    assert!(m.upload_state("u").await.unwrap().is_none());
+    assert!(
+        !m.set_upload_state("u", b"one", 1).await.unwrap(),
+        "no record yet"
+    );
+    assert!(m.set_upload_state("u", b"one", 0).await.unwrap());
+    assert!(
+        !m.set_upload_state("u", b"other", 0).await.unwrap(),
+        "created twice"
+    );
+    assert!(m.set_upload_state("u", b"two", 1).await.unwrap());
+    assert!(
+        !m.set_upload_state("u", b"stale", 1).await.unwrap(),
+        "stale version"
+    );
+    let state = m.upload_state("u").await.unwrap().expect("recorded");
+    assert_eq!((state.bytes.as_slice(), state.version), (&b"two"[..], 2));
+    assert!(state.updated_at.abs_diff(now) <= 5, "{state:?}, now {now}");
+    // Apart from the sessions the registry records: ending those leaves it.
+    m.create_upload("u", "r").await.unwrap();
+    m.commit_blob("r", &digest_of('a'), 1, Some("u"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = m
+        .upload_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["u"]);
+    assert!(m.remove_upload_state("u").await.unwrap());
+    assert!(!m.remove_upload_state("u").await.unwrap());
+    assert!(m.upload_state("u").await.unwrap().is_none());
+    assert!(m.upload_states().await.unwrap().is_empty());
+    assert!(m.set_upload_state("u", b"again", 0).await.unwrap());
+}
+
+/// Writers racing from one version: exactly one wins each round, so a record that
+/// counts its own replacements ends at the number of rounds.
+pub async fn meta_upload_state_has_one_winner_per_version(s: Stores) {
+    const WRITERS: usize = 6;
+    const ROUNDS: u64 = 10;
+    assert!(s.meta.set_upload_state("c", b"0", 0).await.unwrap());
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let m = s.meta.clone();
+            tokio::spawn(async move {
+                let mut wins = 0u64;
+                loop {
+                    let state = m.upload_state("c").await.unwrap().expect("recorded");
+                    let n: u64 = String::from_utf8(state.bytes).unwrap().parse().unwrap();
+                    if n == ROUNDS {
+                        return wins;
+                    }
+                    let next = (n + 1).to_string();
+                    if m.set_upload_state("c", next.as_bytes(), state.version)
+                        .await
+                        .unwrap()
+                    {
+                        wins += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        wins += t.await.unwrap();
+    }
+    assert_eq!(wins, ROUNDS, "each version replaced exactly once");
+    let state = s.meta.upload_state("c").await.unwrap().expect("recorded");
+    assert_eq!((state.bytes, state.version), (b"10".to_vec(), ROUNDS + 1));
 }
 
 pub async fn meta_gc_keeps_referenced_and_recent_content(s: Stores) {

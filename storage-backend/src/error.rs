@@ -73,6 +73,10 @@ pub enum StorageError {
     TagInvalid(String),
     #[error("upload {0:?} unknown to registry")]
     UploadUnknown(String),
+    /// Another request (of any gateway process) is writing the session: the client
+    /// asks for the offset and continues from there.
+    #[error("upload {0:?} is being written by another request; get its offset and retry")]
+    UploadBusy(String),
     #[error("digest {expected} does not match uploaded content ({actual})")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("range {start}-{end} does not continue the upload at offset {offset}")]
@@ -240,7 +244,9 @@ impl From<StorageError> for OciError {
             }
             S::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
             S::DigestMismatch { .. } => ErrorCode::DigestInvalid,
-            S::RangeInvalid { .. } | S::RangeUnsatisfiable(_) => ErrorCode::RangeInvalid,
+            S::RangeInvalid { .. } | S::RangeUnsatisfiable(_) | S::UploadBusy(_) => {
+                ErrorCode::RangeInvalid
+            }
             S::UploadInvalid(_) => ErrorCode::BlobUploadInvalid,
             S::SizeInvalid(_) => ErrorCode::SizeInvalid,
             S::Unsupported(_) => ErrorCode::Unsupported,

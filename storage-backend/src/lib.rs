@@ -11,6 +11,7 @@
 //!   is in PostgreSQL ([`meta::PgMeta`]), so several processes can share them.
 //! - [`conformance`] (feature `conformance`) is the contract of both traits as a test
 //!   suite; a new implementation runs it with [`conformance_tests!`].
+//! - [`migrate`] copies a data directory into S3 + PostgreSQL stores.
 //! - [`router`] serves `/v2/…` on top of it.
 //! - [`names`], [`route`], [`errcode`]: the OCI domain types and error table, from
 //!   `portcullis_oci` (re-exported here so the store's paths stay short).
@@ -47,6 +48,7 @@ pub mod fsck;
 mod http;
 pub mod manifest;
 pub mod meta;
+pub mod migrate;
 pub mod private;
 pub mod registry;
 pub mod s3;

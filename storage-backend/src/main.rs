@@ -1,5 +1,5 @@
 //! The `portcullis-storage` binary: `serve` runs the registry, `gc` collects
-//! garbage offline. Blobs live in the data directory, or on S3 with `--storage
+//! garbage offline, `migrate` copies a data directory to S3 + PostgreSQL. Blobs live in the data directory, or on S3 with `--storage
 //! s3://BUCKET[/PREFIX]` (endpoint, region and credentials from the AWS SDK variables or
 //! the `--s3-*` flags).
 
@@ -13,8 +13,9 @@ use axum::serve::ListenerExt;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use portcullis_storage::meta::MetadataLocation;
+use portcullis_storage::migrate::migrate;
 use portcullis_storage::s3::{S3Config, S3Settings};
-use portcullis_storage::{Registry, StorageConfig, router};
+use portcullis_storage::{Registry, StorageConfig, Stores, router};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -105,6 +106,17 @@ enum Command {
         #[command(flatten)]
         blobs: BlobArgs,
     },
+    /// Copy the registry in DIR (stopped) to S3 + PostgreSQL, verifying every digest;
+    /// rerun after an interruption to finish (what is already there is skipped).
+    /// Exits 1 if anything could not be copied.
+    Migrate {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        metadata: MetadataArg,
+        #[command(flatten)]
+        blobs: BlobArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -122,6 +134,11 @@ struct MetadataArg {
     )]
     location: MetadataLocation,
 }
+
+/// What `migrate` reports that it could not copy.
+#[derive(Debug, thiserror::Error)]
+#[error("migrate: {0} items not copied (listed above); fix them and run migrate again")]
+struct NotCopied(usize);
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -194,6 +211,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 r.orphan_files
             );
             Ok(())
+        }
+        Command::Migrate {
+            data_dir,
+            metadata,
+            blobs,
+        } => {
+            if blobs.storage.is_none() || metadata.location == MetadataLocation::Local {
+                anyhow::bail!(
+                    "migrate copies to S3 and PostgreSQL: give --storage s3://BUCKET[/PREFIX] \
+                     and --metadata postgres://..."
+                );
+            }
+            let mut config = blobs.config(data_dir.clone())?;
+            config.metadata = metadata.location;
+            let target = Stores::connect(&config).await?;
+            let r = migrate(&data_dir, &target).await?;
+            println!(
+                "migrate: blobs {} copied ({} bytes), {} already there; blob links {} copied, \
+                 {} already there; manifests {} copied (with {} tags), {} already there; \
+                 {} failed",
+                r.blobs_copied,
+                r.bytes_copied,
+                r.blobs_skipped,
+                r.links_copied,
+                r.links_skipped,
+                r.manifests_copied,
+                r.tags_copied,
+                r.manifests_skipped,
+                r.failures.len()
+            );
+            for failure in &r.failures {
+                println!("not copied: {failure}");
+            }
+            if r.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(NotCopied(r.failures.len()).into())
+            }
         }
     }
 }

@@ -120,6 +120,17 @@ pub struct LinkedBlob {
     pub linked_at: u64,
 }
 
+/// A blob store's own record of an upload session ([`MetadataStore::upload_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadState {
+    /// Opaque to the metadata store.
+    pub bytes: Vec<u8>,
+    /// 1 for the first record, one more with each replacement.
+    pub version: u64,
+    /// When it was last written (unix seconds).
+    pub updated_at: u64,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -295,6 +306,28 @@ pub trait MetadataStore: Send + Sync {
 
     /// All upload sessions: (id, repository, started at), for expiry.
     fn uploads(&self) -> MetaFuture<'_, Vec<(String, String, u64)>>;
+
+    /// The blob store's record of upload session `id`, if it keeps one here: opaque
+    /// bytes (the S3 store's multipart upload, parts and hash state), so whichever
+    /// process takes the session's next request finds it. Independent of the session
+    /// rows above: the blob store writes it before the registry records the session.
+    fn upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<UploadState>>;
+
+    /// Compare-and-swap: replaces the record of `id` with `bytes` if its version is
+    /// still `expected` (0: there is no record yet, and this creates it); the new version
+    /// is `expected + 1`. False, with nothing changed, if another writer came first.
+    fn set_upload_state<'a>(
+        &'a self,
+        id: &'a str,
+        bytes: &'a [u8],
+        expected: u64,
+    ) -> MetaFuture<'a, bool>;
+
+    /// Removes the record of `id`; false if there was none.
+    fn remove_upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool>;
+
+    /// Every record: (id, last written), for expiry of sessions no one finished.
+    fn upload_states(&self) -> MetaFuture<'_, Vec<(String, u64)>>;
 
     /// One garbage-collection pass, atomic:
     /// 1. untagged manifests created before `cutoff` (unix seconds) are removed, unless

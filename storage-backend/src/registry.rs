@@ -78,16 +78,21 @@ impl Stores {
     /// The stores `config` names with the metadata in the data directory: blobs there
     /// ([`Stores::open`]) or on S3 (reached once to prove the settings).
     pub fn for_config(config: &StorageConfig) -> Result<Stores, StorageError> {
+        let meta = Stores::redb(&config.data_dir)?;
         Ok(Stores {
-            blobs: Stores::blobs(config)?,
-            meta: Stores::redb(&config.data_dir)?,
+            blobs: Stores::blobs(config, &meta)?,
+            meta,
         })
     }
 
-    /// Blobs on S3 when `config` names a bucket, else files in the data directory.
-    fn blobs(config: &StorageConfig) -> Result<Arc<dyn BlobStore>, StorageError> {
+    /// Blobs on S3 when `config` names a bucket (upload sessions' records in `meta`),
+    /// else files in the data directory.
+    fn blobs(
+        config: &StorageConfig,
+        meta: &Arc<dyn MetadataStore>,
+    ) -> Result<Arc<dyn BlobStore>, StorageError> {
         if let Some(s3) = &config.s3 {
-            return Ok(Arc::new(S3BlobStore::connect(s3)?));
+            return Ok(Arc::new(S3BlobStore::connect(s3, Arc::clone(meta))?));
         }
         let dir = &config.data_dir;
         crate::private::private_dir(dir).map_err(|e| StorageError::io(dir, e))?;
@@ -108,9 +113,10 @@ impl Stores {
             MetadataLocation::Local => return Stores::for_config(config),
             MetadataLocation::Postgres(url) => url,
         };
+        let meta: Arc<dyn MetadataStore> = Arc::new(PgMeta::connect(url).await?);
         Ok(Stores {
-            blobs: Stores::blobs(config)?,
-            meta: Arc::new(PgMeta::connect(url).await?),
+            blobs: Stores::blobs(config, &meta)?,
+            meta,
         })
     }
 }
@@ -643,32 +649,48 @@ impl Registry {
     }
 
     async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {
-        let cutoff = now_secs().saturating_sub(grace.as_secs());
-        let report = self.meta.gc(cutoff, dry_run).await?;
+        // Timestamps are whole seconds (rounded down): one second more, or something
+        // written 1.1 s ago would count as 2 s old and a push's blobs could be collected
+        // just before its manifest arrives. No grace collects everything up to now.
+        let cutoff = now_secs()
+            .saturating_sub(grace.as_secs())
+            .saturating_sub(u64::from(!grace.is_zero()));
+        // To the nanosecond (as file times are): with no grace, everything written
+        // before the pass counts as old.
+        let before = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
+        let mut report = self.meta.gc(cutoff, dry_run).await?;
         if !dry_run {
             for d in &report.blobs {
-                let _guard = self.blob_lock(d).lock().await;
-                if !self.meta.blob_known(d).await? {
-                    self.blobs.delete(d).await?;
-                }
+                self.delete_unknown(d, before).await?;
             }
         }
-        let mut report = report;
-        let before = UNIX_EPOCH + Duration::from_secs(cutoff);
-        let files = self.blobs.list(before).await?;
-        for d in files {
-            // Under the blob lock, an upload cannot be between "file placed"
-            // and "metadata committed" for this digest.
-            let _guard = self.blob_lock(&d).lock().await;
-            if self.meta.blob_known(&d).await? {
-                continue;
-            }
-            report.orphan_files += 1;
-            if !dry_run {
-                self.blobs.delete(&d).await?;
+        for d in self.blobs.list(before).await? {
+            if dry_run {
+                report.orphan_files += usize::from(!self.meta.blob_known(&d).await?);
+            } else if self.delete_unknown(&d, before).await? {
+                report.orphan_files += 1;
             }
         }
         Ok(report)
+    }
+
+    /// Deletes the bytes of `d` if it has no metadata and they were last written before
+    /// `before`; whether it did. Under the blob lock, an upload in this process cannot be
+    /// between "bytes placed" and "metadata committed" for the digest; the write time
+    /// keeps bytes an upload in another process (sharing S3 and PostgreSQL) has just
+    /// rewritten for its commit.
+    async fn delete_unknown(&self, d: &Digest, before: SystemTime) -> Result<bool, StorageError> {
+        let _guard = self.blob_lock(d).lock().await;
+        if self.meta.blob_known(d).await? {
+            return Ok(false);
+        }
+        match self.blobs.stat(d).await? {
+            Some(stat) if stat.modified < before => {
+                self.blobs.delete(d).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

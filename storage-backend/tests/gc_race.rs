@@ -5,7 +5,8 @@
 //! 2 s grace period. No push may fail with MANIFEST_BLOB_UNKNOWN, every tagged
 //! manifest's blobs must be intact at the end, and GC must have deleted the
 //! untagged manifests and their orphaned blobs — so the test fails both ways. The race
-//! runs with the metadata in redb and in PostgreSQL.
+//! runs with the metadata in redb and in PostgreSQL, and with blobs on S3 (SeaweedFS)
+//! beside PostgreSQL while a second process runs online dry runs.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +18,7 @@
 mod common;
 use common::image;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use std::time::{Duration, Instant};
 use common::oci::{OCI_INDEX, OCI_MANIFEST, descriptor, image_manifest, push_blob, put_manifest};
 use common::{Server, bin, client, digest};
 use image::{Prng, check_repo, config_of, error_code, get_blob_digest, get_manifest, try_upload};
+use portcullis_test_support::postgres::Postgres;
+use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
 
 const REPOS: [&str; 2] = ["race/a", "race/b"];
 const GRACE: Duration = Duration::from_secs(2);
@@ -60,15 +64,44 @@ impl Window {
 }
 const POOL: usize = 64;
 
-/// How often one of `files` went from present to absent, sampled every 50 ms while
-/// `window` is open.
-fn count_disappearances(files: &[PathBuf], window: &Window) -> usize {
-    let mut present: Vec<bool> = files.iter().map(|f| f.exists()).collect();
+/// Where the server keeps blob bytes, as the test looks at them.
+enum BlobBytes {
+    /// Files under the data directory.
+    Dir(PathBuf),
+    /// Objects `<prefix>/blobs/sha256/<hex>` of the test bucket.
+    S3 { prefix: String },
+}
+
+impl BlobBytes {
+    /// Whether each of `digests` has its bytes stored.
+    fn present(&self, digests: &[String]) -> Vec<bool> {
+        match self {
+            BlobBytes::Dir(dir) => digests.iter().map(|d| blob_file(dir, d).exists()).collect(),
+            BlobBytes::S3 { prefix } => {
+                let keys: HashSet<String> = SeaweedFs::shared()
+                    .keys(&format!("{prefix}/blobs"))
+                    .into_iter()
+                    .collect();
+                digests
+                    .iter()
+                    .map(|d| {
+                        let hex = d.trim_start_matches("sha256:");
+                        keys.contains(&format!("{prefix}/blobs/sha256/{hex}"))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// How often one of `digests` lost its bytes, sampled every 50 ms while `window` is
+/// open.
+fn count_disappearances(bytes: &BlobBytes, digests: &[String], window: &Window) -> usize {
+    let mut present = bytes.present(digests);
     let mut count = 0;
     while window.open() {
         std::thread::sleep(Duration::from_millis(50));
-        for (file, was) in files.iter().zip(present.iter_mut()) {
-            let is = file.exists();
+        for (is, was) in bytes.present(digests).into_iter().zip(present.iter_mut()) {
             count += usize::from(*was && !is);
             *was = is;
         }
@@ -180,15 +213,15 @@ fn pusher(
 
 #[test]
 fn background_gc_races_pushes_without_losing_referenced_blobs() {
-    race_gc_against_pushes(&[]);
+    race_gc_against_pushes(&[], None);
 }
 
 /// The same race with the metadata in PostgreSQL, where GC and the pushes are separate
 /// database transactions; then an online dry run from a second process beside the server.
 #[test]
 fn background_gc_races_pushes_with_metadata_in_postgres() {
-    let url = portcullis_test_support::postgres::Postgres::shared().database();
-    let server = race_gc_against_pushes(&["--metadata", &url]);
+    let url = Postgres::shared().database();
+    let server = race_gc_against_pushes(&["--metadata", &url], None);
     let out = gc(
         &server.data_dir,
         &["--metadata", &url, "--grace-seconds", "0", "--dry-run"],
@@ -205,9 +238,41 @@ fn background_gc_races_pushes_with_metadata_in_postgres() {
     }
 }
 
-/// Pushes against background GC with `metadata` (the `--metadata` arguments, if any);
-/// returns the server, still running.
-fn race_gc_against_pushes(metadata: &[&str]) -> Server {
+/// The race on S3 + PostgreSQL, the stores several gateways share, with a second
+/// process beside the server running online GC dry runs (which must change nothing)
+/// the whole time.
+#[test]
+fn background_gc_races_pushes_on_s3_and_postgres() {
+    let url = Postgres::shared().database();
+    let target = SeaweedFs::shared().target();
+    let args = ["--metadata", url.as_str(), "--storage", target.url.as_str()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let dry_runs = {
+        let (stop, target, args) = (stop.clone(), target.clone(), args.map(str::to_owned));
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut gc_args: Vec<&str> = args.iter().map(String::as_str).collect();
+                gc_args.extend(["--grace-seconds", "0", "--dry-run"]);
+                let out = gc_with_env(dir.path(), &gc_args, &target.env());
+                let report = assert_gc_ok(&out);
+                assert!(report.starts_with("gc: would remove "), "{report}");
+                runs += 1;
+            }
+            runs
+        })
+    };
+    race_gc_against_pushes(&args, Some(&target));
+    stop.store(true, Ordering::Relaxed);
+    let runs = dry_runs.join().unwrap();
+    assert!(runs > 0, "no dry run completed beside the pushes");
+    eprintln!("{runs} online dry runs from a second process");
+}
+
+/// Pushes against background GC with `extra` arguments (`--metadata`, `--storage`) and,
+/// for blobs on S3, `s3`'s credentials; returns the server, still running.
+fn race_gc_against_pushes(extra: &[&str], s3: Option<&S3Target>) -> Server {
     let grace = GRACE.as_secs().to_string();
     let interval = INTERVAL.as_secs().to_string();
     let mut args = vec![
@@ -216,20 +281,29 @@ fn race_gc_against_pushes(metadata: &[&str]) -> Server {
         "--gc-grace-seconds",
         &grace,
     ];
-    args.extend_from_slice(metadata);
-    let server = Server::start(&args);
+    args.extend_from_slice(extra);
+    let env = s3.map(S3Target::env);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .flatten()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let server = Server::start_with_env(&args, &env);
+    let bytes = Arc::new(match s3 {
+        Some(t) => BlobBytes::S3 {
+            prefix: prefix(t).to_owned(),
+        },
+        None => BlobBytes::Dir(server.data_dir.clone()),
+    });
     let mut rng = Prng::from_time();
     // More pool blobs than the tagged manifests can reference at once, so some
     // are always orphaned, collected, and uploaded again.
     let pool: Arc<Vec<Vec<u8>>> = Arc::new((0..POOL).map(|_| rng.bytes(20_000)).collect());
     let window = Window::new();
-    let pool_files: Vec<PathBuf> = pool
-        .iter()
-        .map(|b| blob_file(&server.data_dir, &digest(b)))
-        .collect();
+    let pool_digests: Vec<String> = pool.iter().map(|b| digest(b)).collect();
     let sampler = {
-        let window = window.clone();
-        std::thread::spawn(move || count_disappearances(&pool_files, &window))
+        let (window, bytes) = (window.clone(), bytes.clone());
+        std::thread::spawn(move || count_disappearances(&bytes, &pool_digests, &window))
     };
     let workers: Vec<_> = (0..4)
         .map(|id| {
@@ -298,14 +372,15 @@ fn race_gc_against_pushes(metadata: &[&str]) -> Server {
         "only {} manifests were untagged early enough to test GC",
         early.len()
     );
-    assert_collected(&server, &early, "during the pushes");
+    assert_collected(&server, &bytes, &early, "during the pushes");
     std::thread::sleep(settle);
     assert_collected(
         &server,
+        &bytes,
         &untagged.iter().collect::<Vec<_>>(),
         "after the pushes",
     );
-    eprintln!("pool blob files deleted while pushes ran: {pool_deletions}");
+    eprintln!("pool blobs whose bytes were deleted while pushes ran: {pool_deletions}");
     eprintln!(
         "{} untagged manifests collected, {} of them while pushes ran",
         untagged.len(),
@@ -323,8 +398,8 @@ fn race_gc_against_pushes(metadata: &[&str]) -> Server {
 }
 
 /// Every manifest in `garbage` answers 404 MANIFEST_UNKNOWN, its own blobs 404
-/// BLOB_UNKNOWN, and their files are gone from the data directory.
-fn assert_collected(server: &Server, garbage: &[&Untagged], when: &str) {
+/// BLOB_UNKNOWN, and their bytes are gone.
+fn assert_collected(server: &Server, bytes: &BlobBytes, garbage: &[&Untagged], when: &str) {
     let c = client();
     let mut left = Vec::new();
     for u in garbage {
@@ -346,8 +421,8 @@ fn assert_collected(server: &Server, garbage: &[&Untagged], when: &str) {
             if resp.status() != 404 || error_code(resp) != "BLOB_UNKNOWN" {
                 left.push(format!("{} blob {b}", u.repo));
             }
-            if blob_file(&server.data_dir, b).exists() {
-                left.push(format!("file of blob {b}"));
+            if bytes.present(std::slice::from_ref(b))[0] {
+                left.push(format!("bytes of blob {b}"));
             }
         }
     }
@@ -360,13 +435,24 @@ fn assert_collected(server: &Server, garbage: &[&Untagged], when: &str) {
 }
 
 fn gc(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    gc_with_env(data_dir, args, &[])
+}
+
+/// `gc` with `env` added to its environment (S3 credentials).
+fn gc_with_env(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     Command::new(bin())
         .arg("gc")
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap()
+}
+
+/// The prefix of `target` inside the bucket.
+fn prefix(target: &S3Target) -> &str {
+    target.url.splitn(4, '/').nth(3).unwrap()
 }
 
 fn assert_gc_ok(out: &std::process::Output) -> String {

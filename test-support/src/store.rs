@@ -27,9 +27,14 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh temporary data directory.
     pub fn start(extra_args: &[&str]) -> Server {
+        Server::start_with_env(extra_args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut s = Server::start_in(&dir, extra_args);
+        let mut s = Server::start_in_with_env(&dir, extra_args, env);
         s._tmp = Some(tmp);
         s
     }

@@ -26,14 +26,17 @@ use tokio_postgres::NoTls;
 
 use super::{
     Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaFuture, MetadataStore,
-    Page, now_secs,
+    Page, UploadState, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::{ManifestError, ParsedManifest, Target};
 use crate::names::{Digest, Reference};
 
 /// The schema migrations, in order; the last one's number is the schema version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_initial.sql")),
+    (2, include_str!("../../migrations/0002_upload_states.sql")),
+];
 
 /// Advisory-lock keys ("portcull" + 1, + 2): schema migration, and GC against writes
 /// that create references.
@@ -777,6 +780,78 @@ impl MetadataStore for PgMeta {
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get(1), unsigned(r.get(2))))
+                .collect())
+        })
+    }
+
+    fn upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<UploadState>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "SELECT state, version, updated_at FROM upload_states WHERE id = $1",
+                )
+                .await?;
+            Ok(c.query_opt(&stmt, &[&id]).await?.map(|r| UploadState {
+                bytes: r.get(0),
+                version: unsigned(r.get(1)),
+                updated_at: unsigned(r.get(2)),
+            }))
+        })
+    }
+
+    fn set_upload_state<'a>(
+        &'a self,
+        id: &'a str,
+        bytes: &'a [u8],
+        expected: u64,
+    ) -> MetaFuture<'a, bool> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let now = signed(now_secs());
+            let next = signed(expected.saturating_add(1));
+            // One statement either way, so the version check and the write are atomic:
+            // a second creator hits the primary key and does nothing.
+            let changed = if expected == 0 {
+                c.execute(
+                    "INSERT INTO upload_states (id, version, updated_at, state)
+                     VALUES ($1, 1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                    &[&id, &now, &bytes],
+                )
+                .await?
+            } else {
+                let stmt = c
+                    .prepare_cached(
+                        "UPDATE upload_states SET version = $2, updated_at = $3, state = $4
+                         WHERE id = $1 AND version = $5",
+                    )
+                    .await?;
+                c.execute(&stmt, &[&id, &next, &now, &bytes, &signed(expected)])
+                    .await?
+            };
+            Ok(changed == 1)
+        })
+    }
+
+    fn remove_upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let removed = c
+                .execute("DELETE FROM upload_states WHERE id = $1", &[&id])
+                .await?;
+            Ok(removed > 0)
+        })
+    }
+
+    fn upload_states(&self) -> MetaFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let rows = c
+                .query("SELECT id, updated_at FROM upload_states", &[])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), unsigned(r.get(1))))
                 .collect())
         })
     }

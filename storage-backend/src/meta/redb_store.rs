@@ -23,7 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::{
     Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaContents, MetaFuture,
-    MetaManifest, MetadataStore, Page, now_secs,
+    MetaManifest, MetadataStore, Page, UploadState, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::ParsedManifest;
@@ -48,6 +48,9 @@ const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 const REFERRERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("referrers");
 /// upload id → (repo, started at)
 const UPLOADS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("uploads");
+/// upload id → (version, updated at, the blob store's opaque record)
+const UPLOAD_STATES: TableDefinition<&str, (u64, u64, &[u8])> =
+    TableDefinition::new("upload_states");
 
 /// The default [`MetadataStore`]: one redb database file. Clones share it.
 #[derive(Clone)]
@@ -104,6 +107,7 @@ impl RedbMeta {
         tx.open_table(TAGS)?;
         tx.open_table(REFERRERS)?;
         tx.open_table(UPLOADS)?;
+        tx.open_table(UPLOAD_STATES)?;
         tx.commit()?;
         Ok(RedbMeta {
             path: Arc::new(path.to_owned()),
@@ -141,6 +145,11 @@ impl RedbMeta {
         tracing::warn!(path = %self.path.display(), "metadata database reopened after an i/o failure");
         *slot = Some(Arc::clone(&db));
         Ok(db)
+    }
+
+    /// Every row, read in one transaction (`crate::migrate` copies them).
+    pub(crate) fn contents(&self) -> Result<MetaContents, StorageError> {
+        contents(&*self.db()?)
     }
 
     fn link(
@@ -618,6 +627,54 @@ impl RedbMeta {
         Ok(out)
     }
 
+    fn upload_state(&self, id: &str) -> Result<Option<UploadState>, StorageError> {
+        let rx = self.db()?.begin_read()?;
+        Ok(rx.open_table(UPLOAD_STATES)?.get(id)?.map(|g| {
+            let (version, updated_at, bytes) = g.value();
+            UploadState {
+                bytes: bytes.to_vec(),
+                version,
+                updated_at,
+            }
+        }))
+    }
+
+    fn set_upload_state(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        expected: u64,
+    ) -> Result<bool, StorageError> {
+        let tx = self.db()?.begin_write()?;
+        {
+            let mut states = tx.open_table(UPLOAD_STATES)?;
+            let current = states.get(id)?.map_or(0, |g| g.value().0);
+            if current != expected {
+                return Ok(false);
+            }
+            states.insert(id, (expected + 1, now_secs(), bytes))?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn remove_upload_state(&self, id: &str) -> Result<bool, StorageError> {
+        let tx = self.db()?.begin_write()?;
+        let removed = tx.open_table(UPLOAD_STATES)?.remove(id)?.is_some();
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    fn upload_states(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let rx = self.db()?.begin_read()?;
+        let mut out = Vec::new();
+        for entry in rx.open_table(UPLOAD_STATES)?.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), v.value().1));
+        }
+        Ok(out)
+    }
+
     fn recover(&self) {
         // Dropped here; closed once the last call still holding it ends.
         self.db
@@ -914,6 +971,29 @@ impl MetadataStore for RedbMeta {
 
     fn uploads(&self) -> MetaFuture<'_, Vec<(String, String, u64)>> {
         Box::pin(async move { self.recovering(RedbMeta::uploads(self)) })
+    }
+
+    fn upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, Option<UploadState>> {
+        Box::pin(async move { self.recovering(RedbMeta::upload_state(self, id)) })
+    }
+
+    fn set_upload_state<'a>(
+        &'a self,
+        id: &'a str,
+        bytes: &'a [u8],
+        expected: u64,
+    ) -> MetaFuture<'a, bool> {
+        let (id, bytes) = (id.to_owned(), bytes.to_vec());
+        self.write(move |m| m.set_upload_state(&id, &bytes, expected))
+    }
+
+    fn remove_upload_state<'a>(&'a self, id: &'a str) -> MetaFuture<'a, bool> {
+        let id = id.to_owned();
+        self.write(move |m| m.remove_upload_state(&id))
+    }
+
+    fn upload_states(&self) -> MetaFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move { self.recovering(RedbMeta::upload_states(self)) })
     }
 
     fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport> {

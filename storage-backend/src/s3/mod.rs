@@ -6,26 +6,35 @@
 //!   written by one PUT (small blobs, hashed before it is sent) or by a multipart upload
 //!   that is completed only once the digest has been checked (S3 shows nothing of a
 //!   multipart upload before its completion), or copied there from a completed session.
-//! - `uploads/<id>/state`: an upload session (JSON, [`Session`]): its S3 multipart upload
-//!   of `uploads/<id>/data`, the parts sent, and the SHA-256 state after them.
-//!   Any process can take the session's next request: nothing of it lives in memory.
-//!   (The session's repository stays in the metadata store; its bytes' record lives here,
-//!   beside them, because the metadata trait has no place for it yet.)
-//! - `uploads/<id>/tail-<n>`: the session's bytes after its last part. S3 parts must be
-//!   at least 5 MiB (but the last), while a client's chunks have any size: bytes collect
-//!   in the tail until a whole [`PART`] can be sent.
+//! - `uploads/<id>/data`: the session's S3 multipart upload.
+//! - `uploads/<id>/tail-<uuid>`: the session's bytes after its last part. S3 parts must
+//!   be at least 5 MiB (but the last), while a client's chunks have any size: bytes
+//!   collect in the tail until a whole [`PART`] can be sent.
+//!
+//! The session's record ([`Session`]: its multipart upload id, the parts' ETags, the
+//! SHA-256 state after them, which tail object holds the rest) lives in the metadata
+//! store ([`MetadataStore::upload_state`]), replaced only by compare-and-swap, so any
+//! process can take the session's next request. The split: small, frequently replaced
+//! state in the database; bytes (parts and the < 8 MiB tail) in S3.
+//!
+//! A request holds the session by a lease in its record (claimed by compare-and-swap,
+//! renewed before each part it sends): a second request on the session from any process
+//! meanwhile is refused ([`StorageError::UploadBusy`], 416), so two processes never send
+//! the same part number. A process killed mid-request blocks the session for at most
+//! [`LEASE_SECS`].
 //!
 //! A request that fails midway leaves the session as it was before the request or, when
 //! only the client's body broke, with what arrived recorded; the offset always names a
-//! prefix of what was sent. Requests on one session are serialised within a process, not
-//! across processes (clients send a session's requests one after another).
+//! prefix of what was sent.
 
 mod config;
 mod sha256;
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -46,6 +55,7 @@ use sha256::Sha256;
 
 use crate::blobstore::{BlobReader, BlobStat, BlobStore, ByteStream, Placement, UploadStat};
 use crate::error::StorageError;
+use crate::meta::{MetadataStore, now_secs};
 use crate::names::Digest;
 
 /// Bytes per multipart part: above S3's 5 MiB minimum, and a whole number of SHA-256
@@ -55,7 +65,11 @@ pub const PART: usize = 8 * 1024 * 1024;
 /// Lock stripes serialising requests on one session in this process.
 const SESSION_LOCKS: usize = 64;
 
-/// An upload session's record (`uploads/<id>/state`).
+/// How long a request holds an upload session against requests of other processes
+/// (renewed before each part it sends).
+pub const LEASE_SECS: u64 = 60;
+
+/// An upload session's record (JSON, in the metadata store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Session {
     /// The multipart upload of `uploads/<id>/data`, once the first part is sent.
@@ -64,9 +78,11 @@ struct Session {
     parts: Vec<String>,
     /// SHA-256 state after the parts' bytes.
     hash: [u32; 8],
-    /// Bytes in `tail-<tail_generation>` (0: no tail object).
+    /// Bytes in the object `tail-<tail_name>` (0: no tail object).
     tail: u64,
-    tail_generation: u64,
+    tail_name: String,
+    /// Unix seconds until which a request holds the session (0: none does).
+    lease_until: u64,
 }
 
 impl Session {
@@ -76,7 +92,8 @@ impl Session {
             parts: Vec::new(),
             hash: sha256::INITIAL,
             tail: 0,
-            tail_generation: 0,
+            tail_name: String::new(),
+            lease_until: 0,
         }
     }
 
@@ -89,13 +106,21 @@ impl Session {
     }
 }
 
-/// Blobs and upload sessions in an S3 bucket.
+/// A session this request holds: its record as claimed, and the record's version.
+struct Held {
+    id: String,
+    session: Session,
+    version: u64,
+}
+
+/// Blobs and upload sessions in an S3 bucket, the sessions' records in `meta`.
 pub struct S3BlobStore {
     /// Requests of bounded size (metadata, 8 MiB parts): a stuck server times out.
     s3: AmazonS3,
     /// Blob GETs, streamed to clients at their pace: no limit on the whole request.
     s3_streams: AmazonS3,
     config: S3Config,
+    meta: Arc<dyn MetadataStore>,
     session_locks: [Mutex<()>; SESSION_LOCKS],
 }
 
@@ -106,13 +131,18 @@ fn s3_error(key: &Path) -> impl FnOnce(object_store::Error) -> StorageError {
 }
 
 impl S3BlobStore {
-    /// The store `config` names; no request is made (see [`S3BlobStore::connect`]).
-    pub fn open(config: &S3Config) -> Result<S3BlobStore, StorageError> {
+    /// The store `config` names, keeping upload sessions' records in `meta`; no request
+    /// is made (see [`S3BlobStore::connect`]).
+    pub fn open(
+        config: &S3Config,
+        meta: Arc<dyn MetadataStore>,
+    ) -> Result<S3BlobStore, StorageError> {
         let bounded = ClientOptions::new().with_timeout(Duration::from_secs(120));
         Ok(S3BlobStore {
             s3: Self::client(config, bounded)?,
             s3_streams: Self::client(config, ClientOptions::new().with_timeout_disabled())?,
             config: config.clone(),
+            meta,
             session_locks: std::array::from_fn(|_| Mutex::new(())),
         })
     }
@@ -167,8 +197,11 @@ impl S3BlobStore {
     /// [`BlobStore::check`]), from synchronous code inside or outside a runtime: the
     /// request runs on a thread of its own with a client of its own (a pooled connection
     /// must not outlive the runtime it was made on).
-    pub fn connect(config: &S3Config) -> Result<S3BlobStore, StorageError> {
-        let probe = S3BlobStore::open(config)?;
+    pub fn connect(
+        config: &S3Config,
+        meta: Arc<dyn MetadataStore>,
+    ) -> Result<S3BlobStore, StorageError> {
+        let probe = S3BlobStore::open(config, Arc::clone(&meta))?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -187,7 +220,7 @@ impl S3BlobStore {
             },
             e => e,
         })?;
-        S3BlobStore::open(config)
+        S3BlobStore::open(config, meta)
     }
 
     /// `<prefix>/<parts…>`.
@@ -208,8 +241,8 @@ impl S3BlobStore {
         self.key(&["uploads", id, name])
     }
 
-    fn tail_key(&self, id: &str, generation: u64) -> Path {
-        self.session_key(id, &format!("tail-{generation}"))
+    fn tail_key(&self, id: &str, name: &str) -> Path {
+        self.session_key(id, &format!("tail-{name}"))
     }
 
     fn session_lock(&self, id: &str) -> &Mutex<()> {
@@ -242,35 +275,78 @@ impl S3BlobStore {
         }
     }
 
-    async fn load(&self, id: &str) -> Result<Session, StorageError> {
-        let key = self.session_key(id, "state");
-        let bytes = self
-            .read_all(&key)
+    /// The record of session `id` and its version.
+    async fn load(&self, id: &str) -> Result<(Session, u64), StorageError> {
+        let state = self
+            .meta
+            .upload_state(id)
             .await?
             .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::Corrupt(format!("upload session {key}: {e}")))
+        let session = serde_json::from_slice(&state.bytes)
+            .map_err(|e| StorageError::Corrupt(format!("upload session {id}: {e}")))?;
+        Ok((session, state.version))
     }
 
-    async fn save(&self, id: &str, session: &Session) -> Result<(), StorageError> {
+    /// Replaces the record of `id` if it is still at `version` (0: creates it); the new
+    /// version. Another request got there first: [`StorageError::UploadBusy`].
+    async fn store(&self, id: &str, session: &Session, version: u64) -> Result<u64, StorageError> {
         let json = serde_json::to_vec(session)
             .map_err(|e| StorageError::Corrupt(format!("upload session {id}: {e}")))?;
-        self.write(&self.session_key(id, "state"), json.into())
-            .await
+        if self.meta.set_upload_state(id, &json, version).await? {
+            Ok(version + 1)
+        } else {
+            Err(StorageError::UploadBusy(id.to_owned()))
+        }
     }
 
-    /// The session with its tail read back into a writer that continues it.
-    async fn resume(&self, id: &str) -> Result<(Session, Parts), StorageError> {
-        let session = self.load(id).await?;
+    /// Takes the lease of session `id` for this request.
+    async fn claim(&self, id: &str) -> Result<Held, StorageError> {
+        let (mut session, version) = self.load(id).await?;
+        let now = now_secs();
+        if session.lease_until > now {
+            return Err(StorageError::UploadBusy(id.to_owned()));
+        }
+        session.lease_until = now + LEASE_SECS;
+        let version = self.store(id, &session, version).await?;
+        Ok(Held {
+            id: id.to_owned(),
+            session,
+            version,
+        })
+    }
+
+    /// Extends the lease (before a part is sent); fails if the lease was lost.
+    async fn renew(&self, held: &mut Held) -> Result<(), StorageError> {
+        held.session.lease_until = now_secs() + LEASE_SECS;
+        held.version = self.store(&held.id, &held.session, held.version).await?;
+        Ok(())
+    }
+
+    /// Gives the lease up, the record unchanged (a request that failed).
+    async fn release(&self, mut held: Held) {
+        held.session.lease_until = 0;
+        if let Err(e) = self.store(&held.id, &held.session, held.version).await {
+            tracing::warn!(error = %e, upload = %held.id, "releasing an upload session");
+        }
+    }
+
+    /// The bytes of the session's tail object.
+    async fn read_tail(&self, id: &str, session: &Session) -> Result<BytesMut, StorageError> {
         let mut buf = BytesMut::new();
         if session.tail > 0 {
-            let key = self.tail_key(id, session.tail_generation);
+            let key = self.tail_key(id, &session.tail_name);
             let tail = self.read_all(&key).await?.ok_or_else(|| {
                 StorageError::Corrupt(format!("upload session {id}: tail {key} is missing"))
             })?;
             buf.extend_from_slice(&tail);
         }
-        let parts = Parts {
+        Ok(buf)
+    }
+
+    /// The held session as a writer that continues it, its tail `buf` read back.
+    fn resume(&self, held: Held, buf: BytesMut) -> Parts {
+        let (id, session) = (&held.id, &held.session);
+        Parts {
             key: self.session_key(id, "data"),
             multipart: session.multipart.clone(),
             parts: session
@@ -282,69 +358,79 @@ impl S3BlobStore {
                 .collect(),
             hasher: Sha256::resume(session.hash, session.part_bytes()),
             buf,
-        };
-        Ok((session, parts))
+            lease: Some(held),
+        }
     }
 
-    /// Records what `parts` holds as the session's new state: the tail first (a new
-    /// object), then the record that names it, then the old tail goes.
-    async fn persist(
-        &self,
-        id: &str,
-        old: &Session,
-        parts: &Parts,
-    ) -> Result<Session, StorageError> {
+    /// Records what `parts` holds as the session's new state and gives the lease up: the
+    /// tail first (a new object), then the record that names it, then the old tail goes.
+    async fn persist(&self, mut parts: Parts) -> Result<Session, StorageError> {
         let hash = parts.hasher_at_parts()?;
-        if parts.parts.len() == old.parts.len() && parts.buf.len() as u64 == old.tail {
-            return Ok(old.clone());
-        }
+        let Some(held) = parts.lease.take() else {
+            return Err(StorageError::Corrupt("persisting an unheld session".into()));
+        };
+        let (id, old) = (&held.id, &held.session);
         let mut new = Session {
             multipart: parts.multipart.clone(),
             parts: parts.parts.iter().map(|p| p.content_id.clone()).collect(),
             hash,
             tail: parts.buf.len() as u64,
-            tail_generation: old.tail_generation,
+            tail_name: old.tail_name.clone(),
+            lease_until: 0,
         };
-        if !parts.buf.is_empty() {
-            new.tail_generation += 1;
+        let unchanged = new.parts.len() == old.parts.len() && new.tail == old.tail;
+        if !unchanged && !parts.buf.is_empty() {
+            new.tail_name = uuid::Uuid::new_v4().simple().to_string();
             let tail = parts.buf.clone().freeze();
-            self.write(&self.tail_key(id, new.tail_generation), tail)
-                .await?;
+            self.write(&self.tail_key(id, &new.tail_name), tail).await?;
         }
-        self.save(id, &new).await?;
+        self.store(id, &new, held.version).await?;
         // Replaced by a new tail, or taken into a part.
-        if old.tail > 0 {
-            self.remove(&self.tail_key(id, old.tail_generation)).await?;
+        if !unchanged && old.tail > 0 {
+            self.remove(&self.tail_key(id, &old.tail_name)).await?;
         }
         Ok(new)
     }
 
-    /// Appends `body` to the session (the lock held by the caller). S3 failures leave
-    /// the session as it was; a broken body is recorded as far as it arrived.
+    /// Appends `body` to the session (the local lock held by the caller), holding its
+    /// lease: on success the returned writer still holds it. S3 failures leave the
+    /// session as it was; a broken body is recorded as far as it arrived.
     async fn append(
         &self,
         id: &str,
         range: Option<(u64, u64)>,
         body: ByteStream,
-    ) -> Result<(Session, Parts), StorageError> {
-        let (session, mut parts) = self.resume(id).await?;
+    ) -> Result<Parts, StorageError> {
+        let held = self.claim(id).await?;
+        let offset = held.session.offset();
         if let Some((start, end)) = range
-            && (start != session.offset() || end < start)
+            && (start != offset || end < start)
         {
-            return Err(StorageError::RangeInvalid {
-                start,
-                end,
-                offset: session.offset(),
-            });
+            self.release(held).await;
+            return Err(StorageError::RangeInvalid { start, end, offset });
         }
-        match parts.feed(self, body).await? {
-            None => Ok((session, parts)),
-            Some(broken) => {
-                self.persist(id, &session, &parts).await?;
+        let buf = match self.read_tail(id, &held.session).await {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.release(held).await;
+                return Err(e);
+            }
+        };
+        let mut parts = self.resume(held, buf);
+        match parts.feed(self, body).await {
+            Ok(None) => Ok(parts),
+            Ok(Some(broken)) => {
+                self.persist(parts).await?;
                 Err(StorageError::io(
                     format!("upload {id} request body"),
                     broken,
                 ))
+            }
+            Err(e) => {
+                if let Some(held) = parts.lease.take() {
+                    self.release(held).await;
+                }
+                Err(e)
             }
         }
     }
@@ -352,10 +438,13 @@ impl S3BlobStore {
     /// Removes everything of session `id`: its multipart upload and its objects.
     async fn drop_session(&self, id: &str) -> Result<(), StorageError> {
         match self.load(id).await {
-            Ok(Session {
-                multipart: Some(mp),
-                ..
-            }) => {
+            Ok((
+                Session {
+                    multipart: Some(mp),
+                    ..
+                },
+                _,
+            )) => {
                 let data = self.session_key(id, "data");
                 let aborted = self.s3.abort_multipart(&data, &mp).await;
                 if let Err(e) = aborted
@@ -370,22 +459,21 @@ impl S3BlobStore {
         self.remove_session_objects(id).await
     }
 
-    /// Deletes the objects under `uploads/<id>/`, the record last: until it is gone, a
+    /// Deletes the objects under `uploads/<id>/`, then the record: until it is gone, a
     /// retry finds the session again.
     async fn remove_session_objects(&self, id: &str) -> Result<(), StorageError> {
         let prefix = self.key(&["uploads", id]);
-        let mut keys: Vec<Path> = self
+        let keys: Vec<Path> = self
             .s3
             .list(Some(&prefix))
             .map_ok(|m| m.location)
             .try_collect()
             .await
             .map_err(s3_error(&prefix))?;
-        let state = self.session_key(id, "state");
-        keys.sort_by_key(|k| *k == state);
         for key in keys {
             self.remove(&key).await?;
         }
+        self.meta.remove_upload_state(id).await?;
         Ok(())
     }
 
@@ -513,6 +601,9 @@ struct Parts {
     /// Over the bytes sent as parts; `buf` is not in it yet.
     hasher: Sha256,
     buf: BytesMut,
+    /// The upload session these bytes continue, held by this request (none for a
+    /// monolithic put).
+    lease: Option<Held>,
 }
 
 impl Parts {
@@ -523,6 +614,7 @@ impl Parts {
             parts: Vec::new(),
             hasher: Sha256::new(),
             buf: BytesMut::new(),
+            lease: None,
         }
     }
 
@@ -551,6 +643,10 @@ impl Parts {
     /// Sends `part` as the next part (creating the multipart upload first if needed).
     /// The caller has hashed it.
     async fn send(&mut self, store: &S3BlobStore, part: Bytes) -> Result<(), StorageError> {
+        // Still ours: no other process sends this part number meanwhile.
+        if let Some(held) = &mut self.lease {
+            store.renew(held).await?;
+        }
         let mp = match &self.multipart {
             Some(mp) => mp.clone(),
             None => {
@@ -699,13 +795,13 @@ impl BlobStore for S3BlobStore {
     }
 
     fn create_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move { self.save(id, &Session::new()).await })
+        Box::pin(async move { self.store(id, &Session::new(), 0).await.map(|_| ()) })
     }
 
     fn upload_offset<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u64, StorageError>> {
         Box::pin(async move {
             let _lock = self.session_lock(id).lock().await;
-            Ok(self.load(id).await?.offset())
+            Ok(self.load(id).await?.0.offset())
         })
     }
 
@@ -717,8 +813,8 @@ impl BlobStore for S3BlobStore {
     ) -> BoxFuture<'a, Result<u64, StorageError>> {
         Box::pin(async move {
             let _lock = self.session_lock(id).lock().await;
-            let (old, parts) = self.append(id, range, body).await?;
-            Ok(self.persist(id, &old, &parts).await?.offset())
+            let parts = self.append(id, range, body).await?;
+            Ok(self.persist(parts).await?.offset())
         })
     }
 
@@ -731,12 +827,16 @@ impl BlobStore for S3BlobStore {
     ) -> BoxFuture<'a, Result<(u64, Placement<'a>), StorageError>> {
         Box::pin(async move {
             let _lock = self.session_lock(id).lock().await;
-            let (_, parts) = self.append(id, None, body).await?;
+            let mut parts = self.append(id, None, body).await?;
+            // Held to the end: publishing sends at most one more part.
+            let held = parts.lease.take();
             let published = self.publish(digest, parts, placement).await;
             // Published or refused, the session is over; its multipart upload is
             // completed or aborted by now.
             if matches!(&published, Ok(_) | Err(StorageError::DigestMismatch { .. })) {
                 self.remove_session_objects(id).await?;
+            } else if let Some(held) = held {
+                self.release(held).await;
             }
             published
         })
@@ -749,8 +849,17 @@ impl BlobStore for S3BlobStore {
         })
     }
 
+    /// Sessions with a record, and objects under `uploads/<id>/` left without one (a
+    /// crash between removing a session's objects and its record).
     fn uploads(&self) -> BoxFuture<'_, Result<Vec<UploadStat>, StorageError>> {
         Box::pin(async move {
+            let mut sessions: HashMap<String, SystemTime> = self
+                .meta
+                .upload_states()
+                .await?
+                .into_iter()
+                .map(|(id, at)| (id, UNIX_EPOCH + Duration::from_secs(at)))
+                .collect();
             let prefix = self.key(&["uploads"]);
             let found: Vec<_> = self
                 .s3
@@ -758,21 +867,27 @@ impl BlobStore for S3BlobStore {
                 .try_collect()
                 .await
                 .map_err(s3_error(&prefix))?;
-            Ok(found
-                .into_iter()
-                .filter(|m| m.location.filename() == Some("state"))
-                .filter_map(|m| {
-                    let mut parts = m.location.parts();
-                    let _state = parts.next_back()?;
-                    let id = parts.next_back()?.as_ref().to_owned();
-                    let busy = self.session_lock(&id).try_lock().is_err();
-                    Some(UploadStat {
-                        id,
-                        modified: SystemTime::from(m.last_modified),
-                        busy,
-                    })
-                })
-                .collect())
+            for m in found {
+                let mut parts = m.location.parts();
+                let (Some(_), Some(id)) = (parts.next_back(), parts.next_back()) else {
+                    continue;
+                };
+                let modified = SystemTime::from(m.last_modified);
+                let at = sessions.entry(id.as_ref().to_owned()).or_insert(modified);
+                *at = (*at).max(modified);
+            }
+            let now = now_secs();
+            let mut out = Vec::new();
+            for (id, modified) in sessions {
+                let leased = match self.meta.upload_state(&id).await? {
+                    Some(state) => serde_json::from_slice::<Session>(&state.bytes)
+                        .is_ok_and(|s| s.lease_until > now),
+                    None => false,
+                };
+                let busy = leased || self.session_lock(&id).try_lock().is_err();
+                out.push(UploadStat { id, modified, busy });
+            }
+            Ok(out)
         })
     }
 }
@@ -782,28 +897,42 @@ mod tests {
     use std::path::Path as FsPath;
     use std::sync::Arc;
 
+    use portcullis_test_support::postgres::Postgres;
     use portcullis_test_support::seaweedfs::SeaweedFs;
 
     use super::*;
+    use crate::meta::{PgMeta, RedbMeta};
     use crate::registry::Stores;
 
     /// Redb metadata in `dir`, blobs under a fresh prefix of this binary's SeaweedFS.
     pub(crate) fn stores(dir: &FsPath) -> Stores {
-        // Started off the runtime: the harness uses a blocking HTTP client.
-        let target = std::thread::spawn(|| SeaweedFs::shared().target())
-            .join()
-            .unwrap();
-        let env = target.env();
-        let config = S3Config::resolve_with(&target.url, &S3Settings::default(), |name| {
-            env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
-        })
-        .unwrap();
-        let mut stores = Stores::open(dir).unwrap();
-        stores.blobs = Arc::new(S3BlobStore::connect(&config).unwrap());
-        stores
+        let meta: Arc<dyn MetadataStore> =
+            Arc::new(RedbMeta::open(&dir.join("meta.redb")).unwrap());
+        Stores {
+            blobs: Arc::new(S3BlobStore::connect(&config(), Arc::clone(&meta)).unwrap()),
+            meta,
+        }
     }
 
     crate::conformance_tests!(stores);
+
+    /// A fresh database of this binary's PostgreSQL (started off the runtime: the
+    /// harness blocks).
+    fn database() -> String {
+        std::thread::spawn(|| Postgres::shared().database())
+            .join()
+            .unwrap()
+    }
+
+    /// A connection pool of its own to `url`, as another gateway process has.
+    async fn pg(url: &str) -> Arc<dyn MetadataStore> {
+        Arc::new(PgMeta::connect(url).await.unwrap())
+    }
+
+    /// A store on this binary's SeaweedFS (fresh prefix) with a fresh database.
+    async fn store() -> S3BlobStore {
+        S3BlobStore::connect(&config(), pg(&database()).await).unwrap()
+    }
 
     fn config() -> S3Config {
         let target = std::thread::spawn(|| SeaweedFs::shared().target())
@@ -855,10 +984,10 @@ mod tests {
     /// process): chunks of any size, parts of [`PART`], the digest state carried along.
     #[tokio::test]
     async fn multipart_session_is_continued_by_another_process() {
-        let config = config();
+        let (config, url) = (config(), database());
         let (a, b) = (
-            S3BlobStore::connect(&config).unwrap(),
-            S3BlobStore::connect(&config).unwrap(),
+            S3BlobStore::connect(&config, pg(&url).await).unwrap(),
+            S3BlobStore::connect(&config, pg(&url).await).unwrap(),
         );
         let data = content(2 * PART + 3 * 1024 * 1024 + 17);
         let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
@@ -899,7 +1028,7 @@ mod tests {
     /// until the verified upload completes; a mismatch aborts it.
     #[tokio::test]
     async fn large_put_is_invisible_until_verified() {
-        let store = S3BlobStore::connect(&config()).unwrap();
+        let store = store().await;
         let data = content(PART + PART / 2);
         let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
         let wrong = Digest::of(b"something else");
@@ -922,13 +1051,13 @@ mod tests {
     /// removes every object of the session.
     #[tokio::test]
     async fn cancel_removes_parts_and_tail() {
-        let store = S3BlobStore::connect(&config()).unwrap();
+        let store = store().await;
         store.create_upload("c").await.unwrap();
         store
             .append_upload("c", None, body(&content(PART + 10)))
             .await
             .unwrap();
-        let session = store.load("c").await.unwrap();
+        let (session, _) = store.load("c").await.unwrap();
         assert_eq!((session.parts.len(), session.tail), (1, 10));
         store.cancel_upload("c").await.unwrap();
         assert!(keys(&store).await.is_empty());
@@ -936,5 +1065,72 @@ mod tests {
             store.upload_offset("c").await,
             Err(StorageError::UploadUnknown(_))
         ));
+    }
+
+    /// Two processes on one session: while one request holds it (its body still
+    /// arriving), the other's is refused with the session untouched; once the first
+    /// is done the second continues at its offset, and nothing sent was lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_has_one_writer_across_processes() {
+        let (config, url) = (config(), database());
+        let (a, b) = (
+            Arc::new(S3BlobStore::connect(&config, pg(&url).await).unwrap()),
+            S3BlobStore::connect(&config, pg(&url).await).unwrap(),
+        );
+        let data = content(PART + 1000);
+        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+        a.create_upload("w").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let first = Bytes::copy_from_slice(&data[..PART + 10]);
+        // A body whose first chunk arrives at once and whose end waits for `tx`.
+        let slow: ByteStream =
+            Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(
+                futures_util::stream::once(async move {
+                    let _ = rx.await;
+                    Ok(Bytes::new())
+                }),
+            ));
+        let writer = {
+            let a = Arc::clone(&a);
+            tokio::spawn(
+                async move { a.append_upload("w", Some((0, PART as u64 + 9)), slow).await },
+            )
+        };
+        // Until `a` holds the session (its part sent under the lease).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (session, _) = b.load("w").await.unwrap();
+            if session.lease_until > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = b
+            .append_upload("w", Some((0, 99)), body(&data[..100]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::UploadBusy(_)), "{err}");
+        let lock = Mutex::new(());
+        let err = b
+            .commit_upload("w", &digest, body(&data), &lock)
+            .await
+            .map(|(size, _)| size)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::UploadBusy(_)), "{err}");
+        tx.send(()).unwrap();
+        assert_eq!(writer.await.unwrap().unwrap(), PART as u64 + 10);
+        assert_eq!(b.upload_offset("w").await.unwrap(), PART as u64 + 10);
+        let (size, placed) = b
+            .commit_upload("w", &digest, body(&data[PART + 10..]), &lock)
+            .await
+            .unwrap();
+        drop(placed);
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(read(&b, &digest, 0, size).await, data);
+        assert!(b.meta.upload_state("w").await.unwrap().is_none());
     }
 }
