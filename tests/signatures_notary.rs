@@ -145,6 +145,17 @@ impl Setup {
     /// Pushes `envelope` as a Notary Project signature of `subject` (a referrer);
     /// returns the signature manifest's digest.
     fn push_signature(&self, repo: &str, subject: &[u8], envelope: &[u8]) -> String {
+        self.push_envelope(repo, subject, envelope, "application/jose+json")
+    }
+
+    /// [`Setup::push_signature`] for an envelope layer of `media_type`.
+    fn push_envelope(
+        &self,
+        repo: &str,
+        subject: &[u8],
+        envelope: &[u8],
+        media_type: &str,
+    ) -> String {
         let base = &self.server.base;
         for blob in [b"{}".as_slice(), envelope] {
             assert_eq!(upload(&self.http, base, repo, blob, &admin).status(), 201);
@@ -154,7 +165,7 @@ impl Setup {
             "mediaType": OCI_MANIFEST,
             "artifactType": ARTIFACT_TYPE,
             "config": {"mediaType": OCI_EMPTY, "digest": digest(b"{}"), "size": 2},
-            "layers": [{"mediaType": "application/jose+json",
+            "layers": [{"mediaType": media_type,
                         "digest": digest(envelope), "size": envelope.len()}],
             "subject": {"mediaType": OCI_MANIFEST, "digest": digest(subject),
                         "size": subject.len()},
@@ -272,4 +283,127 @@ fn notary_project_signatures_decide_pulls_by_policy() {
         .cloned()
         .unwrap();
     assert_eq!(v2["signatures"], json!(["rogue"]));
+}
+
+/// A COSE envelope (`COSE_Sign1_Tagged`, made by `coset`) over the Notary Project
+/// payload for `manifest`, ES256 by `pki`'s leaf key (p256), signed `signed_at`
+/// seconds from now and expiring `expires_at` seconds from now.
+fn cose_envelope(pki: &Pki, manifest: &[u8], signed_at: i64, expires_at: i64) -> Vec<u8> {
+    use coset::cbor::Value;
+    use coset::{
+        CoseSign1Builder, HeaderBuilder, RegisteredLabel, TaggedCborSerializable as _, iana,
+    };
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+    let epoch = |offset: i64| {
+        let at = time::OffsetDateTime::now_utc().unix_timestamp() + offset;
+        Value::Tag(1, Box::new(Value::Integer(at.into())))
+    };
+    let crit = |name: &str| RegisteredLabel::Text(name.to_owned());
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::ES256)
+        .add_critical_label(crit("io.cncf.notary.signingScheme"))
+        .add_critical_label(crit("io.cncf.notary.expiry"))
+        .content_type("application/vnd.cncf.notary.payload.v1+json".to_owned())
+        .text_value(
+            "io.cncf.notary.signingScheme".to_owned(),
+            Value::Text("notary.x509".into()),
+        )
+        .text_value("io.cncf.notary.signingTime".to_owned(), epoch(signed_at))
+        .text_value("io.cncf.notary.expiry".to_owned(), epoch(expires_at))
+        .build();
+    let unprotected = HeaderBuilder::new()
+        .value(
+            33,
+            Value::Array(vec![
+                Value::Bytes(pki.leaf_der.clone()),
+                Value::Bytes(pki.ca_der.clone()),
+            ]),
+        )
+        .build();
+    let payload = json!({"targetArtifact": {
+        "mediaType": OCI_MANIFEST, "digest": digest(manifest), "size": manifest.len()}});
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(&pki.leaf_key.serialize_der()).unwrap();
+    CoseSign1Builder::new()
+        .protected(protected)
+        .unprotected(unprotected)
+        .payload(payload.to_string().into_bytes())
+        .create_signature(b"", |tbs| {
+            let signature: p256::ecdsa::Signature = key.sign(tbs);
+            signature.to_bytes().to_vec()
+        })
+        .build()
+        .to_tagged_vec()
+        .unwrap()
+}
+
+#[test]
+fn cose_envelopes_decide_pulls_and_explain_names_each_signature() {
+    let setup = Setup::start();
+    let release = pki("Release CA", "release");
+    setup.trust("release", &release, Some("CN=release, O=Example"));
+    let images: Vec<TestImage> = ["v1", "v2"]
+        .iter()
+        .map(|tag| {
+            let image = TestImage::new(&format!("cose-{tag}"));
+            image.push(&setup.http, &setup.server.base, "prod/app", tag, &admin);
+            image
+        })
+        .collect();
+    let (good, expired) = (&images[0].manifest, &images[1].manifest);
+    setup.push_envelope(
+        "prod/app",
+        good,
+        &cose_envelope(&release, good, -60, 86_400),
+        "application/cose",
+    );
+    setup.push_envelope(
+        "prod/app",
+        expired,
+        &cose_envelope(&release, expired, -7200, -3600),
+        "application/cose",
+    );
+    assert_eq!(setup.pull("prod/app", "v1"), 200);
+    assert_eq!(setup.pull("prod/app", &images[0].digest()), 200);
+    assert_eq!(setup.pull("prod/app", "v2"), 403);
+
+    // `policy explain` finds each manifest's signatures and names what they gave.
+    let explain = |tag: &str| {
+        let out = common::cli(
+            &setup.server,
+            &[
+                "policy",
+                "explain",
+                "--token",
+                "puller",
+                "--repository",
+                "prod/app",
+                "--action",
+                "content/read",
+                "--tag",
+                tag,
+                "-o",
+                "table",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v1 = explain("v1");
+    assert!(v1.starts_with("decision: allow\n"), "{v1}");
+    assert!(
+        v1.contains(&format!("signatures of {}:\n", images[0].digest())),
+        "{v1}"
+    );
+    assert!(
+        v1.contains("  signature by 'release' (notation) verified\n"),
+        "{v1}"
+    );
+    let v2 = explain("v2");
+    assert!(v2.starts_with("decision: deny\n"), "{v2}");
+    assert!(v2.contains("prod-signed-by-release"), "{v2}");
+    assert!(
+        v2.contains("  notation signature rejected: signature expired at"),
+        "{v2}"
+    );
 }
