@@ -119,6 +119,11 @@ fn admin(r: RequestBuilder) -> RequestBuilder {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with(&[])
+    }
+
+    /// [`Setup::start`] with more `serve` arguments.
+    fn start_with(args: &[&str]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
@@ -131,7 +136,7 @@ impl Setup {
         let server = Server::start_with(
             &dir.path().join("data"),
             Some(ADMIN_PASSWORD),
-            &["--policy-dir", policies.to_str().unwrap()],
+            &[&["--policy-dir", policies.to_str().unwrap()], args].concat(),
         );
         let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
         Setup {
@@ -406,4 +411,87 @@ fn cose_envelopes_decide_pulls_and_explain_names_each_signature() {
         v2.contains("  notation signature rejected: signature expired at"),
         "{v2}"
     );
+}
+
+/// Through `--upstream` (docker-registry 2.8, no referrers API): the referrers are
+/// found in the index tagged `sha256-<hex>` that notation maintains on such registries
+/// (the OCI referrers tag schema), for a policy (`prod/app`) and a signed-only
+/// repository (`team/app`, tag list included).
+#[test]
+fn notary_project_signatures_through_an_upstream_registry() {
+    let upstream = common::registry::DockerRegistry::start();
+    let setup = Setup::start_with(&["--upstream", &upstream.url]);
+    let release = pki("Release CA", "release");
+    setup.trust("release", &release, Some("CN=release, O=Example"));
+    let out = common::cli(
+        &setup.server,
+        &[
+            "repository",
+            "update",
+            "--repository",
+            "team/app",
+            "--signed-only",
+            "true",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for repo in ["prod/app", "team/app"] {
+        let images: Vec<TestImage> = ["v1", "v2"]
+            .iter()
+            .map(|tag| {
+                let image = TestImage::new(&format!("upstream-{repo}-{tag}"));
+                image.push(&setup.http, &setup.server.base, repo, tag, &admin);
+                image
+            })
+            .collect();
+        let (signed, d1) = (&images[0].manifest, images[0].digest());
+        let envelope = envelope(&release, signed, json!({}));
+        let signature = setup.push_signature(repo, signed, &envelope);
+        assert_eq!(
+            setup.pull(repo, "v1"),
+            403,
+            "{repo}: no referrers API upstream"
+        );
+        let upstream_get = |path: &str| {
+            setup
+                .http
+                .get(format!("{}/v2/{repo}/{path}", upstream.url))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .unwrap()
+        };
+        assert_eq!(upstream_get(&format!("referrers/{d1}")).status(), 404);
+
+        let size = upstream_get(&format!("manifests/{signature}"))
+            .bytes()
+            .unwrap()
+            .len();
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+                           "digest": signature, "size": size}],
+        }))
+        .unwrap();
+        let tag = d1.replacen(':', "-", 1);
+        let url = format!("{}/v2/{repo}/manifests/{tag}", setup.server.base);
+        let r = admin(setup.http.put(url))
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(index)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{repo}: PUT the referrers index");
+        assert_eq!(setup.pull(repo, "v1"), 200, "{repo}");
+        assert_eq!(setup.pull(repo, &d1), 200, "{repo}");
+        assert_eq!(setup.pull(repo, "v2"), 403, "{repo}");
+    }
+    let tags: Value = setup
+        .http
+        .get(setup.server.url("/v2/team/app/tags/list"))
+        .basic_auth("puller", Some(&setup.puller))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(tags["tags"], json!(["v1"]), "{tags}");
 }
