@@ -4,7 +4,8 @@
 //! signature-trust version, repository write generation). A manifest PUT or DELETE in
 //! a repository bumps its generation once the backend has answered, so a signature
 //! pushed or deleted is seen by the next pull; a change of the trust configuration
-//! bumps the version.
+//! bumps the version. Uncached, each signature's outcome (kind, identities, or why it
+//! was refused) for `policy explain` ([`inspect`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -107,12 +108,7 @@ pub async fn verified(
     if let Some(hit) = gw.signatures.verified.get(&key) {
         return Ok(hit);
     }
-    let names: BTreeSet<String> = checked(gw, verifiers, repository, digest)
-        .await?
-        .into_iter()
-        .flat_map(|c| c.identities)
-        .collect();
-    let names: Verified = names.into_iter().collect();
+    let names: Verified = identities(&checked(gw, verifiers, repository, digest).await?).into();
     gw.signatures.verified.insert(key, Arc::clone(&names));
     Ok(names)
 }
@@ -247,13 +243,14 @@ pub struct Inspection {
 impl Inspection {
     /// The identities some signature verified with (`context.signatures`), sorted.
     pub fn identities(&self) -> Vec<String> {
-        let names: BTreeSet<&String> = self
-            .signatures
-            .iter()
-            .flat_map(|c| c.identities.iter())
-            .collect();
-        names.into_iter().cloned().collect()
+        identities(&self.signatures)
     }
+}
+
+/// The identities some of `checked` verified with, sorted, once each.
+fn identities(checked: &[Checked]) -> Vec<String> {
+    let names: BTreeSet<&String> = checked.iter().flat_map(|c| c.identities.iter()).collect();
+    names.into_iter().cloned().collect()
 }
 
 /// The signatures of the manifest `reference` names in `repository`, checked against

@@ -79,7 +79,7 @@ pub enum NotaryError {
     UnknownCritical(String),
     #[error("header `{0}` must be listed as critical")]
     NotCritical(&'static str),
-    #[error("signing time is missing or not RFC 3339")]
+    #[error("signing time is missing or not a date/time (JWS: RFC 3339; COSE: tag 1)")]
     SigningTime,
     #[error("signing time `{0}` is in the future")]
     SignedInFuture(String),
