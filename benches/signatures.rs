@@ -2,7 +2,9 @@
 //! process): a pull by tag with no signature demand, and by tag and by digest from a
 //! signed-only repository whose manifest carries a cosign signature — a verification
 //! cache hit, one lookup more than an unsigned pull — and the cache miss (finding the
-//! `.sig` artifact and the referrers, reading the payload, verifying ECDSA).
+//! `.sig` artifact and the referrers, reading the payload, verifying ECDSA); the same
+//! for a Notary Project signature, a COSE envelope made by `coset` (cache miss: reading
+//! the envelope, the chain to the CA, ES256).
 //!
 //! `cargo bench --bench signatures [FILTER]`. `cargo test --all-targets` runs each case
 //! once, as a smoke test.
@@ -111,6 +113,98 @@ async fn cosign_sign(registry: &Registry, key: &SigningKey, repo: &str, digest: 
         .expect("signature manifest");
 }
 
+/// Signs `repo@digest` as notation does: a referrer whose layer is a COSE envelope
+/// (made by `coset`, ES256 by a leaf certificate of a CA made here); the CA's PEM.
+async fn notation_sign(registry: &Registry, repo: &str, digest: &str) -> String {
+    use coset::cbor::Value;
+    use coset::{
+        CoseSign1Builder, HeaderBuilder, RegisteredLabel, TaggedCborSerializable as _, iana,
+    };
+    use p256::pkcs8::DecodePrivateKey as _;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.distinguished_name.push(DnType::CommonName, "bench CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, &ca_key);
+    let leaf_key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "bench signer");
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("leaf");
+    let signer = SigningKey::from_pkcs8_der(&leaf_key.serialize_der()).expect("pkcs8");
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let scheme = "io.cncf.notary.signingScheme";
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::ES256)
+        .add_critical_label(RegisteredLabel::Text(scheme.into()))
+        .content_type("application/vnd.cncf.notary.payload.v1+json".into())
+        .text_value(scheme.into(), Value::Text("notary.x509".into()))
+        .text_value(
+            "io.cncf.notary.signingTime".into(),
+            Value::Tag(1, Box::new(Value::Integer((now - 60).into()))),
+        )
+        .build();
+    let chain = vec![
+        Value::Bytes(leaf_cert.der().to_vec()),
+        Value::Bytes(ca_cert.der().to_vec()),
+    ];
+    let payload = serde_json::to_vec(&json!({"targetArtifact": {
+        "mediaType": OCI_MANIFEST, "digest": digest, "size": 1}}))
+    .expect("json");
+    let envelope = CoseSign1Builder::new()
+        .protected(protected)
+        .unprotected(HeaderBuilder::new().value(33, Value::Array(chain)).build())
+        .payload(payload)
+        .create_signature(b"", |tbs| {
+            let signature: Signature = signer.sign(tbs);
+            signature.to_bytes().to_vec()
+        })
+        .build()
+        .to_tagged_vec()
+        .expect("cose");
+    let empty = b"{}".to_vec();
+    put_blob(registry, repo, &empty).await;
+    put_blob(registry, repo, &envelope).await;
+    let subject = registry
+        .get_manifest(
+            repo,
+            &Reference::Digest(Digest::parse(digest).expect("digest")),
+            false,
+        )
+        .await
+        .expect("subject")
+        .record
+        .size;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": portcullis::signatures::notary::ARTIFACT_TYPE,
+        "config": descriptor("application/vnd.oci.empty.v1+json", &empty),
+        "layers": [descriptor(portcullis::signatures::notary::COSE_MEDIA_TYPE, &envelope)],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": subject},
+    }))
+    .expect("json");
+    registry
+        .put_manifest(
+            repo,
+            &Reference::Digest(Digest::of(&manifest)),
+            Some(OCI_MANIFEST),
+            manifest,
+            vec![],
+        )
+        .await
+        .expect("signature manifest");
+    ca_cert.pem()
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -160,21 +254,25 @@ fn main() {
         bearer_access: None,
     };
     let key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
-    let signed = rt.block_on(async {
+    let (signed, notarized, ca_pem) = rt.block_on(async {
         push_image(&registry, "team/app", "v1").await;
         let signed = push_image(&registry, "team/signed", "v1").await;
         cosign_sign(&registry, &key, "team/signed", &signed).await;
-        signed
+        let notarized = push_image(&registry, "team/notarized", "v1").await;
+        let ca_pem = notation_sign(&registry, "team/notarized", &notarized).await;
+        (signed, notarized, ca_pem)
     });
-    gw.store
-        .set_repository_attributes(
-            "team/signed",
-            &RepositoryAttributes {
-                signed_only: true,
-                ..RepositoryAttributes::default()
-            },
-        )
-        .expect("signed-only");
+    for repository in ["team/signed", "team/notarized"] {
+        gw.store
+            .set_repository_attributes(
+                repository,
+                &RepositoryAttributes {
+                    signed_only: true,
+                    ..RepositoryAttributes::default()
+                },
+            )
+            .expect("signed-only");
+    }
 
     let pull = |repository: &str, reference: Reference| RepositoryRequest {
         repository: repository.into(),
@@ -193,6 +291,15 @@ fn main() {
         .expect("pem");
     gw.store
         .add_signature_trust("release", TrustMaterial::Cosign { public_key: public })
+        .expect("trust");
+    gw.store
+        .add_signature_trust(
+            "notation",
+            TrustMaterial::Notary {
+                ca_certs: ca_pem,
+                identity: None,
+            },
+        )
         .expect("trust");
     c.bench_function("signed/pull by tag, no signature demand", |b| {
         b.iter(|| assert!(matches!(authorize(&by_tag), Ok(Disposition::Forward))))
@@ -221,6 +328,32 @@ fn main() {
                     &verifiers,
                     "team/signed",
                     &signed,
+                ))
+                .expect("verify");
+            assert_eq!(names.len(), 1);
+        })
+    });
+    let notarized_tag = pull("team/notarized", Reference::Tag("v1".into()));
+    c.bench_function(
+        "signed/pull by tag, signed-only, notation COSE (cached)",
+        |b| {
+            b.iter(|| {
+                assert!(matches!(
+                    authorize(&notarized_tag),
+                    Ok(Disposition::Forward)
+                ))
+            })
+        },
+    );
+    c.bench_function("signed/verify notation COSE signature (cache miss)", |b| {
+        b.iter(|| {
+            gw.signatures.manifest_written("team/notarized");
+            let names = rt
+                .block_on(signatures::verified(
+                    &gw,
+                    &verifiers,
+                    "team/notarized",
+                    &notarized,
                 ))
                 .expect("verify");
             assert_eq!(names.len(), 1);

@@ -68,7 +68,7 @@ impl Setup {
     /// pull and list everything.
     fn start() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let (server, puller) = common::start_with_release_policy(dir.path());
+        let (server, puller) = common::start_with_release_policy(dir.path(), &[]);
         Setup {
             server,
             http: portcullis_test_support::client(),
@@ -359,5 +359,79 @@ async fn signed_only_repositories_serve_cosign_signed_images() {
         );
         // The tag list shows the signed tag only (not the `.sig` artifact either).
         assert_eq!(setup.tags("team/app"), ["v1"]);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_explain_names_each_cosign_signature() {
+    let setup = tokio::task::spawn_blocking(Setup::start).await.unwrap();
+    let release = generate_key_pair(setup.dir.path(), "release");
+    let other = generate_key_pair(setup.dir.path(), "other");
+    let (v1, v2) = tokio::task::block_in_place(|| {
+        setup.trust("release", "release.pub");
+        (
+            setup.push("prod/app", "v1", "explain-v1"),
+            setup.push("prod/app", "v2", "explain-v2"),
+        )
+    });
+    cosign_sign(&setup, &release, "prod/app", &v1.digest()).await;
+    cosign_sign(&setup, &other, "prod/app", &v2.digest()).await;
+    tokio::task::block_in_place(|| {
+        let explain = |tag: &str| {
+            let out = cli(
+                &setup.server,
+                &[
+                    "policy",
+                    "explain",
+                    "--token",
+                    "puller",
+                    "--repository",
+                    "prod/app",
+                    "--action",
+                    "content/read",
+                    "--tag",
+                    tag,
+                    "-o",
+                    "table",
+                ],
+            );
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let text = explain("v1");
+        assert!(text.starts_with("decision: allow\n"), "{text}");
+        assert!(
+            text.contains("  signature by 'release' (cosign) verified\n"),
+            "{text}"
+        );
+        let text = explain("v2");
+        assert!(text.starts_with("decision: deny\n"), "{text}");
+        assert!(
+            text.contains("  cosign signature rejected: no trusted key verifies the signature\n"),
+            "{text}"
+        );
+        // Names given with `--signature` are taken as they are: nothing is looked up.
+        let out = cli(
+            &setup.server,
+            &[
+                "policy",
+                "explain",
+                "--token",
+                "puller",
+                "--repository",
+                "prod/app",
+                "--action",
+                "content/read",
+                "--tag",
+                "v2",
+                "--signature",
+                "release",
+                "-o",
+                "table",
+            ],
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with("decision: allow\n"), "{text}");
+        assert!(!text.contains("signatures of"), "{text}");
     });
 }

@@ -113,8 +113,13 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with(&[])
+    }
+
+    /// [`Setup::start`] with more `serve` arguments.
+    fn start_with(args: &[&str]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let (server, puller) = common::start_with_release_policy(dir.path());
+        let (server, puller) = common::start_with_release_policy(dir.path(), args);
         Setup {
             server,
             http: portcullis_test_support::client(),
@@ -126,6 +131,17 @@ impl Setup {
     /// Pushes `envelope` as a Notary Project signature of `subject` (a referrer);
     /// returns the signature manifest's digest.
     fn push_signature(&self, repo: &str, subject: &[u8], envelope: &[u8]) -> String {
+        self.push_envelope(repo, subject, envelope, "application/jose+json")
+    }
+
+    /// [`Setup::push_signature`] for an envelope layer of `media_type`.
+    fn push_envelope(
+        &self,
+        repo: &str,
+        subject: &[u8],
+        envelope: &[u8],
+        media_type: &str,
+    ) -> String {
         let base = &self.server.base;
         for blob in [b"{}".as_slice(), envelope] {
             assert_eq!(upload(&self.http, base, repo, blob, &admin).status(), 201);
@@ -135,7 +151,7 @@ impl Setup {
             "mediaType": OCI_MANIFEST,
             "artifactType": ARTIFACT_TYPE,
             "config": {"mediaType": OCI_EMPTY, "digest": digest(b"{}"), "size": 2},
-            "layers": [{"mediaType": "application/jose+json",
+            "layers": [{"mediaType": media_type,
                         "digest": digest(envelope), "size": envelope.len()}],
             "subject": {"mediaType": OCI_MANIFEST, "digest": digest(subject),
                         "size": subject.len()},
@@ -253,4 +269,210 @@ fn notary_project_signatures_decide_pulls_by_policy() {
         .cloned()
         .unwrap();
     assert_eq!(v2["signatures"], json!(["rogue"]));
+}
+
+/// A COSE envelope (`COSE_Sign1_Tagged`, made by `coset`) over the Notary Project
+/// payload for `manifest`, ES256 by `pki`'s leaf key (p256), signed `signed_at`
+/// seconds from now and expiring `expires_at` seconds from now.
+fn cose_envelope(pki: &Pki, manifest: &[u8], signed_at: i64, expires_at: i64) -> Vec<u8> {
+    use coset::cbor::Value;
+    use coset::{
+        CoseSign1Builder, HeaderBuilder, RegisteredLabel, TaggedCborSerializable as _, iana,
+    };
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+    let epoch = |offset: i64| {
+        let at = time::OffsetDateTime::now_utc().unix_timestamp() + offset;
+        Value::Tag(1, Box::new(Value::Integer(at.into())))
+    };
+    let crit = |name: &str| RegisteredLabel::Text(name.to_owned());
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::ES256)
+        .add_critical_label(crit("io.cncf.notary.signingScheme"))
+        .add_critical_label(crit("io.cncf.notary.expiry"))
+        .content_type("application/vnd.cncf.notary.payload.v1+json".to_owned())
+        .text_value(
+            "io.cncf.notary.signingScheme".to_owned(),
+            Value::Text("notary.x509".into()),
+        )
+        .text_value("io.cncf.notary.signingTime".to_owned(), epoch(signed_at))
+        .text_value("io.cncf.notary.expiry".to_owned(), epoch(expires_at))
+        .build();
+    let unprotected = HeaderBuilder::new()
+        .value(
+            33,
+            Value::Array(vec![
+                Value::Bytes(pki.leaf_der.clone()),
+                Value::Bytes(pki.ca_der.clone()),
+            ]),
+        )
+        .build();
+    let payload = json!({"targetArtifact": {
+        "mediaType": OCI_MANIFEST, "digest": digest(manifest), "size": manifest.len()}});
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(&pki.leaf_key.serialize_der()).unwrap();
+    CoseSign1Builder::new()
+        .protected(protected)
+        .unprotected(unprotected)
+        .payload(payload.to_string().into_bytes())
+        .create_signature(b"", |tbs| {
+            let signature: p256::ecdsa::Signature = key.sign(tbs);
+            signature.to_bytes().to_vec()
+        })
+        .build()
+        .to_tagged_vec()
+        .unwrap()
+}
+
+#[test]
+fn cose_envelopes_decide_pulls_and_explain_names_each_signature() {
+    let setup = Setup::start();
+    let release = pki("Release CA", "release");
+    setup.trust("release", &release, Some("CN=release, O=Example"));
+    let images: Vec<TestImage> = ["v1", "v2"]
+        .iter()
+        .map(|tag| {
+            let image = TestImage::new(&format!("cose-{tag}"));
+            image.push(&setup.http, &setup.server.base, "prod/app", tag, &admin);
+            image
+        })
+        .collect();
+    let (good, expired) = (&images[0].manifest, &images[1].manifest);
+    setup.push_envelope(
+        "prod/app",
+        good,
+        &cose_envelope(&release, good, -60, 86_400),
+        "application/cose",
+    );
+    setup.push_envelope(
+        "prod/app",
+        expired,
+        &cose_envelope(&release, expired, -7200, -3600),
+        "application/cose",
+    );
+    assert_eq!(setup.pull("prod/app", "v1"), 200);
+    assert_eq!(setup.pull("prod/app", &images[0].digest()), 200);
+    assert_eq!(setup.pull("prod/app", "v2"), 403);
+
+    // `policy explain` finds each manifest's signatures and names what they gave.
+    let explain = |tag: &str| {
+        let out = common::cli(
+            &setup.server,
+            &[
+                "policy",
+                "explain",
+                "--token",
+                "puller",
+                "--repository",
+                "prod/app",
+                "--action",
+                "content/read",
+                "--tag",
+                tag,
+                "-o",
+                "table",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v1 = explain("v1");
+    assert!(v1.starts_with("decision: allow\n"), "{v1}");
+    assert!(
+        v1.contains(&format!("signatures of {}:\n", images[0].digest())),
+        "{v1}"
+    );
+    assert!(
+        v1.contains("  signature by 'release' (notation) verified\n"),
+        "{v1}"
+    );
+    let v2 = explain("v2");
+    assert!(v2.starts_with("decision: deny\n"), "{v2}");
+    assert!(v2.contains("prod-signed-by-release"), "{v2}");
+    assert!(
+        v2.contains("  notation signature rejected: signature expired at"),
+        "{v2}"
+    );
+}
+
+/// Through `--upstream` (docker-registry 2.8, no referrers API): the referrers are
+/// found in the index tagged `sha256-<hex>` that notation maintains on such registries
+/// (the OCI referrers tag schema), for a policy (`prod/app`) and a signed-only
+/// repository (`team/app`, tag list included).
+#[test]
+fn notary_project_signatures_through_an_upstream_registry() {
+    let upstream = common::registry::DockerRegistry::start();
+    let setup = Setup::start_with(&["--upstream", &upstream.url]);
+    let release = pki("Release CA", "release");
+    setup.trust("release", &release, Some("CN=release, O=Example"));
+    let out = common::cli(
+        &setup.server,
+        &[
+            "repository",
+            "update",
+            "--repository",
+            "team/app",
+            "--signed-only",
+            "true",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for repo in ["prod/app", "team/app"] {
+        let images: Vec<TestImage> = ["v1", "v2"]
+            .iter()
+            .map(|tag| {
+                let image = TestImage::new(&format!("upstream-{repo}-{tag}"));
+                image.push(&setup.http, &setup.server.base, repo, tag, &admin);
+                image
+            })
+            .collect();
+        let (signed, d1) = (&images[0].manifest, images[0].digest());
+        let envelope = envelope(&release, signed, json!({}));
+        let signature = setup.push_signature(repo, signed, &envelope);
+        assert_eq!(
+            setup.pull(repo, "v1"),
+            403,
+            "{repo}: no referrers API upstream"
+        );
+        let upstream_get = |path: &str| {
+            setup
+                .http
+                .get(format!("{}/v2/{repo}/{path}", upstream.url))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .unwrap()
+        };
+        assert_eq!(upstream_get(&format!("referrers/{d1}")).status(), 404);
+
+        let size = upstream_get(&format!("manifests/{signature}"))
+            .bytes()
+            .unwrap()
+            .len();
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+                           "digest": signature, "size": size}],
+        }))
+        .unwrap();
+        let tag = d1.replacen(':', "-", 1);
+        let url = format!("{}/v2/{repo}/manifests/{tag}", setup.server.base);
+        let r = admin(setup.http.put(url))
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .body(index)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{repo}: PUT the referrers index");
+        assert_eq!(setup.pull(repo, "v1"), 200, "{repo}");
+        assert_eq!(setup.pull(repo, &d1), 200, "{repo}");
+        assert_eq!(setup.pull(repo, "v2"), 403, "{repo}");
+    }
+    let tags: Value = setup
+        .http
+        .get(setup.server.url("/v2/team/app/tags/list"))
+        .basic_auth("puller", Some(&setup.puller))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(tags["tags"], json!(["v1"]), "{tags}");
 }

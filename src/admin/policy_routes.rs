@@ -41,9 +41,11 @@ pub struct ExplainBody {
     pub digest: Option<String>,
     #[serde(default)]
     pub signed: bool,
-    /// `context.signatures`: verification identities whose signatures verify.
+    /// `context.signatures`: verification identities whose signatures verify. When
+    /// absent, and a tag or digest is given, the manifest's own signatures are found
+    /// and checked, and the answer lists each.
     #[serde(default)]
-    pub signatures: Vec<String>,
+    pub signatures: Option<Vec<String>>,
     #[serde(default)]
     pub signature_artifact: bool,
     pub source_ip: Option<IpAddr>,
@@ -84,6 +86,19 @@ async fn explain(
         )),
         (None, None) => None,
     };
+    // Without given signer names, the ones the manifest's signatures verify with.
+    let inspection = match (&body.signatures, &reference, &state.gateway) {
+        (None, Some(reference), Some(gateway)) => {
+            crate::gateway::signatures::inspect(gateway, &body.repository, reference)
+                .await
+                .map_err(|e| AdminError::Internal(e.to_string()))?
+        }
+        _ => None,
+    };
+    let signatures = match (&inspection, body.signatures) {
+        (Some(found), _) => found.identities(),
+        (None, given) => given.unwrap_or_default(),
+    };
     let now = body.now.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -99,7 +114,7 @@ async fn explain(
         context: RequestContext {
             reference,
             signed: body.signed,
-            signatures: sorted_names(body.signatures),
+            signatures: sorted_names(signatures),
             signature_artifact: body.signature_artifact,
             source_ip: body.source_ip,
             now,
@@ -108,13 +123,16 @@ async fn explain(
     };
     let explanation = state.engine.explain(&snapshot, &request);
     let decision = &explanation.decision;
-    Ok(Json(json!({
+    let mut answer = json!({
         "decision": if decision.allowed { "allow" } else { "deny" },
         "policies": decision.policies,
         "errors": decision.errors,
         "matchingRules": explanation.matching_rules,
-    }))
-    .into_response())
+    });
+    if let Some(inspection) = inspection {
+        answer["manifest"] = json!(inspection);
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn export(State(state): State<AdminState>) -> Response {

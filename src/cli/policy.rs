@@ -46,7 +46,8 @@ pub enum PolicyCommand {
         #[arg(long)]
         signed: bool,
         /// A verification identity whose OCI signature over the manifest verifies
-        /// (`context.signatures`); repeat for several.
+        /// (`context.signatures`); repeat for several. Without it, the server finds
+        /// and checks the manifest's own signatures and names each.
         #[arg(long = "signature", value_name = "NAME")]
         signatures: Vec<String>,
         /// The manifest is itself a signature (`context.signatureArtifact`).
@@ -101,7 +102,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 "digest": digest,
                 "sourceIp": source_ip,
                 "signed": signed,
-                "signatures": signatures,
+                "signatures": (!signatures.is_empty()).then_some(signatures),
                 "signatureArtifact": signature_artifact,
             });
             let answer =
@@ -186,11 +187,45 @@ fn explain_text(answer: &Value) -> String {
             items.concat()
         }
     };
-    format!(
+    let mut text = format!(
         "decision: {}\ndetermining policies:\n{}matching scope-map rules:\n{}errors:\n{}",
         answer["decision"].as_str().unwrap_or("unknown"),
         list("policies"),
         list("matchingRules"),
         list("errors"),
-    )
+    );
+    if let Some(manifest) = answer.get("manifest") {
+        text.push_str(&format!(
+            "signatures of {}:\n",
+            manifest["digest"].as_str().unwrap_or_default()
+        ));
+        let found = manifest["signatures"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if found.is_empty() {
+            text.push_str("  (none)\n");
+        }
+        for signature in found {
+            text.push_str(&format!("  {}\n", signature_line(&signature)));
+        }
+    }
+    text
+}
+
+/// `signature by 'release' (cosign) verified` or `notation signature rejected: why`.
+fn signature_line(signature: &Value) -> String {
+    let kind = signature["kind"].as_str().unwrap_or("unknown");
+    match signature["refused"].as_str() {
+        Some(why) => format!("{kind} signature rejected: {why}"),
+        None => {
+            let names: Vec<String> = signature["identities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(|n| format!("'{n}'")))
+                .collect();
+            format!("signature by {} ({kind}) verified", names.join(", "))
+        }
+    }
 }

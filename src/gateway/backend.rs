@@ -29,6 +29,9 @@ pub const SIGNATURE_LIMIT: u64 = 1 << 20;
 const SIGNATURE_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
 
+/// The referrers tag schema's index.
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
 /// Longest an upstream lookup (one tag probe or catalog page) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -330,8 +333,18 @@ impl Backend {
                 }
             }
             Backend::Upstream { base, client, .. } => {
-                let url = format!("{base}/v2/{repository}/referrers/{digest}");
-                let Some(bytes) = upstream_bytes(client, &url, None).await? else {
+                let mut url = format!("{base}/v2/{repository}/referrers/{digest}");
+                let mut found = upstream_bytes(client, &url, None).await?;
+                // A registry without the referrers API (docker-registry 2.x): clients keep
+                // the referrers in an index tagged `<alg>-<hex>` instead (the OCI
+                // distribution spec's referrers tag schema; notation does so).
+                if found.is_none()
+                    && let Some((algorithm, hex)) = digest.split_once(':')
+                {
+                    url = format!("{base}/v2/{repository}/manifests/{algorithm}-{hex}");
+                    found = upstream_bytes(client, &url, Some(OCI_INDEX)).await?;
+                }
+                let Some(bytes) = found else {
                     return Ok(Vec::new());
                 };
                 let index: ReferrersIndex = serde_json::from_slice(&bytes).map_err(|e| {

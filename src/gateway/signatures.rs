@@ -4,7 +4,8 @@
 //! signature-trust version, repository write generation). A manifest PUT or DELETE in
 //! a repository bumps its generation once the backend has answered, so a signature
 //! pushed or deleted is seen by the next pull; a change of the trust configuration
-//! bumps the version.
+//! bumps the version. Uncached, each signature's outcome (kind, identities, or why it
+//! was refused) for `policy explain` ([`inspect`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -107,10 +108,7 @@ pub async fn verified(
     if let Some(hit) = gw.signatures.verified.get(&key) {
         return Ok(hit);
     }
-    let names: Verified = verify_all(gw, verifiers, repository, digest)
-        .await?
-        .into_iter()
-        .collect();
+    let names: Verified = identities(&checked(gw, verifiers, repository, digest).await?).into();
     gw.signatures.verified.insert(key, Arc::clone(&names));
     Ok(names)
 }
@@ -130,14 +128,53 @@ struct Layer {
     annotations: HashMap<String, String>,
 }
 
-/// Every signature of `digest` found and checked; failures are logged, not errors.
-async fn verify_all(
+/// The kind of an OCI signature, as `policy explain` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureKind {
+    /// sigstore/cosign.
+    Cosign,
+    /// Notary Project (what `notation` makes).
+    Notation,
+}
+
+/// One signature found over a manifest and what checking it gave.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Checked {
+    pub kind: SignatureKind,
+    /// The identities it verified with; empty when refused.
+    pub identities: Vec<String>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Checked {
+    fn new<E: std::fmt::Display>(kind: SignatureKind, result: Result<Vec<String>, E>) -> Self {
+        match result {
+            Ok(identities) => Checked {
+                kind,
+                identities,
+                refused: None,
+            },
+            Err(e) => Checked {
+                kind,
+                identities: Vec::new(),
+                refused: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Every signature of `digest` in `repository`, found and checked against `verifiers`
+/// (uncached). A signature that does not verify is an outcome, not an error.
+pub async fn checked(
     gw: &Gateway,
     verifiers: &Verifiers,
     repository: &str,
     digest: &str,
-) -> Result<BTreeSet<String>, GatewayError> {
-    let mut names = BTreeSet::new();
+) -> Result<Vec<Checked>, GatewayError> {
+    let mut out = Vec::new();
     let mut cosign_manifests = Vec::new();
     if let Some(tag) = cosign::signature_tag(digest)
         && let Some(bytes) = gw
@@ -166,45 +203,83 @@ async fn verify_all(
         }
     }
     for bytes in cosign_manifests {
-        for layer in layers(&bytes, cosign::PAYLOAD_MEDIA_TYPE) {
+        for layer in layers(&bytes, &[cosign::PAYLOAD_MEDIA_TYPE]) {
             let Some(signature) = layer.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
                 continue;
             };
             let Some(payload) = gw.backend.small_blob(repository, &layer.digest).await? else {
                 continue;
             };
-            match cosign::verify(verifiers, &payload, signature, digest, repository) {
-                Ok(found) => names.extend(found),
-                Err(e) => {
-                    tracing::debug!(repository, digest, error = %e, "cosign signature not counted")
-                }
+            let result = cosign::verify(verifiers, &payload, signature, digest, repository);
+            if let Err(e) = &result {
+                tracing::debug!(repository, digest, error = %e, "cosign signature not counted");
             }
+            out.push(Checked::new(SignatureKind::Cosign, result));
         }
     }
     let now = time::OffsetDateTime::now_utc();
     for bytes in notary_manifests {
-        for layer in layers(&bytes, notary::JWS_MEDIA_TYPE) {
+        for layer in layers(&bytes, &[notary::JWS_MEDIA_TYPE, notary::COSE_MEDIA_TYPE]) {
             let Some(envelope) = gw.backend.small_blob(repository, &layer.digest).await? else {
                 continue;
             };
-            match notary::verify_jws(verifiers, &envelope, digest, now) {
-                Ok(found) => names.extend(found),
-                Err(e) => {
-                    tracing::debug!(repository, digest, error = %e, "notary signature not counted");
-                }
+            let result = notary::verify(verifiers, &layer.media_type, &envelope, digest, now);
+            if let Err(e) = &result {
+                tracing::debug!(repository, digest, error = %e, "notary signature not counted");
             }
+            out.push(Checked::new(SignatureKind::Notation, result));
         }
     }
-    Ok(names)
+    Ok(out)
 }
 
-/// The layers of a signature manifest with `media_type` (none if it does not parse).
-fn layers(manifest: &[u8], media_type: &str) -> Vec<Layer> {
+/// A manifest's OCI signatures as `policy explain` shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    pub digest: String,
+    pub signatures: Vec<Checked>,
+}
+
+impl Inspection {
+    /// The identities some signature verified with (`context.signatures`), sorted.
+    pub fn identities(&self) -> Vec<String> {
+        identities(&self.signatures)
+    }
+}
+
+/// The identities some of `checked` verified with, sorted, once each.
+fn identities(checked: &[Checked]) -> Vec<String> {
+    let names: BTreeSet<&String> = checked.iter().flat_map(|c| c.identities.iter()).collect();
+    names.into_iter().cloned().collect()
+}
+
+/// The signatures of the manifest `reference` names in `repository`, checked against
+/// the current trust configuration; `None` when there is no such manifest.
+pub async fn inspect(
+    gw: &Gateway,
+    repository: &str,
+    reference: &Reference,
+) -> Result<Option<Inspection>, GatewayError> {
+    let digest = match reference {
+        Reference::Digest(digest) => digest.to_string(),
+        Reference::Tag(tag) => match gw.backend.manifest_digest(repository, tag).await? {
+            Some(digest) => digest,
+            None => return Ok(None),
+        },
+    };
+    let verifiers = gw.signatures.verifiers(&gw.store.snapshot());
+    let signatures = checked(gw, &verifiers, repository, &digest).await?;
+    Ok(Some(Inspection { digest, signatures }))
+}
+
+/// The layers of a signature manifest with one of `media_types` (none if it does not
+/// parse).
+fn layers(manifest: &[u8], media_types: &[&str]) -> Vec<Layer> {
     serde_json::from_slice::<SignatureManifest>(manifest)
         .map(|m| {
             m.layers
                 .into_iter()
-                .filter(|l| l.media_type == media_type)
+                .filter(|l| media_types.contains(&l.media_type.as_str()))
                 .collect()
         })
         .unwrap_or_default()

@@ -157,8 +157,9 @@ pub fn admin(rb: RequestBuilder) -> RequestBuilder {
 
 /// A gateway in `dir/data` with the shipped example policy `prod-signed-by-release.cedar`
 /// (`prod/*` serves only what the trusted identity `release` signed) and a token `puller`
-/// that may pull and list everything: the gateway and the puller's password.
-pub fn start_with_release_policy(dir: &Path) -> (Server, String) {
+/// that may pull and list everything, `extra` added to `serve`'s arguments: the gateway
+/// and the puller's password.
+pub fn start_with_release_policy(dir: &Path, extra: &[&str]) -> (Server, String) {
     let policies = dir.join("policies");
     std::fs::create_dir(&policies).unwrap();
     std::fs::copy(
@@ -170,7 +171,7 @@ pub fn start_with_release_policy(dir: &Path) -> (Server, String) {
     let server = Server::start_with(
         &dir.join("data"),
         Some(ADMIN_PASSWORD),
-        &["--policy-dir", policies.to_str().unwrap()],
+        &[&["--policy-dir", policies.to_str().unwrap()], extra].concat(),
     );
     let puller = create_token(&server, "puller", "*", &["content/read", "metadata/read"]);
     (server, puller)

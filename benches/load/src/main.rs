@@ -14,6 +14,7 @@ mod lean;
 mod measure;
 mod report;
 mod servers;
+mod signed;
 mod soak;
 
 use std::path::PathBuf;

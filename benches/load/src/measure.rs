@@ -40,10 +40,14 @@ pub enum Phase {
     WrkManifestGet,
     /// Manifest HEAD by tag driven by `ab -k -i`, at the first `--connections`.
     AbManifestHead,
+    /// Bundled-store gateways only: manifest GET by tag from a signed-only repository,
+    /// of a cosign-signed and of a Notary Project-signed manifest, at the first
+    /// `--connections` (see `signed.rs`).
+    SignedPull,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::ManifestGet,
         Phase::ManifestHead,
         Phase::WrkManifestGet,
@@ -54,6 +58,7 @@ impl Phase {
         Phase::PushChunked,
         Phase::Token,
         Phase::H2,
+        Phase::SignedPull,
     ];
 }
 
@@ -203,6 +208,24 @@ pub async fn measure(
                     lean::ab_head(&req, m, warmup, duration).await?
                 });
             }
+            Phase::SignedPull if matches!(target, Target::Gateway | Target::GatewayS3) => {
+                crate::signed::prepare(running, image).await?;
+                for (tag, kind) in [
+                    (crate::signed::COSIGN_TAG, "cosign"),
+                    (crate::signed::NOTATION_TAG, "notation"),
+                ] {
+                    let path = format!("/v2/{REPOSITORY}/manifests/{tag}");
+                    let call = Call::new(Method::GET, path, StatusCode::OK)
+                        .header(ACCEPT, crate::content::MANIFEST_TYPE)?;
+                    let test = format!("signed-only manifest GET, {kind}");
+                    let m = Measurement::new(target, &test, conns0, "req/s");
+                    results.push(rate(endpoint, &call, m, settings, Open::Http1).await?);
+                }
+                crate::signed::finish(running).await?;
+            }
+            // The upstream registry has no referrers API for the Notary Project signature;
+            // the other targets no signatures at all.
+            Phase::SignedPull => {}
             Phase::Token => {
                 if let Some((path, credentials)) = &running.token_request {
                     let mut call = Call::new(Method::GET, path.clone(), StatusCode::OK);
