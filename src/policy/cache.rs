@@ -188,18 +188,19 @@ pub(super) struct Prepared {
     pub(super) fixed: [OnceLock<Result<Outcome, String>>; Action::ALL.len()],
 }
 
-/// Byte budgets of the caches (about 90 MiB in all at most).
-pub(super) const DECISION_CACHE_BYTES: u64 = 32 << 20;
-pub(super) const SET_CACHE_BYTES: u64 = 16 << 20;
-pub(super) const PREPARED_CACHE_BYTES: u64 = 16 << 20;
-pub(super) const FIXED_CACHE_BYTES: u64 = 8 << 20;
-pub(super) const PRINCIPAL_CACHE_BYTES: u64 = 8 << 20;
-pub(super) const FLAGGED_CACHE_BYTES: u64 = 4 << 20;
+/// Byte budgets of the caches, about 47 MiB in all at most. A cached pull decision
+/// weighs a few hundred bytes, so the decision cache holds tens of thousands of them.
+pub(super) const DECISION_CACHE_BYTES: u64 = 16 << 20;
+pub(super) const SET_CACHE_BYTES: u64 = 8 << 20;
+pub(super) const PREPARED_CACHE_BYTES: u64 = 8 << 20;
+pub(super) const FIXED_CACHE_BYTES: u64 = 4 << 20;
+pub(super) const PRINCIPAL_CACHE_BYTES: u64 = 4 << 20;
+pub(super) const FLAGGED_CACHE_BYTES: u64 = 2 << 20;
 pub(super) const COMPILED_CACHE_BYTES: u64 = 4 << 20;
 pub(super) const SOURCE_IP_CACHE_BYTES: u64 = 1 << 20;
 
-/// Entries the decision cache's table is sized for up front (a decision weighs a few
-/// hundred bytes, so the budget holds about ten times as many).
+/// Entries the decision cache's table is sized for up front (the budget holds a few
+/// times as many).
 pub(super) const DECISION_CACHE_PRESIZE: usize = 10_000;
 /// The same for the per-(principal, repository) caches.
 pub(super) const PREPARED_CACHE_PRESIZE: usize = 2_000;
