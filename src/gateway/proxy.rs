@@ -17,7 +17,8 @@
 //! gateway credentials).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -58,6 +59,17 @@ fn sane_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+}
+
+/// A request id for a request without a sane one of its own: a random prefix drawn
+/// once per process and a counter, 32 hex digits like a UUID's, unique per process
+/// without asking the kernel for randomness on every request.
+fn generated_request_id() -> Arc<str> {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Arc::from(format!("{prefix:016x}{n:016x}"))
 }
 
 /// Which listener a proxy instance serves.
@@ -406,10 +418,7 @@ impl Proxy {
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|id| sane_request_id(id))
-            .map_or_else(
-                || Arc::from(uuid::Uuid::new_v4().simple().to_string()),
-                Arc::from,
-            );
+            .map_or_else(generated_request_id, Arc::from);
         ctx.origin = self.trusted.origin(client_ip(session), headers);
     }
 

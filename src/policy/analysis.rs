@@ -31,6 +31,15 @@ impl Kind {
         }
     }
 
+    /// The position in `Kind::ALL`.
+    pub(super) const fn index(self) -> usize {
+        match self {
+            Kind::Token => 0,
+            Kind::Admin => 1,
+            Kind::Anonymous => 2,
+        }
+    }
+
     pub(super) fn type_name(self) -> &'static str {
         match self {
             Kind::Token => "Token",
@@ -56,6 +65,57 @@ pub(super) struct Loaded {
     /// entity is built (contextual policies that read flags get a flags-only one, shared
     /// by every repository with the same attributes).
     pub(super) by_rules: HashSet<(Kind, Action)>,
+    /// What the contextual policies of each (kind, action) read, indexed by
+    /// [`Loaded::reads_index`]: consulted on every decision to key the decision cache.
+    pub(super) reads: Vec<ContextReads>,
+}
+
+/// The base policy that refuses a token whose password has expired: the one reader of
+/// `context.now` whose answer changes at a known second (the password's expiry).
+pub(super) const PASSWORD_EXPIRED_POLICY: &str = "base/password-expired";
+
+/// Which request facts the contextual policies of one (kind, action) read. A decision
+/// depends on no others, so the decision cache keys it without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ContextReads {
+    /// `context.referenceKind`, `context.tag` or `context.digest`.
+    pub(super) reference: bool,
+    pub(super) operation: bool,
+    pub(super) signed: bool,
+    pub(super) signatures: bool,
+    pub(super) signature_artifact: bool,
+    pub(super) source_ip: bool,
+    /// `context.now`, by a policy other than [`PASSWORD_EXPIRED_POLICY`].
+    pub(super) now: bool,
+}
+
+impl ContextReads {
+    /// Every field: `context` used as a whole (or an unknown action).
+    pub(super) const ALL: ContextReads = ContextReads {
+        reference: true,
+        operation: true,
+        signed: true,
+        signatures: true,
+        signature_artifact: true,
+        source_ip: true,
+        now: true,
+    };
+
+    fn of(fields: Option<&[String]>) -> ContextReads {
+        let Some(fields) = fields else {
+            return ContextReads::ALL;
+        };
+        let reads = |name: &str| fields.iter().any(|f| f == name);
+        ContextReads {
+            reference: reads("referenceKind") || reads("tag") || reads("digest"),
+            operation: reads("operation"),
+            signed: reads("signed"),
+            signatures: reads("signatures"),
+            signature_artifact: reads("signatureArtifact"),
+            source_ip: reads("sourceIp"),
+            now: reads("now"),
+        }
+    }
 }
 
 pub(super) struct Contextual {
@@ -72,6 +132,7 @@ impl Loaded {
         let mut sliced = HashMap::new();
         let mut contextual = HashMap::new();
         let mut by_rules = HashSet::new();
+        let mut reads_by_pair = vec![ContextReads::ALL; Kind::ALL.len() * Action::ALL.len()];
         for kind in Kind::ALL {
             for action in Action::ALL {
                 let (reads, free): (Vec<Policy>, Vec<Policy>) = policies
@@ -87,6 +148,17 @@ impl Loaded {
                     by_rules.insert((kind, action));
                 }
                 let fields = context_fields(&reads);
+                if let Some(slot) = reads_by_pair.get_mut(Loaded::reads_index(kind, action)) {
+                    *slot = ContextReads::of(fields.as_deref());
+                    // The password's expiry bounds a cached decision instead of the clock
+                    // keying it, unless another policy reads the clock too.
+                    let others: Vec<Policy> = reads
+                        .iter()
+                        .filter(|p| p.id().to_string() != PASSWORD_EXPIRED_POLICY)
+                        .cloned()
+                        .collect();
+                    slot.now = ContextReads::of(context_fields(&others).as_deref()).now;
+                }
                 let reads_flags = reads
                     .iter()
                     .any(|p| repository_use(p) == RepositoryUse::Flags);
@@ -109,7 +181,20 @@ impl Loaded {
             sliced,
             contextual,
             by_rules,
+            reads: reads_by_pair,
         })
+    }
+
+    fn reads_index(kind: Kind, action: Action) -> usize {
+        kind.index() * Action::ALL.len() + action.index()
+    }
+
+    /// What the contextual policies of (`kind`, `action`) read.
+    pub(super) fn reads(&self, kind: Kind, action: Action) -> ContextReads {
+        self.reads
+            .get(Loaded::reads_index(kind, action))
+            .copied()
+            .unwrap_or(ContextReads::ALL)
     }
 }
 

@@ -3,19 +3,33 @@
 //! (principal, repository), the context-free outcomes and the sliced policy sets. Every
 //! key carries the identity snapshot version and the policy-file generation, so a change
 //! is seen by the very next decision.
+//!
+//! A decision is keyed by the request facts its contextual policies read and nothing
+//! else: when none reads the context, every pull of a repository by one principal shares
+//! one entry, whatever the tag, client address or second. The clock is never part of a
+//! key (a key per second grew the cache without bound under steady load); a decision a
+//! policy made from `context.now` holds for its second only, checked on a hit.
+//!
+//! Every cache is bounded by bytes (a `moka` weigher; the budgets below), and evicts
+//! the least recently used entry: entries of an old identity version or policy
+//! generation are unreachable, so recency, not frequency, says what is worth keeping.
+//! Cedar's own structures (entities, policy sets) are weighed by estimates per entity
+//! and per policy.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{Entities, Entity, EntityUid, PolicySet};
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
+use super::analysis::ContextReads;
 use super::analysis::{Kind, Loaded};
 use super::compile::{CompiledScopeMap, action_bit};
 use super::engine::{Outcome, PolicyEngine};
 use super::entities::{entity_uid, principal_entity, repository_entity};
-use super::request::AuthzRequest;
-use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes};
+use super::request::{AuthzRequest, Decision, RequestContext};
+use crate::identity::{Action, IdentitySnapshot, Principal, RepositoryAttributes, UnixSeconds};
 
 /// Decision-cache counters since start (for `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,12 +38,90 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// A decision's key: the request with the context facts no contextual policy reads
+/// reset ([`keyed_context`]), and `now` always 0.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct DecisionKey {
     pub(super) request: AuthzRequest,
     pub(super) version: u64,
     pub(super) generation: u64,
     pub(super) anonymous_pull: bool,
+}
+
+/// A cached decision and the seconds it holds for, `[from, until)`: all of them unless
+/// the clock decided it. A policy that reads `context.now` makes it hold for its second
+/// only; the shipped password-expiry policy, for as long as the password's side of its
+/// expiry stays the same.
+#[derive(Debug, Clone)]
+pub(super) struct CachedDecision {
+    pub(super) decision: Arc<Decision>,
+    pub(super) from: UnixSeconds,
+    pub(super) until: UnixSeconds,
+}
+
+impl CachedDecision {
+    /// `decision`, made at `now`, for the seconds it holds: the second alone when
+    /// `clock` (a policy read `context.now`), else bounded by the expiry of `request`'s
+    /// password.
+    pub(super) fn new(
+        decision: Arc<Decision>,
+        identity: &IdentitySnapshot,
+        request: &AuthzRequest,
+        now: UnixSeconds,
+        clock: bool,
+    ) -> CachedDecision {
+        let (from, until) = if clock {
+            (now, now.saturating_add(1))
+        } else {
+            match password_expiry(identity, &request.principal) {
+                Some(expiry) if now < expiry => (UnixSeconds::MIN, expiry),
+                Some(expiry) => (expiry, UnixSeconds::MAX),
+                None => (UnixSeconds::MIN, UnixSeconds::MAX),
+            }
+        };
+        CachedDecision {
+            decision,
+            from,
+            until,
+        }
+    }
+
+    pub(super) fn holds_at(&self, now: UnixSeconds) -> bool {
+        (self.from..self.until).contains(&now)
+    }
+}
+
+/// When the password a token principal authenticated with expires.
+fn password_expiry(identity: &IdentitySnapshot, principal: &Principal) -> Option<UnixSeconds> {
+    match principal {
+        Principal::Token { name, slot } => identity.tokens.get(name)?.password(*slot)?.expires_at,
+        Principal::Admin | Principal::Anonymous => None,
+    }
+}
+
+/// Resets in `context` what `reads` says no contextual policy reads, and `now` (which
+/// a decision records instead, see [`CachedDecision`]). Deciding on the reset context
+/// gives the same decision: only the facts read are handed to Cedar.
+pub(super) fn keyed_context(context: &mut RequestContext, reads: ContextReads) {
+    if !reads.reference {
+        context.reference = None;
+    }
+    if !reads.operation {
+        context.operation = Default::default();
+    }
+    if !reads.signed {
+        context.signed = false;
+    }
+    if !reads.signatures && !context.signatures.is_empty() {
+        context.signatures = Arc::default();
+    }
+    if !reads.signature_artifact {
+        context.signature_artifact = false;
+    }
+    if !reads.source_ip {
+        context.source_ip = None;
+    }
+    context.now = 0;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,13 +188,102 @@ pub(super) struct Prepared {
     pub(super) fixed: [OnceLock<Result<Outcome, String>>; Action::ALL.len()],
 }
 
-pub(super) const DECISION_CACHE: u64 = 100_000;
-pub(super) const SET_CACHE: u64 = 10_000;
-pub(super) const PREPARED_CACHE: u64 = 10_000;
-pub(super) const FIXED_CACHE: u64 = 10_000;
-pub(super) const PRINCIPAL_CACHE: u64 = 10_000;
-pub(super) const COMPILED_CACHE: u64 = 10_000;
-pub(super) const SOURCE_IP_CACHE: u64 = 10_000;
+/// Byte budgets of the caches, about 47 MiB in all at most. A cached pull decision
+/// weighs a few hundred bytes, so the decision cache holds tens of thousands of them.
+pub(super) const DECISION_CACHE_BYTES: u64 = 16 << 20;
+pub(super) const SET_CACHE_BYTES: u64 = 8 << 20;
+pub(super) const PREPARED_CACHE_BYTES: u64 = 8 << 20;
+pub(super) const FIXED_CACHE_BYTES: u64 = 4 << 20;
+pub(super) const PRINCIPAL_CACHE_BYTES: u64 = 4 << 20;
+pub(super) const FLAGGED_CACHE_BYTES: u64 = 2 << 20;
+pub(super) const COMPILED_CACHE_BYTES: u64 = 4 << 20;
+pub(super) const SOURCE_IP_CACHE_BYTES: u64 = 1 << 20;
+
+/// Entries the decision cache's table is sized for up front (the budget holds a few
+/// times as many).
+pub(super) const DECISION_CACHE_PRESIZE: usize = 10_000;
+/// The same for the per-(principal, repository) caches.
+pub(super) const PREPARED_CACHE_PRESIZE: usize = 2_000;
+
+/// What an entry costs besides its key and value: moka's node, its hash-table slot and
+/// the eviction queue's links, roughly.
+const ENTRY_OVERHEAD: usize = 128;
+/// Estimated bytes of one Cedar entity (uid, attributes, ancestors) in an `Entities`.
+pub(super) const ENTITY_WEIGHT: usize = 1024;
+/// Estimated bytes of one policy in a `PolicySet` (its AST and id).
+pub(super) const POLICY_WEIGHT: usize = 2048;
+
+/// An entry's weight for moka: `bytes` plus the per-entry overhead.
+pub(super) fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes.saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
+}
+
+fn strings_len(strings: &[String]) -> usize {
+    strings.iter().map(|s| s.len() + size_of::<String>()).sum()
+}
+
+fn principal_len(principal: &Principal) -> usize {
+    match principal {
+        Principal::Token { name, .. } => name.len(),
+        Principal::Admin | Principal::Anonymous => 0,
+    }
+}
+
+impl DecisionKey {
+    pub(super) fn weight(&self, cached: &CachedDecision) -> u32 {
+        let request = &self.request;
+        let reference = request
+            .context
+            .reference
+            .as_ref()
+            .map_or(0, |r| r.to_string().len());
+        let decision = &cached.decision;
+        weight(
+            size_of::<DecisionKey>()
+                + size_of::<Decision>()
+                + principal_len(&request.principal)
+                + request.repository.len()
+                + reference
+                + strings_len(&request.context.signatures)
+                + strings_len(&decision.policies)
+                + strings_len(&decision.errors),
+        )
+    }
+}
+
+impl PreparedKey {
+    /// The principal's and the repository's entities, and their uids.
+    pub(super) fn weight(&self) -> u32 {
+        weight(
+            size_of::<PreparedKey>()
+                + size_of::<Prepared>()
+                + principal_len(&self.principal)
+                + 3 * self.repository.len()
+                + 2 * ENTITY_WEIGHT,
+        )
+    }
+}
+
+impl FixedKey {
+    pub(super) fn weight(&self, outcome: &Result<Outcome, String>) -> u32 {
+        let outcome = match outcome {
+            Ok(o) => {
+                strings_len(&o.permits)
+                    + strings_len(&o.forbids)
+                    + strings_len(&o.failed_forbids)
+                    + strings_len(&o.errors)
+            }
+            Err(e) => e.len(),
+        };
+        weight(
+            size_of::<FixedKey>()
+                + size_of::<Outcome>()
+                + principal_len(&self.principal)
+                + 4 * self.rules.len()
+                + outcome,
+        )
+    }
+}
 
 impl PolicyEngine {
     /// The compiled form of a scope map, recompiled when the map changed.
@@ -271,16 +452,24 @@ impl PolicyEngine {
     }
 }
 
-/// A cache with its table allocated up front: growing it rehashes every entry inside
-/// some request's insert, the slowest decisions of a cold cache.
-pub(super) fn presized<K, V, S>(capacity: u64, hasher: S) -> Cache<K, V, S>
+/// A cache of at most `bytes` by `weigher`, least recently used out first, with its
+/// table allocated for `presize` entries up front: growing it rehashes every entry
+/// inside some request's insert, the slowest decisions of a cold cache.
+pub(super) fn bounded<K, V, S>(
+    bytes: u64,
+    presize: usize,
+    weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static,
+    hasher: S,
+) -> Cache<K, V, S>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
 {
     Cache::builder()
-        .max_capacity(capacity)
-        .initial_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
+        .max_capacity(bytes)
+        .weigher(weigher)
+        .eviction_policy(EvictionPolicy::lru())
+        .initial_capacity(presize)
         .build_with_hasher(hasher)
 }

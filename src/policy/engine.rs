@@ -21,9 +21,11 @@ use portcullis_oci::Reference;
 
 use super::analysis::{Contextual, Kind, Loaded};
 use super::cache::{
-    COMPILED_CACHE, CacheStats, DECISION_CACHE, DecisionKey, FIXED_CACHE, FixedKey, PREPARED_CACHE,
-    PRINCIPAL_CACHE, Prepared, PreparedKey, PrincipalEntry, PrincipalKey, SET_CACHE,
-    SOURCE_IP_CACHE, SetKey, presized,
+    COMPILED_CACHE_BYTES, CacheStats, CachedDecision, DECISION_CACHE_BYTES, DECISION_CACHE_PRESIZE,
+    DecisionKey, ENTITY_WEIGHT, FIXED_CACHE_BYTES, FLAGGED_CACHE_BYTES, FixedKey, POLICY_WEIGHT,
+    PREPARED_CACHE_BYTES, PREPARED_CACHE_PRESIZE, PRINCIPAL_CACHE_BYTES, Prepared, PreparedKey,
+    PrincipalEntry, PrincipalKey, SET_CACHE_BYTES, SOURCE_IP_CACHE_BYTES, SetKey, bounded,
+    keyed_context, weight,
 };
 use super::compile::{self, CompiledEntry, action_bit, uid};
 use super::entities::{FLAGS_REPOSITORY, entity_uid, flags_entities, string};
@@ -46,7 +48,7 @@ pub struct PolicyEngine {
     pub(super) authorizer: Authorizer,
     /// Consulted on every request: hashed with aHash (keyed per process) rather than
     /// SipHash, which cost a quarter of a cached decision.
-    pub(super) decisions: Cache<DecisionKey, Arc<Decision>, ahash::RandomState>,
+    pub(super) decisions: Cache<DecisionKey, CachedDecision, ahash::RandomState>,
     pub(super) sets: Cache<SetKey, Arc<PolicySet>>,
     pub(super) prepared: Cache<PreparedKey, Arc<Result<Prepared, String>>>,
     pub(super) fixed: Cache<FixedKey, Arc<Result<Outcome, String>>>,
@@ -92,14 +94,58 @@ impl PolicyEngine {
             anonymous_pull: AtomicBool::new(false),
             actions,
             authorizer: Authorizer::new(),
-            decisions: presized(DECISION_CACHE, ahash::RandomState::new()),
-            sets: Cache::new(SET_CACHE),
-            prepared: presized(PREPARED_CACHE, RandomState::new()),
-            fixed: presized(FIXED_CACHE, RandomState::new()),
-            principals: Cache::new(PRINCIPAL_CACHE),
-            flagged: Cache::new(PRINCIPAL_CACHE),
-            compiled: Cache::new(COMPILED_CACHE),
-            source_ips: Cache::new(SOURCE_IP_CACHE),
+            decisions: bounded(
+                DECISION_CACHE_BYTES,
+                DECISION_CACHE_PRESIZE,
+                DecisionKey::weight,
+                ahash::RandomState::new(),
+            ),
+            sets: bounded(
+                SET_CACHE_BYTES,
+                0,
+                |key: &SetKey, set: &Arc<PolicySet>| {
+                    weight(4 * key.rules.len() + POLICY_WEIGHT * set.policies().count())
+                },
+                RandomState::new(),
+            ),
+            prepared: bounded(
+                PREPARED_CACHE_BYTES,
+                PREPARED_CACHE_PRESIZE,
+                |key: &PreparedKey, _| key.weight(),
+                RandomState::new(),
+            ),
+            fixed: bounded(
+                FIXED_CACHE_BYTES,
+                PREPARED_CACHE_PRESIZE,
+                |key: &FixedKey, outcome: &Arc<Result<Outcome, String>>| key.weight(outcome),
+                RandomState::new(),
+            ),
+            principals: bounded(
+                PRINCIPAL_CACHE_BYTES,
+                0,
+                |_, _| weight(2 * ENTITY_WEIGHT),
+                RandomState::new(),
+            ),
+            flagged: bounded(
+                FLAGGED_CACHE_BYTES,
+                0,
+                |_, _| weight(2 * ENTITY_WEIGHT),
+                RandomState::new(),
+            ),
+            compiled: bounded(
+                COMPILED_CACHE_BYTES,
+                0,
+                |name: &String, entry: &Arc<CompiledEntry>| {
+                    weight(name.len() + POLICY_WEIGHT * entry.1.rules.len())
+                },
+                RandomState::new(),
+            ),
+            source_ips: bounded(
+                SOURCE_IP_CACHE_BYTES,
+                0,
+                |_, _| weight(64),
+                RandomState::new(),
+            ),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             reloads: ReloadCounters::started(),
@@ -125,24 +171,42 @@ impl PolicyEngine {
     }
 
     /// Decides `request` against `identity`, from the decision cache when possible.
-    /// The request becomes the cache key and a hit shares the cached decision: nothing
-    /// is copied per request.
-    pub fn authorize(&self, identity: &IdentitySnapshot, request: AuthzRequest) -> Arc<Decision> {
+    /// The request, reduced to the facts the contextual policies read, becomes the cache
+    /// key and a hit shares the cached decision: nothing is copied per request.
+    pub fn authorize(
+        &self,
+        identity: &IdentitySnapshot,
+        mut request: AuthzRequest,
+    ) -> Arc<Decision> {
         let loaded = self.loaded.load();
         let anonymous_pull = self.anonymous_pull.load(Ordering::Relaxed);
-        let key = DecisionKey {
+        let now = request.context.now;
+        let reads = loaded.reads(Kind::of(&request.principal), request.action);
+        keyed_context(&mut request.context, reads);
+        let mut key = DecisionKey {
             request,
             version: identity.version,
             generation: loaded.generation,
             anonymous_pull,
         };
-        if let Some(decision) = self.decisions.get(&key) {
+        if let Some(cached) = self.decisions.get(&key)
+            && cached.holds_at(now)
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return decision;
+            return cached.decision;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        key.request.context.now = now;
         let decision = Arc::new(self.decide(&loaded, identity, &key.request, anonymous_pull));
-        self.decisions.insert(key, Arc::clone(&decision));
+        key.request.context.now = 0;
+        let cached = CachedDecision::new(
+            Arc::clone(&decision),
+            identity,
+            &key.request,
+            now,
+            reads.now,
+        );
+        self.decisions.insert(key, cached);
         decision
     }
 

@@ -356,11 +356,118 @@ fn cache_hit_equals_miss_and_ignores_other_requests() {
     let hit = e.authorize(&snap, r.clone());
     assert_eq!(miss, hit);
     assert!(miss.allowed);
-    // A different context field is a different key: not served from the cache.
-    let mut later = r.clone();
-    later.context.source_ip = Some("10.1.2.3".parse().unwrap());
-    assert_eq!(e.authorize(&snap, later.clone()), miss);
+    // No policy reads the context: another address, tag, operation or second is the
+    // same repository decision, served from the cache.
+    let mut other = r.clone();
+    other.context.source_ip = Some("10.1.2.3".parse().unwrap());
+    other.context.reference = Some(Reference::Tag("v1".into()));
+    other.context.operation = Operation::OverwriteTag;
+    other.context.now = NOW + 3600;
+    assert_eq!(e.authorize(&snap, other), miss);
+    assert_eq!(e.cache_stats(), CacheStats { hits: 2, misses: 1 });
+    // Another repository, action or identity version is another decision.
+    e.authorize(&snap, req(tok("t"), ContentWrite, "sample/teama/y"));
+    e.authorize(&snap, req(tok("t"), ContentRead, "sample/teama/x"));
+    let mut next = snap.clone();
+    next.version += 1;
+    e.authorize(&next, r);
+    assert_eq!(e.cache_stats(), CacheStats { hits: 2, misses: 4 });
+}
+
+#[test]
+fn facts_a_policy_reads_stay_in_the_decision_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "ctx.cedar",
+        r#"@id("pull-from-10")
+forbid(principal, action == Action::"content/read", resource)
+unless { context has sourceIp && context.sourceIp.isInRange(ip("10.0.0.0/8")) };
+"#,
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_pull")]);
+    let mut r = req(tok("t"), ContentRead, "a/b");
+    r.context.source_ip = Some("10.1.2.3".parse().unwrap());
+    assert!(e.authorize(&snap, r.clone()).allowed);
+    r.context.source_ip = Some("192.0.2.1".parse().unwrap());
+    assert!(!e.authorize(&snap, r.clone()).allowed);
+    // The operation and the clock are read by no policy: the same decision.
+    r.context.operation = Operation::ListTags;
+    r.context.now = NOW + 60;
+    assert!(!e.authorize(&snap, r.clone()).allowed);
     assert_eq!(e.cache_stats(), CacheStats { hits: 1, misses: 2 });
+}
+
+#[test]
+fn a_decision_read_from_the_clock_holds_for_its_second_and_is_not_keyed_by_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "clock.cedar",
+        &format!(
+            "@id(\"until\")\nforbid(principal, action, resource)\nwhen {{ context.now >= {} }};\n",
+            NOW + 2
+        ),
+    );
+    let e = PolicyEngine::load(&[tmp.path().into()]).unwrap();
+    let snap = snapshot(1, vec![], vec![token("t", "_repositories_pull")]);
+    let at = |now| {
+        let mut r = req(tok("t"), ContentRead, "a/b");
+        r.context.now = now;
+        e.authorize(&snap, r).allowed
+    };
+    assert!(at(NOW));
+    assert!(at(NOW));
+    assert!(at(NOW + 1));
+    assert!(!at(NOW + 2));
+    assert!(!at(NOW + 2));
+    assert_eq!(e.cache_stats(), CacheStats { hits: 2, misses: 3 });
+    // One entry, replaced every second, not one per second.
+    e.decisions.run_pending_tasks();
+    assert_eq!(e.decisions.entry_count(), 1);
+}
+
+#[test]
+fn a_cached_decision_ends_when_the_password_expires() {
+    let e = engine();
+    let mut t = token("t", "_repositories_pull");
+    t.password1 = Some(password(Some(NOW + 10)));
+    let snap = snapshot(1, vec![], vec![t]);
+    let at = |now| {
+        let mut r = req(tok("t"), ContentRead, "a/b");
+        r.context.now = now;
+        e.authorize(&snap, r)
+    };
+    assert!(at(NOW).allowed);
+    assert!(at(NOW + 9).allowed);
+    let expired = at(NOW + 10);
+    assert_eq!(expired.policies, vec!["base/password-expired".to_owned()]);
+    assert!(!at(NOW + 11).allowed);
+    assert_eq!(e.cache_stats(), CacheStats { hits: 2, misses: 2 });
+}
+
+#[test]
+fn decision_cache_is_bounded_by_bytes() {
+    let e = engine();
+    let snap = snapshot(1, vec![additive()], vec![token("t", "teams")]);
+    // Long repository names: the budget, not a count, bounds the cache.
+    let name = "x".repeat(8000);
+    for i in 0..6_000 {
+        e.authorize(
+            &snap,
+            req(tok("t"), ContentRead, &format!("sample/{name}/{i}")),
+        );
+    }
+    e.decisions.run_pending_tasks();
+    let bytes = e.decisions.weighted_size();
+    assert!(bytes <= super::cache::DECISION_CACHE_BYTES, "{bytes}");
+    assert!(e.decisions.entry_count() < 6_000);
+    // The newest decisions are the ones kept (least recently used out first).
+    let last = req(tok("t"), ContentRead, &format!("sample/{name}/5999"));
+    let before = e.cache_stats().hits;
+    e.authorize(&snap, last);
+    assert_eq!(e.cache_stats().hits, before + 1);
 }
 
 #[test]
