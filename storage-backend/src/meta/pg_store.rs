@@ -57,6 +57,8 @@ pub const CHANNEL: &str = "portcullis_changes";
 const MAX_PAYLOAD: usize = 7900;
 /// How often the listener proves its connection alive, and how long it waits for that.
 const LISTENER_PING: Duration = Duration::from_secs(5);
+/// The `application_name` of the listener's connection.
+pub const LISTENER_NAME: &str = "portcullis listener";
 /// The listener's longest wait between attempts to reconnect.
 const LISTENER_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -976,7 +978,10 @@ impl MetadataStore for PgMeta {
     }
 
     fn watch(&self, sink: Arc<dyn ChangeSink>) -> Option<BoxFuture<'static, ()>> {
-        Some(Box::pin(listen(self.config.clone(), sink)))
+        let mut config = self.config.clone();
+        // Named apart from the pool's connections, for operators (and tests) to find it.
+        config.application_name(LISTENER_NAME);
+        Some(Box::pin(listen(config, sink)))
     }
 }
 
