@@ -450,7 +450,12 @@ fn registry(bins: &Binaries, dir: &Path, addr: SocketAddr, s3: Option<&str>) -> 
     Process::spawn(
         "docker-registry",
         dir,
-        Command::new(&bins.registry).arg("serve").arg(&config),
+        Command::new(&bins.registry)
+            .arg("serve")
+            .arg(&config)
+            // Its AWS SDK cannot load a CA bundle into its HTTP client and panics at
+            // start; the endpoint is plain HTTP on loopback.
+            .env_remove("AWS_CA_BUNDLE"),
     )
 }
 
