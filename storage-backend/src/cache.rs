@@ -77,13 +77,7 @@ impl ManifestCache {
                         .chain(&record.children)
                         .map(String::len)
                         .sum();
-                    weight(&[
-                        repo.len(),
-                        digest.len(),
-                        m.bytes.len(),
-                        lists,
-                        ENTRY_OVERHEAD,
-                    ])
+                    weight(&[repo.len(), digest.len(), m.bytes.len(), lists])
                 },
             )
             .build();

@@ -208,18 +208,27 @@ async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<(), StorageErro
 /// Listens on [`CHANNEL`] for as long as it runs: each notification goes to `sink`; a
 /// lost connection turns `sink` off until a new one listens (retried with backoff).
 async fn listen(config: tokio_postgres::Config, sink: Arc<dyn ChangeSink>) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY;
     loop {
-        let lost = listen_once(&config, &*sink).await;
+        let mut listened = false;
+        let lost = listen_once(&config, &*sink, &mut listened).await;
         sink.watching(false);
         tracing::warn!(error = %lost, "metadata change listener lost; manifest cache off until it is back");
+        if listened {
+            backoff = FIRST_RETRY;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(LISTENER_BACKOFF);
     }
 }
 
-/// One listener connection, until it fails: why it did.
-async fn listen_once(config: &tokio_postgres::Config, sink: &dyn ChangeSink) -> String {
+/// One listener connection, until it fails: why it did. Sets `listened` once it listens.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    sink: &dyn ChangeSink,
+    listened: &mut bool,
+) -> String {
     let (client, mut connection) = match config.connect(NoTls).await {
         Ok(c) => c,
         Err(e) => return e.to_string(),
@@ -241,6 +250,7 @@ async fn listen_once(config: &tokio_postgres::Config, sink: &dyn ChangeSink) -> 
     }
     // From here every commit's notification arrives: the cache may be used again.
     sink.watching(true);
+    *listened = true;
     let mut ping = tokio::time::interval(LISTENER_PING);
     ping.tick().await;
     loop {
