@@ -4,6 +4,9 @@
 //! PostgreSQL stopped in the middle of a push (blobs on the local disk or on S3) gives
 //! clients 503 `UNAVAILABLE` error JSON and leaves nothing half-written; a wrong
 //! `--metadata` stops `serve` at start with a message that names the setting.
+//! Two gateways on one database (and one S3 bucket) serve manifest GETs from their caches
+//! without a statement and see each other's tag moves and deletes within moments
+//! (NOTIFY); a lost change listener empties the cache.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,7 +20,7 @@ use std::process::{Command, Output};
 
 use common::backend::Storage;
 use common::content::{self, TestImage, write_oci_layout};
-use common::{ADMIN_PASSWORD, admin};
+use common::{ADMIN_PASSWORD, Server, admin};
 use portcullis_test_support::oci::status_and_code;
 use portcullis_test_support::postgres::Postgres;
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
@@ -267,4 +270,161 @@ fn a_wrong_metadata_setting_stops_serve_at_start_and_is_named() {
     );
     let err = serve_fails(&["--metadata", &url]);
     assert!(err.contains("schema version 999 is newer"), "{err}");
+}
+
+/// Statements run by sessions with `log_statement` set (one test's database), as the
+/// server logged them (written before each answer, unlike the `pg_stat_*` counters, which
+/// a backend flushes up to seconds later), without the change listeners' pings.
+fn statements(pg: &Postgres) -> usize {
+    pg.log()
+        .lines()
+        .filter(|l| l.contains("LOG:  execute") || l.contains("LOG:  statement:"))
+        .filter(|l| !l.ends_with("SELECT 1") && !l.contains("LISTEN "))
+        .count()
+}
+
+/// A GET of `repo`'s manifest `reference` through `server`: (status, Docker-Content-Digest
+/// or the error code).
+fn manifest_get(
+    http: &Client,
+    server: &Server,
+    repo: &str,
+    reference: &str,
+) -> (StatusCode, String) {
+    let resp = admin(http.get(format!("{}/v2/{repo}/manifests/{reference}", server.base)))
+        .header("accept", content::OCI_MANIFEST)
+        .send()
+        .unwrap();
+    match resp.status() {
+        StatusCode::OK => {
+            let digest = resp.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = resp.bytes().unwrap();
+            assert_eq!(content::digest(&body), digest);
+            (StatusCode::OK, digest)
+        }
+        _ => status_and_code(resp),
+    }
+}
+
+/// Polls `server` until a GET of `repo:reference` answers `want` (another gateway's
+/// change arrives by NOTIFY, asynchronously), for at most 5 s.
+fn eventually(
+    http: &Client,
+    server: &Server,
+    repo: &str,
+    reference: &str,
+    want: (StatusCode, String),
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = manifest_get(http, server, repo, reference);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{reference}: {got:?}, not {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_gateways_on_one_database_serve_cached_manifests_and_see_each_others_changes() {
+    let pg = Postgres::shared();
+    let url = pg.database();
+    let database = url.rsplit('/').next().unwrap();
+    // Every statement of this database's sessions in the server log (no other database
+    // of the shared server logs statements).
+    psql(
+        &url,
+        &format!("ALTER DATABASE {database} SET log_statement = 'all'"),
+    );
+    let storage = Storage::default()
+        .s3(SeaweedFs::shared().target())
+        .postgres(url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let a = storage.gateway(&dir.path().join("a"), &[]);
+    let b = storage.gateway(&dir.path().join("b"), &[]);
+    let http = Client::new();
+    let (one, two) = (TestImage::new("cache one"), TestImage::new("cache two"));
+    let repo = "cache/app";
+    one.push(&http, &a.base, repo, "v1", &admin);
+    for blob in [&two.config, &two.layer] {
+        assert_eq!(
+            content::upload(&http, &a.base, repo, blob, &admin).status(),
+            StatusCode::CREATED
+        );
+    }
+    let ok = |image: &TestImage| (StatusCode::OK, image.digest());
+
+    // The first GET through B reads the database (the counter moves); then 200 GETs
+    // are cache hits and run no statement at all.
+    let before = statements(pg);
+    assert_eq!(manifest_get(&http, &b, repo, "v1"), ok(&one));
+    let after_miss = statements(pg);
+    assert!(
+        after_miss > before,
+        "a miss runs statements ({before} → {after_miss})"
+    );
+    for _ in 0..200 {
+        assert_eq!(manifest_get(&http, &b, repo, "v1"), ok(&one));
+    }
+    assert_eq!(statements(pg), after_miss, "cache hits ran statements");
+
+    // Moved through A: B answers the new digest (once A's NOTIFY has arrived).
+    assert_eq!(
+        two.put_manifest(&http, &a.base, repo, "v1", &admin)
+            .status(),
+        StatusCode::CREATED
+    );
+    eventually(&http, &b, repo, "v1", ok(&two));
+    assert_eq!(manifest_get(&http, &b, repo, &one.digest()), ok(&one));
+
+    // Deleted through A: B says MANIFEST_UNKNOWN, by tag and by digest.
+    let resp = admin(http.delete(format!("{}/v2/{repo}/manifests/{}", a.base, two.digest())))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let unknown = (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".to_owned());
+    eventually(&http, &b, repo, "v1", unknown.clone());
+    eventually(&http, &b, repo, &two.digest(), unknown);
+
+    // A lost listener connection empties B's cache: the next GET reads the database,
+    // and once the listener is back, hits are served from memory again.
+    assert_eq!(manifest_get(&http, &b, repo, &one.digest()), ok(&one));
+    let listeners = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' \
+         AND application_name = 'portcullis listener'"
+    );
+    assert_eq!(psql(&url, &listeners), "2");
+    psql(
+        &url,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{database}' AND application_name = 'portcullis listener'"
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while psql(&url, &listeners) != "2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listeners did not reconnect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = statements(pg);
+    assert_eq!(manifest_get(&http, &b, repo, &one.digest()), ok(&one));
+    let after_miss = statements(pg);
+    assert!(
+        after_miss > before,
+        "the cache was emptied ({before} → {after_miss})"
+    );
+    for _ in 0..20 {
+        assert_eq!(manifest_get(&http, &b, repo, &one.digest()), ok(&one));
+    }
+    assert_eq!(statements(pg), after_miss, "cached again once listening");
 }

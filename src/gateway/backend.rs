@@ -251,7 +251,7 @@ impl Backend {
         match self {
             Backend::Bundled { registry } => {
                 match registry.get_manifest(repository, reference, true).await {
-                    Ok(found) => Ok(found.bytes),
+                    Ok(found) => Ok(found.bytes.map(Vec::from)),
                     Err(StorageError::ManifestUnknown { .. } | StorageError::NameUnknown(_)) => {
                         Ok(None)
                     }

@@ -41,6 +41,7 @@
 //!   links, catalog entry — and answers 202 with what it deleted.
 
 pub mod blobstore;
+pub mod cache;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod error;

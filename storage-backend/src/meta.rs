@@ -6,6 +6,7 @@
 //! every implementation meets is the conformance suite (`crate::conformance`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -159,6 +160,33 @@ pub struct GcReport {
     /// Blob files without metadata (a crash between file and metadata
     /// steps), older than the grace period; filled in by the registry.
     pub orphan_files: usize,
+}
+
+/// A write that can change the answer of a manifest GET, as a cache of those answers
+/// ([`crate::cache`]) must learn it. Serialized as JSON when sent to other processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Tags of `repo` removed.
+    Tags { repo: String, tags: Vec<String> },
+    /// Manifest `digest` of `repo` stored (again) or removed, and `tags` moved to it or
+    /// removed with it.
+    Manifest {
+        repo: String,
+        digest: String,
+        tags: Vec<String>,
+    },
+    /// Anything may have changed: a repository delete, GC, or a change not known whole.
+    All,
+}
+
+/// Learns the changes other processes make to a shared store ([`MetadataStore::watch`]).
+pub trait ChangeSink: Send + Sync {
+    /// Another process committed `change`.
+    fn changed(&self, change: &Change);
+    /// Whether changes are being received: false from the moment one could be missed
+    /// (the listener lost its connection) until it listens again.
+    fn watching(&self, watching: bool);
 }
 
 /// The future a [`MetadataStore`] call returns.
@@ -348,4 +376,12 @@ pub trait MetadataStore: Send + Sync {
     /// work after one (redb) starts afresh here, so service resumes once the cause (a
     /// full disk) is gone, without a restart.
     fn recover(&self) {}
+
+    /// For a store other processes can change: the task that reports their changes to
+    /// `sink`, running (and reconnecting) until dropped; the caller spawns it on its
+    /// runtime. `None` (the default): only this process writes, so the changes its own
+    /// calls make are all there is.
+    fn watch(&self, _sink: Arc<dyn ChangeSink>) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }

@@ -1,22 +1,26 @@
 //! [`Registry`]: the storage service behind the HTTP handlers. It owns the
 //! two stores ([`Stores`]: blob bytes and metadata) and enforces the write
 //! order that keeps a crash harmless: blob bytes first (durable, placed
-//! atomically), metadata second; GC deletes metadata first, bytes after commit.
+//! atomically), metadata second; GC deletes metadata first, bytes after commit. Manifest
+//! GET/HEAD answers are cached in memory ([`crate::cache`]), invalidated by every write.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use crate::blobstore::{BlobReader, BlobStore, FsBlobStore, body_stream};
+use crate::cache::{CachedManifest, ManifestCache};
 use crate::error::StorageError;
 use crate::manifest;
 use crate::meta::{
-    Deleted, GcReport, ManifestRecord, MetadataLocation, MetadataStore, Page, PgMeta, RedbMeta,
-    now_secs,
+    Change, ChangeSink, Deleted, GcReport, ManifestRecord, MetadataLocation, MetadataStore, Page,
+    PgMeta, RedbMeta, now_secs,
 };
 use crate::names::{Digest, Reference, is_valid_tag};
 use crate::s3::{S3BlobStore, S3Config};
@@ -36,10 +40,13 @@ pub struct StorageConfig {
     pub gc_grace: Duration,
     /// Where the metadata lives (`--metadata`); blobs stay in `data_dir`.
     pub metadata: MetadataLocation,
+    /// Memory for cached manifest GET answers ([`crate::cache`]); 0 turns the cache off.
+    pub manifest_cache_bytes: u64,
 }
 
 impl StorageConfig {
-    /// Defaults: 4 MiB manifests, 24 h upload expiry, GC every hour with a 1 h grace.
+    /// Defaults: 4 MiB manifests, 24 h upload expiry, GC every hour with a 1 h grace,
+    /// 64 MiB of cached manifests.
     pub fn new(data_dir: impl Into<PathBuf>) -> StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
@@ -49,6 +56,7 @@ impl StorageConfig {
             gc_interval: Some(Duration::from_secs(3600)),
             gc_grace: Duration::from_secs(3600),
             metadata: MetadataLocation::Local,
+            manifest_cache_bytes: 64 << 20,
         }
     }
 }
@@ -127,6 +135,10 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     blob_locks: [tokio::sync::Mutex<()>; BLOB_LOCKS],
     gc_counters: GcCounters,
+    cache: Arc<ManifestCache>,
+    /// The metadata store's change listener ([`MetadataStore::watch`]), until
+    /// [`Registry::start_background`] spawns it; the cache is off until it listens.
+    watcher: Mutex<Option<BoxFuture<'static, ()>>>,
 }
 
 /// Totals of the GC passes (not dry runs) since the store was opened, for metrics.
@@ -155,8 +167,8 @@ struct GcCounters {
 /// A manifest as served.
 pub struct StoredManifest {
     pub digest: Digest,
-    pub record: ManifestRecord,
-    pub bytes: Option<Vec<u8>>,
+    pub record: Arc<ManifestRecord>,
+    pub bytes: Option<Bytes>,
 }
 
 /// The outcome of a manifest PUT.
@@ -202,11 +214,20 @@ impl Registry {
 
     /// A registry over other stores (`config.data_dir` is then unused).
     pub fn with_stores(config: StorageConfig, stores: Stores) -> Arc<Registry> {
+        // Live at once unless other processes can change the store: then only once its
+        // listener is.
+        let cache = Arc::new(ManifestCache::new(config.manifest_cache_bytes, false));
+        let watcher = stores.meta.watch(cache.clone());
+        if watcher.is_none() {
+            cache.watching(true);
+        }
         Arc::new(Registry {
             blobs: stores.blobs,
             meta: stores.meta,
             blob_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             gc_counters: GcCounters::default(),
+            cache,
+            watcher: Mutex::new(watcher),
             config,
         })
     }
@@ -225,8 +246,14 @@ impl Registry {
         &self.blob_locks[i % BLOB_LOCKS]
     }
 
-    /// Spawns upload expiry and (if configured) GC on the current runtime.
+    /// Spawns upload expiry, (if configured) GC and (for metadata other processes share)
+    /// the listener that keeps the manifest cache in step with them, on the current
+    /// runtime.
     pub fn start_background(self: &Arc<Self>) {
+        let watcher = self.watcher.lock().map(|mut w| w.take());
+        if let Ok(Some(watcher)) = watcher {
+            tokio::spawn(watcher);
+        }
         let reg = self.clone();
         let every =
             (self.config.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
@@ -492,9 +519,16 @@ impl Registry {
         }
         let parsed = manifest::parse(&bytes, content_type)?;
         let subject = parsed.subject.clone();
-        self.meta
+        let stored = self
+            .meta
             .put_manifest(repo, &digest, &bytes, &parsed, &tags)
-            .await?;
+            .await;
+        self.cache.apply(&Change::Manifest {
+            repo: repo.to_owned(),
+            digest: digest.to_string(),
+            tags: tags.clone(),
+        });
+        stored?;
         Ok(PutManifest {
             digest,
             subject,
@@ -512,20 +546,61 @@ impl Registry {
             name: repo.to_owned(),
             reference: reference.to_string(),
         };
-        let digest = self
-            .meta
-            .resolve(repo, reference)
-            .await?
-            .ok_or_else(unknown)?;
-        let (record, bytes) = self
-            .meta
-            .manifest(repo, &digest, with_bytes)
-            .await?
-            .ok_or_else(unknown)?;
+        // Before any store read: a change after this point keeps what it read uncached.
+        let Some(generation) = self.cache.begin() else {
+            let digest = self
+                .meta
+                .resolve(repo, reference)
+                .await?
+                .ok_or_else(unknown)?;
+            let (record, bytes) = self
+                .meta
+                .manifest(repo, &digest, with_bytes)
+                .await?
+                .ok_or_else(unknown)?;
+            return Ok(StoredManifest {
+                digest,
+                record: Arc::new(record),
+                bytes: bytes.map(Bytes::from),
+            });
+        };
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(tag) => match self.cache.tag(repo, tag) {
+                Some(d) => d,
+                None => {
+                    let d = self
+                        .meta
+                        .resolve(repo, reference)
+                        .await?
+                        .ok_or_else(unknown)?;
+                    self.cache.fill_tag(generation, repo, tag, &d);
+                    d
+                }
+            },
+        };
+        let manifest = match self.cache.manifest(repo, &digest) {
+            Some(m) => m,
+            None => {
+                // With the bytes even for a HEAD, so the entry serves a GET too.
+                let (record, bytes) = self
+                    .meta
+                    .manifest(repo, &digest, true)
+                    .await?
+                    .ok_or_else(unknown)?;
+                let m = Arc::new(CachedManifest {
+                    record: Arc::new(record),
+                    bytes: Bytes::from(bytes.unwrap_or_default()),
+                });
+                self.cache
+                    .fill_manifest(generation, repo, &digest, m.clone());
+                m
+            }
+        };
         Ok(StoredManifest {
             digest,
-            record,
-            bytes,
+            record: manifest.record.clone(),
+            bytes: with_bytes.then(|| manifest.bytes.clone()),
         })
     }
 
@@ -535,11 +610,17 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<(), StorageError> {
-        let removed = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+        let tag = match reference {
+            // As an image delete, which names the tags that went with the manifest.
+            Reference::Digest(_) => return self.delete_image(repo, reference).await.map(drop),
+            Reference::Tag(t) => t,
         };
-        if removed {
+        let removed = self.meta.delete_tag(repo, tag).await;
+        self.cache.apply(&Change::Tags {
+            repo: repo.to_owned(),
+            tags: vec![tag.clone()],
+        });
+        if removed? {
             Ok(())
         } else {
             Err(StorageError::ManifestUnknown {
@@ -557,22 +638,35 @@ impl Registry {
         repo: &str,
         reference: &Reference,
     ) -> Result<Deleted, StorageError> {
-        self.meta
-            .delete_image(repo, reference)
-            .await?
-            .ok_or_else(|| StorageError::ManifestUnknown {
-                name: repo.to_owned(),
-                reference: reference.to_string(),
-            })
+        let deleted = self.meta.delete_image(repo, reference).await;
+        let change = match &deleted {
+            Ok(Some(d)) => match d.manifests.as_slice() {
+                [digest] => Some(Change::Manifest {
+                    repo: repo.to_owned(),
+                    digest: digest.clone(),
+                    tags: d.tags.clone(),
+                }),
+                _ => Some(Change::All),
+            },
+            Ok(None) => None,
+            Err(_) => Some(Change::All),
+        };
+        if let Some(change) = change {
+            self.cache.apply(&change);
+        }
+        deleted?.ok_or_else(|| StorageError::ManifestUnknown {
+            name: repo.to_owned(),
+            reference: reference.to_string(),
+        })
     }
 
     /// Deletes a whole repository atomically: every manifest, tag, referrer row and
     /// blob link, and its catalog entry. Blob bytes are left to GC.
     pub async fn delete_repository(&self, repo: &str) -> Result<Deleted, StorageError> {
-        self.meta
-            .delete_repository(repo)
-            .await?
-            .ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
+        let deleted = self.meta.delete_repository(repo).await;
+        // Rare: the whole cache rather than a scan for the repository's entries.
+        self.cache.apply(&Change::All);
+        deleted?.ok_or_else(|| StorageError::NameUnknown(repo.to_owned()))
     }
 
     // ---- discovery ----
@@ -658,7 +752,12 @@ impl Registry {
         // To the nanosecond (as file times are): with no grace, everything written
         // before the pass counts as old.
         let before = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
-        let mut report = self.meta.gc(cutoff, dry_run).await?;
+        let report = self.meta.gc(cutoff, dry_run).await;
+        // Removed manifests were untagged: only lookups by digest can have them cached.
+        if !dry_run && report.as_ref().map_or(true, |r| r.manifests > 0) {
+            self.cache.apply(&Change::All);
+        }
+        let mut report = report?;
         if !dry_run {
             for d in &report.blobs {
                 self.delete_unknown(d, before).await?;
@@ -832,5 +931,88 @@ mod tests {
         assert_eq!(r.blobs, vec![kd.clone()]);
         assert!(reg.read_blob(&kd, 0, 1).await.is_err());
         assert!(reg.read_blob(&cd, 0, 1).await.is_ok());
+    }
+
+    /// Manifest PUT of an image with config `{}` and annotation `n` in `repo`, by `reference`.
+    async fn put_image(reg: &Registry, repo: &str, reference: Reference, n: &str) -> Digest {
+        let cfg = b"{}".to_vec();
+        let cd = Digest::of(&cfg);
+        reg.put_blob(repo, &cd, Body::from(cfg)).await.unwrap();
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": 2},
+            "layers": [], "annotations": {"n": n}
+        });
+        let bytes = serde_json::to_vec(&m).unwrap();
+        reg.put_manifest(repo, &reference, None, bytes, vec![])
+            .await
+            .unwrap()
+            .digest
+    }
+
+    /// The digest a GET of `reference` answers, twice (the second from the cache).
+    async fn served(reg: &Registry, repo: &str, reference: &str) -> Option<Digest> {
+        let reference = match Digest::parse(reference) {
+            Ok(d) => Reference::Digest(d),
+            Err(_) => Reference::Tag(reference.into()),
+        };
+        let mut answers = Vec::new();
+        for with_bytes in [true, false, true] {
+            answers.push(match reg.get_manifest(repo, &reference, with_bytes).await {
+                Ok(m) => {
+                    assert_eq!(m.bytes.is_some(), with_bytes);
+                    if let Some(b) = &m.bytes {
+                        assert_eq!(Digest::of(b), m.digest);
+                    }
+                    Some(m.digest)
+                }
+                Err(StorageError::ManifestUnknown { .. }) => None,
+                Err(e) => panic!("{e}"),
+            });
+        }
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+        answers.pop().flatten()
+    }
+
+    #[tokio::test]
+    async fn cached_manifest_answers_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let tag = |t: &str| Reference::Tag(t.into());
+        let a = put_image(&reg, "r", tag("v1"), "a").await;
+        assert_eq!(served(&reg, "r", "v1").await, Some(a.clone()));
+        // Moved.
+        let b = put_image(&reg, "r", tag("v1"), "b").await;
+        assert_eq!(served(&reg, "r", "v1").await, Some(b.clone()));
+        assert_eq!(served(&reg, "r", a.as_str()).await, Some(a.clone()));
+        // Tag deleted; the manifest stays.
+        reg.delete_manifest("r", &tag("v1")).await.unwrap();
+        assert_eq!(served(&reg, "r", "v1").await, None);
+        assert_eq!(served(&reg, "r", b.as_str()).await, Some(b.clone()));
+        // Manifest deleted by digest: its tags go with it.
+        put_image(&reg, "r", tag("v2"), "b").await;
+        assert_eq!(served(&reg, "r", "v2").await, Some(b.clone()));
+        reg.delete_manifest("r", &Reference::Digest(b.clone()))
+            .await
+            .unwrap();
+        assert_eq!(served(&reg, "r", "v2").await, None);
+        assert_eq!(served(&reg, "r", b.as_str()).await, None);
+        // Image deleted by tag.
+        put_image(&reg, "r", tag("v3"), "b").await;
+        assert_eq!(served(&reg, "r", "v3").await, Some(b.clone()));
+        reg.delete_image("r", &tag("v3")).await.unwrap();
+        assert_eq!(served(&reg, "r", "v3").await, None);
+        // Repository deleted.
+        put_image(&reg, "r", tag("v4"), "b").await;
+        assert_eq!(served(&reg, "r", "v4").await, Some(b.clone()));
+        reg.delete_repository("r").await.unwrap();
+        assert_eq!(served(&reg, "r", "v4").await, None);
+        assert_eq!(served(&reg, "r", a.as_str()).await, None);
+        // Collected by GC (untagged, older than the grace period).
+        put_image(&reg, "r", Reference::Digest(a.clone()), "a").await;
+        assert_eq!(served(&reg, "r", a.as_str()).await, Some(a.clone()));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(reg.gc(Duration::ZERO, false).await.unwrap().manifests, 1);
+        assert_eq!(served(&reg, "r", a.as_str()).await, None);
     }
 }

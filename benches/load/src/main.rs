@@ -83,9 +83,13 @@ struct RunArgs {
     phase: Vec<Phase>,
     /// Blobs of the gateway-s3 target in this bucket (s3://BUCKET[/PREFIX]); the endpoint
     /// and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
-    /// Without it, gateway-s3 is left out of the default targets.
+    /// Without it, the S3 targets are left out of the default targets.
     #[arg(long, value_name = "URL")]
     s3: Option<String>,
+    /// The metadata database of the gateway-s3-pg target (postgres://…); without it (or
+    /// `--s3`), that target is left out of the default targets.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Where `portcullis` and `portcullis-storage` are [the directory of this binary].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -144,6 +148,7 @@ async fn main() -> Result<()> {
                 storage: PathBuf::new(),
                 registry: PathBuf::new(),
                 s3: None,
+                postgres: None,
             };
             bins.check(&[Target::Gateway])?;
             let settings = soak::SoakSettings {
@@ -194,7 +199,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let targets = if args.target.is_empty() {
         Target::ALL
             .into_iter()
-            .filter(|t| *t != Target::GatewayS3 || args.s3.is_some())
+            .filter(|t| !t.on_s3() || args.s3.is_some())
+            .filter(|t| *t != Target::GatewayS3Pg || args.postgres.is_some())
             .collect()
     } else {
         args.target.clone()
@@ -205,6 +211,7 @@ async fn run(args: RunArgs) -> Result<()> {
         storage: bin_dir.join("portcullis-storage"),
         registry: args.registry_bin.clone(),
         s3: args.s3.clone(),
+        postgres: args.postgres.clone(),
     };
     bins.check(&targets)?;
     if settings.phases.contains(&Phase::WrkManifestGet) {

@@ -208,6 +208,28 @@ impl Run {
                 continue;
             }
             let gw = self.find(Target::Gateway, test, connections);
+            // Issue 17: shared storage (S3 + PostgreSQL) against the local disk and
+            // against distribution on the same S3 server.
+            if let Some(pg) = self.find(Target::GatewayS3Pg, test, connections) {
+                if let Some(gw) = gw {
+                    let share = pg.value / gw.value;
+                    row(
+                        format!(
+                            "manifest GET ×{connections}: gateway-s3-pg ≥ 80% of gateway (local disk)"
+                        ),
+                        format!("{:.1}%", share * 100.0),
+                        share >= 0.80,
+                    );
+                }
+                if let Some(reg) = self.find(Target::RegistryS3, test, connections) {
+                    let times = pg.value / reg.value;
+                    row(
+                        format!("manifest GET ×{connections}: gateway-s3-pg ≥ 5× registry-s3"),
+                        format!("{times:.2}×"),
+                        times >= 5.0,
+                    );
+                }
+            }
             if let Some(r) = gw.and_then(|g| self.ratio(g)) {
                 row(
                     format!("manifest GET ×{connections}: gateway ≥ 10× anchor"),
@@ -288,7 +310,7 @@ impl Run {
         if !rows.is_empty() {
             let _ = writeln!(
                 s,
-                "## Goals, in this run (issue 6; lean-client rows: protocol fidelity, item 8)\n\n| goal | measured | met |\n|---|---:|---|\n{}\n",
+                "## Goals, in this run (issues 6 and 17; lean-client rows: protocol fidelity, item 8)\n\n| goal | measured | met |\n|---|---:|---|\n{}\n",
                 rows.join("\n")
             );
         }

@@ -1,4 +1,4 @@
-//! The four targets: starts each server on a free loopback port over a temporary data
+//! The targets: starts each server on a free loopback port over a temporary data
 //! directory, waits until it answers, gives the client its credentials, reads the
 //! servers' peak RSS, and kills them when dropped.
 
@@ -39,15 +39,24 @@ pub enum Target {
     /// `portcullis serve --storage s3://…`: the bundled backend with blobs on S3 (run
     /// only with `--s3`; endpoint and credentials from the AWS_* variables).
     GatewayS3,
+    /// `portcullis serve --storage s3://… --metadata postgres://…`: blobs on S3, metadata
+    /// in PostgreSQL, as several gateways share them (run only with `--s3` and
+    /// `--postgres`).
+    GatewayS3Pg,
+    /// Debian docker-registry 2.8.2 with its s3 driver on the same S3 server (run only
+    /// with `--s3`).
+    RegistryS3,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 7] = [
         Target::Registry,
         Target::Storage,
         Target::Gateway,
         Target::GatewayUpstream,
         Target::GatewayS3,
+        Target::GatewayS3Pg,
+        Target::RegistryS3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +66,8 @@ impl Target {
             Target::Gateway => "gateway",
             Target::GatewayUpstream => "gateway-upstream",
             Target::GatewayS3 => "gateway-s3",
+            Target::GatewayS3Pg => "gateway-s3-pg",
+            Target::RegistryS3 => "registry-s3",
         }
     }
 
@@ -71,13 +82,27 @@ impl Target {
             Target::GatewayS3 => {
                 "(5) portcullis serve --storage s3://…, bearer token + Cedar → bundled backend, blobs on S3"
             }
+            Target::GatewayS3Pg => {
+                "(6) portcullis serve --storage s3://… --metadata postgres://…, bearer token + Cedar → bundled backend, blobs on S3, metadata in PostgreSQL"
+            }
+            Target::RegistryS3 => {
+                "(7) docker-registry 2.8.2 direct, no auth, s3 driver on the same S3 server (redirects off: blobs stream through it)"
+            }
         }
+    }
+
+    /// Whether the target keeps blobs on S3 (`--s3`).
+    pub fn on_s3(self) -> bool {
+        matches!(
+            self,
+            Target::GatewayS3 | Target::GatewayS3Pg | Target::RegistryS3
+        )
     }
 
     pub fn is_gateway(self) -> bool {
         matches!(
             self,
-            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3
+            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3 | Target::GatewayS3Pg
         )
     }
 }
@@ -94,8 +119,10 @@ pub struct Binaries {
     pub portcullis: PathBuf,
     pub storage: PathBuf,
     pub registry: PathBuf,
-    /// The bucket of [`Target::GatewayS3`] (`s3://BUCKET[/PREFIX]`).
+    /// The bucket of the S3 targets (`s3://BUCKET[/PREFIX]`).
     pub s3: Option<String>,
+    /// The database of [`Target::GatewayS3Pg`] (`postgres://…`).
+    pub postgres: Option<String>,
 }
 
 impl Binaries {
@@ -107,10 +134,14 @@ impl Binaries {
                 Target::Storage => &[&self.storage],
                 Target::Gateway => &[&self.portcullis],
                 Target::GatewayUpstream => &[&self.portcullis, &self.registry],
-                Target::GatewayS3 => &[&self.portcullis],
+                Target::GatewayS3 | Target::GatewayS3Pg => &[&self.portcullis],
+                Target::RegistryS3 => &[&self.registry],
             };
-            if *target == Target::GatewayS3 && self.s3.is_none() {
-                bail!("the gateway-s3 target needs --s3 s3://BUCKET[/PREFIX]");
+            if target.on_s3() && self.s3.is_none() {
+                bail!("the {target} target needs --s3 s3://BUCKET[/PREFIX]");
+            }
+            if *target == Target::GatewayS3Pg && self.postgres.is_none() {
+                bail!("the {target} target needs --postgres postgres://…");
             }
             if let Some(missing) = needed.iter().find(|b| !b.is_file()) {
                 bail!(
@@ -205,7 +236,10 @@ impl Running {
         let addr = free_port()?;
         match target {
             Target::Registry => {
-                processes.push(registry(bins, dir.path(), addr)?);
+                processes.push(registry(bins, dir.path(), addr, None)?);
+            }
+            Target::RegistryS3 => {
+                processes.push(registry(bins, dir.path(), addr, bins.s3.as_deref())?);
             }
             Target::Storage => {
                 processes.push(Process::spawn(
@@ -217,7 +251,7 @@ impl Running {
                         .env("RUST_LOG", log),
                 )?);
             }
-            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3 => {
+            Target::Gateway | Target::GatewayUpstream | Target::GatewayS3 | Target::GatewayS3Pg => {
                 let mut cmd = Command::new(&bins.portcullis);
                 cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
                     .arg(dir.path().join("data"))
@@ -226,13 +260,16 @@ impl Running {
                     .env("RUST_LOG", log);
                 if target == Target::GatewayUpstream {
                     let upstream = free_port()?;
-                    let p = registry(bins, dir.path(), upstream)?;
+                    let p = registry(bins, dir.path(), upstream, None)?;
                     wait_ready(&p, upstream).await?;
                     processes.push(p);
                     cmd.arg("--upstream").arg(format!("http://{upstream}"));
                 }
-                if let (Target::GatewayS3, Some(url)) = (target, &bins.s3) {
+                if let (true, Some(url)) = (target.on_s3(), &bins.s3) {
                     cmd.arg("--storage").arg(url);
+                }
+                if let (Target::GatewayS3Pg, Some(url)) = (target, &bins.postgres) {
+                    cmd.arg("--metadata").arg(url);
                 }
                 processes.insert(0, Process::spawn("portcullis", dir.path(), &mut cmd)?);
             }
@@ -372,25 +409,53 @@ fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// docker-registry 2.8.2 with filesystem storage, the in-memory blob descriptor cache
-/// (as in its shipped config), and logs quiet so they do not cost it time.
-fn registry(bins: &Binaries, dir: &Path, addr: SocketAddr) -> Result<Process> {
-    let root = dir.join(format!("registry-{}", addr.port()));
-    fs::create_dir_all(&root)?;
+/// docker-registry 2.8.2 with filesystem storage (or, given `s3://BUCKET[/PREFIX]`, its
+/// s3 driver on the AWS_* endpoint with path-style addressing and redirects off, so blobs
+/// stream through it as through the gateway), the in-memory blob descriptor cache (as in
+/// its shipped config), and logs quiet so they do not cost it time.
+fn registry(bins: &Binaries, dir: &Path, addr: SocketAddr, s3: Option<&str>) -> Result<Process> {
+    let storage = match s3 {
+        None => {
+            let root = dir.join(format!("registry-{}", addr.port()));
+            fs::create_dir_all(&root)?;
+            format!("  filesystem:\n    rootdirectory: {}\n", root.display())
+        }
+        Some(url) => {
+            let env =
+                |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
+            let rest = url
+                .strip_prefix("s3://")
+                .ok_or_else(|| anyhow!("`{url}` is no s3:// URL"))?;
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            format!(
+                "  redirect:\n    disable: true\n  s3:\n    accesskey: {}\n    secretkey: {}\n\
+                 \x20   region: {}\n    regionendpoint: {}\n    forcepathstyle: true\n\
+                 \x20   secure: false\n    bucket: {bucket}\n    rootdirectory: /{prefix}/registry-{}\n",
+                env("AWS_ACCESS_KEY_ID")?,
+                env("AWS_SECRET_ACCESS_KEY")?,
+                env("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned()),
+                env("AWS_ENDPOINT_URL")?,
+                addr.port()
+            )
+        }
+    };
     let config = dir.join(format!("registry-{}.yml", addr.port()));
     fs::write(
         &config,
         format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-             storage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            root.display()
+             storage:\n  cache:\n    blobdescriptor: inmemory\n{storage}http:\n  addr: {addr}\n"
         ),
     )?;
     Process::spawn(
         "docker-registry",
         dir,
-        Command::new(&bins.registry).arg("serve").arg(&config),
+        Command::new(&bins.registry)
+            .arg("serve")
+            .arg(&config)
+            // Its AWS SDK cannot load a CA bundle into its HTTP client and panics at
+            // start; the endpoint is plain HTTP on loopback.
+            .env_remove("AWS_CA_BUNDLE"),
     )
 }
 

@@ -17,16 +17,22 @@
 //!   flight uploaded.
 //! - A lost or refused connection is [`StorageError::MetaUnavailable`] (503); the pool
 //!   reconnects on the next call.
+//! - Every write that can change a manifest GET's answer sends a [`Change`] on the
+//!   [`CHANNEL`] (`pg_notify`, in its transaction, so it is delivered exactly when the
+//!   write commits); [`PgMeta::watch`]'s listener, one connection per process, hands the
+//!   changes of every process to the manifest cache (`crate::cache`).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
-use tokio_postgres::NoTls;
+use futures_util::future::BoxFuture;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{
-    Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes, MetaFuture, MetadataStore,
-    Page, UploadState, now_secs,
+    Change, ChangeSink, Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes,
+    MetaFuture, MetadataStore, Page, UploadState, now_secs,
 };
 use crate::error::StorageError;
 use crate::manifest::{ManifestError, ParsedManifest, Target};
@@ -48,9 +54,22 @@ const POOL_SIZE: usize = 16;
 /// How long a call waits for a connection (new or free) before it is a 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The notification channel of [`Change`]s.
+pub const CHANNEL: &str = "portcullis_changes";
+/// A payload longer than this is sent as [`Change::All`] (PostgreSQL's limit is 8000 bytes).
+const MAX_PAYLOAD: usize = 7900;
+/// How often the listener proves its connection alive, and how long it waits for that.
+const LISTENER_PING: Duration = Duration::from_secs(5);
+/// The `application_name` of the listener's connection.
+pub const LISTENER_NAME: &str = "portcullis listener";
+/// The listener's longest wait between attempts to reconnect.
+const LISTENER_BACKOFF: Duration = Duration::from_secs(5);
+
 /// The [`MetadataStore`] in a PostgreSQL database.
 pub struct PgMeta {
     pool: Pool,
+    /// For the listener's own connection.
+    config: tokio_postgres::Config,
 }
 
 /// `url` with its password replaced by `***`, for messages and logs.
@@ -120,7 +139,7 @@ impl PgMeta {
         migrated?;
 
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -134,7 +153,7 @@ impl PgMeta {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| failed(e.to_string()))?;
-        Ok(PgMeta { pool })
+        Ok(PgMeta { pool, config })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
@@ -176,6 +195,97 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StorageError
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Sends `change` to every process's listener when `tx` commits (nothing if it does not).
+async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<(), StorageError> {
+    let mut payload = serde_json::to_string(change).unwrap_or_default();
+    if payload.is_empty() || payload.len() > MAX_PAYLOAD {
+        payload = serde_json::to_string(&Change::All).unwrap_or_default();
+    }
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    tx.execute(&stmt, &[&CHANNEL, &payload]).await?;
+    Ok(())
+}
+
+/// Listens on [`CHANNEL`] for as long as it runs: each notification goes to `sink`; a
+/// lost connection turns `sink` off until a new one listens (retried with backoff).
+async fn listen(config: tokio_postgres::Config, sink: Arc<dyn ChangeSink>) {
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY;
+    loop {
+        let mut listened = false;
+        let lost = listen_once(&config, &*sink, &mut listened).await;
+        sink.watching(false);
+        tracing::warn!(error = %lost, "metadata change listener lost; manifest cache off until it is back");
+        if listened {
+            backoff = FIRST_RETRY;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LISTENER_BACKOFF);
+    }
+}
+
+/// One listener connection, until it fails: why it did. Sets `listened` once it listens.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    sink: &dyn ChangeSink,
+    listened: &mut bool,
+) -> String {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    // The connection's messages (notifications among them) on a task of their own, so
+    // the pings below can run beside them; it ends with this function.
+    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            let failed = message.is_err();
+            if tx.send(message).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let _driver = AbortOnDrop(driver);
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        return e.to_string();
+    }
+    // From here every commit's notification arrives: the cache may be used again.
+    sink.watching(true);
+    *listened = true;
+    let mut ping = tokio::time::interval(LISTENER_PING);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let change = serde_json::from_str(n.payload()).unwrap_or(Change::All);
+                    sink.changed(&change);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.to_string(),
+                None => return "the connection closed".into(),
+            },
+            _ = ping.tick() => {
+                // A connection that hangs (not closed) would miss changes silently.
+                match tokio::time::timeout(LISTENER_PING, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e.to_string(),
+                    Err(_) => return format!("no answer to a ping within {LISTENER_PING:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Holds GC off until the transaction ends (see the module docs).
@@ -555,6 +665,12 @@ impl MetadataStore for PgMeta {
                 )
                 .await?;
             tx.execute(&stmt, &[&repo, &now]).await?;
+            let change = Change::Manifest {
+                repo: repo.to_owned(),
+                digest: digest.to_string(),
+                tags: tags.to_vec(),
+            };
+            notify(&tx, &change).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -607,14 +723,24 @@ impl MetadataStore for PgMeta {
 
     fn delete_tag<'a>(&'a self, repo: &'a str, tag: &'a str) -> MetaFuture<'a, bool> {
         Box::pin(async move {
-            let c = self.client().await?;
-            let removed = c
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let removed = tx
                 .execute(
                     "DELETE FROM tags WHERE repo = $1 AND tag = $2",
                     &[&repo, &tag],
                 )
                 .await?;
-            Ok(removed > 0)
+            if removed == 0 {
+                return Ok(false);
+            }
+            let change = Change::Tags {
+                repo: repo.to_owned(),
+                tags: vec![tag.to_owned()],
+            };
+            notify(&tx, &change).await?;
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
@@ -642,6 +768,12 @@ impl MetadataStore for PgMeta {
             let Some(tags) = remove_manifest(&tx, repo, &digest).await? else {
                 return Ok(None);
             };
+            let change = Change::Manifest {
+                repo: repo.to_owned(),
+                digest: digest.clone(),
+                tags: tags.clone(),
+            };
+            notify(&tx, &change).await?;
             tx.commit().await?;
             Ok(Some(Deleted {
                 manifests: vec![digest],
@@ -678,6 +810,7 @@ impl MetadataStore for PgMeta {
             );
             tx.execute("DELETE FROM blob_links WHERE repo = $1", &[&repo])
                 .await?;
+            notify(&tx, &Change::All).await?;
             tx.commit().await?;
             Ok(Some(Deleted { manifests, tags }))
         })
@@ -917,6 +1050,9 @@ impl MetadataStore for PgMeta {
                 )
                 .await?;
             report.repositories = usize::try_from(repos).unwrap_or(usize::MAX);
+            if report.manifests > 0 {
+                notify(&tx, &Change::All).await?;
+            }
             if dry_run {
                 tx.rollback().await?;
             } else {
@@ -924,6 +1060,13 @@ impl MetadataStore for PgMeta {
             }
             Ok(report)
         })
+    }
+
+    fn watch(&self, sink: Arc<dyn ChangeSink>) -> Option<BoxFuture<'static, ()>> {
+        let mut config = self.config.clone();
+        // Named apart from the pool's connections, for operators (and tests) to find it.
+        config.application_name(LISTENER_NAME);
+        Some(Box::pin(listen(config, sink)))
     }
 }
 
