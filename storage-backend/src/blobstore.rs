@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::StorageError;
+use crate::meta::BlobLock;
 use crate::names::Digest;
 use crate::upload::Uploads;
 
@@ -39,8 +40,33 @@ pub fn body_stream(body: axum::body::Body) -> ByteStream {
 
 /// The lock the caller holds from the moment a blob becomes visible until its metadata
 /// is committed; GC takes the same lock before it deletes a blob it found without
-/// metadata, so it never deletes a blob whose metadata is about to be written.
-pub type Placement<'a> = MutexGuard<'a, ()>;
+/// metadata, so it never deletes a blob whose metadata is about to be written. A store
+/// other processes share adds the digest's [`MetadataStore::lock_blob`] to it, as GC
+/// in those processes takes that one.
+///
+/// [`MetadataStore::lock_blob`]: crate::meta::MetadataStore::lock_blob
+pub struct Placement<'a> {
+    _local: MutexGuard<'a, ()>,
+    _shared: Option<BlobLock>,
+}
+
+impl<'a> Placement<'a> {
+    /// The in-process lock, held.
+    pub fn local(guard: MutexGuard<'a, ()>) -> Placement<'a> {
+        Placement {
+            _local: guard,
+            _shared: None,
+        }
+    }
+
+    /// The in-process lock and the cross-process one, both held.
+    pub fn shared(guard: MutexGuard<'a, ()>, lock: BlobLock) -> Placement<'a> {
+        Placement {
+            _local: guard,
+            _shared: Some(lock),
+        }
+    }
+}
 
 /// A stored blob as [`BlobStore::stat`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +245,7 @@ impl FsBlobStore {
                 actual,
             });
         }
-        let placed = placement.lock().await;
+        let placed = Placement::local(placement.lock().await);
         self.place(digest, self.uploads.path(id)).await?;
         self.uploads.forget(id);
         Ok((size, placed))

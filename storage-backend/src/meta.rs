@@ -192,6 +192,9 @@ pub trait ChangeSink: Send + Sync {
 /// The future a [`MetadataStore`] call returns.
 pub type MetaFuture<'a, T> = BoxFuture<'a, Result<T, StorageError>>;
 
+/// A held [`MetadataStore::lock_blob`]; dropping it releases the lock.
+pub type BlobLock = Box<dyn Send + Sync>;
+
 /// Where the registry's metadata lives: which blobs each repository holds, manifests
 /// (exact bytes and parsed record), tags, referrers, upload sessions, the repository list,
 /// and GC over all of it. Each call is atomic: it happens whole or not at all, and
@@ -370,6 +373,20 @@ pub trait MetadataStore: Send + Sync {
     ///
     /// With `dry_run` nothing changes and the report says what would go.
     fn gc(&self, cutoff: u64, dry_run: bool) -> MetaFuture<'_, GcReport>;
+
+    /// Locks blob `digest` against other processes sharing this store, until the guard
+    /// is dropped: an upload holds it from just before the bytes become visible until
+    /// their metadata is committed, and GC around its "no metadata?" check and the
+    /// delete, so GC never deletes bytes another process has just placed. With `wait`
+    /// false, `None` when another holder has it. The default (one process: the caller's
+    /// in-process lock is enough) locks nothing.
+    fn lock_blob<'a>(
+        &'a self,
+        _digest: &'a Digest,
+        _wait: bool,
+    ) -> MetaFuture<'a, Option<BlobLock>> {
+        Box::pin(async { Ok(Some(Box::new(()) as BlobLock)) })
+    }
 
     /// Called after a call failed with a database I/O error
     /// ([`StorageError::is_database_io`]): an implementation whose database refuses all

@@ -775,11 +775,15 @@ impl Registry {
 
     /// Deletes the bytes of `d` if it has no metadata and they were last written before
     /// `before`; whether it did. Under the blob lock, an upload in this process cannot be
-    /// between "bytes placed" and "metadata committed" for the digest; the write time
-    /// keeps bytes an upload in another process (sharing S3 and PostgreSQL) has just
-    /// rewritten for its commit.
+    /// between "bytes placed" and "metadata committed" for the digest; under the metadata
+    /// store's lock on it ([`MetadataStore::lock_blob`]), neither can one in another
+    /// process sharing the stores. A digest another process holds is left for the next
+    /// pass. The write time keeps bytes an upload has just rewritten for its commit.
     async fn delete_unknown(&self, d: &Digest, before: SystemTime) -> Result<bool, StorageError> {
         let _guard = self.blob_lock(d).lock().await;
+        let Some(_shared) = self.meta.lock_blob(d, false).await? else {
+            return Ok(false);
+        };
         if self.meta.blob_known(d).await? {
             return Ok(false);
         }

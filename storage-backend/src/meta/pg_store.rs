@@ -14,7 +14,10 @@
 //!   new reference (as redb's single writer guarantees). The rows a manifest PUT checks
 //!   are locked `FOR KEY SHARE`, so a concurrent unlink or delete waits for it. The
 //!   grace period (a cutoff on blob and link timestamps) keeps what a push still in
-//!   flight uploaded.
+//!   flight uploaded. Blob bytes are guarded the same way: [`MetadataStore::lock_blob`]
+//!   is a transaction-level advisory lock on the digest, on a pool of its own, held by
+//!   an upload from placing the bytes to committing them and try-locked by GC before it
+//!   deletes them.
 //! - A lost or refused connection is [`StorageError::MetaUnavailable`] (503); the pool
 //!   reconnects on the next call.
 //! - Every write that can change a manifest GET's answer sends a [`Change`] on the
@@ -31,7 +34,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{
-    Change, ChangeSink, Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes,
+    BlobLock, Change, ChangeSink, Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes,
     MetaFuture, MetadataStore, Page, UploadState, now_secs,
 };
 use crate::error::StorageError;
@@ -48,6 +51,37 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// that create references.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c01;
 const GC_LOCK: i64 = 0x706f_7274_6375_6c02;
+
+/// The advisory-lock key of blob `digest`: the first 60 bits of its hash (a collision
+/// with another blob only makes the two wait for each other; one with the keys above
+/// would need a preimage).
+fn blob_lock_key(digest: &Digest) -> i64 {
+    i64::from_str_radix(digest.hex().get(..15).unwrap_or("0"), 16).unwrap_or_default()
+}
+
+/// A [`MetadataStore::lock_blob`] held by PgMeta: a transaction-level advisory lock on a
+/// connection of its own, released by ending the transaction.
+struct PgBlobLock(Option<deadpool_postgres::Object>);
+
+impl Drop for PgBlobLock {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        // The rollback needs a runtime; without one (or if it fails) the connection is
+        // closed instead, which ends the transaction just as well.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
 
 /// Connections kept open to the database, per process.
 const POOL_SIZE: usize = 16;
@@ -68,6 +102,9 @@ const LISTENER_BACKOFF: Duration = Duration::from_secs(5);
 /// The [`MetadataStore`] in a PostgreSQL database.
 pub struct PgMeta {
     pool: Pool,
+    /// The connections holding [`MetadataStore::lock_blob`]s: apart from `pool`, so
+    /// uploads holding locks can always get the connection their commit needs.
+    locks: Pool,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
 }
@@ -138,22 +175,28 @@ impl PgMeta {
         let _ = connection.await;
         migrated?;
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
-        Ok(PgMeta { pool, config })
+        let pool = |config: &tokio_postgres::Config| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| failed(e.to_string()))
+        };
+        Ok(PgMeta {
+            pool: pool(&config)?,
+            locks: pool(&config)?,
+            config,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
@@ -1059,6 +1102,30 @@ impl MetadataStore for PgMeta {
                 tx.commit().await?;
             }
             Ok(report)
+        })
+    }
+
+    fn lock_blob<'a>(&'a self, digest: &'a Digest, wait: bool) -> MetaFuture<'a, Option<BlobLock>> {
+        Box::pin(async move {
+            let client = self.locks.get().await?;
+            let key = blob_lock_key(digest);
+            let locked = async {
+                client.batch_execute("BEGIN").await?;
+                if wait {
+                    client
+                        .execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+                        .await?;
+                    return Ok(true);
+                }
+                let row = client
+                    .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+                    .await?;
+                Ok::<bool, tokio_postgres::Error>(row.get(0))
+            }
+            .await;
+            // Dropping the guard ends the transaction, however far it got.
+            let guard = PgBlobLock(Some(client));
+            Ok(locked?.then(|| Box::new(guard) as BlobLock))
         })
     }
 

@@ -477,6 +477,21 @@ impl S3BlobStore {
         Ok(())
     }
 
+    /// Takes `placement` and `digest`'s lock in the metadata store, which GC in every
+    /// process sharing this bucket takes before it deletes a blob ([`Placement`]).
+    async fn place<'p>(
+        &self,
+        digest: &Digest,
+        placement: &'p Mutex<()>,
+    ) -> Result<Placement<'p>, StorageError> {
+        let local = placement.lock().await;
+        match self.meta.lock_blob(digest, true).await? {
+            Some(shared) => Ok(Placement::shared(local, shared)),
+            // Only a lock that does not wait can be refused.
+            None => Ok(Placement::local(local)),
+        }
+    }
+
     /// Verifies the bytes of `parts` as `digest` and makes them the blob: one PUT when
     /// they fit in one part, else the completed multipart upload (at the blob's key, or at
     /// a session's `data`, then copied). Takes `placement` just before the bytes become
@@ -500,7 +515,7 @@ impl S3BlobStore {
         }
         let target = self.blob_key(digest);
         let Some(mp) = parts.multipart.clone() else {
-            let placed = placement.lock().await;
+            let placed = self.place(digest, placement).await?;
             self.write(&target, parts.buf.freeze()).await?;
             return Ok((size, placed));
         };
@@ -508,7 +523,7 @@ impl S3BlobStore {
             let last = parts.buf.split().freeze();
             parts.send(self, last).await?;
         }
-        let placed = placement.lock().await;
+        let placed = self.place(digest, placement).await?;
         self.s3
             .complete_multipart(&parts.key, &mp, parts.parts)
             .await
@@ -1045,6 +1060,43 @@ mod tests {
         assert_eq!(size, data.len() as u64);
         assert_eq!(read(&store, &digest, 0, size).await, data);
         assert_eq!(keys(&store).await, [store.blob_key(&digest).to_string()]);
+    }
+
+    /// GC in one process leaves a blob whose bytes an upload in another process (its own
+    /// S3 store and PostgreSQL pool, one bucket and database) has placed but not yet
+    /// committed metadata for: the upload holds the digest's lock in the database until
+    /// it lets go of the placement. Once it does, the uncommitted bytes are an orphan.
+    #[tokio::test]
+    async fn gc_in_another_process_skips_a_blob_being_placed() {
+        let (config, url) = (config(), database());
+        let uploader = S3BlobStore::connect(&config, pg(&url).await).unwrap();
+        let meta = pg(&url).await;
+        let dir = tempfile::tempdir().unwrap();
+        let gc = crate::Registry::with_stores(
+            crate::StorageConfig::new(dir.path()),
+            Stores {
+                blobs: Arc::new(S3BlobStore::connect(&config, Arc::clone(&meta)).unwrap()),
+                meta,
+            },
+        );
+        let data = content(10_000);
+        let digest = Digest::of(&data);
+        let lock = Mutex::new(());
+        let (_, placed) = uploader.put(&digest, body(&data), &lock).await.unwrap();
+        // Older than the pass by S3's whole-second times too: only the lock keeps it.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let report = gc.gc(Duration::ZERO, false).await.unwrap();
+        assert_eq!(report.orphan_files, 0, "{report:?}");
+        assert!(uploader.stat(&digest).await.unwrap().is_some());
+        drop(placed);
+        // The lock's transaction ends just after the guard is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut orphans = 0;
+        while orphans == 0 && std::time::Instant::now() < deadline {
+            orphans = gc.gc(Duration::ZERO, false).await.unwrap().orphan_files;
+        }
+        assert_eq!(orphans, 1);
+        assert!(uploader.stat(&digest).await.unwrap().is_none());
     }
 
     /// A session whose record names a multipart upload: cancelling aborts it and
