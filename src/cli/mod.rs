@@ -1,11 +1,12 @@
 //! The `portcullis` command line: `serve` runs the registry; `token`, `scope-map` and
 //! `policy` are tools for operators (the first two are clients of the admin API, as is
-//! `config`).
+//! `config`); `fsck` and `migrate` work on a stopped gateway's data directory.
 
 mod admin_client;
 mod config;
 mod fsck;
 mod manifest;
+mod migrate;
 mod policy;
 mod registry_client;
 mod repository;
@@ -53,6 +54,10 @@ enum Command {
     /// Check a stopped gateway's data directory (read-only); exit 0 clean, 1 problems,
     /// 2 could not run.
     Fsck(fsck::FsckArgs),
+    /// Copy a stopped gateway's data directory (blob files and meta.redb) to S3 +
+    /// PostgreSQL, verifying every digest; rerun after an interruption to finish (what is
+    /// already there is skipped). Exits 1 if anything could not be copied.
+    Migrate(portcullis_storage::cli::MigrateArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to a message and exit code 1
@@ -75,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Trust(args) => trust::run(args),
         Command::SignatureTrust(args) => signature_trust::run(args),
         Command::Fsck(args) => return fsck::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

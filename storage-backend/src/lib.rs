@@ -42,6 +42,7 @@
 
 pub mod blobstore;
 pub mod cache;
+pub mod cli;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod error;
