@@ -3,9 +3,10 @@
 //! several multipart parts; a gateway killed midway through a chunked upload leaves a
 //! session the next gateway process finishes. Two gateways on S3 + PostgreSQL with data
 //! directories of their own share content: one pushes, the other pulls, and one takes over
-//! the upload session of the other, killed. S3 stopped during a push gives the client
-//! 503 `UNAVAILABLE` and leaves nothing half-written visible; a wrong setting stops the
-//! start with a message naming it.
+//! the upload session of the other, killed. S3 stopped during a push (metadata in the
+//! data directory or in PostgreSQL) gives the client 503 `UNAVAILABLE` and leaves nothing
+//! half-written visible; a wrong setting stops the start with a message naming it.
+//! `portcullis migrate` moves a stopped gateway's content to S3 + PostgreSQL.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,7 +23,8 @@ use common::backend::{Backend, Storage};
 use common::{ADMIN_PASSWORD, Server, admin, bin};
 use portcullis_test_support::content::{follow, pseudo_random};
 use portcullis_test_support::image::{Image, Prng, tar_gz_layer, write_oci_layout};
-use portcullis_test_support::oci::{OCI_MANIFEST, status_and_code};
+use portcullis_test_support::oci::{OCI_MANIFEST, image_manifest, status_and_code};
+use portcullis_test_support::postgres::Postgres;
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
 use portcullis_test_support::{digest, skopeo_ok};
 use reqwest::StatusCode;
@@ -214,10 +216,24 @@ fn finish_upload_of_a_killed_gateway(mut first: Server, second: impl FnOnce() ->
 
 #[test]
 fn s3_stopped_during_a_push_is_503_and_leaves_nothing_visible() {
+    s3_stopped_during_a_push(Storage::default());
+}
+
+/// As above with the upload sessions' state in PostgreSQL, which stays up.
+#[test]
+fn s3_stopped_during_a_push_on_s3_and_postgres_is_503_and_leaves_nothing_visible() {
+    s3_stopped_during_a_push(Storage::default().postgres(Postgres::shared().database()));
+}
+
+/// A push through a gateway on `storage` with blobs on an S3 server of its own, which
+/// is stopped midway and restarted.
+fn s3_stopped_during_a_push(storage: Storage) {
     let mut s3 = SeaweedFs::start();
     let target = s3.target();
     let dir = tempfile::tempdir().unwrap();
-    let server = gateway(&dir.path().join("data"), &target);
+    let server = storage
+        .s3(target.clone())
+        .gateway(&dir.path().join("data"), &[]);
     let http = portcullis_test_support::client();
     let blob = pseudo_random(9, 3 * MIB);
     let location = start_upload(&http, &server, "s3/outage");
@@ -355,4 +371,65 @@ fn a_wrong_s3_setting_stops_the_start_and_is_named() {
     );
     let err = run("/var/lib/registry", good);
     assert!(err.contains("expected s3://BUCKET[/PREFIX]"), "{err}");
+}
+
+/// `portcullis migrate` runs `portcullis-storage migrate`'s code with its flags (whose
+/// own test covers corrupted blobs and resuming): a stopped gateway's content moves to
+/// S3 + PostgreSQL, and a gateway with only those serves it byte-exact.
+#[test]
+fn migrate_moves_a_stopped_gateways_content_to_s3_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let server = Storage::default().gateway(&local, &[]);
+    let http = portcullis_test_support::client();
+    let (config, layer) = (b"{}".to_vec(), pseudo_random(11, 200_000));
+    for blob in [&config, &layer] {
+        let url = server.url(&format!(
+            "/v2/mig/app/blobs/uploads/?digest={}",
+            digest(blob)
+        ));
+        let resp = admin(http.post(url)).body(blob.clone()).send().unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let manifest = image_manifest(OCI_MANIFEST, &config, &[&layer]);
+    let resp = admin(http.put(server.url("/v2/mig/app/manifests/v1")))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    server.stop();
+
+    let storage = Backend::S3Pg.storage();
+    let out = Command::new(bin())
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(&local)
+        .args(storage.args())
+        .envs(storage.env())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("blobs 2 copied") && report.contains("manifests 1 copied (with 1 tags)"),
+        "{report}"
+    );
+
+    let scaled = storage.gateway(&dir.path().join("scaled"), &[]);
+    let got = admin(http.get(scaled.url("/v2/mig/app/manifests/v1")))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(got.bytes().unwrap() == manifest.as_slice());
+    let got = admin(http.get(scaled.url(&format!("/v2/mig/app/blobs/{}", digest(&layer)))))
+        .send()
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(got.bytes().unwrap() == layer.as_slice());
 }
