@@ -378,25 +378,13 @@ async fn policy_explain_names_each_cosign_signature() {
     cosign_sign(&setup, &other, "prod/app", &v2.digest()).await;
     tokio::task::block_in_place(|| {
         let explain = |tag: &str| {
-            let out = cli(
+            common::explain_table(
                 &setup.server,
-                &[
-                    "policy",
-                    "explain",
-                    "--token",
-                    "puller",
-                    "--repository",
-                    "prod/app",
-                    "--action",
-                    "content/read",
-                    "--tag",
-                    tag,
-                    "-o",
-                    "table",
-                ],
-            );
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8(out.stdout).unwrap()
+                "puller",
+                "prod/app",
+                "content/read",
+                &["--tag", tag],
+            )
         };
         let text = explain("v1");
         assert!(text.starts_with("decision: allow\n"), "{text}");
@@ -411,26 +399,13 @@ async fn policy_explain_names_each_cosign_signature() {
             "{text}"
         );
         // Names given with `--signature` are taken as they are: nothing is looked up.
-        let out = cli(
+        let text = common::explain_table(
             &setup.server,
-            &[
-                "policy",
-                "explain",
-                "--token",
-                "puller",
-                "--repository",
-                "prod/app",
-                "--action",
-                "content/read",
-                "--tag",
-                "v2",
-                "--signature",
-                "release",
-                "-o",
-                "table",
-            ],
+            "puller",
+            "prod/app",
+            "content/read",
+            &["--tag", "v2", "--signature", "release"],
         );
-        let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.starts_with("decision: allow\n"), "{text}");
         assert!(!text.contains("signatures of"), "{text}");
     });

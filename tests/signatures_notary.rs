@@ -355,25 +355,13 @@ fn cose_envelopes_decide_pulls_and_explain_names_each_signature() {
 
     // `policy explain` finds each manifest's signatures and names what they gave.
     let explain = |tag: &str| {
-        let out = common::cli(
+        common::explain_table(
             &setup.server,
-            &[
-                "policy",
-                "explain",
-                "--token",
-                "puller",
-                "--repository",
-                "prod/app",
-                "--action",
-                "content/read",
-                "--tag",
-                tag,
-                "-o",
-                "table",
-            ],
-        );
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
+            "puller",
+            "prod/app",
+            "content/read",
+            &["--tag", tag],
+        )
     };
     let v1 = explain("v1");
     assert!(v1.starts_with("decision: allow\n"), "{v1}");

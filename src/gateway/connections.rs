@@ -95,7 +95,10 @@ impl Default for ConnectionLimits {
 
 /// The connection cap that keeps `accept()` clear of `EMFILE`: the soft descriptor
 /// limit (from `/proc/self/limits`) less [`DESCRIPTOR_RESERVE`], at least a quarter of
-/// it; unlimited where the limit cannot be read.
+/// it; unlimited where the limit cannot be read. Shedding happens when a connection's
+/// task runs, after pingora accepted it: a burst larger than the reserve, accepted
+/// before those tasks run, can still meet `EMFILE` for a moment (pingora logs it and
+/// accepts again); admitting in pingora's accept loop would need its connection filter.
 fn descriptor_cap() -> usize {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()

@@ -243,6 +243,32 @@ pub fn password1(created: &serde_json::Value) -> String {
         .to_owned()
 }
 
+/// `portcullis policy explain --token TOKEN --repository REPO --action ACTION` with
+/// `extra` arguments, as a table: what it printed (panics when it failed).
+pub fn explain_table(
+    server: &Server,
+    token: &str,
+    repository: &str,
+    action: &str,
+    extra: &[&str],
+) -> String {
+    let args = [
+        "policy",
+        "explain",
+        "--token",
+        token,
+        "--repository",
+        repository,
+        "--action",
+        action,
+        "-o",
+        "table",
+    ];
+    let out = cli(server, &[&args[..], extra].concat());
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
 /// Runs the CLI against `server` with the admin password in the environment.
 pub fn cli(server: &Server, args: &[&str]) -> Output {
     Command::new(bin())
