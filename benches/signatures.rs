@@ -1,5 +1,5 @@
 //! Signed pulls decided at the gateway (`access::authorize`, the bundled store in
-//! process): a pull by tag with no signature demand, and by tag and by digest from a
+//! process): a pull by tag and by digest with no signature demand, and the same from a
 //! signed-only repository whose manifest carries a cosign signature — a verification
 //! cache hit, one lookup more than an unsigned pull — and the cache miss (finding the
 //! `.sig` artifact and the referrers, reading the payload, verifying ECDSA); the same
@@ -254,13 +254,13 @@ fn main() {
         bearer_access: None,
     };
     let key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
-    let (signed, notarized, ca_pem) = rt.block_on(async {
-        push_image(&registry, "team/app", "v1").await;
+    let (unsigned, signed, notarized, ca_pem) = rt.block_on(async {
+        let unsigned = push_image(&registry, "team/app", "v1").await;
         let signed = push_image(&registry, "team/signed", "v1").await;
         cosign_sign(&registry, &key, "team/signed", &signed).await;
         let notarized = push_image(&registry, "team/notarized", "v1").await;
         let ca_pem = notation_sign(&registry, "team/notarized", &notarized).await;
-        (signed, notarized, ca_pem)
+        (unsigned, signed, notarized, ca_pem)
     });
     for repository in ["team/signed", "team/notarized"] {
         gw.store
@@ -303,6 +303,13 @@ fn main() {
         .expect("trust");
     c.bench_function("signed/pull by tag, no signature demand", |b| {
         b.iter(|| assert!(matches!(authorize(&by_tag), Ok(Disposition::Forward))))
+    });
+    let by_digest = pull(
+        "team/app",
+        Reference::Digest(Digest::parse(&unsigned).expect("digest")),
+    );
+    c.bench_function("signed/pull by digest, no signature demand", |b| {
+        b.iter(|| assert!(matches!(authorize(&by_digest), Ok(Disposition::Forward))))
     });
     let signed_tag = pull("team/signed", Reference::Tag("v1".into()));
     c.bench_function("signed/pull by tag, signed-only, cosign (cached)", |b| {
