@@ -4,7 +4,9 @@
 //! signature-trust version, repository write generation). A manifest PUT or DELETE in
 //! a repository bumps its generation once the backend has answered, so a signature
 //! pushed or deleted is seen by the next pull; a change of the trust configuration
-//! bumps the version. Uncached, each signature's outcome (kind, identities, or why it
+//! bumps the version. With the bundled store, a pull by tag also caches the tag's
+//! digest with its signers ([`tag_verified`]), keyed by the store's cache generation.
+//! Uncached, each signature's outcome (kind, identities, or why it
 //! was refused) for `policy explain` ([`inspect`]).
 
 use std::collections::{BTreeSet, HashMap};
