@@ -359,6 +359,20 @@ async fn signed_only_repositories_serve_cosign_signed_images() {
         );
         // The tag list shows the signed tag only (not the `.sig` artifact either).
         assert_eq!(setup.tags("team/app"), ["v1"]);
+
+        // The tag's signed answer is cached now; moving the tag to the unsigned image is
+        // seen by the very next pull, and moving it back serves it again.
+        assert_eq!(setup.pull("team/app", "v1").0, 200);
+        setup.push("team/app", "v1", "signed-only-v2");
+        let (status, message) = setup.pull("team/app", "v1");
+        assert_eq!(status, 403);
+        assert_eq!(
+            message,
+            "requested access to the resource is denied: manifest `v1` of `team/app` is not \
+             signed (signed-only repository)"
+        );
+        setup.push("team/app", "v1", "signed-only-v1");
+        assert_eq!(setup.pull("team/app", "v1").0, 200);
     });
 }
 

@@ -384,12 +384,18 @@ async fn manifest_facts(
     if !depends {
         return Ok(unsigned);
     }
-    let digest = match reference {
-        Reference::Digest(digest) => digest.to_string(),
-        Reference::Tag(tag) => match gw.backend.manifest_digest(&req.repository, tag).await? {
-            Some(digest) => digest,
-            None => return Ok(unsigned),
-        },
+    let (digest, verified) = match reference {
+        Reference::Digest(digest) => {
+            let digest = digest.to_string();
+            let verified = signatures::verified(gw, &verifiers, &req.repository, &digest).await?;
+            (digest, verified)
+        }
+        Reference::Tag(tag) => {
+            match signatures::tag_verified(gw, &verifiers, &req.repository, tag).await? {
+                Some(found) => found,
+                None => return Ok(unsigned),
+            }
+        }
     };
     let signed = match (&trust, reference, targets.as_deref()) {
         (Signature::Signed, _, _) => true,
@@ -400,7 +406,7 @@ async fn manifest_facts(
     };
     let mut facts = SignatureFacts {
         signed,
-        signatures: signatures::verified(gw, &verifiers, &req.repository, &digest).await?,
+        signatures: verified,
         signature_artifact: false,
     };
     let artifact = SignatureFacts {

@@ -187,6 +187,15 @@ impl Backend {
         Ok(self.lookup_tag(repository, tag).await?.is_some())
     }
 
+    /// The bundled store's cache generation ([`Registry::cache_generation`]); `None` for
+    /// an upstream (nothing tells us of its changes) or while the store cache is off.
+    pub fn store_generation(&self) -> Option<u64> {
+        match self {
+            Backend::Bundled { registry } => registry.cache_generation(),
+            Backend::Upstream { .. } => None,
+        }
+    }
+
     /// The digest the backend serves for `repository:tag` (`None`: no such tag, or an
     /// upstream that names no digest), for signed-only views.
     pub async fn manifest_digest(

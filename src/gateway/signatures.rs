@@ -4,7 +4,9 @@
 //! signature-trust version, repository write generation). A manifest PUT or DELETE in
 //! a repository bumps its generation once the backend has answered, so a signature
 //! pushed or deleted is seen by the next pull; a change of the trust configuration
-//! bumps the version. Uncached, each signature's outcome (kind, identities, or why it
+//! bumps the version. With the bundled store, a pull by tag also caches the tag's
+//! digest with its signers ([`tag_verified`]), keyed by the store's cache generation.
+//! Uncached, each signature's outcome (kind, identities, or why it
 //! was refused) for `policy explain` ([`inspect`]).
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,10 +36,24 @@ struct Key {
     generation: u64,
 }
 
-/// The parsed identities and the verification cache.
+/// A pull by tag's cached answer: the digest the tag served and its verified signers,
+/// valid while the store's cache generation and the trust version are those in the key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TagKey {
+    repository: String,
+    tag: String,
+    trust_version: u64,
+    store_generation: u64,
+}
+
+/// The parsed identities and the verification caches.
 pub struct SignatureCache {
     verifiers: ArcSwap<Verifiers>,
     verified: Cache<Key, Verified, ahash::RandomState>,
+    /// By tag: (digest, signers), so a signed-only pull by tag is one lookup. Keyed by
+    /// the bundled store's cache generation, which every manifest write or tag move
+    /// bumps — here or, by `NOTIFY`, in another gateway — signature pushes included.
+    tagged: Cache<TagKey, (String, Verified), ahash::RandomState>,
     /// Per repository, bumped after every manifest write in it. Never shrinks: one
     /// counter per repository ever written through this process.
     generations: RwLock<HashMap<String, u64>>,
@@ -48,6 +64,9 @@ impl Default for SignatureCache {
         SignatureCache {
             verifiers: ArcSwap::from_pointee(Verifiers::default()),
             verified: Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .build_with_hasher(ahash::RandomState::new()),
+            tagged: Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .build_with_hasher(ahash::RandomState::new()),
             generations: RwLock::new(HashMap::new()),
@@ -111,6 +130,42 @@ pub async fn verified(
     let names: Verified = identities(&checked(gw, verifiers, repository, digest).await?).into();
     gw.signatures.verified.insert(key, Arc::clone(&names));
     Ok(names)
+}
+
+/// The digest `repository:tag` serves and the identities whose signatures over it
+/// verify; `None` when there is no such tag. With the bundled store's cache in use a
+/// hit is one lookup; otherwise (upstream, cache off) the tag is resolved and then
+/// [`verified`] asked.
+pub async fn tag_verified(
+    gw: &Gateway,
+    verifiers: &Verifiers,
+    repository: &str,
+    tag: &str,
+) -> Result<Option<(String, Verified)>, GatewayError> {
+    // The generation is read before the backend: a change landing meanwhile bumps it,
+    // and what this lookup stores is never found again.
+    let key = gw
+        .backend
+        .store_generation()
+        .map(|store_generation| TagKey {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            trust_version: verifiers.version,
+            store_generation,
+        });
+    if let Some(hit) = key.as_ref().and_then(|k| gw.signatures.tagged.get(k)) {
+        return Ok(Some(hit));
+    }
+    let Some(digest) = gw.backend.manifest_digest(repository, tag).await? else {
+        return Ok(None);
+    };
+    let names = verified(gw, verifiers, repository, &digest).await?;
+    if let Some(key) = key {
+        gw.signatures
+            .tagged
+            .insert(key, (digest.clone(), Arc::clone(&names)));
+    }
+    Ok(Some((digest, names)))
 }
 
 #[derive(Deserialize)]
@@ -335,4 +390,41 @@ pub async fn report(gw: &Gateway) -> Result<Vec<RepositorySignatures>, GatewayEr
         out.push(RepositorySignatures { repository, tags });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(repository: &str, tag: &str, trust_version: u64, store_generation: u64) -> TagKey {
+        TagKey {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            trust_version,
+            store_generation,
+        }
+    }
+
+    /// A by-tag answer is found only under the repository, tag, trust version and store
+    /// generation it was stored under: a store change or a trust change misses it.
+    #[test]
+    fn tag_answers_are_keyed_by_store_generation_and_trust_version() {
+        let cache = SignatureCache::default();
+        let names: Verified = Arc::from(["release".to_owned()]);
+        cache
+            .tagged
+            .insert(key("r", "v1", 1, 7), ("sha256:aa".into(), names.clone()));
+        assert_eq!(
+            cache.tagged.get(&key("r", "v1", 1, 7)),
+            Some(("sha256:aa".to_owned(), names))
+        );
+        for other in [
+            key("r", "v1", 1, 8),
+            key("r", "v1", 2, 7),
+            key("r", "v2", 1, 7),
+            key("s", "v1", 1, 7),
+        ] {
+            assert_eq!(cache.tagged.get(&other), None, "{other:?}");
+        }
+    }
 }

@@ -536,6 +536,13 @@ impl Registry {
         })
     }
 
+    /// The manifest cache's generation, bumped by every change that can alter a manifest
+    /// or tag answer (through this process or, by `NOTIFY`, another); `None` while the
+    /// cache is not in use. Lets callers cache what they derive from those answers.
+    pub fn cache_generation(&self) -> Option<u64> {
+        self.cache.begin()
+    }
+
     pub async fn get_manifest(
         &self,
         repo: &str,
