@@ -104,6 +104,22 @@ pub struct Declared {
     pub target: Target,
 }
 
+impl Declared {
+    /// Checks the declared size against `stored`, the size of the content found (none
+    /// when it was not looked up or an absent subject is allowed).
+    pub fn check_size(&self, stored: Option<u64>) -> Result<(), ManifestError> {
+        match stored {
+            Some(stored) if stored != self.size => Err(ManifestError::SizeMismatch {
+                field: format!("{}.size", self.field),
+                digest: self.digest.clone(),
+                declared: self.size,
+                stored,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The parsed parts of a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedManifest {

@@ -38,7 +38,7 @@ use super::{
     MetaFuture, MetadataStore, Page, UploadState, now_secs,
 };
 use crate::error::StorageError;
-use crate::manifest::{ManifestError, ParsedManifest, Target};
+use crate::manifest::{ParsedManifest, Target};
 use crate::names::{Digest, Reference};
 
 /// The schema migrations, in order; the last one's number is the schema version.
@@ -460,17 +460,7 @@ async fn check_declared(
                 }
             }
         };
-        if let Some(stored) = stored
-            && stored != d.size
-        {
-            return Err(ManifestError::SizeMismatch {
-                field: format!("{}.size", d.field),
-                digest: d.digest.clone(),
-                declared: d.size,
-                stored,
-            }
-            .into());
-        }
+        d.check_size(stored)?;
     }
     Ok(())
 }

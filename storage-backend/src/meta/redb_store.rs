@@ -1050,7 +1050,7 @@ fn check_declared(
     repo: &str,
     parsed: &ParsedManifest,
 ) -> Result<(), StorageError> {
-    use crate::manifest::{ManifestError, Target};
+    use crate::manifest::Target;
     let links = tx.open_table(BLOB_LINKS)?;
     let blobs = tx.open_table(BLOBS)?;
     let manifests = tx.open_table(MANIFESTS)?;
@@ -1076,17 +1076,7 @@ fn check_declared(
                 }
             }
         };
-        if let Some(stored) = stored
-            && stored != d.size
-        {
-            return Err(ManifestError::SizeMismatch {
-                field: format!("{}.size", d.field),
-                digest: d.digest.clone(),
-                declared: d.size,
-                stored,
-            }
-            .into());
-        }
+        d.check_size(stored)?;
     }
     Ok(())
 }
