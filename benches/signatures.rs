@@ -224,6 +224,7 @@ fn main() {
         service: "portcullis-bench".into(),
         token_ttl: Duration::from_secs(300),
         storage: Default::default(),
+        control_plane: Default::default(),
         audit: Audit::default(),
         trust_key_passphrase: PassphraseSource::DataDir,
         login_throttle: Default::default(),

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod control_plane;
 pub mod fsck;
 pub mod fuzz;
 pub mod gateway;

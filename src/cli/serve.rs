@@ -85,6 +85,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub metadata: Option<String>,
+    /// Where tokens, scope maps, policies, token-signing keys and trust data live:
+    /// `embedded` (control.redb in the data directory) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE, shared by every gateway [default: embedded].
+    #[arg(
+        long,
+        value_name = "embedded|postgres://...",
+        env = "PORTCULLIS_CONTROL_PLANE",
+        hide_env_values = true
+    )]
+    pub control_plane: Option<String>,
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
@@ -205,6 +215,7 @@ impl ServeArgs {
             upload_expiry_seconds: self.upload_expiry_seconds,
             max_manifest_bytes: self.max_manifest_bytes,
             metadata: self.metadata,
+            control_plane: self.control_plane,
             storage: self.storage,
             s3: S3Settings {
                 endpoint: self.s3_endpoint,

@@ -47,6 +47,8 @@ pub enum ConfigError {
     PublicUrl(String),
     #[error("--metadata / PORTCULLIS_METADATA / `storage.metadata`: {0}")]
     Metadata(String),
+    #[error("--control-plane / PORTCULLIS_CONTROL_PLANE / `control_plane.url`: {0}")]
+    ControlPlane(String),
     #[error("`{0}` must be greater than 0")]
     Zero(&'static str),
     #[error(transparent)]
@@ -95,6 +97,43 @@ pub struct FileConfig {
     pub storage: FileStorage,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub control_plane: FileControlPlane,
+}
+
+/// `[control_plane]`: where tokens, scope maps, policies, signing keys and trust data live.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileControlPlane {
+    /// `embedded` or a `postgres://` URL.
+    pub url: Option<String>,
+}
+
+/// Where the control plane lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// `control.redb` in the data directory: one process.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by any number of gateways.
+    Postgres(String),
+}
+
+impl ControlPlane {
+    /// `embedded` (or empty) or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<ControlPlane, String> {
+        let value = value.trim();
+        if value.is_empty() || value == "embedded" {
+            Ok(ControlPlane::Embedded)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(ControlPlane::Postgres(value.to_owned()))
+        } else {
+            Err(format!(
+                "control plane `{}` is neither `embedded` nor a postgres:// URL",
+                portcullis_storage::pg::redact(value)
+            ))
+        }
+    }
 }
 
 /// `[limits]`: abuse limits (slow and idle clients, connection caps, failed logins,
@@ -267,6 +306,7 @@ pub struct Overrides {
     pub upload_expiry_seconds: Option<u64>,
     pub max_manifest_bytes: Option<usize>,
     pub metadata: Option<String>,
+    pub control_plane: Option<String>,
     /// `s3://BUCKET[/PREFIX]` and how to reach it.
     pub storage: Option<String>,
     pub s3: S3Settings,
@@ -320,6 +360,7 @@ pub struct Config {
     pub http2: Http2,
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: StorageSettings,
+    pub control_plane: ControlPlane,
     pub log_format: LogFormat,
     pub audit_log: AuditTarget,
     /// Peers whose forwarding headers are believed (none by default).
@@ -452,6 +493,10 @@ impl Config {
                     .max(1),
             },
             storage,
+            control_plane: match over.control_plane.or(file.control_plane.url) {
+                Some(value) => ControlPlane::parse(&value).map_err(ConfigError::ControlPlane)?,
+                None => ControlPlane::Embedded,
+            },
             log_format: over.log_format.or(file.log_format).unwrap_or_default(),
             audit_log: over
                 .audit_log

@@ -115,6 +115,8 @@ pub struct GatewayOptions {
     pub token_ttl: Duration,
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: config::StorageSettings,
+    /// Where the control plane lives.
+    pub control_plane: config::ControlPlane,
     /// Where audit records go.
     pub audit: Audit,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
@@ -280,6 +282,7 @@ pub(crate) mod testing {
             service: "portcullis-test".into(),
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
+            control_plane: Default::default(),
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
             login_throttle: Default::default(),

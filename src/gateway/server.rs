@@ -66,6 +66,7 @@ pub fn prepare(config: Config, audit: Audit) -> anyhow::Result<Prepared> {
         service: config.service.clone(),
         token_ttl: TOKEN_TTL,
         storage: config.storage.clone(),
+        control_plane: config.control_plane.clone(),
         audit,
         trust_key_passphrase: config.trust_key_passphrase.clone(),
         login_throttle: config.login_throttle,

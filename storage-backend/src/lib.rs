@@ -51,6 +51,7 @@ mod http;
 pub mod manifest;
 pub mod meta;
 pub mod migrate;
+pub mod pg;
 pub mod private;
 pub mod registry;
 pub mod s3;

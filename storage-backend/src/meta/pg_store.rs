@@ -25,13 +25,10 @@
 //!   write commits); [`PgMeta::watch`]'s listener, one connection per process, hands the
 //!   changes of every process to the manifest cache (`crate::cache`).
 
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use deadpool_postgres::{Pool, Transaction};
 use futures_util::future::BoxFuture;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{
     BlobLock, Change, ChangeSink, Deleted, GcReport, LinkedBlob, ManifestRecord, ManifestWithBytes,
@@ -40,12 +37,18 @@ use super::{
 use crate::error::StorageError;
 use crate::manifest::{ParsedManifest, Target};
 use crate::names::{Digest, Reference};
+pub use crate::pg::redact;
+use crate::pg::{self, MigrateError, Notified, Schema};
 
-/// The schema migrations, in order; the last one's number is the schema version.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/0001_initial.sql")),
-    (2, include_str!("../../migrations/0002_upload_states.sql")),
-];
+/// The metadata schema: migrations in `storage-backend/migrations/`, in order.
+const SCHEMA: Schema = Schema {
+    table: "portcullis_schema",
+    lock: MIGRATION_LOCK,
+    migrations: &[
+        (1, include_str!("../../migrations/0001_initial.sql")),
+        (2, include_str!("../../migrations/0002_upload_states.sql")),
+    ],
+};
 
 /// Advisory-lock keys ("portcull" + 1, + 2): schema migration, and GC against writes
 /// that create references.
@@ -85,19 +88,13 @@ impl Drop for PgBlobLock {
 
 /// Connections kept open to the database, per process.
 const POOL_SIZE: usize = 16;
-/// How long a call waits for a connection (new or free) before it is a 503.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The notification channel of [`Change`]s.
 pub const CHANNEL: &str = "portcullis_changes";
 /// A payload longer than this is sent as [`Change::All`] (PostgreSQL's limit is 8000 bytes).
 const MAX_PAYLOAD: usize = 7900;
-/// How often the listener proves its connection alive, and how long it waits for that.
-const LISTENER_PING: Duration = Duration::from_secs(5);
 /// The `application_name` of the listener's connection.
 pub const LISTENER_NAME: &str = "portcullis listener";
-/// The listener's longest wait between attempts to reconnect.
-const LISTENER_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The [`MetadataStore`] in a PostgreSQL database.
 pub struct PgMeta {
@@ -107,28 +104,6 @@ pub struct PgMeta {
     locks: Pool,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
-}
-
-/// `url` with its password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // The key=value form.
-        return url
-            .split_whitespace()
-            .map(|kv| match kv.split_once('=') {
-                Some(("password", _)) => "password=***",
-                _ => kv,
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }
 
 fn signed(v: u64) -> i64 {
@@ -156,45 +131,14 @@ impl PgMeta {
             url: redact(url),
             cause,
         };
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| failed(e.to_string()))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("portcullis");
-        }
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let connection = tokio::spawn(connection);
-        let migrated = migrate(&mut client).await;
-        drop(client);
-        // The connection ends once the client is gone; its own error is the client's.
-        let _ = connection.await;
-        migrated?;
-
-        let pool = |config: &tokio_postgres::Config| {
-            let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            Pool::builder(manager)
-                .max_size(POOL_SIZE)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(CONNECT_TIMEOUT))
-                .create_timeout(Some(CONNECT_TIMEOUT))
-                .recycle_timeout(Some(CONNECT_TIMEOUT))
-                .build()
-                .map_err(|e| failed(e.to_string()))
-        };
+        let config = pg::config(url, "portcullis").map_err(failed)?;
+        pg::migrate(&config, &SCHEMA).await.map_err(|e| match e {
+            MigrateError::Db(e) => failed(e.to_string()),
+            MigrateError::TooNew { found, known } => StorageError::SchemaTooNew { found, known },
+        })?;
         Ok(PgMeta {
-            pool: pool(&config)?,
-            locks: pool(&config)?,
+            pool: pg::pool(&config, POOL_SIZE).map_err(failed)?,
+            locks: pg::pool(&config, POOL_SIZE).map_err(failed)?,
             config,
         })
     }
@@ -202,42 +146,6 @@ impl PgMeta {
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
         Ok(self.pool.get().await?)
     }
-}
-
-/// Brings the schema up to [`MIGRATIONS`]' last version in one transaction.
-async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StorageError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS portcullis_schema (
-            version bigint PRIMARY KEY,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )",
-    )
-    .await?;
-    let found: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM portcullis_schema",
-            &[],
-        )
-        .await?
-        .get(0);
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if found > known {
-        return Err(StorageError::SchemaTooNew { found, known });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO portcullis_schema (version) VALUES ($1)",
-            &[version],
-        )
-        .await?;
-        tracing::info!(version, "metadata database migrated");
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 /// Sends `change` to every process's listener when `tx` commits (nothing if it does not).
@@ -251,83 +159,17 @@ async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<(), StorageErro
     Ok(())
 }
 
-/// Listens on [`CHANNEL`] for as long as it runs: each notification goes to `sink`; a
-/// lost connection turns `sink` off until a new one listens (retried with backoff).
-async fn listen(config: tokio_postgres::Config, sink: Arc<dyn ChangeSink>) {
-    const FIRST_RETRY: Duration = Duration::from_millis(100);
-    let mut backoff = FIRST_RETRY;
-    loop {
-        let mut listened = false;
-        let lost = listen_once(&config, &*sink, &mut listened).await;
-        sink.watching(false);
-        tracing::warn!(error = %lost, "metadata change listener lost; manifest cache off until it is back");
-        if listened {
-            backoff = FIRST_RETRY;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(LISTENER_BACKOFF);
-    }
-}
+/// Hands notifications on [`CHANNEL`] to the manifest cache's [`ChangeSink`].
+struct Changes(Arc<dyn ChangeSink>);
 
-/// One listener connection, until it fails: why it did. Sets `listened` once it listens.
-async fn listen_once(
-    config: &tokio_postgres::Config,
-    sink: &dyn ChangeSink,
-    listened: &mut bool,
-) -> String {
-    let (client, mut connection) = match config.connect(NoTls).await {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
-    };
-    // The connection's messages (notifications among them) on a task of their own, so
-    // the pings below can run beside them; it ends with this function.
-    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            let failed = message.is_err();
-            if tx.send(message).is_err() || failed {
-                break;
-            }
-        }
-    });
-    let _driver = AbortOnDrop(driver);
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-        return e.to_string();
+impl Notified for Changes {
+    fn notified(&self, payload: &str) {
+        self.0
+            .changed(&serde_json::from_str(payload).unwrap_or(Change::All));
     }
-    // From here every commit's notification arrives: the cache may be used again.
-    sink.watching(true);
-    *listened = true;
-    let mut ping = tokio::time::interval(LISTENER_PING);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            message = messages.recv() => match message {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    let change = serde_json::from_str(n.payload()).unwrap_or(Change::All);
-                    sink.changed(&change);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return e.to_string(),
-                None => return "the connection closed".into(),
-            },
-            _ = ping.tick() => {
-                // A connection that hangs (not closed) would miss changes silently.
-                match tokio::time::timeout(LISTENER_PING, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return e.to_string(),
-                    Err(_) => return format!("no answer to a ping within {LISTENER_PING:?}"),
-                }
-            }
-        }
-    }
-}
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    fn listening(&self, listening: bool) {
+        self.0.watching(listening);
     }
 }
 
@@ -1123,24 +965,10 @@ impl MetadataStore for PgMeta {
         let mut config = self.config.clone();
         // Named apart from the pool's connections, for operators (and tests) to find it.
         config.application_name(LISTENER_NAME);
-        Some(Box::pin(listen(config, sink)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/reg"),
-            "postgres://app:***@db:5432/reg"
-        );
-        assert_eq!(redact("postgres://app@db/reg"), "postgres://app@db/reg");
-        assert_eq!(
-            redact("host=db user=app password=x"),
-            "host=db user=app password=***"
-        );
+        Some(Box::pin(pg::listen(
+            config,
+            CHANNEL,
+            Arc::new(Changes(sink)),
+        )))
     }
 }
