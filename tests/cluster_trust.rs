@@ -222,7 +222,9 @@ fn concurrent_publishes_of_one_gun_through_two_gateways_are_serialized() {
 
     // Every round's winner is stored, verbatim, and both gateways serve the same.
     let pull = cluster.b.bearer((SIGNER, &signer_b), &gun, "pull");
-    let first = Fixture::signed(&fixture.targets)["version"].as_u64().unwrap();
+    let first = Fixture::signed(&fixture.targets)["version"]
+        .as_u64()
+        .unwrap();
     for (round, targets) in (1..=ROUNDS).zip(&winners) {
         let version = first + round;
         for (gateway, bearer) in [(&cluster.a, &push_a), (&cluster.b, &pull)] {
@@ -380,4 +382,16 @@ fn a_shared_control_plane_needs_the_operators_passphrase() {
     let err = refused("second", Some("another passphrase"));
     assert!(err.contains("does not open"), "{err}");
     drop(first);
+    // The offline re-encryption is for control.redb only, and says so.
+    let out = Command::new(bin())
+        .args(["trust", "rotate-kek", "--control-plane", &url, "--data-dir"])
+        .arg(&data)
+        .env("PORTCULLIS_TRUST_KEY_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("embedded control plane"),
+        "{err}"
+    );
 }

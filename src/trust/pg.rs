@@ -210,11 +210,16 @@ impl PgTrustStore {
         row.map(|r| stored_file(role_of(&r), &r)).transpose()
     }
 
-    /// Every GUN with trust data, sorted.
-    pub async fn guns(&self) -> Result<Vec<String>, TrustStoreError> {
+    /// The GUNs with trust data whose part after the first `/` is `repository`, sorted
+    /// (a superset of the ones `gun_repository` names it: the caller checks).
+    pub async fn guns_of(&self, repository: &str) -> Result<Vec<String>, TrustStoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT DISTINCT gun FROM trust_current ORDER BY gun", &[])
+            .query(
+                "SELECT DISTINCT gun FROM trust_current
+                 WHERE substr(gun, strpos(gun, '/') + 1) = $1 ORDER BY gun",
+                &[&repository],
+            )
             .await
             .map_err(pg_err)?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())

@@ -207,11 +207,14 @@ impl Backend {
         }
     }
 
-    async fn guns(&self) -> Result<Vec<String>, TrustStoreError> {
-        match self {
-            Backend::Redb(store) => store.read()?.guns(),
-            Backend::Pg(store) => store.guns().await,
-        }
+    /// The GUNs whose repository part is `repository`.
+    async fn guns_of(&self, repository: &str) -> Result<Vec<String>, TrustStoreError> {
+        let mut guns = match self {
+            Backend::Redb(store) => store.read()?.guns()?,
+            Backend::Pg(store) => store.guns_of(repository).await?,
+        };
+        guns.retain(|gun| gun_repository(gun) == Some(repository));
+        Ok(guns)
     }
 
     async fn changes_of(
@@ -705,10 +708,7 @@ impl TrustService {
 
     async fn compute_signed_targets(&self, repository: &str) -> Result<SignedTargets, TrustError> {
         let mut out = SignedTargets::default();
-        for gun in self.store.guns().await? {
-            if gun_repository(&gun) != Some(repository) {
-                continue;
-            }
+        for gun in self.store.guns_of(repository).await? {
             let data = self.store.gun(&gun, false).await?;
             let state = GunView::new(&data, &gun, &self.kek);
             let targets = validate::signed_targets(&state, OffsetDateTime::now_utc());

@@ -24,6 +24,8 @@ CREATE TABLE trust_current (
     FOREIGN KEY (gun, role, version) REFERENCES trust_files (gun, role, version)
         ON DELETE CASCADE
 );
+-- The GUNs of a repository (what follows the host), for the signed-only views.
+CREATE INDEX trust_current_repository ON trust_current ((substr(gun, strpos(gun, '/') + 1)));
 
 CREATE TABLE trust_server_keys (
     gun text NOT NULL,
