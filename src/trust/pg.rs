@@ -552,3 +552,6 @@ async fn notify(
         .map_err(pg_err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
