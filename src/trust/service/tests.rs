@@ -568,3 +568,79 @@ async fn a_filtered_changefeed_still_fills_its_pages(f: Fixture) {
         2
     );
 }
+
+/// PostgreSQL: a change whose notification never arrived (committed here without one)
+/// still reaches the cache, by the poll, within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_notification_is_caught_by_the_poll() {
+    let f = Fixture::postgres().await;
+    f.publish(&[("v1", b"one")]).await;
+    f.settle().await;
+    let cached = f.service.signed_targets("samples/app").await;
+    assert!(!cached.is_empty());
+    let Backend::Pg(store) = &f.service.store else {
+        unreachable!("a PostgreSQL fixture")
+    };
+    let mut client = store.control().pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "DELETE FROM trust_current WHERE gun = '{GUN}';
+         UPDATE trust_change_counter SET last_change = last_change + 1;
+         INSERT INTO trust_changes (id, created_at, gun, version, sha256, category)
+             SELECT last_change, '', '{GUN}', 0, '', 'deletion' FROM trust_change_counter;"
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let committed = std::time::Instant::now();
+    while !f.service.signed_targets("samples/app").await.is_empty() {
+        assert!(
+            committed.elapsed() < std::time::Duration::from_secs(1),
+            "the poll did not drop the cached targets"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// PostgreSQL: when the listener's connection is lost, whatever was cached may have
+/// missed a change and is dropped; the listener reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_drops_the_cache_and_reconnects() {
+    let f = Fixture::postgres().await;
+    f.publish(&[("v1", b"one")]).await;
+    f.settle().await;
+    let cached = f.service.signed_targets("samples/app").await;
+    assert!(Arc::ptr_eq(
+        &cached,
+        &f.service.signed_targets("samples/app").await
+    ));
+    let Backend::Pg(store) = &f.service.store else {
+        unreachable!("a PostgreSQL fixture")
+    };
+    let client = store.control().pool().get().await.unwrap();
+    let ended = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'portcullis trust listener'
+               AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1, "one listener");
+    let lost = std::time::Instant::now();
+    while Arc::ptr_eq(&cached, &f.service.signed_targets("samples/app").await) {
+        assert!(
+            lost.elapsed() < std::time::Duration::from_secs(5),
+            "cache kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    while !f.service.listening.load(Ordering::Acquire) {
+        assert!(
+            lost.elapsed() < std::time::Duration::from_secs(5),
+            "no reconnect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
