@@ -1,6 +1,8 @@
 //! Content trust with the control plane in PostgreSQL (issue 18): two real `portcullis
 //! serve` processes on one real PostgreSQL share trust data. A `notary publish` through
-//! one is listed through the other; concurrent publishes of one GUN through both are
+//! one is listed through the other; a `DOCKER_CONTENT_TRUST=1 docker push` through one
+//! (both on one S3 + PostgreSQL storage) makes the tag pullable from the other's
+//! signed-only repository; concurrent publishes of one GUN through both are
 //! serialized (exactly one wins each round, the other gets notary's `VERSION` error,
 //! nothing is lost or mixed); a disable through one stops the other's trust reads and
 //! signed-only views within a second; without an operator passphrase, or with another
@@ -27,7 +29,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use common::backend::{Backend, Storage};
 use common::content::{self, TestImage};
+use common::docker::Docker;
 use common::trust::{Bearer, Fixture, Notary, TrustGateway, bump_version, notary_error};
 use common::{ADMIN_PASSWORD, bin, json_output, password1, token_create_args};
 use portcullis_test_support::postgres::Postgres;
@@ -56,16 +60,21 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Each gateway with its own bundled storage.
     fn start() -> Cluster {
+        Cluster::on(&Storage::default())
+    }
+
+    /// Both gateways on `storage`.
+    fn on(storage: &Storage) -> Cluster {
         let url = Postgres::shared().database();
         let dir = tempfile::tempdir().unwrap();
-        let start = |name: &str| {
-            TrustGateway::start_with_env(
-                &dir.path().join(name),
-                &["--control-plane", &url],
-                &[("PORTCULLIS_TRUST_KEY_PASSPHRASE", PASSPHRASE)],
-            )
-        };
+        let mut args = storage.args();
+        args.extend(["--control-plane", &url]);
+        let mut env = storage.env();
+        env.push(("PORTCULLIS_TRUST_KEY_PASSPHRASE", PASSPHRASE.to_owned()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let start = |name: &str| TrustGateway::start_with_env(&dir.path().join(name), &args, &env);
         let a = start("a");
         let b = start("b");
         Cluster { a, b, _dir: dir }
@@ -141,6 +150,82 @@ fn a_notary_publish_through_one_gateway_is_listed_through_the_other() {
         listed.contains("v1") && listed.contains("v2"),
         "list through B after a second publish:\n{listed}"
     );
+}
+
+/// A docker CLI logged in to `gateway` as `user`, trusting its CA for the trust server.
+fn docker_client(gateway: &TrustGateway, user: &str, password: &str) -> Docker {
+    let docker = Docker::new();
+    let tls = docker.config_dir().join("tls").join(gateway.host());
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(&gateway.ca, tls.join("ca.crt")).unwrap();
+    let login = docker.login(gateway.host(), user, password);
+    assert!(
+        login.status.success(),
+        "docker login to {} as {user}: {}",
+        gateway.host(),
+        String::from_utf8_lossy(&login.stderr)
+    );
+    docker
+}
+
+/// Both gateways on one storage (S3 + PostgreSQL) too: `DOCKER_CONTENT_TRUST=1 docker
+/// push` through A, then through B the signed-only repository serves docker the signed
+/// tag and refuses the unsigned one, and notary verifies A's trust data.
+#[test]
+fn a_docker_signed_push_through_one_gateway_counts_on_the_other() {
+    let cluster = Cluster::on(&Backend::S3Pg.storage());
+    let (a, b) = (&cluster.a, &cluster.b);
+    let repository = "samples/app";
+    let (signer_a, _) = cluster.token(SIGNER, repository, SIGNER_ACTIONS);
+    let (_, reader_b) = cluster.token(READER, repository, READER_ACTIONS);
+    let signer = docker_client(a, SIGNER, &signer_a);
+    let signed = signer.import(
+        &format!("{}/{repository}:v1", a.host()),
+        "signed through gateway A",
+    );
+    let out = signer
+        .command(&["push", &signed])
+        .env("DOCKER_CONTENT_TRUST", "1")
+        .env(
+            "DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE",
+            common::trust::PASSPHRASE,
+        )
+        .env(
+            "DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE",
+            common::trust::PASSPHRASE,
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("Successfully signed {signed}")),
+        "DCT push of {signed}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unsigned = signer.import(
+        &format!("{}/{repository}:v2", a.host()),
+        "not signed, through gateway A",
+    );
+    signer.run(&["push", &unsigned]);
+
+    // Through B: the repository demands signatures; the signature made through A counts.
+    b.portcullis(&[
+        "repository",
+        "update",
+        "--repository",
+        repository,
+        "--signed-only",
+        "true",
+    ]);
+    let reader = docker_client(b, READER, &reader_b);
+    reader.run(&["pull", &format!("{}/{repository}:v1", b.host())]);
+    let out = reader.fails(&["pull", &format!("{}/{repository}:v2", b.host())]);
+    assert!(out.contains("not signed"), "pull of v2 through B:\n{out}");
+    let listed = Notary::new(b).ok(
+        Some((READER, reader_b.as_str())),
+        &["list", &a.gun(repository)],
+    );
+    assert!(listed.contains("v1"), "notary list through B:\n{listed}");
 }
 
 #[test]
