@@ -46,8 +46,8 @@ fn gun_lock(gun: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// Versions are `u64` in TUF and `bigint` here: beyond `i64::MAX` is refused, as no
-/// client ever reaches it.
+/// Versions are `u64` in TUF and `bigint` here; validation refuses any beyond
+/// `metadata::MAX_VERSION` (`i64::MAX`), so this never fails for a validated file.
 fn version_param(version: u64) -> Result<i64, TrustStoreError> {
     i64::try_from(version).map_err(|_| TrustStoreError::Corrupt(format!("version {version}")))
 }
