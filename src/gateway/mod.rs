@@ -61,6 +61,7 @@ use anyhow::Context;
 use portcullis_storage::{Registry, private};
 
 use crate::audit::{Actor, Audit, Record};
+use crate::control_plane::PgControl;
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::KeyAlgorithm;
@@ -195,15 +196,27 @@ impl Gateway {
                 .with_context(|| format!("checking the mode of `{}`", path.display()))?;
         }
         let store = IdentityStore::open(&control).context("opening the identity store")?;
-        // Trust data lives in the same control-plane file; ECDSA keys until `serve`
-        // applies the configured algorithm.
-        let (trust, trust_kek) = TrustService::open(
-            store.database(),
-            KeyAlgorithm::Ecdsa,
-            data_dir,
-            &options.trust_key_passphrase,
-        )
-        .context("opening the trust store")?;
+        // Trust data lives in the control plane (the same redb file, or PostgreSQL);
+        // ECDSA keys until `serve` applies the configured algorithm.
+        let (trust, trust_kek) = match &options.control_plane {
+            config::ControlPlane::Embedded => TrustService::open(
+                store.database(),
+                KeyAlgorithm::Ecdsa,
+                data_dir,
+                &options.trust_key_passphrase,
+            )
+            .context("opening the trust store")?,
+            config::ControlPlane::Postgres(url) => on_own_runtime(async {
+                let control = PgControl::connect(url).await?;
+                TrustService::open_shared(
+                    control,
+                    KeyAlgorithm::Ecdsa,
+                    &options.trust_key_passphrase,
+                )
+                .await
+                .context("opening the trust store")
+            })?,
+        };
         let (admin, admin_password) =
             AdminAccount::open(data_dir, options.admin_password.as_deref(), &store)?;
         let admin = Arc::new(admin);
@@ -255,6 +268,25 @@ impl Gateway {
             trust_kek,
         })
     }
+}
+
+/// Runs `work` (connecting, the first reads) on a thread and runtime of its own, so
+/// [`Gateway::open`] stays callable inside a runtime or outside any; pooled connections
+/// made there are dropped with it and made again on the runtime that next uses them.
+fn on_own_runtime<T: Send>(
+    work: impl Future<Output = anyhow::Result<T>> + Send,
+) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a tokio runtime")?
+                .block_on(work)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the connecting thread panicked")))
+    })
 }
 
 #[cfg(test)]
