@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_test_support::client;
 use portcullis_test_support::cluster::{Cluster, GATEWAYS, Load, LoadReport, check_exact};
+use portcullis_test_support::content::TestImage;
 use portcullis_test_support::docker::Docker;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -169,15 +170,25 @@ fn postgres_restart_under_load_loses_no_acknowledged_write() {
     for failure in report.failures() {
         assert!(failure.contains("503"), "not a 503 refusal: {failure}");
     }
-    // Once it was back, every operation succeeded.
-    assert!(
-        pushes.attempted > 0 && pulls.attempted > 0,
-        "no operation after recovery"
-    );
+    // Once it was back, every operation succeeded, and each gateway takes a push that
+    // the next one serves.
     assert_eq!(
         pushes.failed + pulls.failed,
         0,
         "operations failed after recovery"
     );
+    let http = client();
+    for i in 0..GATEWAYS {
+        let image = TestImage::new(&format!("after the restart, through gateway {i}"));
+        image.push(
+            &http,
+            &cluster.gateway_url(i),
+            "after/restart",
+            &format!("v{i}"),
+            &|rb| rb.basic_auth("admin", Some(cluster.admin_password())),
+        );
+        let next = cluster.gateway_url((i + 1) % GATEWAYS);
+        check_exact(&next, &format!("after/restart:v{i}"), &image.digest()).unwrap();
+    }
     assert_no_acknowledged_write_lost(&cluster, &report);
 }

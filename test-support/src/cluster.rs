@@ -256,6 +256,10 @@ impl Member {
 fn share_first_gateways_state(members: &[Member]) {
     for file in ["token-signing-key.pem", "control.redb"] {
         let first = members[0].data_dir.join(file);
+        if !first.exists() {
+            // Already in the shared control plane.
+            continue;
+        }
         for member in &members[1..] {
             std::fs::create_dir_all(&member.data_dir).expect("data directory");
             std::fs::copy(&first, member.data_dir.join(file))
