@@ -171,6 +171,20 @@ fn clock_ticks() -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// When the gateway binary was last modified.
+fn built() -> String {
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "+%Y-%m-%d %H:%M UTC",
+            "-r",
+            portcullis_test_support::gateway::bin(),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn header() -> String {
     "| setup | requests | requests/s | p50 ms | p99 ms | errors | gateway CPU µs/request | HAProxy CPU µs/request |\n\
      |---|---:|---:|---:|---:|---:|---:|---:|"
@@ -202,8 +216,11 @@ fn report(rows: &[Row], seconds: u64, connections: u64, load_before: &str) -> St
          -d{seconds}s` GETs of one manifest by tag with a bearer token, after a 1 s warm-up. \
          CPU per request: the gateways' (and HAProxy's) user + system time over the run \
          (`/proc/<pid>/stat`) divided by the successful requests.\n\n\
+         Gateway binary: `{}` (built {}).\n\n\
          Machine: {cpus} CPUs, shared by everything above and wrk (load average before the \
          run: {}).\n\n",
+        portcullis_test_support::gateway::bin(),
+        built(),
         load_before
             .split_whitespace()
             .take(3)

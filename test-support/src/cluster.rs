@@ -55,7 +55,8 @@ pub struct Cluster {
     /// `postgres://…` of the database of the metadata and the control plane.
     database: String,
     passphrase_file: PathBuf,
-    dir: tempfile::TempDir,
+    /// Data directories and logs; removed once the servers stopped.
+    _dir: tempfile::TempDir,
     _one: MutexGuard<'static, ()>,
 }
 
@@ -73,7 +74,17 @@ impl Cluster {
         // A test that failed while holding the lock poisoned it; the cluster it held is
         // gone all the same.
         let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::tempdir().expect("temporary directory");
+        // PORTCULLIS_CLUSTER_KEEP=1 keeps the data directories and the gateways' and
+        // HAProxy's logs for a post-mortem.
+        let keep = std::env::var_os("PORTCULLIS_CLUSTER_KEEP").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("cluster")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("temporary directory");
+        if keep {
+            println!("cluster files kept in {}", dir.path().display());
+        }
         let postgres = Postgres::start();
         let database = postgres.database();
         let storage = Storage::default()
@@ -109,7 +120,7 @@ impl Cluster {
             storage,
             database,
             passphrase_file,
-            dir,
+            _dir: dir,
             _one: one,
         };
         for i in 0..GATEWAYS {
@@ -156,13 +167,9 @@ impl Cluster {
         &self.database
     }
 
+    /// The PostgreSQL server (its log, a stop without restart).
     pub fn postgres(&self) -> &Postgres {
         &self.postgres
-    }
-
-    /// A directory of the cluster's for the test's own files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// `kill -9` of gateway `i`; returns once the process is gone.
@@ -222,11 +229,6 @@ impl Cluster {
             .and_then(|pid| pid.parse().ok())
             .expect("haproxy runs")
     }
-
-    /// What HAProxy logged (server state changes).
-    pub fn haproxy_log(&self) -> String {
-        self.haproxy.log()
-    }
 }
 
 impl Member {
@@ -238,12 +240,13 @@ impl Member {
         let args = [
             "--listen",
             &self.addr,
-            "--control-plane",
-            database,
             "--trust-key-passphrase-file",
             &passphrase_file,
         ];
-        self.server = Some(storage.gateway(&self.data_dir, &args));
+        // The control plane through its variable, which builds from before the setting
+        // ignore: `scripts/bench-cluster` may measure such a release build.
+        let env = [("PORTCULLIS_CONTROL_PLANE", database)];
+        self.server = Some(storage.serve(&self.data_dir, Some(ADMIN_PASSWORD), &args, &env));
     }
 }
 
@@ -277,7 +280,8 @@ pub struct BalancedServer {
     pub sessions: u64,
     /// Requests in flight on it now.
     pub current: u64,
-    /// Requests HAProxy retried after a failure on it, and of those, sent to another.
+    /// Times HAProxy retried a request or connection on it (`wretr`), and sent a request
+    /// meant for it to another gateway instead (`wredis`).
     pub retried: u64,
     pub redispatched: u64,
 }
