@@ -50,6 +50,8 @@ impl Server {
 
     /// Like [`Server::start_with_env`], run by `wrapper` (a command line the binary and
     /// its arguments are appended to, e.g. `prlimit --nofile=256:256 --`); empty: none.
+    /// A `--listen ADDR` in `extra` replaces the ephemeral port (a restarted cluster
+    /// member keeps its address).
     pub fn start_under(
         wrapper: &[&str],
         data_dir: &Path,
@@ -68,7 +70,11 @@ impl Server {
             }
             [] => Command::new(bin()),
         };
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("PORTCULLIS_ADMIN_PASSWORD")
@@ -97,6 +103,11 @@ impl Server {
             data_dir: data_dir.to_owned(),
             stderr_path,
         }
+    }
+
+    /// The process id (for its CPU time in `/proc/<pid>/stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {
