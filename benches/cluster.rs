@@ -259,8 +259,8 @@ fn report(
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let mut md = format!(
         "# Cluster benchmark: manifest GET through HAProxy over 1, 2 and 3 gateways\n\n\
-         `scripts/bench-cluster` (benches/cluster.rs): one PostgreSQL 15 (metadata and \
-         control plane), one SeaweedFS (blobs), `portcullis serve` release builds on \
+         `scripts/bench-cluster` (benches/cluster.rs): one PostgreSQL 15 (metadata, and \
+         the control plane for builds that have one there), one SeaweedFS (blobs), `portcullis serve` release builds on \
          loopback ports, HAProxy 2.6 on `deploy/haproxy.cfg`; `wrk -t2 -c{connections} \
          -d{seconds}s` GETs of one manifest by tag with a bearer token, after a 1 s warm-up; \
          {rounds} rounds of every setup in turn. CPU per request: the gateways' (and \
