@@ -10,9 +10,13 @@ use reqwest::blocking::RequestBuilder;
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
-/// The `portcullis` binary.
+/// The `portcullis` binary: `$PORTCULLIS_GATEWAY_BIN` when set (a release build for a
+/// benchmark), else the workspace's.
 pub fn bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(path) = std::env::var("PORTCULLIS_GATEWAY_BIN") {
+        return BIN.get_or_init(|| path);
+    }
     crate::static_bin(&BIN, "portcullis")
 }
 

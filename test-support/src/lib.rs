@@ -17,7 +17,7 @@
 //!
 //! - [`chaos`]: the crash campaign (writes, `kill -9`, fsck, restart, read-back).
 //! - [`cluster`]: three gateways on one PostgreSQL and S3 behind HAProxy, and a
-//!   sustained skopeo push and pull load through it.
+//!   sustained docker push and pull load through it.
 //!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
