@@ -103,10 +103,10 @@ fn assert_no_acknowledged_write_lost(cluster: &Cluster, report: &LoadReport) {
     );
 }
 
-/// The kill comes at a moment unrelated to the clients. One window remains that docker
-/// cannot ride out: between a gateway committing the upload of an image's config blob and
-/// answering it (docker retries no step after the layers; HAProxy repeats the completing
-/// PUT on another gateway, which finds the upload consumed). Milliseconds per push.
+/// The kill comes at a moment unrelated to the clients. Docker retries no step after the
+/// layers; a request whose gateway died without answering is repeated by HAProxy on
+/// another gateway (see deploy/haproxy.cfg), and a completing PUT whose first try had
+/// committed is answered 201 there (`Registry::finish_upload`).
 #[test]
 fn kill_9_of_a_gateway_under_load_fails_no_client_operation() {
     let mut cluster = Cluster::start();
