@@ -61,6 +61,7 @@ use anyhow::Context;
 use portcullis_storage::{Registry, private};
 
 use crate::audit::{Actor, Audit, Record};
+use crate::control_plane::PgControl;
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
 use crate::trust::KeyAlgorithm;
@@ -69,6 +70,8 @@ use crate::trust::service::TrustService;
 
 /// Everything a request needs, shared by the proxy and the control app.
 pub struct Gateway {
+    /// The shared control-plane database (`None`: embedded in the data directory).
+    pub control_plane: Option<Arc<PgControl>>,
     pub store: Arc<IdentityStore>,
     pub engine: Arc<PolicyEngine>,
     pub admin: Arc<AdminAccount>,
@@ -117,6 +120,9 @@ pub struct GatewayOptions {
     pub storage: config::StorageSettings,
     /// Where the control plane lives.
     pub control_plane: config::ControlPlane,
+    /// How long a shared control plane's snapshot may go unconfirmed before requests
+    /// that need a decision are refused.
+    pub control_plane_max_staleness: Duration,
     /// Where audit records go.
     pub audit: Audit,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
@@ -194,18 +200,25 @@ impl Gateway {
             private::tighten(&path, private::FILE_MODE)
                 .with_context(|| format!("checking the mode of `{}`", path.display()))?;
         }
-        let store = IdentityStore::open(&control).context("opening the identity store")?;
-        // Trust data lives in the same control-plane file; ECDSA keys until `serve`
-        // applies the configured algorithm.
+        let control_db = Arc::new(
+            redb::Database::create(&control)
+                .with_context(|| format!("opening `{}`", control.display()))?,
+        );
+        let Identity {
+            pg_control,
+            store,
+            admin,
+            admin_password,
+        } = open_identity(options, Arc::clone(&control_db))?;
+        // Trust data lives in the control-plane file; ECDSA keys until `serve` applies
+        // the configured algorithm.
         let (trust, trust_kek) = TrustService::open(
-            store.database(),
+            control_db,
             KeyAlgorithm::Ecdsa,
             data_dir,
             &options.trust_key_passphrase,
         )
         .context("opening the trust store")?;
-        let (admin, admin_password) =
-            AdminAccount::open(data_dir, options.admin_password.as_deref(), &store)?;
         let admin = Arc::new(admin);
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
         let issuer = Arc::new(
@@ -233,6 +246,7 @@ impl Gateway {
                 options.login_throttle,
                 options.audit.clone(),
             ))),
+            control_plane: pg_control,
             store,
             engine,
             admin,
@@ -255,6 +269,64 @@ impl Gateway {
             trust_kek,
         })
     }
+}
+
+/// The control plane's identity side, opened.
+struct Identity {
+    /// The shared control-plane database (`None`: embedded).
+    pg_control: Option<Arc<PgControl>>,
+    store: Arc<IdentityStore>,
+    admin: AdminAccount,
+    admin_password: AdminPasswordSource,
+}
+
+/// Connects the control plane `options` name (embedded: `db`), loads the identity store
+/// and the admin account. On a thread and runtime of their own, as `Registry::open`
+/// does, so it works inside a runtime or outside any; the pool's connections made here
+/// end with that runtime and are replaced at their next use.
+fn open_identity(options: &GatewayOptions, db: Arc<redb::Database>) -> anyhow::Result<Identity> {
+    let open = async {
+        let (pg_control, store) = match &options.control_plane {
+            config::ControlPlane::Embedded => (
+                None,
+                IdentityStore::embedded(db).context("opening the identity store")?,
+            ),
+            config::ControlPlane::Postgres(url) => {
+                let control = PgControl::connect(url).await?;
+                let store = IdentityStore::postgres(
+                    Arc::clone(&control),
+                    options.control_plane_max_staleness,
+                )
+                .await
+                .context("loading the identity store")?;
+                (Some(control), store)
+            }
+        };
+        let (admin, admin_password) =
+            AdminAccount::open(&options.data_dir, options.admin_password.as_deref(), &store)
+                .await?;
+        Ok(Identity {
+            pg_control,
+            store,
+            admin,
+            admin_password,
+        })
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime to open the control plane")?
+                .block_on(open)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the thread opening the control plane panicked"
+            ))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -283,6 +355,7 @@ pub(crate) mod testing {
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
             control_plane: Default::default(),
+            control_plane_max_staleness: config::DEFAULT_CONTROL_PLANE_MAX_STALENESS,
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
             login_throttle: Default::default(),
@@ -291,7 +364,7 @@ pub(crate) mod testing {
     }
 
     /// Creates an enabled token with password1 and scope-map `rules`; its principal.
-    pub fn token(
+    pub async fn token(
         store: &IdentityStore,
         name: &str,
         rules: &[(&str, &[crate::identity::Action])],
@@ -313,6 +386,7 @@ pub(crate) mod testing {
                 passwords: vec![PasswordSlot::Password1],
                 expires_at: None,
             })
+            .await
             .unwrap();
         crate::identity::Principal::Token {
             name: name.into(),
