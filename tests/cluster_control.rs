@@ -66,9 +66,14 @@ impl Cluster {
         }
     }
 
-    /// A token made through A that may pull `team/app`; its password1.
+    /// A token made through A that may pull and list `team/app`; its password1.
     fn token(&self, name: &str) -> String {
-        create_token(&self.a, name, "team/app", &["content/read"])
+        create_token(
+            &self.a,
+            name,
+            "team/app",
+            &["content/read", "metadata/read"],
+        )
     }
 
     /// An admin API call on A; its status must be 2xx.
@@ -89,12 +94,13 @@ impl Cluster {
     /// B's answer to `GET /v2/team/app/tags/list` as token `name` with `password`
     /// (Basic): 404 while it may pull (nothing is pushed), a refusal after a revocation.
     fn pull_on_b(&self, name: &str, password: &str) -> StatusCode {
-        self.http
+        let response = self
+            .http
             .get(self.b.url("/v2/team/app/tags/list"))
             .basic_auth(name, Some(password))
             .send()
-            .unwrap()
-            .status()
+            .unwrap();
+        response.status()
     }
 }
 
@@ -184,7 +190,7 @@ fn revocations_through_one_gateway_are_in_force_on_the_other_within_a_second() {
         Method::PATCH,
         "/admin/v1/scope-maps/narrowed-bot-scope-map",
         Some(
-            json!({"removeRepository": [{"repository": "team/app", "actions": ["content/read"]}]}),
+            json!({"removeRepository": [{"repository": "team/app", "actions": ["content/read", "metadata/read"]}]}),
         ),
     );
     let delay = time_until("scope-map right removed", || {
@@ -218,7 +224,8 @@ fn a_killed_listener_connection_loses_no_change() {
     let killed = psql(
         &url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE application_name = 'portcullis identity listener'",
+         WHERE application_name = 'portcullis identity listener' \
+         AND datname = current_database()",
     );
     assert_eq!(killed, "2", "one listener per gateway");
     // The change is made while B's listener is gone: the poll (or the listener's
@@ -238,7 +245,8 @@ fn a_killed_listener_connection_loses_no_change() {
         psql(
             &url,
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = 'portcullis identity listener'",
+             WHERE application_name = 'portcullis identity listener' \
+         AND datname = current_database()",
         ) == "2"
     });
 }
