@@ -67,9 +67,12 @@ fn classification(c: &mut Criterion) {
 fn authenticator(
     dir: &std::path::Path,
 ) -> (Arc<IdentityStore>, Arc<Issuer>, Authenticator, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let store = IdentityStore::open(&dir.join("control.redb")).expect("store");
-    let created = store
-        .create_token(&NewToken {
+    let created = rt
+        .block_on(store.create_token(&NewToken {
             name: "ci-bot".into(),
             scope: TokenScope::Repositories(vec![ScopeRule {
                 repository: RepositoryPattern::parse("team/app").expect("pattern"),
@@ -83,10 +86,16 @@ fn authenticator(
             status: TokenStatus::Enabled,
             passwords: vec![PasswordSlot::Password1],
             expires_at: None,
-        })
+        }))
         .expect("token");
     let password = created.passwords[0].value.clone();
-    let (admin, _) = AdminAccount::open(dir, Some("bench-admin-password"), &store).expect("admin");
+    let (admin, _) = rt
+        .block_on(AdminAccount::open(
+            dir,
+            Some("bench-admin-password"),
+            &store,
+        ))
+        .expect("admin");
     let issuer = Arc::new(
         Issuer::load_or_create(dir, "portcullis", Duration::from_secs(300)).expect("issuer"),
     );

@@ -225,6 +225,7 @@ fn main() {
         token_ttl: Duration::from_secs(300),
         storage: Default::default(),
         control_plane: Default::default(),
+        control_plane_max_staleness: Duration::from_secs(30),
         audit: Audit::default(),
         trust_key_passphrase: PassphraseSource::DataDir,
         login_throttle: Default::default(),
@@ -233,20 +234,19 @@ fn main() {
     .expect("gateway");
     let gw: Arc<Gateway> = opened.gateway;
     let registry = opened.bundled.expect("bundled store");
-    gw.store
-        .create_token(&NewToken {
-            name: "puller".into(),
-            scope: TokenScope::Repositories(vec![ScopeRule {
+    rt.block_on(gw.store.create_token(&NewToken {
+        name: "puller".into(),
+        scope: TokenScope::Repositories(vec![ScopeRule {
                 repository: RepositoryPattern::parse("team/*").expect("pattern"),
                 actions: [Action::ContentRead, Action::MetadataRead]
                     .into_iter()
                     .collect(),
             }]),
-            status: TokenStatus::Enabled,
-            passwords: vec![PasswordSlot::Password1],
-            expires_at: None,
-        })
-        .expect("token");
+        status: TokenStatus::Enabled,
+        passwords: vec![PasswordSlot::Password1],
+        expires_at: None,
+    }))
+    .expect("token");
     let who = Authenticated {
         principal: Principal::Token {
             name: "puller".into(),
@@ -264,15 +264,14 @@ fn main() {
         (unsigned, signed, notarized, ca_pem)
     });
     for repository in ["team/signed", "team/notarized"] {
-        gw.store
-            .set_repository_attributes(
-                repository,
-                &RepositoryAttributes {
-                    signed_only: true,
-                    ..RepositoryAttributes::default()
-                },
-            )
-            .expect("signed-only");
+        rt.block_on(gw.store.set_repository_attributes(
+            repository,
+            &RepositoryAttributes {
+                signed_only: true,
+                ..RepositoryAttributes::default()
+            },
+        ))
+        .expect("signed-only");
     }
 
     let pull = |repository: &str, reference: Reference| RepositoryRequest {
@@ -290,18 +289,19 @@ fn main() {
         .verifying_key()
         .to_public_key_pem(Default::default())
         .expect("pem");
-    gw.store
-        .add_signature_trust("release", TrustMaterial::Cosign { public_key: public })
-        .expect("trust");
-    gw.store
-        .add_signature_trust(
-            "notation",
-            TrustMaterial::Notary {
-                ca_certs: ca_pem,
-                identity: None,
-            },
-        )
-        .expect("trust");
+    rt.block_on(
+        gw.store
+            .add_signature_trust("release", TrustMaterial::Cosign { public_key: public }),
+    )
+    .expect("trust");
+    rt.block_on(gw.store.add_signature_trust(
+        "notation",
+        TrustMaterial::Notary {
+            ca_certs: ca_pem,
+            identity: None,
+        },
+    ))
+    .expect("trust");
     c.bench_function("signed/pull by tag, no signature demand", |b| {
         b.iter(|| assert!(matches!(authorize(&by_tag), Ok(Disposition::Forward))))
     });

@@ -624,8 +624,8 @@ fn revocation_beats_earlier_bearer_tokens() {
     }
 }
 
-#[test]
-fn expired_password_is_refused_on_the_next_request() {
+#[tokio::test]
+async fn expired_password_is_refused_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&dir);
@@ -642,6 +642,7 @@ fn expired_password_is_refused_on_the_next_request() {
     let store = IdentityStore::open(&data.join("control.redb")).unwrap();
     let generated = store
         .generate_passwords("expiring-bot", &[PasswordSlot::Password1], Some(expires_at))
+        .await
         .unwrap();
     let password = generated.passwords[0].value.clone();
     drop(store);

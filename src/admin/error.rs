@@ -31,6 +31,9 @@ pub enum AdminError {
     /// The disk holding `control.redb` is full; nothing was written.
     #[error("{}", ErrorCode::InsufficientStorage.default_message())]
     InsufficientStorage(String),
+    /// The control-plane database cannot be reached; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -53,6 +56,7 @@ impl AdminError {
                 StatusCode::INSUFFICIENT_STORAGE,
                 ErrorCode::InsufficientStorage,
             ),
+            AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         }
     }
@@ -75,9 +79,10 @@ impl From<IdentityStoreError> for AdminError {
             IdentityStoreError::Database(e) if is_out_of_space(&e) => {
                 AdminError::InsufficientStorage(msg)
             }
-            IdentityStoreError::Database(_) | IdentityStoreError::Corrupt { .. } => {
-                AdminError::Internal(msg)
-            }
+            IdentityStoreError::Postgres { .. } => AdminError::Unavailable(msg),
+            IdentityStoreError::Database(_)
+            | IdentityStoreError::Corrupt { .. }
+            | IdentityStoreError::Task(_) => AdminError::Internal(msg),
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Admin API handlers: tokens and their credentials, scope maps, repository attributes,
 //! verification identities of OCI signatures.
-//! Store writes (a redb commit each) run on the blocking pool.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,7 +11,7 @@ use crate::identity::model::PasswordSlot;
 use crate::identity::now_unix;
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::store::{
-    IdentityStore, IdentityStoreError, NewToken, ScopeMapUpdate, TokenScope, TokenUpdate,
+    IdentityStoreError, NewToken, ScopeMapUpdate, TokenScope, TokenUpdate,
 };
 
 use super::AdminState;
@@ -22,18 +21,6 @@ use super::wire::{
     UpdateScopeMap, UpdateToken, credentials_json, expiry, parse_action_strings, parse_body,
     parse_rules, scope_map_json, signature_trust_json, token_json,
 };
-
-/// Runs a store operation off the async workers.
-async fn blocking<T: Send + 'static>(
-    state: &AdminState,
-    f: impl FnOnce(&IdentityStore) -> Result<T, IdentityStoreError> + Send + 'static,
-) -> Result<T, AdminError> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| AdminError::Internal(format!("store task failed: {e}")))?
-        .map_err(AdminError::from)
-}
 
 fn token_not_found(name: &str) -> AdminError {
     IdentityStoreError::NotFound {
@@ -89,7 +76,7 @@ pub async fn create_token(
         passwords,
         expires_at: expiry(now_unix(), req.expiration_in_days)?,
     };
-    let created = blocking(&state, move |s| s.create_token(&new)).await?;
+    let created = state.store.create_token(&new).await?;
     let body = token_json(&created.token, &created.passwords);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -104,7 +91,7 @@ pub async fn update_token(
         status: req.status,
         scope_map: req.scope_map,
     };
-    let token = blocking(&state, move |s| s.update_token(&name, &update)).await?;
+    let token = state.store.update_token(&name, &update).await?;
     Ok(Json(token_json(&token, &[])).into_response())
 }
 
@@ -112,7 +99,7 @@ pub async fn delete_token(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    blocking(&state, move |s| s.delete_token(&name)).await?;
+    state.store.delete_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,10 +120,10 @@ pub async fn generate_credentials(
         req.passwords
     };
     let expires_at = expiry(now_unix(), req.expiration_in_days)?;
-    let generated = blocking(&state, move |s| {
-        s.generate_passwords(&name, &slots, expires_at)
-    })
-    .await?;
+    let generated = state
+        .store
+        .generate_passwords(&name, &slots, expires_at)
+        .await?;
     let body = credentials_json(&generated.token, &generated.passwords, |slot| {
         generated.passwords.iter().any(|g| g.slot == slot)
     });
@@ -156,7 +143,7 @@ pub async fn delete_credential(
             )));
         }
     };
-    let token = blocking(&state, move |s| s.delete_password(&name, slot)).await?;
+    let token = state.store.delete_password(&name, slot).await?;
     Ok(Json(token_json(&token, &[])).into_response())
 }
 
@@ -189,10 +176,10 @@ pub async fn create_scope_map(
     let req: CreateScopeMap = parse_body(&body)?;
     let mut rules = parse_action_strings(&req.actions)?;
     rules.extend(parse_rules(&req.repositories)?);
-    let map = blocking(&state, move |s| {
-        s.create_scope_map(&req.name, &req.description, &rules)
-    })
-    .await?;
+    let map = state
+        .store
+        .create_scope_map(&req.name, &req.description, &rules)
+        .await?;
     Ok((StatusCode::CREATED, Json(scope_map_json(&map))).into_response())
 }
 
@@ -207,7 +194,7 @@ pub async fn update_scope_map(
         add: parse_rules(&req.add_repository)?,
         remove: parse_rules(&req.remove_repository)?,
     };
-    let map = blocking(&state, move |s| s.update_scope_map(&name, &update)).await?;
+    let map = state.store.update_scope_map(&name, &update).await?;
     Ok(Json(scope_map_json(&map)).into_response())
 }
 
@@ -215,7 +202,7 @@ pub async fn delete_scope_map(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    blocking(&state, move |s| s.delete_scope_map(&name)).await?;
+    state.store.delete_scope_map(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -248,7 +235,7 @@ pub async fn add_signature_trust(
     body: Bytes,
 ) -> Result<Response, AdminError> {
     let (name, material) = parse_body::<AddSignatureTrust>(&body)?.material()?;
-    let trust = blocking(&state, move |s| s.add_signature_trust(&name, material)).await?;
+    let trust = state.store.add_signature_trust(&name, material).await?;
     Ok((StatusCode::CREATED, Json(signature_trust_json(&trust))).into_response())
 }
 
@@ -256,7 +243,7 @@ pub async fn remove_signature_trust(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    blocking(&state, move |s| s.remove_signature_trust(&name)).await?;
+    state.store.remove_signature_trust(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -301,7 +288,10 @@ pub async fn put_attributes(
     let repo = attributes_repository(&path)?.to_owned();
     let attrs: AttributesJson = parse_body(&body)?;
     let stored = attrs.clone().into();
-    blocking(&state, move |s| s.set_repository_attributes(&repo, &stored)).await?;
+    state
+        .store
+        .set_repository_attributes(&repo, &stored)
+        .await?;
     Ok(Json(attrs).into_response())
 }
 

@@ -264,7 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
         let (trust, _) = TrustService::open(
-            store.database(),
+            store.database().unwrap(),
             crate::trust::KeyAlgorithm::Ecdsa,
             dir.path(),
             &crate::trust::kek::PassphraseSource::DataDir,

@@ -96,6 +96,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub control_plane: Option<String>,
+    /// With a postgres:// control plane: how long a gateway that cannot reach it keeps
+    /// deciding from its last snapshot before refusing requests with 503 [default: 30].
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORTCULLIS_CONTROL_PLANE_MAX_STALENESS_SECONDS"
+    )]
+    pub control_plane_max_staleness_seconds: Option<u64>,
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
@@ -204,6 +212,7 @@ impl ServeArgs {
             max_manifest_bytes: self.max_manifest_bytes,
             metadata: self.metadata,
             control_plane: self.control_plane,
+            control_plane_max_staleness_seconds: self.control_plane_max_staleness_seconds,
             storage: self.blobs.storage,
             s3: S3Settings {
                 endpoint: self.blobs.s3_endpoint,

@@ -124,6 +124,17 @@ impl Authenticator {
         self
     }
 
+    /// Every request that needs a decision passes here first: none is decided from a
+    /// shared control plane's snapshot older than its staleness bound (rights may have
+    /// been revoked meanwhile).
+    fn fresh(&self) -> Result<(), GatewayError> {
+        self.store.fresh().map_err(|stale| {
+            GatewayError::Unavailable(format!(
+                "{stale}: refusing to decide on rights that may have changed"
+            ))
+        })
+    }
+
     /// The failed-login throttle (the admin API's Basic check shares it).
     pub fn throttle(&self) -> &Arc<Throttle> {
         &self.throttle
@@ -146,6 +157,7 @@ impl Authenticator {
         client: Option<IpAddr>,
         now: UnixSeconds,
     ) -> Result<Authenticated, GatewayError> {
+        self.fresh()?;
         let Some(value) = authorization else {
             return Ok(Authenticated {
                 principal: Principal::Anonymous,
@@ -206,6 +218,7 @@ impl Authenticator {
         client: Option<IpAddr>,
         now: UnixSeconds,
     ) -> Result<Principal, GatewayError> {
+        self.fresh()?;
         self.throttle.check(user, client)?;
         let checked = self.basic_at(user, password, now);
         match &checked {
@@ -291,6 +304,7 @@ impl Authenticator {
     /// Checks a refresh token (`grant_type=refresh_token`) and the principal it names,
     /// as it stands now.
     pub fn refresh(&self, refresh_token: &str) -> Result<Principal, GatewayError> {
+        self.fresh()?;
         let now = now_unix();
         let claims = self
             .issuer
@@ -488,7 +502,7 @@ mod tests {
 
     const ADMIN_PASSWORD: &str = "admin-secret";
 
-    fn fixture(expires_at: Option<UnixSeconds>) -> Fixture {
+    async fn fixture(expires_at: Option<UnixSeconds>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
         let created = store
@@ -499,6 +513,7 @@ mod tests {
                 passwords: vec![PasswordSlot::Password1, PasswordSlot::Password2],
                 expires_at,
             })
+            .await
             .unwrap();
         let secret = |slot| {
             created
@@ -575,17 +590,17 @@ mod tests {
         }]
     }
 
-    #[test]
-    fn no_header_is_anonymous() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn no_header_is_anonymous() {
+        let f = fixture(None).await;
         let who = f.authn.authenticate(None, None).unwrap();
         assert_eq!(who.principal, Principal::Anonymous);
         assert_eq!(who.bearer_access, None);
     }
 
-    #[test]
-    fn basic_admin_and_token_passwords() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn basic_admin_and_token_passwords() {
+        let f = fixture(None).await;
         assert_eq!(
             f.auth(&basic("admin", ADMIN_PASSWORD)).unwrap().principal,
             Principal::Admin
@@ -617,9 +632,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn basic_results_are_cached_per_snapshot_version() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn basic_results_are_cached_per_snapshot_version() {
+        let f = fixture(None).await;
         let h = basic("ci-bot", &f.secrets[0]);
         f.auth(&h).unwrap();
         assert_eq!(f.authn.cache_stats(), CacheStats { hits: 0, misses: 1 });
@@ -632,6 +647,7 @@ mod tests {
                 "",
                 &[parse_rule("x/*", &["content/read"]).unwrap()],
             )
+            .await
             .unwrap();
         f.auth(&h).unwrap();
         assert_eq!(f.authn.cache_stats(), CacheStats { hits: 1, misses: 2 });
@@ -640,9 +656,9 @@ mod tests {
         assert!(f.auth(&basic("ci-bot", "wrong")).is_err());
     }
 
-    #[test]
-    fn bearer_carries_its_access_claim_and_is_cached() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn bearer_carries_its_access_claim_and_is_cached() {
+        let f = fixture(None).await;
         let h = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
         let who = f.auth(&h).unwrap();
         assert_eq!(who.principal, token(PasswordSlot::Password1));
@@ -658,9 +674,9 @@ mod tests {
         assert_eq!(who.bearer_access, Some(Arc::from([])));
     }
 
-    #[test]
-    fn expired_bearer_fails_even_from_the_cache() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn expired_bearer_fails_even_from_the_cache() {
+        let f = fixture(None).await;
         let h = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
         f.auth(&h).unwrap();
         let later = now_unix() + 300 + 61;
@@ -668,9 +684,9 @@ mod tests {
         assert_eq!(reason(err), "bearer token has expired");
     }
 
-    #[test]
-    fn disabled_token_fails_on_the_very_next_request() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn disabled_token_fails_on_the_very_next_request() {
+        let f = fixture(None).await;
         let b = basic("ci-bot", &f.secrets[0]);
         let jwt = f.bearer_for(&token(PasswordSlot::Password1), pull_access());
         f.auth(&b).unwrap();
@@ -679,22 +695,22 @@ mod tests {
             status: Some(TokenStatus::Disabled),
             ..TokenUpdate::default()
         };
-        f.store.update_token("ci-bot", &disable).unwrap();
+        f.store.update_token("ci-bot", &disable).await.unwrap();
         assert_eq!(reason(f.auth(&b)), "token `ci-bot` is disabled");
         assert_eq!(reason(f.auth(&jwt)), "token `ci-bot` is disabled");
         let enable = TokenUpdate {
             status: Some(TokenStatus::Enabled),
             ..TokenUpdate::default()
         };
-        f.store.update_token("ci-bot", &enable).unwrap();
+        f.store.update_token("ci-bot", &enable).await.unwrap();
         f.auth(&b).unwrap();
         f.auth(&jwt).unwrap();
     }
 
-    #[test]
-    fn expired_password_fails_for_basic_and_bearer() {
+    #[tokio::test]
+    async fn expired_password_fails_for_basic_and_bearer() {
         let now = now_unix();
-        let f = fixture(Some(now + 100));
+        let f = fixture(Some(now + 100)).await;
         let b = basic("ci-bot", &f.secrets[0]);
         let jwt = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
         f.authn.authenticate_at(Some(&b), None, now).unwrap();
@@ -711,21 +727,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn deleted_token_fails_on_the_very_next_request() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn deleted_token_fails_on_the_very_next_request() {
+        let f = fixture(None).await;
         let b = basic("ci-bot", &f.secrets[0]);
         let jwt = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
         f.auth(&b).unwrap();
         f.auth(&jwt).unwrap();
-        f.store.delete_token("ci-bot").unwrap();
+        f.store.delete_token("ci-bot").await.unwrap();
         assert_eq!(reason(f.auth(&b)), "invalid username or password");
         assert_eq!(reason(f.auth(&jwt)), "token `ci-bot` no longer exists");
     }
 
-    #[test]
-    fn regenerated_or_deleted_slot_invalidates_its_tokens_only() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn regenerated_or_deleted_slot_invalidates_its_tokens_only() {
+        let f = fixture(None).await;
         let old = basic("ci-bot", &f.secrets[0]);
         let jwt1 = f.bearer_for(&token(PasswordSlot::Password1), vec![]);
         let jwt2 = f.bearer_for(&token(PasswordSlot::Password2), vec![]);
@@ -734,6 +750,7 @@ mod tests {
         let regenerated = f
             .store
             .generate_passwords("ci-bot", &[PasswordSlot::Password1], None)
+            .await
             .unwrap();
         assert_eq!(reason(f.auth(&old)), "invalid username or password");
         assert_eq!(
@@ -755,6 +772,7 @@ mod tests {
         );
         f.store
             .delete_password("ci-bot", PasswordSlot::Password2)
+            .await
             .unwrap();
         assert_eq!(
             reason(f.auth(&jwt2)),
@@ -762,9 +780,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn forged_or_foreign_bearer_tokens_are_refused() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn forged_or_foreign_bearer_tokens_are_refused() {
+        let f = fixture(None).await;
         let other_dir = tempfile::tempdir().unwrap();
         let other =
             Issuer::load_or_create(other_dir.path(), "registry.test", Duration::from_secs(300))
@@ -784,9 +802,9 @@ mod tests {
         assert!(reason(f.auth(&h)).starts_with("bearer token has type"));
     }
 
-    #[test]
-    fn refresh_tokens_recheck_the_principal() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn refresh_tokens_recheck_the_principal() {
+        let f = fixture(None).await;
         let subject = f.authn.subject(&token(PasswordSlot::Password1)).unwrap();
         let refresh = f
             .issuer
@@ -815,6 +833,7 @@ mod tests {
                     ..TokenUpdate::default()
                 },
             )
+            .await
             .unwrap();
         assert!(matches!(
             f.authn.refresh(&refresh.token),
@@ -824,10 +843,10 @@ mod tests {
 
     /// Per-request cost of each path; run with
     /// `cargo test --release --lib gateway::authn::tests::timing -- --ignored --nocapture`.
-    #[test]
+    #[tokio::test]
     #[ignore = "a measurement, not a check"]
-    fn timing() {
-        let f = fixture(None);
+    async fn timing() {
+        let f = fixture(None).await;
         let mean = |label: &str, mut run: Box<dyn FnMut() + '_>| {
             const N: u32 = 20_000;
             let start = std::time::Instant::now();
@@ -880,9 +899,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn malformed_headers_are_invalid_credentials_never_panics() {
-        let f = fixture(None);
+    #[tokio::test]
+    async fn malformed_headers_are_invalid_credentials_never_panics() {
+        let f = fixture(None).await;
         let cases: &[&[u8]] = &[
             b"",
             b"Basic",

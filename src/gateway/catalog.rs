@@ -144,8 +144,8 @@ mod tests {
         page.repositories.iter().map(String::as_str).collect()
     }
 
-    #[test]
-    fn catalog_shows_only_readable_repositories_page_by_page() {
+    #[tokio::test]
+    async fn catalog_shows_only_readable_repositories_page_by_page() {
         let dir = tempfile::tempdir().unwrap();
         let store = IdentityStore::open(&dir.path().join("control.redb")).unwrap();
         let engine = PolicyEngine::load(&[]).unwrap();
@@ -160,7 +160,8 @@ mod tests {
                 ("samples/*", &[Action::MetadataRead]),
                 ("a", &[Action::ContentRead]),
             ],
-        );
+        )
+        .await;
         let page = |who: &Principal, last: Option<&str>, n: Option<usize>| {
             visible(&engine, &store.snapshot(), who, None, &all, last, n)
         };
@@ -321,6 +322,7 @@ mod tests {
                     passwords: vec![PasswordSlot::Password1],
                     expires_at: None,
                 })
+                .await
                 .unwrap();
             let lister = basic("lister", &created.passwords[0].value);
 

@@ -24,6 +24,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_SERVICE: &str = "portcullis";
 pub const DEFAULT_GRACE_SECS: u64 = 5;
+/// How long a shared control plane may go unconfirmed before decisions stop.
+pub const DEFAULT_CONTROL_PLANE_MAX_STALENESS: Duration = Duration::from_secs(30);
 /// Concurrent HTTP/2 streams per connection (pingora's bounded default).
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 
@@ -107,6 +109,9 @@ pub struct FileConfig {
 pub struct FileControlPlane {
     /// `embedded` or a `postgres://` URL.
     pub url: Option<String>,
+    /// Seconds a gateway keeps deciding from its last snapshot while the shared control
+    /// plane cannot be reached.
+    pub max_staleness_seconds: Option<u64>,
 }
 
 /// Where the control plane lives.
@@ -307,6 +312,7 @@ pub struct Overrides {
     pub max_manifest_bytes: Option<usize>,
     pub metadata: Option<String>,
     pub control_plane: Option<String>,
+    pub control_plane_max_staleness_seconds: Option<u64>,
     /// `s3://BUCKET[/PREFIX]` and how to reach it.
     pub storage: Option<String>,
     pub s3: S3Settings,
@@ -361,6 +367,9 @@ pub struct Config {
     /// The bundled store's GC, upload expiry and manifest size limit.
     pub storage: StorageSettings,
     pub control_plane: ControlPlane,
+    /// How long a shared control plane's snapshot may go unconfirmed before requests
+    /// that need a decision are refused (503).
+    pub control_plane_max_staleness: Duration,
     pub log_format: LogFormat,
     pub audit_log: AuditTarget,
     /// Peers whose forwarding headers are believed (none by default).
@@ -496,6 +505,14 @@ impl Config {
             control_plane: match over.control_plane.or(file.control_plane.url) {
                 Some(value) => ControlPlane::parse(&value).map_err(ConfigError::ControlPlane)?,
                 None => ControlPlane::Embedded,
+            },
+            control_plane_max_staleness: match over
+                .control_plane_max_staleness_seconds
+                .or(file.control_plane.max_staleness_seconds)
+            {
+                Some(0) => return Err(ConfigError::Zero("control_plane.max_staleness_seconds")),
+                Some(secs) => Duration::from_secs(secs),
+                None => DEFAULT_CONTROL_PLANE_MAX_STALENESS,
             },
             log_format: over.log_format.or(file.log_format).unwrap_or_default(),
             audit_log: over

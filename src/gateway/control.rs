@@ -108,9 +108,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The backend answers the distribution API: 200 `ready`, else 503 saying why (see
-/// [`Backend::ready`]).
+/// The control plane's snapshot is within its staleness bound and the backend answers
+/// the distribution API: 200 `ready`, else 503 saying why (see [`Backend::ready`]).
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Err(stale) = gw.store.fresh() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: control plane unreachable for {}s\n",
+                stale.elapsed.as_secs()
+            ),
+        )
+            .into_response();
+    }
     match gw.backend.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (

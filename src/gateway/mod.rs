@@ -70,6 +70,8 @@ use crate::trust::service::TrustService;
 
 /// Everything a request needs, shared by the proxy and the control app.
 pub struct Gateway {
+    /// The shared control-plane database (`None`: embedded in the data directory).
+    pub control_plane: Option<Arc<PgControl>>,
     pub store: Arc<IdentityStore>,
     pub engine: Arc<PolicyEngine>,
     pub admin: Arc<AdminAccount>,
@@ -118,6 +120,9 @@ pub struct GatewayOptions {
     pub storage: config::StorageSettings,
     /// Where the control plane lives.
     pub control_plane: config::ControlPlane,
+    /// How long a shared control plane's snapshot may go unconfirmed before requests
+    /// that need a decision are refused.
+    pub control_plane_max_staleness: Duration,
     /// Where audit records go.
     pub audit: Audit,
     /// Where the passphrase of the trust keys' key-encryption key comes from.
@@ -195,30 +200,50 @@ impl Gateway {
             private::tighten(&path, private::FILE_MODE)
                 .with_context(|| format!("checking the mode of `{}`", path.display()))?;
         }
-        let store = IdentityStore::open(&control).context("opening the identity store")?;
-        // Trust data lives in the control plane (the same redb file, or PostgreSQL);
-        // ECDSA keys until `serve` applies the configured algorithm.
-        let (trust, trust_kek) = match &options.control_plane {
-            config::ControlPlane::Embedded => TrustService::open(
-                store.database(),
-                KeyAlgorithm::Ecdsa,
-                data_dir,
-                &options.trust_key_passphrase,
-            )
-            .context("opening the trust store")?,
-            config::ControlPlane::Postgres(url) => on_own_runtime(async {
-                let control = PgControl::connect(url).await?;
-                TrustService::open_shared(
-                    control,
-                    KeyAlgorithm::Ecdsa,
-                    &options.trust_key_passphrase,
-                )
-                .await
-                .context("opening the trust store")
-            })?,
-        };
-        let (admin, admin_password) =
-            AdminAccount::open(data_dir, options.admin_password.as_deref(), &store)?;
+        let control_db = Arc::new(
+            redb::Database::create(&control)
+                .with_context(|| format!("opening `{}`", control.display()))?,
+        );
+        // Identity and trust data live in the control plane: the same redb file, or
+        // PostgreSQL. New trust keys are ECDSA until `serve` applies the configured
+        // algorithm.
+        let (pg_control, store, (admin, admin_password), (trust, trust_kek)) =
+            on_own_runtime(async {
+                let pg_control = match &options.control_plane {
+                    config::ControlPlane::Embedded => None,
+                    config::ControlPlane::Postgres(url) => Some(PgControl::connect(url).await?),
+                };
+                let store = match &pg_control {
+                    None => IdentityStore::embedded(Arc::clone(&control_db))
+                        .context("opening the identity store")?,
+                    Some(control) => IdentityStore::postgres(
+                        Arc::clone(control),
+                        options.control_plane_max_staleness,
+                    )
+                    .await
+                    .context("loading the identity store")?,
+                };
+                let admin =
+                    AdminAccount::open(data_dir, options.admin_password.as_deref(), &store).await?;
+                let trust = match &pg_control {
+                    None => TrustService::open(
+                        Arc::clone(&control_db),
+                        KeyAlgorithm::Ecdsa,
+                        data_dir,
+                        &options.trust_key_passphrase,
+                    ),
+                    Some(control) => {
+                        TrustService::open_shared(
+                            Arc::clone(control),
+                            KeyAlgorithm::Ecdsa,
+                            &options.trust_key_passphrase,
+                        )
+                        .await
+                    }
+                }
+                .context("opening the trust store")?;
+                Ok((pg_control, store, admin, trust))
+            })?;
         let admin = Arc::new(admin);
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
         let issuer = Arc::new(
@@ -246,6 +271,7 @@ impl Gateway {
                 options.login_throttle,
                 options.audit.clone(),
             ))),
+            control_plane: pg_control,
             store,
             engine,
             admin,
@@ -315,6 +341,7 @@ pub(crate) mod testing {
             token_ttl: Duration::from_secs(300),
             storage: Default::default(),
             control_plane: Default::default(),
+            control_plane_max_staleness: config::DEFAULT_CONTROL_PLANE_MAX_STALENESS,
             audit: Audit::default(),
             trust_key_passphrase: PassphraseSource::DataDir,
             login_throttle: Default::default(),
@@ -323,7 +350,7 @@ pub(crate) mod testing {
     }
 
     /// Creates an enabled token with password1 and scope-map `rules`; its principal.
-    pub fn token(
+    pub async fn token(
         store: &IdentityStore,
         name: &str,
         rules: &[(&str, &[crate::identity::Action])],
@@ -345,6 +372,7 @@ pub(crate) mod testing {
                 passwords: vec![PasswordSlot::Password1],
                 expires_at: None,
             })
+            .await
             .unwrap();
         crate::identity::Principal::Token {
             name: name.into(),

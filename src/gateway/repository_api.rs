@@ -29,6 +29,7 @@ use super::classify::{Route, classify};
 use super::errors::GatewayError;
 use super::{Gateway, RequestMeta};
 use crate::identity::pattern::is_valid_repository_name;
+use crate::identity::store::IdentityStoreError;
 use crate::identity::{Action, RepositoryAttributes};
 use crate::policy::Operation;
 
@@ -155,13 +156,13 @@ async fn patch(
     })?;
     // Read, change and write in one transaction: concurrent PATCHes of different
     // fields must not undo each other.
-    let (store, repo) = (Arc::clone(&gw.store), name.to_owned());
-    tokio::task::spawn_blocking(move || {
-        store.update_repository_attributes(&repo, |current| changes.apply(current))
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(format!("attribute write task: {e}")))?
-    .map_err(|e| GatewayError::Internal(e.to_string()))
+    gw.store
+        .update_repository_attributes(name, |current| changes.apply(current))
+        .await
+        .map_err(|e| match e {
+            IdentityStoreError::Postgres { .. } => GatewayError::Unavailable(e.to_string()),
+            e => GatewayError::Internal(e.to_string()),
+        })
 }
 
 /// `DELETE` of a whole repository (`<name>`) or an image (`<name>/_manifests/<ref>`):
@@ -297,7 +298,7 @@ mod tests {
     }
 
     /// A token holding `actions` on [`REPO`]; returns its Basic credentials.
-    fn token(gw: &Gateway, name: &str, actions: &[&str]) -> String {
+    async fn token(gw: &Gateway, name: &str, actions: &[&str]) -> String {
         let created = gw
             .store
             .create_token(&NewToken {
@@ -307,6 +308,7 @@ mod tests {
                 passwords: vec![PasswordSlot::Password1],
                 expires_at: None,
             })
+            .await
             .unwrap();
         basic(name, &created.passwords[0].value)
     }
@@ -351,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn metadata_read_shows_attributes_but_cannot_change_them() {
         let f = fixture();
-        let reader = token(&f.gw, "reader", &["metadata/read"]);
+        let reader = token(&f.gw, "reader", &["metadata/read"]).await;
         let (status, _, body) = call(&f.gw, "GET", REPO, Some(&reader), "").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
@@ -395,8 +397,11 @@ mod tests {
             signed_only: true,
             ..RepositoryAttributes::default()
         };
-        f.gw.store.set_repository_attributes(REPO, &stored).unwrap();
-        let writer = token(&f.gw, "writer", &["metadata/write"]);
+        f.gw.store
+            .set_repository_attributes(REPO, &stored)
+            .await
+            .unwrap();
+        let writer = token(&f.gw, "writer", &["metadata/write"]).await;
         let (status, _, body) = call(
             &f.gw,
             "PATCH",
@@ -528,7 +533,7 @@ mod tests {
         assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
         let challenge = headers[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(challenge.starts_with("Bearer realm=\"http://registry.test/oauth2/token\""));
-        token(&f.gw, "reader", &["metadata/read"]);
+        token(&f.gw, "reader", &["metadata/read"]).await;
         let (status, headers, _) =
             call(&f.gw, "GET", REPO, Some(&basic("reader", "wrong")), "").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -4,7 +4,8 @@
 //!
 //! Runtimes: pingora's `Server::run` owns its own runtimes (one per service) and blocks
 //! until shutdown; it cannot run inside another runtime. Tokio work that must outlive
-//! requests — the policy reloader, storage GC and upload expiry — runs on a dedicated runtime owned here, alive until
+//! requests — the policy reloader, the control-plane follower, storage GC and upload
+//! expiry — runs on a dedicated runtime owned here, alive until
 //! pingora returns.
 //!
 //! Shutdown: SIGTERM stops accepting, lets in-flight requests finish for the grace
@@ -67,6 +68,7 @@ pub fn prepare(config: Config, audit: Audit) -> anyhow::Result<Prepared> {
         token_ttl: TOKEN_TTL,
         storage: config.storage.clone(),
         control_plane: config.control_plane.clone(),
+        control_plane_max_staleness: config.control_plane_max_staleness,
         audit,
         trust_key_passphrase: config.trust_key_passphrase.clone(),
         login_throttle: config.login_throttle,
@@ -156,6 +158,10 @@ impl Prepared {
             let _guard = background.enter();
             gw.engine.spawn_reloader();
             gw.trust.spawn_watch();
+            // A shared control plane: other gateways' writes, and the staleness clock.
+            if let Some(follower) = gw.store.follower() {
+                tokio::spawn(follower);
+            }
         }
         if let Some(registry) = &opened.bundled {
             // The store's own upkeep (e.g. expiring abandoned uploads); requests reach

@@ -417,7 +417,7 @@ mod tests {
         secret: String,
     }
 
-    fn fixture() -> Fixture {
+    async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let gw = testing::gateway(dir.path());
         let rule = parse_rule("samples/hello-world", &["content/read", "content/write"]).unwrap();
@@ -430,6 +430,7 @@ mod tests {
                 passwords: vec![PasswordSlot::Password1],
                 expires_at: None,
             })
+            .await
             .unwrap();
         let secret = created.passwords[0].value.clone();
         Fixture {
@@ -497,12 +498,12 @@ mod tests {
                 .unwrap()
         }
 
-        fn set_status(&self, status: TokenStatus) {
+        async fn set_status(&self, status: TokenStatus) {
             let update = TokenUpdate {
                 status: Some(status),
                 ..TokenUpdate::default()
             };
-            self.gw.store.update_token("ci-bot", &update).unwrap();
+            self.gw.store.update_token("ci-bot", &update).await.unwrap();
         }
     }
 
@@ -519,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_with_basic_grants_only_what_policy_allows() {
-        let f = fixture();
+        let f = fixture().await;
         let query =
             format!("service=portcullis-test&{HELLO}&{NGINX}&account=ci-bot&client_id=docker");
         let reply = f.get(&query, Some(&basic("ci-bot", &f.secret))).await;
@@ -561,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_scope_map_changes_the_next_grant() {
-        let f = fixture();
+        let f = fixture().await;
         let creds = basic("ci-bot", &f.secret);
         let query = format!("service=portcullis-test&{HELLO}&{NGINX}");
         let update = ScopeMapUpdate {
@@ -571,6 +572,7 @@ mod tests {
         };
         f.gw.store
             .update_scope_map("ci-bot-scope-map", &update)
+            .await
             .unwrap();
         let claims = f.claims(&f.get(&query, Some(&creds)).await);
         assert_eq!(
@@ -584,7 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn anonymous_gets_an_empty_grant_not_an_error() {
-        let f = fixture();
+        let f = fixture().await;
         let reply = f
             .get(
                 &format!(
@@ -603,7 +605,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_credentials_are_401_unauthorized_with_a_challenge() {
-        let f = fixture();
+        let f = fixture().await;
         for creds in [
             basic("ci-bot", "wrong"),
             basic("nobody", &f.secret),
@@ -622,8 +624,8 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_token_is_refused() {
-        let f = fixture();
-        f.set_status(TokenStatus::Disabled);
+        let f = fixture().await;
+        f.set_status(TokenStatus::Disabled).await;
         let reply = f
             .get(
                 &format!("service=portcullis-test&{HELLO}"),
@@ -639,7 +641,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_service_and_bad_scopes_are_400() {
-        let f = fixture();
+        let f = fixture().await;
         let creds = basic("ci-bot", &f.secret);
         let reply = f
             .get(&format!("service=elsewhere&{HELLO}"), Some(&creds))
@@ -663,7 +665,7 @@ mod tests {
 
     #[tokio::test]
     async fn host_qualified_scope_splits_on_the_last_colon() {
-        let f = fixture();
+        let f = fixture().await;
         let reply = f
             .get(
                 "service=portcullis-test&scope=repository:localhost:5443/samples/app:push,pull",
@@ -679,7 +681,7 @@ mod tests {
 
     impl Fixture {
         /// A token with `actions` on `repository`; its password1.
-        fn token(&self, name: &str, repository: &str, actions: &[&str]) -> String {
+        async fn token(&self, name: &str, repository: &str, actions: &[&str]) -> String {
             let rule = parse_rule(repository, actions).unwrap();
             let created = self
                 .gw
@@ -691,6 +693,7 @@ mod tests {
                     passwords: vec![PasswordSlot::Password1],
                     expires_at: None,
                 })
+                .await
                 .unwrap();
             basic(name, &created.passwords[0].value)
         }
@@ -704,28 +707,36 @@ mod tests {
 
     #[tokio::test]
     async fn gun_scopes_are_granted_by_the_trust_rules() {
-        let f = fixture();
+        let f = fixture().await;
         const GUN: &str = "127.0.0.1:5443/samples/app";
         let scope = |actions: &str| format!("repository:{GUN}:{actions}");
-        let signer = f.token(
-            "signer",
-            "samples/app",
-            &["content/read", "content/write", "trust/write"],
-        );
-        let pusher = f.token("pusher", "samples/app", &["content/read", "content/write"]);
-        let owner = f.token(
-            "owner",
-            "samples/*",
-            &[
-                "content/read",
-                "content/write",
-                "content/delete",
-                "trust/write",
-            ],
-        );
-        let reader = f.token("reader", "samples/app", &["content/read"]);
+        let signer = f
+            .token(
+                "signer",
+                "samples/app",
+                &["content/read", "content/write", "trust/write"],
+            )
+            .await;
+        let pusher = f
+            .token("pusher", "samples/app", &["content/read", "content/write"])
+            .await;
+        let owner = f
+            .token(
+                "owner",
+                "samples/*",
+                &[
+                    "content/read",
+                    "content/write",
+                    "content/delete",
+                    "trust/write",
+                ],
+            )
+            .await;
+        let reader = f.token("reader", "samples/app", &["content/read"]).await;
         // May delete trust data and rotate keys (the API's rule) without push or pull.
-        let cleaner = f.token("cleaner", "samples/app", &["content/delete", "trust/write"]);
+        let cleaner = f
+            .token("cleaner", "samples/app", &["content/delete", "trust/write"])
+            .await;
         let admin = basic("admin", "admin-secret");
         let cases: Vec<(&str, &str, &[&str])> = vec![
             (&signer, "push,pull", &["push", "pull"]),
@@ -766,7 +777,7 @@ mod tests {
 
     #[tokio::test]
     async fn catalog_scope_goes_to_any_authenticated_principal() {
-        let f = fixture();
+        let f = fixture().await;
         let reply = f
             .get(
                 "scope=registry:catalog:*",
@@ -781,7 +792,7 @@ mod tests {
 
     #[tokio::test]
     async fn docker_login_then_refresh_token_grant() {
-        let f = fixture();
+        let f = fixture().await;
         // `docker login`: GET with Basic and offline_token=true; docker keeps the refresh
         // token as its identity token.
         let reply = f
@@ -812,16 +823,17 @@ mod tests {
         );
         assert!(reply.json.get("refresh_token").is_none());
         // Refresh tokens are revocable: the principal is checked on every use.
-        f.set_status(TokenStatus::Disabled);
+        f.set_status(TokenStatus::Disabled).await;
         let reply = f.post(&form).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             reply.json["errors"][0]["message"],
             "token `ci-bot` is disabled"
         );
-        f.set_status(TokenStatus::Enabled);
+        f.set_status(TokenStatus::Enabled).await;
         f.gw.store
             .generate_passwords("ci-bot", &[PasswordSlot::Password1], None)
+            .await
             .unwrap();
         let reply = f.post(&form).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
@@ -849,7 +861,7 @@ mod tests {
 
     #[tokio::test]
     async fn post_password_grant() {
-        let f = fixture();
+        let f = fixture().await;
         let password: String =
             percent_encoding::utf8_percent_encode(&f.secret, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();

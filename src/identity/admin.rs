@@ -59,13 +59,13 @@ impl AdminAccount {
     /// Uses `configured` if given, else the password file, else generates and stores one.
     /// The password's record is kept in `store` (see
     /// [`IdentityStore::admin_password_record`]).
-    pub fn open(
+    pub async fn open(
         data_dir: &Path,
         configured: Option<&str>,
         store: &IdentityStore,
     ) -> Result<(Self, AdminPasswordSource), AdminAccountError> {
         let (password, source) = Self::read(data_dir, configured)?;
-        let record = store.admin_password_record(&password)?;
+        let record = store.admin_password_record(&password).await?;
         Ok((AdminAccount { record }, source))
     }
 
@@ -142,26 +142,28 @@ mod tests {
         IdentityStore::open(&dir.join("control.redb")).unwrap()
     }
 
-    #[test]
-    fn configured_password_wins() {
+    #[tokio::test]
+    async fn configured_password_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, src) = AdminAccount::open(dir.path(), Some("s3cret"), &store(dir.path())).unwrap();
+        let (a, src) = AdminAccount::open(dir.path(), Some("s3cret"), &store(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(src, AdminPasswordSource::Configured);
         assert!(a.verify("admin", "s3cret"));
         assert!(!a.verify("admin", "s3cret2"));
         assert!(!a.verify("Admin", "s3cret"));
         assert!(!dir.path().join(ADMIN_PASSWORD_FILE).exists());
         assert!(matches!(
-            AdminAccount::open(dir.path(), Some(""), &store(dir.path())),
+            AdminAccount::open(dir.path(), Some(""), &store(dir.path())).await,
             Err(AdminAccountError::EmptyPassword)
         ));
     }
 
-    #[test]
-    fn generated_once_then_read_back_with_mode_0600() {
+    #[tokio::test]
+    async fn generated_once_then_read_back_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let (a, src) = AdminAccount::open(dir.path(), None, &s).unwrap();
+        let (a, src) = AdminAccount::open(dir.path(), None, &s).await.unwrap();
         let AdminPasswordSource::Generated { password, path } = src else {
             panic!("not generated: {src:?}")
         };
@@ -169,24 +171,30 @@ mod tests {
         assert!(a.verify("admin", &password));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (b, src) = AdminAccount::open(dir.path(), None, &s).unwrap();
+        let (b, src) = AdminAccount::open(dir.path(), None, &s).await.unwrap();
         assert_eq!(src, AdminPasswordSource::File(path.clone()));
         assert!(b.verify("admin", &password));
         fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            AdminAccount::open(dir.path(), None, &s),
+            AdminAccount::open(dir.path(), None, &s).await,
             Err(AdminAccountError::EmptyFile { .. })
         ));
     }
 
-    #[test]
-    fn the_record_survives_a_restart_and_changes_with_the_password() {
+    #[tokio::test]
+    async fn the_record_survives_a_restart_and_changes_with_the_password() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let (a, _) = AdminAccount::open(dir.path(), Some("one"), &s).unwrap();
-        let (b, _) = AdminAccount::open(dir.path(), Some("one"), &s).unwrap();
+        let (a, _) = AdminAccount::open(dir.path(), Some("one"), &s)
+            .await
+            .unwrap();
+        let (b, _) = AdminAccount::open(dir.path(), Some("one"), &s)
+            .await
+            .unwrap();
         assert_eq!(a.record(), b.record());
-        let (c, _) = AdminAccount::open(dir.path(), Some("two"), &s).unwrap();
+        let (c, _) = AdminAccount::open(dir.path(), Some("two"), &s)
+            .await
+            .unwrap();
         assert_ne!(a.record().salt, c.record().salt);
         assert!(c.verify("admin", "two") && !c.verify("admin", "one"));
     }

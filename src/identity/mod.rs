@@ -1,6 +1,7 @@
 //! Identity: who may call the registry. Owns the token / scope-map model, pattern
 //! validation, secrets (generation, salted hashing, constant-time checks), Basic
-//! credentials, the control-plane store in redb, and the bootstrap admin account.
+//! credentials, the control-plane store (redb, or PostgreSQL shared by every gateway),
+//! and the bootstrap admin account.
 
 pub mod admin;
 pub mod basic;
@@ -10,8 +11,9 @@ pub mod scope;
 pub mod secret;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap};
 
 pub use admin::{AdminAccount, AdminPasswordSource};
 pub use model::*;
@@ -21,8 +23,11 @@ pub use store::IdentityStore;
 use secret::verify_secret;
 
 /// An immutable, in-memory view of the control plane at one store version.
-/// The store swaps in a new snapshot after every committed write, so readers on the
-/// request path never touch redb and can tell what changed by `version`.
+/// The store swaps in a new snapshot after every committed write (its own or, with a
+/// shared control plane, another gateway's), so readers on the request path never touch
+/// the database and can tell what changed by `version`. The maps are persistent
+/// (`imbl`): a clone is O(1) and a change copies O(log n), so applying one write does
+/// not copy the whole snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct IdentitySnapshot {
     /// Increases with every committed control-plane write.
@@ -33,10 +38,13 @@ pub struct IdentitySnapshot {
     /// Only repositories whose attributes differ from the default are listed.
     pub repositories: HashMap<String, RepositoryAttributes>,
     /// Verification identities of OCI signatures, by name.
-    pub signature_trust: BTreeMap<String, Arc<SignatureTrust>>,
-    /// Increases with every change of `signature_trust` only: verified signatures are
-    /// cached under it, so token and scope-map writes keep them.
+    pub signature_trust: OrdMap<String, Arc<SignatureTrust>>,
+    /// Increases with every change of `signature_trust` only (it is the store version of
+    /// the last such change): verified signatures are cached under it, so token and
+    /// scope-map writes keep them.
     pub signature_trust_version: u64,
+    /// The admin password's stored record (see [`IdentityStore::admin_password_record`]).
+    pub admin_password: Option<Arc<PasswordRecord>>,
 }
 
 /// Why token credentials were refused. Distinct for logs and tests; clients must only

@@ -24,7 +24,7 @@
 //! expect = "deny"
 //! ```
 
-use std::collections::HashMap;
+use imbl::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

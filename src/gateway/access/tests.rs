@@ -33,8 +33,8 @@ fn fixture(policy: Option<&str>) -> Fixture {
 }
 
 impl Fixture {
-    fn token(&self, name: &str, rules: &[(&str, &[Action])]) -> Principal {
-        crate::gateway::testing::token(&self.store, name, rules)
+    async fn token(&self, name: &str, rules: &[(&str, &[Action])]) -> Principal {
+        crate::gateway::testing::token(&self.store, name, rules).await
     }
 
     /// Decides `kind` on `repository` for a Basic-authenticated `principal`.
@@ -267,18 +267,20 @@ fn each_written_tag_is_a_create_or_an_overwrite_of_its_own() {
     );
 }
 
-#[test]
-fn additive_wildcard_example_is_enforced() {
+#[tokio::test]
+async fn additive_wildcard_example_is_enforced() {
     use Action::*;
     let f = fixture(None);
-    let t = f.token(
-        "tester",
-        &[
-            ("sample/*", &[ContentRead]),
-            ("sample/teamA/*", &[ContentWrite]),
-            ("sample/teamA/projectB", &[ContentDelete]),
-        ],
-    );
+    let t = f
+        .token(
+            "tester",
+            &[
+                ("sample/*", &[ContentRead]),
+                ("sample/teamA/*", &[ContentWrite]),
+                ("sample/teamA/projectB", &[ContentDelete]),
+            ],
+        )
+        .await;
     let delete = || RequestKind::ManifestDelete {
         reference: digest(),
     };
@@ -298,8 +300,8 @@ fn additive_wildcard_example_is_enforced() {
     denied(f.decide(&t, "elsewhere", pull(), false));
 }
 
-#[test]
-fn mount_needs_read_on_the_source() {
+#[tokio::test]
+async fn mount_needs_read_on_the_source() {
     use Action::*;
     let f = fixture(None);
     let mount = |from: &str| RequestKind::UploadStart {
@@ -308,10 +310,12 @@ fn mount_needs_read_on_the_source() {
             from: Some(from.into()),
         }),
     };
-    let t = f.token(
-        "tester",
-        &[("a", &[ContentRead, ContentWrite]), ("b", &[ContentRead])],
-    );
+    let t = f
+        .token(
+            "tester",
+            &[("a", &[ContentRead, ContentWrite]), ("b", &[ContentRead])],
+        )
+        .await;
     f.decide(&t, "a", mount("b"), false).unwrap();
     let reason = denied(f.decide(&t, "a", mount("secret"), false));
     assert!(
@@ -394,17 +398,19 @@ fn challenge_scopes_merge_actions_per_repository() {
     assert_eq!(challenge_scopes(&[]), "");
 }
 
-#[test]
-fn tag_overwrite_and_create_reach_cedar_as_different_operations() {
+#[tokio::test]
+async fn tag_overwrite_and_create_reach_cedar_as_different_operations() {
     let f = fixture(Some(
         "@id(\"immutable-releases\")\n\
              forbid(principal, action == Action::\"content/write\", resource)\n\
              when { resource.name like \"release/*\" && context.operation == \"overwrite-tag\" };\n",
     ));
-    let t = f.token(
-        "tester",
-        &[("release/*", &[Action::ContentRead, Action::ContentWrite])],
-    );
+    let t = f
+        .token(
+            "tester",
+            &[("release/*", &[Action::ContentRead, Action::ContentWrite])],
+        )
+        .await;
     let put = |reference| RequestKind::ManifestPut {
         reference,
         tags: vec![],
@@ -431,13 +437,15 @@ fn tag_overwrite_and_create_reach_cedar_as_different_operations() {
         .unwrap();
 }
 
-#[test]
-fn bearer_claim_must_cover_what_policy_allows() {
+#[tokio::test]
+async fn bearer_claim_must_cover_what_policy_allows() {
     let f = fixture(None);
-    let t = f.token(
-        "tester",
-        &[("a", &[Action::ContentRead, Action::ContentWrite])],
-    );
+    let t = f
+        .token(
+            "tester",
+            &[("a", &[Action::ContentRead, Action::ContentWrite])],
+        )
+        .await;
     let bearer = |entries: Vec<(&str, &str, &[&str])>| Authenticated {
         principal: t.clone(),
         bearer_access: Some(
@@ -486,8 +494,8 @@ fn bearer_claim_must_cover_what_policy_allows() {
     ));
 }
 
-#[test]
-fn anonymous_is_challenged_and_a_token_is_denied() {
+#[tokio::test]
+async fn anonymous_is_challenged_and_a_token_is_denied() {
     let f = fixture(None);
     let anonymous = Principal::Anonymous;
     assert_eq!(
@@ -502,7 +510,7 @@ fn anonymous_is_challenged_and_a_token_is_denied() {
             scope: Some("repository:a/b:push,pull".into())
         })
     );
-    let t = f.token("tester", &[("x", &[Action::ContentRead])]);
+    let t = f.token("tester", &[("x", &[Action::ContentRead])]).await;
     denied(f.decide(&t, "a/b", pull(), false));
     // With anonymous pull on, anonymous may pull and nothing more.
     f.engine.set_anonymous_pull(true);
@@ -513,31 +521,35 @@ fn anonymous_is_challenged_and_a_token_is_denied() {
     ));
 }
 
-#[test]
-fn granted_scope_actions_follow_policy() {
+#[tokio::test]
+async fn granted_scope_actions_follow_policy() {
     use Action::*;
     let f = fixture(None);
-    let rw = f.token("reader-writer", &[("a", &[ContentRead, ContentWrite])]);
+    let rw = f
+        .token("reader-writer", &[("a", &[ContentRead, ContentWrite])])
+        .await;
     assert_eq!(
         f.granted(&rw, "a", &["push", "bogus", "pull", "delete", "push", "*"]),
         vec!["push", "pull"]
     );
     assert!(f.granted(&rw, "b", &["pull", "push"]).is_empty());
-    let untag = f.token("untagger", &[("a", &[MetadataWrite])]);
+    let untag = f.token("untagger", &[("a", &[MetadataWrite])]).await;
     assert_eq!(f.granted(&untag, "a", &["pull", "delete"]), vec!["delete"]);
-    let all = f.token(
-        "everything",
-        &[(
-            "a",
-            &[
-                ContentRead,
-                ContentWrite,
-                ContentDelete,
-                MetadataRead,
-                MetadataWrite,
-            ],
-        )],
-    );
+    let all = f
+        .token(
+            "everything",
+            &[(
+                "a",
+                &[
+                    ContentRead,
+                    ContentWrite,
+                    ContentDelete,
+                    MetadataRead,
+                    MetadataWrite,
+                ],
+            )],
+        )
+        .await;
     assert_eq!(f.granted(&all, "a", &["*", "delete"]), vec!["*", "delete"]);
     assert_eq!(f.granted(&Principal::Admin, "any/repo", &["*"]), vec!["*"]);
     assert!(f.granted(&Principal::Anonymous, "a", &["pull"]).is_empty());
@@ -669,7 +681,7 @@ mod signed_views {
                 .unwrap();
         }
 
-        fn signed_only(&self, on: bool) {
+        async fn signed_only(&self, on: bool) {
             let attributes = RepositoryAttributes {
                 signed_only: on,
                 ..RepositoryAttributes::default()
@@ -677,6 +689,7 @@ mod signed_views {
             self.gw
                 .store
                 .set_repository_attributes(REPO, &attributes)
+                .await
                 .unwrap();
         }
 
@@ -743,12 +756,13 @@ mod signed_views {
             }
         }
 
-        fn reader(&self, name: &str) -> Principal {
+        async fn reader(&self, name: &str) -> Principal {
             testing::token(
                 &self.gw.store,
                 name,
                 &[(REPO, &[Action::ContentRead, Action::MetadataRead])],
             )
+            .await
         }
     }
 
@@ -771,12 +785,12 @@ mod signed_views {
         v.push("v2", &two).await;
         v.push("latest", &one).await;
         v.sign(&[("v1", &one), ("latest", &one)]).await;
-        let t = v.reader("reader");
+        let t = v.reader("reader").await;
         // Not signed-only: everything is served, the tag list is the backend's.
         v.pull(&t, tag("v2")).await.unwrap();
         assert_eq!(v.tags(&t, None).await, None);
 
-        v.signed_only(true);
+        v.signed_only(true).await;
         v.pull(&t, tag("v1")).await.unwrap();
         v.pull(&t, Reference::Digest(Digest::of(&one)))
             .await
@@ -831,8 +845,8 @@ mod signed_views {
             .map(|(n, b)| (*n, b.as_slice()))
             .collect();
         v.sign(&signed).await;
-        v.signed_only(true);
-        let t = v.reader("reader");
+        v.signed_only(true).await;
+        let t = v.reader("reader").await;
         let page = v.tags(&t, Some("n=2")).await.unwrap();
         assert_eq!(page.0, vec!["a", "b"]);
         assert_eq!(
@@ -859,8 +873,8 @@ mod signed_views {
         v.push("v1", &one).await;
         v.push("v2", &two).await;
         v.sign(&[("v1", &one)]).await;
-        let deployer = v.reader("deployer");
-        let developer = v.reader("developer");
+        let deployer = v.reader("deployer").await;
+        let developer = v.reader("developer").await;
         v.pull(&deployer, tag("v1")).await.unwrap();
         let reason = unsigned_reason(v.pull(&deployer, tag("v2")).await);
         assert_eq!(
@@ -882,8 +896,8 @@ mod signed_views {
         let one = manifest("one");
         v.push("v1", &one).await;
         v.sign(&[("v1", &one)]).await;
-        v.signed_only(true);
-        let t = v.reader("reader");
+        v.signed_only(true).await;
+        let t = v.reader("reader").await;
         v.pull(&t, tag("v1")).await.unwrap();
         // Disabling deletes the trust data: the signed-only repository serves nothing.
         v.gw.trust
@@ -892,7 +906,7 @@ mod signed_views {
             .unwrap();
         unsigned_reason(v.pull(&t, tag("v1")).await);
         assert_eq!(v.tags(&t, None).await, Some((vec![], None)));
-        v.signed_only(false);
+        v.signed_only(false).await;
         v.pull(&t, tag("v1")).await.unwrap();
     }
 }

@@ -85,8 +85,8 @@ fn multipart(parts: &[(&str, &Bytes)]) -> Vec<u8> {
 impl Fixture {
     /// A bearer token for a new token `name` with scope-map `rules` and claim
     /// `actions` on the GUN.
-    fn bearer(&self, name: &str, rules: &[Action], actions: &[&str]) -> String {
-        let principal = testing::token(&self.gw.store, name, &[("samples/app", rules)]);
+    async fn bearer(&self, name: &str, rules: &[Action], actions: &[&str]) -> String {
+        let principal = testing::token(&self.gw.store, name, &[("samples/app", rules)]).await;
         self.bearer_for(&principal, actions)
     }
 
@@ -105,13 +105,14 @@ impl Fixture {
         format!("Bearer {}", signed.token)
     }
 
-    fn signer(&self) -> String {
+    async fn signer(&self) -> String {
         use Action::*;
         self.bearer(
             "signer",
             &[ContentRead, ContentWrite, TrustWrite],
             &["push", "pull"],
         )
+        .await
     }
 
     async fn call(
@@ -209,12 +210,12 @@ impl Fixture {
 #[tokio::test]
 async fn publish_then_read_with_caching_headers() {
     let f = fixture().await;
-    let signer = f.signer();
+    let signer = f.signer().await;
     let missing = f.get("tuf/root.json", &signer).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.code(), "METADATA_NOT_FOUND");
     let root = f.publish(&signer).await;
-    let reader = f.bearer("reader", &[Action::ContentRead], &["pull"]);
+    let reader = f.bearer("reader", &[Action::ContentRead], &["pull"]).await;
     let current = f.get("tuf/root.json", &reader).await;
     assert_eq!(current.status, StatusCode::OK);
     assert_eq!(current.body, root);
@@ -259,7 +260,7 @@ async fn publish_then_read_with_caching_headers() {
 #[tokio::test]
 async fn bad_uploads_get_notary_codes() {
     let f = fixture().await;
-    let signer = f.signer();
+    let signer = f.signer().await;
     f.publish(&signer).await;
     let check = |reply: Reply, status: StatusCode, code: &str| {
         assert_eq!(reply.status, status, "{:?}", reply.body);
@@ -322,7 +323,9 @@ async fn refusals_are_401s_for_the_gun_scope() {
         )
     );
     // Push without trust/write: no signing.
-    let pusher = f.bearer("pusher", &[ContentRead, ContentWrite], &["push", "pull"]);
+    let pusher = f
+        .bearer("pusher", &[ContentRead, ContentWrite], &["push", "pull"])
+        .await;
     let reply = f.get("tuf/timestamp.key", &pusher).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert!(
@@ -337,11 +340,13 @@ async fn refusals_are_401s_for_the_gun_scope() {
         "scope=\"repository:{GUN}:push,pull\",error=\"insufficient_scope\""
     )));
     // Policy allows, but the claim names only `pull`.
-    let narrow = f.bearer(
-        "narrow",
-        &[ContentRead, ContentWrite, TrustWrite],
-        &["pull"],
-    );
+    let narrow = f
+        .bearer(
+            "narrow",
+            &[ContentRead, ContentWrite, TrustWrite],
+            &["pull"],
+        )
+        .await;
     let reply = f.get("tuf/snapshot.key", &narrow).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     // The admin account never signs, but may delete and rotate.
@@ -359,16 +364,18 @@ async fn refusals_are_401s_for_the_gun_scope() {
         .await;
     assert_eq!(delete.status, StatusCode::OK);
     // A signer without content/delete may not.
-    let signer = f.signer();
+    let signer = f.signer().await;
     let delete = f
         .call("DELETE", "tuf/", Some(&signer), None, Vec::new())
         .await;
     assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
-    let owner = f.bearer(
-        "owner",
-        &[ContentRead, ContentWrite, ContentDelete, TrustWrite],
-        &["*"],
-    );
+    let owner = f
+        .bearer(
+            "owner",
+            &[ContentRead, ContentWrite, ContentDelete, TrustWrite],
+            &["*"],
+        )
+        .await;
     let delete = f
         .call("DELETE", "tuf/", Some(&owner), None, Vec::new())
         .await;
@@ -378,7 +385,7 @@ async fn refusals_are_401s_for_the_gun_scope() {
 #[tokio::test]
 async fn disabled_content_trust_is_a_clear_notary_error() {
     let f = fixture().await;
-    let signer = f.signer();
+    let signer = f.signer().await;
     f.publish(&signer).await;
     f.gw.trust
         .set_status(ContentTrustStatus::Disabled)

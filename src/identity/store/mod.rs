@@ -1,20 +1,33 @@
-//! The control-plane store: tokens, scope maps and repository attributes in redb
-//! (`<data-dir>/control.redb`), with an in-memory [`IdentitySnapshot`] swapped in after
-//! every commit so the request path reads memory only.
+//! The control-plane store: tokens, scope maps, repository attributes, signature
+//! trust and the admin password record, with an in-memory [`IdentitySnapshot`] swapped
+//! in after every change so the request path reads memory only.
 //!
-//! Every write runs in one redb write transaction that also bumps `version`; the new
-//! snapshot is built alongside (a shallow clone of the previous one: maps of `Arc`s) and
-//! published only after the commit succeeds. Writers are serialised by a mutex so the
-//! snapshot and the database never diverge. System scope maps live in code, not in redb.
+//! Two backends keep the records ([`Kind`], key → JSON): redb (`control.redb`, one
+//! process; [`redb`]) and PostgreSQL, shared by every gateway ([`pg`]). A write is a
+//! list of record writes plus a version bump, committed atomically: its checks run on a
+//! snapshot that is current under the write's lock (in PostgreSQL, the version row
+//! locked `FOR UPDATE`, after catching up with other gateways' writes), and the new
+//! snapshot is published only after the commit. Other gateways' writes arrive as
+//! records changed since a version ([`pg::follow`]) and are applied the same way.
+//! System scope maps live in code, not in the database.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use ::redb::Database;
 use arc_swap::ArcSwap;
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+
+use crate::control_plane::PgControl;
+
+mod pg;
+mod redb;
+
+pub use self::redb::{TablesCheck, check_tables};
 
 use super::model::{
     PasswordRecord, PasswordSlot, RepositoryAttributes, ScopeMap, ScopeRule, SignatureTrust, Token,
@@ -28,17 +41,6 @@ use super::scope::{
 use super::secret::{generate_secret, hash_secret, verify_secret};
 use super::{AuthError, IdentitySnapshot, now_unix};
 use crate::signatures::{TrustMaterialError, TrustedIdentity};
-
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
-const SCOPE_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("scope_maps");
-const REPOSITORIES: TableDefinition<&str, &[u8]> = TableDefinition::new("repositories");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// `admin` → the admin password's [`PasswordRecord`] (JSON).
-const ADMIN: TableDefinition<&str, &[u8]> = TableDefinition::new("admin");
-const VERSION_KEY: &str = "version";
-/// Verification identities of OCI signatures ([`SignatureTrust`], JSON), by name.
-const SIGNATURE_TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("signature_trust");
-const SIGNATURE_TRUST_VERSION_KEY: &str = "signature_trust_version";
 
 /// Why a control-plane operation failed. Messages name the user's input.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,11 @@ pub enum IdentityStoreError {
     #[error(transparent)]
     TrustMaterial(#[from] TrustMaterialError),
     #[error("control-plane database: {0}")]
-    Database(#[from] redb::Error),
+    Database(#[from] ::redb::Error),
+    #[error("control-plane write task: {0}")]
+    Task(String),
+    #[error("control-plane database {url}: {cause}")]
+    Postgres { url: String, cause: String },
     #[error("control-plane record `{key}` is corrupt: {source}")]
     Corrupt {
         key: String,
@@ -68,15 +74,106 @@ pub enum IdentityStoreError {
     },
 }
 
-fn db_err(e: impl Into<redb::Error>) -> IdentityStoreError {
-    IdentityStoreError::Database(e.into())
-}
-
 fn not_found(kind: &'static str, name: &str) -> IdentityStoreError {
     IdentityStoreError::NotFound {
         kind,
         name: name.to_owned(),
     }
+}
+
+/// What a control-plane record is: its redb table, its `kind` in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Token,
+    ScopeMap,
+    Repository,
+    SignatureTrust,
+    Admin,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Token,
+        Kind::ScopeMap,
+        Kind::Repository,
+        Kind::SignatureTrust,
+        Kind::Admin,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Token => "token",
+            Kind::ScopeMap => "scope_map",
+            Kind::Repository => "repository",
+            Kind::SignatureTrust => "signature_trust",
+            Kind::Admin => "admin",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One record write (`value` `None`: deleted), as committed and as replayed.
+#[derive(Debug, Clone)]
+struct Record {
+    kind: Kind,
+    key: String,
+    /// JSON.
+    value: Option<Vec<u8>>,
+}
+
+/// The admin password record's key.
+const ADMIN_KEY: &str = "admin";
+
+/// Sets one record in `snap`: how loading and other gateways' writes reach a snapshot.
+fn apply(snap: &mut IdentitySnapshot, record: &Record) -> Result<(), IdentityStoreError> {
+    let key = record.key.clone();
+    let Some(bytes) = &record.value else {
+        match record.kind {
+            Kind::Token => drop(snap.tokens.remove(&key)),
+            Kind::ScopeMap => drop(snap.scope_maps.remove(&key)),
+            Kind::Repository => drop(snap.repositories.remove(&key)),
+            Kind::SignatureTrust => drop(snap.signature_trust.remove(&key)),
+            Kind::Admin => snap.admin_password = None,
+        }
+        return Ok(());
+    };
+    match record.kind {
+        Kind::Token => drop(
+            snap.tokens
+                .insert(key, Arc::new(decode(&record.key, bytes)?)),
+        ),
+        Kind::ScopeMap => drop(
+            snap.scope_maps
+                .insert(key, Arc::new(decode(&record.key, bytes)?)),
+        ),
+        Kind::Repository => drop(snap.repositories.insert(key, decode(&record.key, bytes)?)),
+        Kind::SignatureTrust => drop(
+            snap.signature_trust
+                .insert(key, Arc::new(decode(&record.key, bytes)?)),
+        ),
+        Kind::Admin => snap.admin_password = Some(Arc::new(decode(&record.key, bytes)?)),
+    }
+    Ok(())
+}
+
+/// A snapshot at `version` holding `records` (and the system scope maps).
+fn load(version: u64, records: &[Record]) -> Result<IdentitySnapshot, IdentityStoreError> {
+    let mut snap = IdentitySnapshot {
+        version,
+        // Nothing verified under an earlier one survives a restart.
+        signature_trust_version: version,
+        ..IdentitySnapshot::default()
+    };
+    for map in system_scope_maps() {
+        snap.scope_maps.insert(map.name.clone(), Arc::new(map));
+    }
+    for record in records {
+        apply(&mut snap, record)?;
+    }
+    Ok(snap)
 }
 
 /// How a new token gets its scope map.
@@ -129,11 +226,25 @@ pub struct TokenWithSecrets {
 
 /// The control-plane store; open once per process and share the `Arc`.
 pub struct IdentityStore {
-    /// Shared with the trust store, whose tables live in the same file.
-    db: Arc<Database>,
+    backend: Backend,
     current: ArcSwap<IdentitySnapshot>,
-    write_lock: Mutex<()>,
+    /// Serialises this process's writers (PostgreSQL serialises every gateway's too).
+    write_lock: tokio::sync::Mutex<()>,
+    /// Held while a snapshot is replaced: only ever by a newer one.
+    publish_lock: Mutex<()>,
     changes: watch::Sender<u64>,
+    /// When the snapshot was last known to be current: milliseconds since `epoch`.
+    confirmed_ms: AtomicI64,
+    epoch: std::time::Instant,
+}
+
+enum Backend {
+    Redb(redb::Redb),
+    Postgres {
+        control: Arc<PgControl>,
+        /// How long the snapshot may go unconfirmed before requests are refused.
+        max_staleness: Duration,
+    },
 }
 
 impl std::fmt::Debug for IdentityStore {
@@ -144,17 +255,27 @@ impl std::fmt::Debug for IdentityStore {
     }
 }
 
-/// One write in progress: the redb transaction and the snapshot being built.
+/// The snapshot has not been confirmed current for longer than the staleness bound
+/// allows (`--control-plane-max-staleness-seconds`): rights may have changed since.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the control plane is unreachable since {since} ({}s)", .elapsed.as_secs())]
+pub struct Stale {
+    /// RFC 3339, UTC.
+    pub since: String,
+    pub elapsed: Duration,
+}
+
+/// One write in progress: the snapshot being built and the records to commit.
 struct Tx {
-    txn: WriteTransaction,
     snap: IdentitySnapshot,
+    writes: Vec<Record>,
     now: UnixSeconds,
 }
 
 impl Tx {
     fn put<T: Serialize>(
         &mut self,
-        table: TableDefinition<&str, &[u8]>,
+        kind: Kind,
         key: &str,
         value: &T,
     ) -> Result<(), IdentityStoreError> {
@@ -162,36 +283,29 @@ impl Tx {
             key: key.to_owned(),
             source,
         })?;
-        let mut t = self.txn.open_table(table).map_err(db_err)?;
-        t.insert(key, bytes.as_slice()).map_err(db_err)?;
+        self.writes.push(Record {
+            kind,
+            key: key.to_owned(),
+            value: Some(bytes),
+        });
         Ok(())
     }
 
-    fn remove(
-        &mut self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<(), IdentityStoreError> {
-        let mut t = self.txn.open_table(table).map_err(db_err)?;
-        t.remove(key).map_err(db_err)?;
-        Ok(())
+    fn remove(&mut self, kind: Kind, key: &str) {
+        self.writes.push(Record {
+            kind,
+            key: key.to_owned(),
+            value: None,
+        });
     }
 
-    fn bump_signature_trust(&mut self) -> Result<(), IdentityStoreError> {
-        self.snap.signature_trust_version += 1;
-        self.txn
-            .open_table(META)
-            .map_err(db_err)?
-            .insert(
-                SIGNATURE_TRUST_VERSION_KEY,
-                self.snap.signature_trust_version,
-            )
-            .map_err(db_err)?;
-        Ok(())
+    /// Marks a change of the signature trust: the version of this write.
+    fn bump_signature_trust(&mut self) {
+        self.snap.signature_trust_version = self.snap.version + 1;
     }
 
     fn put_token(&mut self, token: Token) -> Result<Arc<Token>, IdentityStoreError> {
-        self.put(TOKENS, &token.name, &token)?;
+        self.put(Kind::Token, &token.name, &token)?;
         let token = Arc::new(token);
         self.snap.tokens.insert(token.name.clone(), token.clone());
         Ok(token)
@@ -204,7 +318,7 @@ impl Tx {
                 count: map.rules.len(),
             });
         }
-        self.put(SCOPE_MAPS, &map.name, &map)?;
+        self.put(Kind::ScopeMap, &map.name, &map)?;
         let map = Arc::new(map);
         self.snap.scope_maps.insert(map.name.clone(), map.clone());
         Ok(map)
@@ -295,138 +409,66 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IdentitySto
     })
 }
 
-fn load_table<T: DeserializeOwned>(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<(String, T)>, IdentityStoreError> {
-    let t = txn.open_table(table).map_err(db_err)?;
-    let mut out = Vec::new();
-    for entry in t.iter().map_err(db_err)? {
-        let (k, v) = entry.map_err(db_err)?;
-        let key = k.value().to_owned();
-        let value = decode(&key, v.value())?;
-        out.push((key, value));
+impl IdentityStore {
+    /// Opens (creating if needed) the embedded store at `path` and loads the snapshot.
+    pub fn open(path: &Path) -> Result<Arc<Self>, IdentityStoreError> {
+        let db = Database::create(path).map_err(|e| IdentityStoreError::Database(e.into()))?;
+        Self::embedded(Arc::new(db))
     }
-    Ok(out)
-}
 
-/// What [`check_tables`] found: records counted, problems as (subject, message).
-#[derive(Debug, Default)]
-pub struct TablesCheck {
-    pub tokens: usize,
-    pub scope_maps: usize,
-    pub repositories: usize,
-    pub problems: Vec<(String, String)>,
-}
+    /// The embedded store in `db` (shared with the trust store).
+    pub fn embedded(db: Arc<Database>) -> Result<Arc<Self>, IdentityStoreError> {
+        let (redb, version, records) = redb::Redb::open(db)?;
+        Ok(Self::with(Backend::Redb(redb), load(version, &records)?))
+    }
 
-/// What `portcullis fsck` finds in the identity tables read through `txn`: every token,
-/// scope map, repository attribute record and the admin password record must decode under
-/// its key, and every token's scope map must exist.
-pub fn check_tables(txn: &ReadTransaction) -> Result<TablesCheck, IdentityStoreError> {
-    fn rows<T: DeserializeOwned>(
-        txn: &ReadTransaction,
-        table: TableDefinition<&str, &[u8]>,
-        kind: &str,
-        problems: &mut Vec<(String, String)>,
-    ) -> Result<Vec<(String, T)>, IdentityStoreError> {
-        let mut out = Vec::new();
-        let table = match txn.open_table(table) {
-            // A table is created at the first write that needs it.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-            r => r.map_err(db_err)?,
-        };
-        for entry in table.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            let key = k.value().to_owned();
-            match decode::<T>(&key, v.value()) {
-                Ok(value) => out.push((key, value)),
-                Err(e) => problems.push((format!("{kind} {key}"), e.to_string())),
+    /// The store in the shared control-plane database: every record loaded now, other
+    /// gateways' writes followed by [`IdentityStore::follower`]. A snapshot unconfirmed
+    /// for longer than `max_staleness` is [`Stale`].
+    pub async fn postgres(
+        control: Arc<PgControl>,
+        max_staleness: Duration,
+    ) -> Result<Arc<Self>, IdentityStoreError> {
+        let (version, records) = pg::load(&control).await?;
+        Ok(Self::with(
+            Backend::Postgres {
+                control,
+                max_staleness,
+            },
+            load(version, &records)?,
+        ))
+    }
+
+    fn with(backend: Backend, snap: IdentitySnapshot) -> Arc<Self> {
+        let (changes, _) = watch::channel(snap.version);
+        Arc::new(IdentityStore {
+            backend,
+            current: ArcSwap::from_pointee(snap),
+            write_lock: tokio::sync::Mutex::new(()),
+            publish_lock: Mutex::new(()),
+            changes,
+            confirmed_ms: AtomicI64::new(0),
+            epoch: std::time::Instant::now(),
+        })
+    }
+
+    /// The embedded control-plane database, for other stores keeping their tables in it.
+    pub fn database(&self) -> Option<Arc<Database>> {
+        match &self.backend {
+            Backend::Redb(redb) => Some(redb.database()),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// The task that keeps a shared store's snapshot current (`None` when embedded: this
+    /// process makes every change). Spawn it once, on a runtime that outlives requests.
+    pub fn follower(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
+        match &self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres { control, .. } => {
+                Some(pg::follow(Arc::downgrade(self), Arc::clone(control)))
             }
         }
-        Ok(out)
-    }
-    let mut problems = Vec::new();
-    let tokens: Vec<(String, Token)> = rows(txn, TOKENS, "token", &mut problems)?;
-    let maps: Vec<(String, ScopeMap)> = rows(txn, SCOPE_MAPS, "scope map", &mut problems)?;
-    let repositories: Vec<(String, RepositoryAttributes)> =
-        rows(txn, REPOSITORIES, "repository", &mut problems)?;
-    let _admin: Vec<(String, PasswordRecord)> = rows(txn, ADMIN, "admin", &mut problems)?;
-    for (key, map) in &maps {
-        if &map.name != key {
-            problems.push((
-                format!("scope map {key}"),
-                format!("its record is named `{}`", map.name),
-            ));
-        }
-    }
-    let system = system_scope_maps();
-    for (key, token) in &tokens {
-        let known = maps.iter().any(|(name, _)| name == &token.scope_map)
-            || system.iter().any(|m| m.name == token.scope_map);
-        if !known {
-            problems.push((
-                format!("token {key}"),
-                format!(
-                    "is bound to scope map `{}`, which does not exist",
-                    token.scope_map
-                ),
-            ));
-        }
-    }
-    Ok(TablesCheck {
-        tokens: tokens.len(),
-        scope_maps: maps.len(),
-        repositories: repositories.len(),
-        problems,
-    })
-}
-
-impl IdentityStore {
-    /// Opens (creating if needed) the store at `path` and loads the snapshot.
-    pub fn open(path: &Path) -> Result<Arc<Self>, IdentityStoreError> {
-        let db = Database::create(path).map_err(db_err)?;
-        // A write transaction creates missing tables, so a fresh file loads like an old one.
-        let txn = db.begin_write().map_err(db_err)?;
-        let counter = |key: &str| -> Result<u64, IdentityStoreError> {
-            Ok(txn
-                .open_table(META)
-                .map_err(db_err)?
-                .get(key)
-                .map_err(db_err)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        let mut snap = IdentitySnapshot {
-            version: counter(VERSION_KEY)?,
-            signature_trust_version: counter(SIGNATURE_TRUST_VERSION_KEY)?,
-            ..IdentitySnapshot::default()
-        };
-        for map in system_scope_maps() {
-            snap.scope_maps.insert(map.name.clone(), Arc::new(map));
-        }
-        for (name, map) in load_table::<ScopeMap>(&txn, SCOPE_MAPS)? {
-            snap.scope_maps.insert(name, Arc::new(map));
-        }
-        for (name, token) in load_table::<Token>(&txn, TOKENS)? {
-            snap.tokens.insert(name, Arc::new(token));
-        }
-        snap.repositories = load_table(&txn, REPOSITORIES)?.into_iter().collect();
-        for (name, trust) in load_table::<SignatureTrust>(&txn, SIGNATURE_TRUST)? {
-            snap.signature_trust.insert(name, Arc::new(trust));
-        }
-        txn.commit().map_err(db_err)?;
-        let (changes, _) = watch::channel(snap.version);
-        Ok(Arc::new(IdentityStore {
-            db: Arc::new(db),
-            current: ArcSwap::from_pointee(snap),
-            write_lock: Mutex::new(()),
-            changes,
-        }))
-    }
-
-    /// The control-plane database, for other stores keeping their tables in it.
-    pub fn database(&self) -> Arc<Database> {
-        Arc::clone(&self.db)
     }
 
     /// The current snapshot; cheap (one atomic load).
@@ -434,50 +476,128 @@ impl IdentityStore {
         self.current.load_full()
     }
 
-    /// Receives the store version after every committed write.
+    /// Receives the store version after every change of the snapshot.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    /// Runs `f` in one write transaction, bumps the version, commits, then publishes the
-    /// new snapshot. On error nothing is written or published.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Tx) -> Result<T, IdentityStoreError>,
-    ) -> Result<T, IdentityStoreError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut tx = Tx {
-            txn: self.db.begin_write().map_err(db_err)?,
-            snap: IdentitySnapshot::clone(&self.current.load()),
-            now: now_unix(),
+    /// Whether decisions may be made from the snapshot: `Err` once a shared store has
+    /// not been confirmed current for longer than its staleness bound. An embedded
+    /// store is never stale.
+    pub fn fresh(&self) -> Result<(), Stale> {
+        let Backend::Postgres { max_staleness, .. } = &self.backend else {
+            return Ok(());
         };
-        let out = f(&mut tx)?;
-        tx.snap.version += 1;
-        let version = tx.snap.version;
-        tx.txn
-            .open_table(META)
-            .map_err(db_err)?
-            .insert(VERSION_KEY, version)
-            .map_err(db_err)?;
-        tx.txn.commit().map_err(db_err)?;
-        self.current.store(Arc::new(tx.snap));
-        self.changes.send_replace(version);
-        Ok(out)
+        let confirmed = Duration::from_millis(
+            u64::try_from(self.confirmed_ms.load(Ordering::Relaxed)).unwrap_or_default(),
+        );
+        let elapsed = self.epoch.elapsed().saturating_sub(confirmed);
+        if elapsed <= *max_staleness {
+            return Ok(());
+        }
+        let since = time::OffsetDateTime::now_utc() - elapsed;
+        Err(Stale {
+            since: since
+                .replace_nanosecond(0)
+                .unwrap_or(since)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            elapsed,
+        })
     }
 
-    pub fn create_scope_map(
+    /// The snapshot was found current just now.
+    fn confirm(&self) {
+        let now = i64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.confirmed_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A new write on the current snapshot.
+    fn begin(&self) -> Tx {
+        Tx {
+            snap: IdentitySnapshot::clone(&self.current.load()),
+            writes: Vec::new(),
+            now: now_unix(),
+        }
+    }
+
+    /// Publishes a committed write's snapshot (unless a newer one is in place already:
+    /// a follower may have applied this very write first).
+    fn publish(&self, mut tx: Tx) {
+        tx.snap.version += 1;
+        let _guard = self
+            .publish_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tx.snap.version > self.current.load().version {
+            let version = tx.snap.version;
+            self.current.store(Arc::new(tx.snap));
+            self.changes.send_replace(version);
+        }
+    }
+
+    /// Applies the records changed between versions `from` and `to` to the snapshot at
+    /// `from`; false (nothing done) when the snapshot is no longer at `from`.
+    fn advance(&self, from: u64, to: u64, records: &[Record]) -> Result<bool, IdentityStoreError> {
+        let _guard = self
+            .publish_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
+        if current.version != from {
+            return Ok(false);
+        }
+        let mut snap = IdentitySnapshot::clone(&current);
+        for record in records {
+            apply(&mut snap, record)?;
+            if record.kind == Kind::SignatureTrust {
+                snap.signature_trust_version = to;
+            }
+        }
+        snap.version = to;
+        self.current.store(Arc::new(snap));
+        self.changes.send_replace(to);
+        Ok(true)
+    }
+
+    /// Runs `f` on the current snapshot and commits the records it wrote with the next
+    /// version, then publishes the new snapshot. On error, or when `f` wrote nothing,
+    /// nothing is committed or published.
+    async fn write<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<T, IdentityStoreError> + Send,
+    ) -> Result<T, IdentityStoreError> {
+        let _guard = self.write_lock.lock().await;
+        match &self.backend {
+            Backend::Redb(redb) => {
+                let mut tx = self.begin();
+                let out = f(&mut tx)?;
+                if !tx.writes.is_empty() {
+                    // A redb commit syncs the file: off the async workers.
+                    let (redb, writes) = (redb.clone(), std::mem::take(&mut tx.writes));
+                    let version = tx.snap.version + 1;
+                    tokio::task::spawn_blocking(move || redb.commit(&writes, version))
+                        .await
+                        .map_err(|e| IdentityStoreError::Task(e.to_string()))??;
+                    self.publish(tx);
+                }
+                Ok(out)
+            }
+            Backend::Postgres { control, .. } => pg::write(self, control, f).await,
+        }
+    }
+
+    pub async fn create_scope_map(
         &self,
         name: &str,
         description: &str,
         rules: &[ScopeRule],
     ) -> Result<Arc<ScopeMap>, IdentityStoreError> {
         self.write(|tx| tx.new_scope_map(name, description, rules))
+            .await
     }
 
-    pub fn update_scope_map(
+    pub async fn update_scope_map(
         &self,
         name: &str,
         update: &ScopeMapUpdate,
@@ -491,10 +611,11 @@ impl IdentityStore {
             map.updated_at = tx.now;
             tx.put_scope_map(map)
         })
+        .await
     }
 
     /// Deletes a user-defined scope map that no token uses.
-    pub fn delete_scope_map(&self, name: &str) -> Result<(), IdentityStoreError> {
+    pub async fn delete_scope_map(&self, name: &str) -> Result<(), IdentityStoreError> {
         self.write(|tx| {
             tx.user_scope_map(name)?;
             let mut users: Vec<&str> = tx
@@ -521,15 +642,19 @@ impl IdentityStore {
                     tokens: list,
                 });
             }
-            tx.remove(SCOPE_MAPS, name)?;
+            tx.remove(Kind::ScopeMap, name);
             tx.snap.scope_maps.remove(name);
             Ok(())
         })
+        .await
     }
 
     /// Creates a token (and, for [`TokenScope::Repositories`], its `<token>-scope-map`)
     /// in one transaction; returns the generated passwords once.
-    pub fn create_token(&self, new: &NewToken) -> Result<TokenWithSecrets, IdentityStoreError> {
+    pub async fn create_token(
+        &self,
+        new: &NewToken,
+    ) -> Result<TokenWithSecrets, IdentityStoreError> {
         validate_token_name(&new.name)?;
         self.write(|tx| {
             if tx.snap.tokens.contains_key(&new.name) {
@@ -565,9 +690,10 @@ impl IdentityStore {
                 passwords,
             })
         })
+        .await
     }
 
-    pub fn update_token(
+    pub async fn update_token(
         &self,
         name: &str,
         update: &TokenUpdate,
@@ -584,20 +710,22 @@ impl IdentityStore {
             token.updated_at = tx.now;
             tx.put_token(token)
         })
+        .await
     }
 
     /// Deletes a token. Its scope map stays (it may be shared), as in ACR.
-    pub fn delete_token(&self, name: &str) -> Result<(), IdentityStoreError> {
+    pub async fn delete_token(&self, name: &str) -> Result<(), IdentityStoreError> {
         self.write(|tx| {
             tx.token(name)?;
-            tx.remove(TOKENS, name)?;
+            tx.remove(Kind::Token, name);
             tx.snap.tokens.remove(name);
             Ok(())
         })
+        .await
     }
 
     /// Replaces the passwords in `slots` with fresh secrets; other slots are untouched.
-    pub fn generate_passwords(
+    pub async fn generate_passwords(
         &self,
         name: &str,
         slots: &[PasswordSlot],
@@ -612,10 +740,11 @@ impl IdentityStore {
                 passwords,
             })
         })
+        .await
     }
 
     /// Removes one password; the other slot is untouched. Removing an empty slot is a no-op.
-    pub fn delete_password(
+    pub async fn delete_password(
         &self,
         name: &str,
         slot: PasswordSlot,
@@ -629,55 +758,50 @@ impl IdentityStore {
             token.updated_at = tx.now;
             tx.put_token(token)
         })
+        .await
     }
 
     /// Stores a repository's attributes; defaults are stored as absence.
-    pub fn set_repository_attributes(
+    pub async fn set_repository_attributes(
         &self,
         repository: &str,
         attributes: &RepositoryAttributes,
     ) -> Result<(), IdentityStoreError> {
         self.update_repository_attributes(repository, |_| attributes.clone())
+            .await
             .map(drop)
     }
 
     /// Reads a repository's attributes, applies `change` and stores the result, all in
     /// one write transaction, so concurrent updates of different fields all land.
     /// Returns the stored attributes.
-    pub fn update_repository_attributes(
+    pub async fn update_repository_attributes(
         &self,
         repository: &str,
-        change: impl FnOnce(&RepositoryAttributes) -> RepositoryAttributes,
+        change: impl FnOnce(&RepositoryAttributes) -> RepositoryAttributes + Send,
     ) -> Result<RepositoryAttributes, IdentityStoreError> {
         if !is_valid_repository_name(repository) {
             return Err(IdentityStoreError::InvalidRepository(repository.to_owned()));
         }
         self.write(|tx| {
-            let current = {
-                let table = tx.txn.open_table(REPOSITORIES).map_err(db_err)?;
-                let stored = table.get(repository).map_err(db_err)?;
-                match stored {
-                    Some(bytes) => decode(repository, bytes.value())?,
-                    None => RepositoryAttributes::default(),
-                }
-            };
-            let attributes = change(&current);
+            let attributes = change(&tx.snap.repository_attributes(repository));
             if attributes == RepositoryAttributes::default() {
-                tx.remove(REPOSITORIES, repository)?;
+                tx.remove(Kind::Repository, repository);
                 tx.snap.repositories.remove(repository);
             } else {
-                tx.put(REPOSITORIES, repository, &attributes)?;
+                tx.put(Kind::Repository, repository, &attributes)?;
                 tx.snap
                     .repositories
                     .insert(repository.to_owned(), attributes.clone());
             }
             Ok(attributes)
         })
+        .await
     }
 
     /// Adds a verification identity for OCI signatures; its key or certificates must
     /// parse. Bumps the signature-trust version (cached verifications are redone).
-    pub fn add_signature_trust(
+    pub async fn add_signature_trust(
         &self,
         name: &str,
         material: TrustMaterial,
@@ -696,63 +820,50 @@ impl IdentityStore {
                 material,
                 created_at: tx.now,
             };
-            tx.put(SIGNATURE_TRUST, name, &trust)?;
+            tx.put(Kind::SignatureTrust, name, &trust)?;
             let trust = Arc::new(trust);
             tx.snap
                 .signature_trust
                 .insert(name.to_owned(), Arc::clone(&trust));
-            tx.bump_signature_trust()?;
+            tx.bump_signature_trust();
             Ok(trust)
         })
+        .await
     }
 
     /// Removes a verification identity; signatures it verified no longer count.
-    pub fn remove_signature_trust(&self, name: &str) -> Result<(), IdentityStoreError> {
+    pub async fn remove_signature_trust(&self, name: &str) -> Result<(), IdentityStoreError> {
         self.write(|tx| {
             if tx.snap.signature_trust.remove(name).is_none() {
                 return Err(not_found("signature trust", name));
             }
-            tx.remove(SIGNATURE_TRUST, name)?;
-            tx.bump_signature_trust()
+            tx.remove(Kind::SignatureTrust, name);
+            tx.bump_signature_trust();
+            Ok(())
         })
+        .await
     }
 
     /// The admin password's stored record when `password` still matches it, else a
     /// fresh record (new salt), stored. Bearer tokens name the record they were issued
     /// under, so changing the admin password revokes the admin's earlier tokens while a
     /// restart with the same password keeps them.
-    pub fn admin_password_record(
+    pub async fn admin_password_record(
         &self,
         password: &str,
     ) -> Result<PasswordRecord, IdentityStoreError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let record = {
-            let mut table = txn.open_table(ADMIN).map_err(db_err)?;
-            let stored: Option<PasswordRecord> = match table.get("admin").map_err(db_err)? {
-                Some(bytes) => Some(decode("admin", bytes.value())?),
-                None => None,
-            };
-            match stored {
-                Some(record) if verify_secret(&record, password) => return Ok(record),
-                _ => {
-                    let record = hash_secret(password, now_unix(), None);
-                    let bytes = serde_json::to_vec(&record).map_err(|source| {
-                        IdentityStoreError::Corrupt {
-                            key: "admin".to_owned(),
-                            source,
-                        }
-                    })?;
-                    table.insert("admin", bytes.as_slice()).map_err(db_err)?;
-                    record
-                }
+        self.write(|tx| {
+            if let Some(record) = &tx.snap.admin_password
+                && verify_secret(record, password)
+            {
+                return Ok(PasswordRecord::clone(record));
             }
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(record)
+            let record = hash_secret(password, tx.now, None);
+            tx.put(Kind::Admin, ADMIN_KEY, &record)?;
+            tx.snap.admin_password = Some(Arc::new(record.clone()));
+            Ok(record)
+        })
+        .await
     }
 
     /// Checks a token's credentials against the current snapshot.
