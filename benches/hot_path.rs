@@ -87,9 +87,8 @@ fn authenticator(
         .expect("token");
     let password = created.passwords[0].value.clone();
     let (admin, _) = AdminAccount::open(dir, Some("bench-admin-password"), &store).expect("admin");
-    let issuer = Arc::new(
-        Issuer::load_or_create(dir, "portcullis", Duration::from_secs(300)).expect("issuer"),
-    );
+    let issuer =
+        Arc::new(Issuer::generated("portcullis", Duration::from_secs(300)).expect("issuer"));
     let authn = Authenticator::new(Arc::clone(&store), Arc::new(admin), Arc::clone(&issuer));
     (store, issuer, authn, password)
 }

@@ -513,9 +513,8 @@ mod tests {
             secret(PasswordSlot::Password1),
             secret(PasswordSlot::Password2),
         ];
-        let issuer = Arc::new(
-            Issuer::load_or_create(dir.path(), "registry.test", Duration::from_secs(300)).unwrap(),
-        );
+        let issuer =
+            Arc::new(Issuer::generated("registry.test", Duration::from_secs(300)).unwrap());
         let admin = Arc::new(AdminAccount::new(ADMIN_PASSWORD).unwrap());
         let authn = Authenticator::new(Arc::clone(&store), admin, Arc::clone(&issuer));
         Fixture {
@@ -765,10 +764,7 @@ mod tests {
     #[test]
     fn forged_or_foreign_bearer_tokens_are_refused() {
         let f = fixture(None);
-        let other_dir = tempfile::tempdir().unwrap();
-        let other =
-            Issuer::load_or_create(other_dir.path(), "registry.test", Duration::from_secs(300))
-                .unwrap();
+        let other = Issuer::generated("registry.test", Duration::from_secs(300)).unwrap();
         let subject = f.authn.subject(&Principal::Admin).unwrap();
         let foreign = other
             .sign(TokenUse::Access, subject.clone(), vec![], now_unix())

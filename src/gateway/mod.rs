@@ -3,7 +3,8 @@
 //!
 //! - [`classify`]: method + path → [`classify::Route`] (repository, operation).
 //! - [`authn`]: `Authorization` header → principal (Basic, Bearer JWT), with caches;
-//!   [`jwt`] signs and verifies the ES256 tokens; [`token`] is `/oauth2/token`.
+//!   [`jwt`] signs and verifies the ES256 tokens with the key ring [`signing_keys`]
+//!   keeps in the control plane; [`token`] is `/oauth2/token`.
 //! - [`access`]: a classified request + principal → the Cedar checks, and the Docker
 //!   scope grants the token endpoint hands out. **This is where a request is authorized.**
 //! - [`backend`]: where allowed requests go (the bundled store, called in process, or an
@@ -45,6 +46,7 @@ pub mod repository_api;
 pub mod server;
 pub mod signatures;
 pub mod signed;
+pub mod signing_keys;
 pub mod throttle;
 pub mod tls;
 pub mod token;
@@ -61,8 +63,10 @@ use anyhow::Context;
 use portcullis_storage::{Registry, private};
 
 use crate::audit::{Actor, Audit, Record};
+use crate::control_plane::{self, ControlDb, PgControl};
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
+use crate::policy::pushed::PushedPolicies;
 use crate::trust::KeyAlgorithm;
 use crate::trust::kek::{PassphraseSource, Unlocked};
 use crate::trust::service::TrustService;
@@ -74,6 +78,10 @@ pub struct Gateway {
     pub admin: Arc<AdminAccount>,
     pub authn: authn::Authenticator,
     pub issuer: Arc<jwt::Issuer>,
+    /// The shared token-signing keys (the issuer's ring) and their rotation.
+    pub signing_keys: Arc<signing_keys::SigningKeys>,
+    /// Policy sets pushed to the control plane, in force in `engine`.
+    pub pushed_policies: Arc<PushedPolicies>,
     pub backend: backend::Backend,
     pub metrics: metrics::Metrics,
     /// Content trust: the Notary API's data and the signed targets views consult.
@@ -174,9 +182,10 @@ impl Gateway {
         });
     }
 
-    /// Opens (creating at first start) everything in the data directory: the identity
-    /// store, the admin account, the token-signing key, the policies and the backend.
-    /// Starts no tasks: the server owns the runtimes.
+    /// Opens (creating at first start) everything in the data directory and the control
+    /// plane: the identity store, the admin account, the token-signing keys, the
+    /// policies and the backend. Starts no tasks: the server owns the runtimes
+    /// ([`Gateway::spawn_control_sync`]).
     pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
         let data_dir = &options.data_dir;
         // Owner-only data: the directory 0700, databases and keys 0600 (existing ones
@@ -208,10 +217,36 @@ impl Gateway {
             AdminAccount::open(data_dir, options.admin_password.as_deref(), &store)?;
         let admin = Arc::new(admin);
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
-        let issuer = Arc::new(
-            jwt::Issuer::load_or_create(data_dir, &options.service, options.token_ttl)
-                .context("loading the token-signing key")?,
-        );
+        let control_db = match &options.control_plane {
+            config::ControlPlane::Embedded => ControlDb::Embedded(store.database()),
+            config::ControlPlane::Postgres(url) => {
+                if options.trust_key_passphrase == PassphraseSource::DataDir {
+                    anyhow::bail!(
+                        "--control-plane postgres://… needs the trust key passphrase from the \
+                         operator, the same for every gateway (it seals the shared \
+                         token-signing keys): pass --trust-key-passphrase-file FILE or set \
+                         PORTCULLIS_TRUST_KEY_PASSPHRASE"
+                    );
+                }
+                ControlDb::Postgres(control_plane::block_on(PgControl::connect(url))??)
+            }
+        };
+        let (signing_keys, pushed_policies) = control_plane::block_on(async {
+            let keys = signing_keys::SigningKeys::open(
+                control_db.clone(),
+                Arc::clone(&trust),
+                data_dir,
+                &options.service,
+                options.token_ttl,
+            )
+            .await
+            .context("loading the token-signing keys")?;
+            let policies = PushedPolicies::open(control_db, Arc::clone(&engine))
+                .await
+                .context("loading the pushed policies")?;
+            anyhow::Ok((keys, policies))
+        })??;
+        let issuer = Arc::clone(signing_keys.issuer());
         let (backend, bundled) = match &options.upstream {
             Some(url) => (backend::Backend::upstream(url)?, None),
             None => {
@@ -237,6 +272,8 @@ impl Gateway {
             engine,
             admin,
             issuer,
+            signing_keys,
+            pushed_policies,
             backend,
             metrics: metrics::Metrics::new().context("registering metrics")?,
             trust,
@@ -254,6 +291,15 @@ impl Gateway {
             admin_password,
             trust_kek,
         })
+    }
+}
+
+impl Gateway {
+    /// Spawns, on the current runtime, the following of changes other gateways make to
+    /// the shared control plane (token-signing keys, pushed policies).
+    pub fn spawn_control_sync(&self) {
+        self.signing_keys.spawn_sync();
+        self.pushed_policies.spawn_sync();
     }
 }
 

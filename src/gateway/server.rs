@@ -155,6 +155,7 @@ impl Prepared {
         {
             let _guard = background.enter();
             gw.engine.spawn_reloader();
+            gw.spawn_control_sync();
         }
         if let Some(registry) = &opened.bundled {
             // The store's own upkeep (e.g. expiring abandoned uploads); requests reach

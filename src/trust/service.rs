@@ -205,6 +205,12 @@ impl TrustService {
         Ok((service, unlocked))
     }
 
+    /// The key-encryption key, which also seals the token-signing keys
+    /// (`gateway::signing_keys`).
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     /// The algorithm of keys generated from now on (`trust.key_algorithm`).
     pub fn set_key_algorithm(&self, algorithm: KeyAlgorithm) {
         *self
