@@ -155,6 +155,7 @@ pub fn parse_request_bodies(body: &[u8]) {
     let _ = wire::parse_body::<wire::AddSignatureTrust>(body);
     let _ = wire::parse_body::<policy_routes::PushBody>(body);
     let _ = wire::parse_body::<policy_routes::RollbackBody>(body);
+    let _ = wire::parse_body::<signing_key_routes::RotateBody>(body);
 }
 
 /// The admin API with every path under `/admin/v1/`; mount it beside the registry.

@@ -98,9 +98,9 @@ impl SigningKeyStore {
         self.write(None, None, key, true).await
     }
 
-    /// Makes `key` the signing key: every key still signing is retired at `now`, and
-    /// retired keys whose window ended before `drop_before` are deleted, in one
-    /// transaction, announced to every gateway.
+    /// Makes `key` the signing key: every key still signing is retired at `now`, then
+    /// keys retired before `drop_retired_before` are deleted (all of them with
+    /// `UnixSeconds::MAX`), in one transaction, announced to every gateway.
     pub async fn rotate(
         &self,
         key: StoredKey,
@@ -112,8 +112,9 @@ impl SigningKeyStore {
             .map(|_| ())
     }
 
-    /// One write: retire (at `retire_at`, if given) the keys still signing, drop keys
-    /// retired before `drop_before`, insert `key` — unless `only_if_empty` and keys exist.
+    /// One write: retire (at `retire_at`, if given) the keys still signing, then drop
+    /// keys retired before `drop_before`, insert `key` — unless `only_if_empty` and keys
+    /// exist.
     async fn write(
         &self,
         retire_at: Option<UnixSeconds>,
@@ -137,17 +138,18 @@ impl SigningKeyStore {
                             return Ok(false);
                         }
                         for mut old in existing {
+                            if old.retired.is_none() {
+                                old.retired = retire_at;
+                            }
                             match old.retired {
                                 Some(at) if drop_before.is_some_and(|cut| at < cut) => {
                                     table.remove(old.kid.as_str()).map_err(redb_err)?;
                                 }
-                                None if retire_at.is_some() => {
-                                    old.retired = retire_at;
+                                _ => {
                                     table
                                         .insert(old.kid.as_str(), encode(&old)?.as_slice())
                                         .map_err(redb_err)?;
                                 }
-                                _ => {}
                             }
                         }
                         table
@@ -173,16 +175,16 @@ impl SigningKeyStore {
                         return Ok(false);
                     }
                 }
-                if let Some(cut) = drop_before {
-                    tx.execute("DELETE FROM signing_keys WHERE retired_at < $1", &[&cut])
-                        .await?;
-                }
                 if let Some(at) = retire_at {
                     tx.execute(
                         "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL",
                         &[&at],
                     )
                     .await?;
+                }
+                if let Some(cut) = drop_before {
+                    tx.execute("DELETE FROM signing_keys WHERE retired_at < $1", &[&cut])
+                        .await?;
                 }
                 tx.execute(
                     "INSERT INTO signing_keys (kid, created_at, retired_at, sealed_key) \

@@ -104,7 +104,7 @@ async fn gateways_share_one_ring_and_rotation_keeps_old_tokens_valid() {
         let old = mint(&a);
         assert!(verifies(&b, &old), "{backend:?}: B accepts A's token");
 
-        let rotated = b.rotate().await.unwrap();
+        let rotated = b.rotate(false).await.unwrap();
         assert_ne!(rotated.kid, first_kid);
         assert_eq!(b.issuer().kid(), rotated.kid, "{backend:?}");
         // A learns of it on its refresh (a notification or the poll).
@@ -129,6 +129,37 @@ async fn gateways_share_one_ring_and_rotation_keeps_old_tokens_valid() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_dropping_the_previous_keys_refuses_their_tokens() {
+    for backend in BACKENDS {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = control_db(backend, tmp.path()).await;
+        let kek = trust(tmp.path(), "pass");
+        let (a, b) = (
+            keys(&db, &kek, tmp.path()).await,
+            keys(&db, &kek, tmp.path()).await,
+        );
+        let first = mint(&a);
+        a.rotate(false).await.unwrap();
+        let second = mint(&a);
+        let rotated = a.rotate(true).await.unwrap();
+        use super::sync::Refresh;
+        b.refresh().await;
+        let listed = b.list().await.unwrap();
+        assert_eq!(listed.len(), 1, "{backend:?}");
+        assert_eq!(listed[0].kid, rotated.kid);
+        for gateway in [&a, &b] {
+            for token in [&first, &second] {
+                assert!(matches!(
+                    gateway.issuer().verify(token, TokenUse::Access, now_unix()),
+                    Err(jwt::JwtError::UnknownKey(_))
+                ));
+            }
+            assert!(verifies(gateway, &mint(&a)), "{backend:?}");
+        }
+    }
+}
+
 #[test]
 fn a_retired_key_leaves_the_ring_when_its_window_ends() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,7 +168,7 @@ fn a_retired_key_leaves_the_ring_when_its_window_ends() {
     let db = runtime.block_on(control_db(Backend::Redb, tmp.path()));
     let keys = runtime.block_on(keys(&db, &kek, tmp.path()));
     let old_kid = keys.issuer().kid();
-    runtime.block_on(keys.rotate()).unwrap();
+    runtime.block_on(keys.rotate(false)).unwrap();
     let retired = runtime.block_on(keys.list()).unwrap()[0].retired.unwrap();
     let stored = runtime
         .block_on(super::signing_keys::SigningKeyStore::new(db).list())
@@ -228,7 +259,7 @@ async fn a_rotation_is_announced_to_listening_gateways() {
     // The listener's first refresh (on listening) has run once the ring is read again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let rotated = a.rotate().await.unwrap();
+    let rotated = a.rotate(false).await.unwrap();
     while b.issuer().kid() != rotated.kid {
         assert!(started.elapsed() < Duration::from_secs(2), "not announced");
         tokio::time::sleep(Duration::from_millis(10)).await;

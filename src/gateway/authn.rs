@@ -59,6 +59,8 @@ pub struct CacheStats {
 /// A verified JWT: its claims, with the access claim moved out into a shared slice.
 struct Verified {
     claims: Claims,
+    /// The issuer's ring generation it was verified under.
+    ring: u64,
     access: Arc<[AccessEntry]>,
     /// 1 + the identity snapshot version in which the token's password was last found to
     /// be the one the JWT names (0: not yet). Snapshots are immutable, so within one
@@ -265,7 +267,10 @@ impl Authenticator {
 
     /// Verifies a JWS (cached until it expires) without re-checking the principal.
     fn verify_bearer(&self, token: &str, now: UnixSeconds) -> Result<Arc<Verified>, GatewayError> {
-        if let Some(verified) = self.bearer.get(token) {
+        let ring = self.issuer.generation();
+        if let Some(verified) = self.bearer.get(token)
+            && verified.ring == ring
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             verified
                 .claims
@@ -281,6 +286,7 @@ impl Authenticator {
         let access = std::mem::take(&mut claims.access).into();
         let verified = Arc::new(Verified {
             claims,
+            ring,
             access,
             password_seen: AtomicU64::new(0),
         });

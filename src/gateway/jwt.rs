@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -198,6 +199,9 @@ pub fn key_id(key: &VerifyingKey) -> Result<String, JwtError> {
 /// whole when keys rotate.
 pub struct Issuer {
     ring: ArcSwap<KeyRing>,
+    /// Bumped after every ring change: verifications cached under an earlier one are
+    /// checked again (their key may have left the ring).
+    generation: AtomicU64,
     service: String,
     ttl: Duration,
 }
@@ -206,6 +210,7 @@ impl Issuer {
     pub fn new(ring: KeyRing, service: &str, ttl: Duration) -> Issuer {
         Issuer {
             ring: ArcSwap::from_pointee(ring),
+            generation: AtomicU64::new(0),
             service: service.to_owned(),
             ttl,
         }
@@ -223,6 +228,13 @@ impl Issuer {
     /// Puts `ring` in force for every token signed or verified from now on.
     pub fn replace_ring(&self, ring: KeyRing) {
         self.ring.store(Arc::new(ring));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The ring's generation: read it before verifying, and a verification remembered
+    /// with it holds while it is current.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The ring in force.

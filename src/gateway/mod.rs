@@ -292,9 +292,7 @@ impl Gateway {
             trust_kek,
         })
     }
-}
 
-impl Gateway {
     /// Spawns, on the current runtime, the following of changes other gateways make to
     /// the shared control plane (token-signing keys, pushed policies).
     pub fn spawn_control_sync(&self) {

@@ -8,7 +8,8 @@
 //! stores a new key, which signs from then on everywhere, and retires the old one: it
 //! keeps verifying until no token it signed can still be valid — a refresh token lives
 //! [`REFRESH_TTL`], an access token the token TTL, both with the clock-skew leeway —
-//! then it leaves the ring. Gateways learn of a rotation by `NOTIFY` on
+//! then it leaves the ring. A rotation that drops the previous keys (a leaked key)
+//! refuses their tokens at once. Gateways learn of a rotation by `NOTIFY` on
 //! `portcullis_control_keys` and by a poll every [`POLL`].
 
 use std::path::Path;
@@ -147,16 +148,21 @@ impl SigningKeys {
             .collect())
     }
 
-    /// Stores a new key that signs from now on and retires the others; the new key.
-    pub async fn rotate(&self) -> Result<KeyInfo, SigningKeyError> {
+    /// Stores a new key that signs from now on and retires the others — or, with
+    /// `drop_previous` (a leaked key), deletes them: every token they signed is refused
+    /// from then on. The new key.
+    pub async fn rotate(&self, drop_previous: bool) -> Result<KeyInfo, SigningKeyError> {
         let now = now_unix();
         let key = seal(&self.trust, &random_p256_key(), now)?;
         let kid = key.kid.clone();
-        self.store
-            .rotate(key, now, now.saturating_sub(OVERLAP))
-            .await?;
+        let drop_before = if drop_previous {
+            UnixSeconds::MAX
+        } else {
+            now.saturating_sub(OVERLAP)
+        };
+        self.store.rotate(key, now, drop_before).await?;
         self.apply().await?;
-        tracing::info!(%kid, "token-signing key rotated");
+        tracing::info!(%kid, drop_previous, "token-signing key rotated");
         Ok(KeyInfo {
             kid,
             created: now,

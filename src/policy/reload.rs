@@ -57,14 +57,14 @@ impl PolicyEngine {
         self.swap_in(pushed, set)
     }
 
-    /// Whether `files` would load as the pushed set beside the directories' files: the
-    /// number of policies then in force. Changes nothing.
-    pub fn check_pushed(&self, files: Vec<PolicyFile>) -> Result<usize, PolicyError> {
+    /// Whether `files` would load as the pushed set beside the directories' files.
+    /// Changes nothing.
+    pub fn check_pushed(&self, files: Vec<PolicyFile>) -> Result<(), PolicyError> {
         let set = PushedSet {
             version: None,
             files,
         };
-        files::load_policies(&self.schema, &self.dirs, &self.files, Some(&set)).map(|p| p.len())
+        files::load_policies(&self.schema, &self.dirs, &self.files, Some(&set)).map(|_| ())
     }
 
     /// The version of the pushed set in force (0: none).
