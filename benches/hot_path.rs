@@ -96,9 +96,8 @@ fn authenticator(
             &store,
         ))
         .expect("admin");
-    let issuer = Arc::new(
-        Issuer::load_or_create(dir, "portcullis", Duration::from_secs(300)).expect("issuer"),
-    );
+    let issuer =
+        Arc::new(Issuer::generated("portcullis", Duration::from_secs(300)).expect("issuer"));
     let authn = Authenticator::new(Arc::clone(&store), Arc::new(admin), Arc::clone(&issuer));
     (store, issuer, authn, password)
 }

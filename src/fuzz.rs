@@ -133,9 +133,7 @@ fn authenticator() -> &'static (Authenticator, Arc<Issuer>) {
             std::fs::create_dir_all(&dir).ok()?;
             let store = IdentityStore::open(&PathBuf::from(&dir).join("control.redb")).ok()?;
             let admin = Arc::new(AdminAccount::new("fuzz-admin-password").ok()?);
-            let issuer = Arc::new(
-                Issuer::load_or_create(&dir, "portcullis", Duration::from_secs(300)).ok()?,
-            );
+            let issuer = Arc::new(Issuer::generated("portcullis", Duration::from_secs(300)).ok()?);
             Some((
                 Authenticator::new(store, admin, Arc::clone(&issuer)),
                 issuer,

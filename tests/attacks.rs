@@ -26,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _, LineEnding};
+use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -103,7 +103,14 @@ struct Registry {
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("data"), Some(ADMIN_PASSWORD));
+        let data = dir.path().join("data");
+        // The gateway adopts this key as the first of its signing-key ring (the key file
+        // of a gateway from before the ring), so forged tokens can use the real key.
+        std::fs::create_dir_all(&data).unwrap();
+        let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&test_signing_key(), LineEnding::LF)
+            .unwrap();
+        std::fs::write(data.join("token-signing-key.pem"), pem.as_bytes()).unwrap();
+        let server = Server::start(&data, Some(ADMIN_PASSWORD));
         let http = Client::new();
         let team = TestImage::new("team");
         team.push(&http, &server.base, TEAM, "v1", &admin);
@@ -471,11 +478,10 @@ fn header_tricks() {
     );
 }
 
-/// The gateway's JWT signing key, read from its data directory: forging with the real
-/// key is how a test isolates the one claim a case gets wrong.
-fn signing_key(server: &Server) -> SigningKey {
-    let pem = std::fs::read_to_string(server.data_dir.join("token-signing-key.pem")).unwrap();
-    SigningKey::from(p256::SecretKey::from_pkcs8_pem(&pem).unwrap())
+/// The gateway's JWT signing key (given to it at start): forging with the real key is
+/// how a test isolates the one claim a case gets wrong.
+fn test_signing_key() -> SigningKey {
+    SigningKey::from_slice(&Sha256::digest(b"attacks test signing key")).unwrap()
 }
 
 fn b64json(value: &Value) -> String {
@@ -517,7 +523,7 @@ fn jwt_part(jwt: &str, index: usize) -> Value {
 #[test]
 fn jwt_tricks() {
     let r = Registry::start();
-    let key = signing_key(&r.server);
+    let key = test_signing_key();
     let pull_private = format!("repository:{PRIVATE}:pull");
     let private_manifest = |jwt: &str| {
         answer(

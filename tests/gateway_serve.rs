@@ -520,13 +520,7 @@ fn data_directory_and_secrets_are_owner_only_and_tightened_at_start() {
     let data = dir.path().join("data");
     // No admin password: the generated one is written to the data directory.
     let server = Server::start_with(&data, None, &["--tls-self-signed"]);
-    let secrets = [
-        "control.redb",
-        "meta.redb",
-        "admin-password",
-        "token-signing-key.pem",
-        "tls/key.pem",
-    ];
+    let secrets = ["control.redb", "meta.redb", "admin-password", "tls/key.pem"];
     assert_eq!(mode(&data), 0o700, "data directory");
     for file in secrets {
         assert_eq!(mode(&data.join(file)), 0o600, "{file}");

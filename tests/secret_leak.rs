@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use p256::pkcs8::DecodePrivateKey as _;
+use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use redb::{ReadableDatabase as _, ReadableTable as _};
 use reqwest::StatusCode;
 use reqwest::blocking::RequestBuilder;
 use serde_json::Value;
@@ -167,24 +168,26 @@ fn no_secret_reaches_the_logs() {
     gateway.server.stop();
     let log = std::fs::read_to_string(data_dir.with_extension("stderr.log")).unwrap();
 
-    // The token-signing key, and every server-held trust key (opened with the KEK).
-    let pem = std::fs::read_to_string(data_dir.join("token-signing-key.pem")).unwrap();
-    let signing = p256::SecretKey::from_pkcs8_pem(&pem).unwrap();
-    secrets.push((
-        "token-signing key (hex)".into(),
-        hex::encode(signing.to_bytes()),
-    ));
-    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
-        secrets.push(("token-signing key PEM line".into(), line.to_owned()));
-    }
-    let db = redb::Database::open(data_dir.join("control.redb")).unwrap();
-    let store = TrustStore::open(Arc::new(db)).unwrap();
+    // The token-signing keys (sealed in control.redb) and every server-held trust key,
+    // opened with the KEK.
+    let db = Arc::new(redb::Database::open(data_dir.join("control.redb")).unwrap());
+    let store = TrustStore::open(Arc::clone(&db)).unwrap();
     let (kek, _) = kek::unlock(
         &store,
         &data_dir,
         &PassphraseSource::Value(PASSPHRASE.to_owned().into()),
     )
     .unwrap();
+    for signing in signing_keys(&db, &kek) {
+        secrets.push((
+            "token-signing key (hex)".into(),
+            hex::encode(signing.to_bytes()),
+        ));
+        let pem = signing.to_pkcs8_pem(Default::default()).unwrap();
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            secrets.push(("token-signing key PEM line".into(), line.to_owned()));
+        }
+    }
     let keys = store.read().unwrap().server_keys().unwrap();
     assert!(!keys.is_empty(), "the publish made no server-held key");
     for ((gun, role, id), sealed) in keys {
@@ -223,4 +226,28 @@ fn no_secret_reaches_the_logs() {
         "secrets in the log:\n{}",
         leaks.join("\n")
     );
+}
+
+/// The token-signing keys in `control.redb` (JSON records with the PKCS#8 key sealed by
+/// the KEK under `token-signing-key\n<kid>`), each checked to be sealed.
+fn signing_keys(db: &redb::Database, kek: &kek::Kek) -> Vec<p256::SecretKey> {
+    const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("signing_keys");
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(TABLE).unwrap();
+    let mut keys = Vec::new();
+    for entry in table.iter().unwrap() {
+        let (kid, record) = entry.unwrap();
+        let record: Value = serde_json::from_slice(record.value()).unwrap();
+        let sealed: Vec<u8> = serde_json::from_value(record["sealed"].clone()).unwrap();
+        assert!(
+            kek::is_sealed(&sealed),
+            "signing key {} stored in plain",
+            kid.value()
+        );
+        let aad = format!("token-signing-key\n{}", kid.value());
+        let der = kek.open(aad.as_bytes(), &sealed).unwrap();
+        keys.push(p256::SecretKey::from_pkcs8_der(&der).unwrap());
+    }
+    assert!(!keys.is_empty(), "no token-signing key in control.redb");
+    keys
 }

@@ -1,7 +1,7 @@
 //! The admin HTTP API (`/admin/v1/...`): tokens, credentials and scope maps over the
 //! identity store, repository attributes, verification identities of OCI signatures,
-//! policies and the content-trust switch,
-//! admin-authenticated, with an OpenAPI document.
+//! policies (explained, exported, pushed), token-signing keys and the content-trust
+//! switch, admin-authenticated, with an OpenAPI document.
 //!
 //! Every route, including the OpenAPI document and unknown `/admin/v1/` paths, requires
 //! the admin account's Basic credentials; failures are OCI-style JSON errors. Every
@@ -12,6 +12,7 @@ mod config_routes;
 mod error;
 mod handlers;
 mod policy_routes;
+mod signing_key_routes;
 mod wire;
 
 use std::sync::Arc;
@@ -25,10 +26,12 @@ use http::{Method, header};
 
 use crate::audit::{Actor, Audit, Detail, Record};
 use crate::gateway::RequestMeta;
+use crate::gateway::signing_keys::SigningKeys;
 use crate::gateway::throttle::Throttle;
 use crate::identity::basic::decode_basic;
 use crate::identity::{AdminAccount, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
+use crate::policy::pushed::PushedPolicies;
 use crate::trust::service::TrustService;
 
 pub use error::{AdminError, REALM};
@@ -42,6 +45,8 @@ pub struct AdminState {
     pub admin: Arc<AdminAccount>,
     pub engine: Arc<PolicyEngine>,
     pub trust: Arc<TrustService>,
+    pub signing_keys: Arc<SigningKeys>,
+    pub pushed_policies: Arc<PushedPolicies>,
     pub audit: Audit,
     /// The gateway the API belongs to, for reports over the repositories it serves
     /// (`None` in tests of the API alone).
@@ -114,6 +119,27 @@ fn route_table() -> Vec<(Method, &'static str, MethodRouter<AdminState>)> {
             CONTENT_TRUST,
             put(config_routes::put_content_trust),
         ),
+        (
+            Method::GET,
+            "/admin/v1/signing-keys",
+            get(signing_key_routes::list),
+        ),
+        (
+            Method::POST,
+            "/admin/v1/signing-keys/rotate",
+            post(signing_key_routes::rotate),
+        ),
+        (
+            Method::GET,
+            "/admin/v1/policies",
+            get(policy_routes::history),
+        ),
+        (Method::PUT, "/admin/v1/policies", put(policy_routes::push)),
+        (
+            Method::POST,
+            "/admin/v1/policies/rollback",
+            post(policy_routes::rollback),
+        ),
     ]
 }
 
@@ -127,6 +153,9 @@ pub fn parse_request_bodies(body: &[u8]) {
     let _ = wire::parse_body::<wire::UpdateScopeMap>(body);
     let _ = wire::parse_body::<wire::AttributesJson>(body);
     let _ = wire::parse_body::<wire::AddSignatureTrust>(body);
+    let _ = wire::parse_body::<policy_routes::PushBody>(body);
+    let _ = wire::parse_body::<policy_routes::RollbackBody>(body);
+    let _ = wire::parse_body::<signing_key_routes::RotateBody>(body);
 }
 
 /// The admin API with every path under `/admin/v1/`; mount it beside the registry.
@@ -225,6 +254,9 @@ fn action_name(method: &Method, route: &str) -> &'static str {
         ("DELETE", "signature-trust/{name}") => "signature_trust.remove",
         ("POST", "policy/explain") => "policy.explain",
         ("POST", "policy/reload") => "policy.reload",
+        ("PUT", "policies") => "policy.push",
+        ("POST", "policies/rollback") => "policy.rollback",
+        ("POST", "signing-keys/rotate") => "signing_key.rotate",
         _ => "other",
     }
 }
@@ -270,11 +302,25 @@ mod tests {
             &crate::trust::kek::PassphraseSource::DataDir,
         )
         .unwrap();
+        let engine = Arc::new(PolicyEngine::load(&[]).unwrap());
+        let db = crate::control_plane::ControlDb::Embedded(store.database().unwrap());
+        let signing_keys = SigningKeys::open(
+            db.clone(),
+            Arc::clone(&trust),
+            dir.path(),
+            "test",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let pushed_policies = PushedPolicies::open(db, Arc::clone(&engine)).await.unwrap();
         let state = AdminState {
             store,
             admin: Arc::new(AdminAccount::new("pw").unwrap()),
-            engine: Arc::new(PolicyEngine::load(&[]).unwrap()),
+            engine,
             trust,
+            signing_keys,
+            pushed_policies,
             audit: Audit::default(),
             gateway: None,
             throttle: Arc::new(Throttle::new(Default::default(), Audit::default())),

@@ -1,6 +1,7 @@
 //! Admin API for policies: explain a decision against the live identity snapshot,
-//! export the compiled scope-map policies, reload the policy files. Admin
-//! authentication is the admin router's layer, applied to these routes too.
+//! export the compiled scope-map policies, reload the policy files, and push, list and
+//! roll back the policy sets kept in the control plane. Admin authentication is the
+//! admin router's layer, applied to these routes too.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,12 +13,14 @@ use axum::{Json, Router};
 use http::header;
 use portcullis_oci::Digest;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{AdminError, AdminState};
+use crate::control_plane::policies::PolicyVersion;
 use crate::identity::pattern::is_valid_repository_name;
 use crate::identity::{Action, PasswordSlot, Principal, UnixSeconds};
-use crate::policy::{AuthzRequest, Operation, Reference, RequestContext};
+use crate::policy::pushed::{Author, PushError};
+use crate::policy::{AuthzRequest, Operation, PolicyFile, Reference, RequestContext};
 
 /// `POST /admin/v1/policy/explain`, `GET /admin/v1/policy/export`,
 /// `POST /admin/v1/policy/reload`.
@@ -147,6 +150,82 @@ async fn reload(State(state): State<AdminState>) -> Result<Response, AdminError>
         .map_err(|e| AdminError::Internal(e.to_string()))?
         .map(|count| Json(json!({ "policies": count })).into_response())
         .map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+/// A policy set to push, as `portcullis policy push` sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushBody {
+    pub files: Vec<PolicyFile>,
+    /// Why (e.g. the commit it comes from); kept with the version.
+    pub message: Option<String>,
+}
+
+/// The version to make current again.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackBody {
+    pub version: i64,
+    pub message: Option<String>,
+}
+
+impl From<PushError> for AdminError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Invalid(e) => AdminError::BadRequest(format!("policies refused:\n{e}")),
+            PushError::NotFound(_) => AdminError::NotFound(e.to_string()),
+            PushError::Store(e) => AdminError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A version without its texts: number, when, who, why, hash, file names.
+fn version_json(v: &PolicyVersion) -> Value {
+    json!({
+        "version": v.version,
+        "created": v.created,
+        "author": v.author,
+        "message": v.message,
+        "sha256": v.sha256,
+        "rollbackOf": v.rollback_of,
+        "files": v.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /admin/v1/policies`: every pushed version, oldest first (the last is in force).
+pub async fn history(State(state): State<AdminState>) -> Result<Response, AdminError> {
+    let versions = state.pushed_policies.history().await?;
+    Ok(Json(versions.iter().map(version_json).collect::<Vec<_>>()).into_response())
+}
+
+/// `PUT /admin/v1/policies`: validates the set with the policy directories' files and
+/// stores it as the next version, in force on every gateway.
+pub async fn push(
+    State(state): State<AdminState>,
+    body: axum::body::Bytes,
+) -> Result<Response, AdminError> {
+    let body: PushBody = super::wire::parse_body(&body)?;
+    let author = Author {
+        name: "admin".into(),
+        message: body.message,
+    };
+    let stored = state.pushed_policies.push(body.files, author).await?;
+    Ok((http::StatusCode::CREATED, Json(version_json(&stored))).into_response())
+}
+
+/// `POST /admin/v1/policies/rollback`: the files of an earlier version, stored as the
+/// next version.
+pub async fn rollback(
+    State(state): State<AdminState>,
+    body: axum::body::Bytes,
+) -> Result<Response, AdminError> {
+    let body: RollbackBody = super::wire::parse_body(&body)?;
+    let author = Author {
+        name: "admin".into(),
+        message: body.message,
+    };
+    let stored = state.pushed_policies.rollback(body.version, author).await?;
+    Ok((http::StatusCode::CREATED, Json(version_json(&stored))).into_response())
 }
 
 /// `names` as `context.signatures`: sorted, without duplicates.

@@ -1,6 +1,6 @@
 //! The `portcullis` command line: `serve` runs the registry; `token`, `scope-map` and
-//! `policy` are tools for operators (the first two are clients of the admin API, as is
-//! `config`); `fsck` and `migrate` work on a stopped gateway's data directory.
+//! `policy` are tools for operators (the first two are clients of the admin API, as are
+//! `config` and `signing-key`); `fsck` and `migrate` work on a stopped gateway's data directory.
 
 mod admin_client;
 mod config;
@@ -13,6 +13,7 @@ mod repository;
 mod scope_map;
 mod serve;
 mod signature_trust;
+mod signing_key;
 mod token;
 mod trust;
 
@@ -51,6 +52,9 @@ enum Command {
     /// CA certificates).
     #[command(name = "signature-trust")]
     SignatureTrust(signature_trust::SignatureTrustArgs),
+    /// The token-signing keys shared by every gateway: list, rotate.
+    #[command(name = "signing-key")]
+    SigningKey(signing_key::SigningKeyArgs),
     /// Check a stopped gateway's data directory (read-only); exit 0 clean, 1 problems,
     /// 2 could not run.
     Fsck(fsck::FsckArgs),
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Config(args) => config::run(args),
         Command::Trust(args) => trust::run(args),
         Command::SignatureTrust(args) => signature_trust::run(args),
+        Command::SigningKey(args) => signing_key::run(args),
         Command::Fsck(args) => return fsck::run(args),
         Command::Migrate(args) => migrate::run(args),
     };

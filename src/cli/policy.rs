@@ -1,5 +1,7 @@
 //! `portcullis policy`: tools for policy authors. `validate` and `test` work on a policy
-//! directory offline; `explain` and `export` ask the running server's admin API.
+//! directory offline; `explain` and `export` ask the running server's admin API;
+//! `push`, `history` and `rollback` manage the policy sets kept in the control plane
+//! (in force on every gateway) through it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::admin_client::{AdminClient, ClientArgs, print};
+use super::admin_client::{AdminClient, ClientArgs, cell, items, print, render_table};
 use crate::identity::{Action, PasswordSlot};
 use crate::policy::PolicyEngine;
 use crate::policy::testcases;
@@ -61,6 +63,29 @@ pub enum PolicyCommand {
     },
     /// Print the running server's scope maps compiled to Cedar policies.
     Export {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Push every `*.cedar` in DIR to the control plane as a new policy version, in
+    /// force on every gateway once validated with their policy directories' files.
+    Push {
+        dir: PathBuf,
+        /// Why (e.g. the commit it comes from); kept with the version.
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the pushed policy versions (the last one is in force).
+    History {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Put the files of an earlier VERSION in force again, as a new version.
+    Rollback {
+        version: i64,
+        #[arg(long, short = 'm')]
+        message: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -118,7 +143,69 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PolicyCommand::Push {
+            dir,
+            message,
+            client,
+        } => {
+            let files = crate::policy::pushable_files(&dir)?;
+            let body = json!({ "files": files, "message": message });
+            let answer = AdminClient::new(&client)?.call(Method::PUT, "/policies", Some(&body))?;
+            print(&client, &answer, versions_table)?;
+            Ok(())
+        }
+        PolicyCommand::History { client } => {
+            let answer = AdminClient::new(&client)?.call(Method::GET, "/policies", None)?;
+            print(&client, &answer, versions_table)?;
+            Ok(())
+        }
+        PolicyCommand::Rollback {
+            version,
+            message,
+            client,
+        } => {
+            let body = json!({ "version": version, "message": message });
+            let answer =
+                AdminClient::new(&client)?.call(Method::POST, "/policies/rollback", Some(&body))?;
+            print(&client, &answer, versions_table)?;
+            Ok(())
+        }
     }
+}
+
+/// VERSION, CREATED, AUTHOR, SHA256, FILES, MESSAGE per version.
+fn versions_table(versions: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(versions)
+        .into_iter()
+        .map(|v| {
+            let message = match (v["rollbackOf"].as_i64(), v["message"].as_str()) {
+                (Some(old), Some(m)) => format!("rollback to {old}: {m}"),
+                (Some(old), None) => format!("rollback to {old}"),
+                (None, m) => m.unwrap_or_default().to_owned(),
+            };
+            vec![
+                cell(&v["version"]),
+                cell(&v["created"]),
+                cell(&v["author"]),
+                v["sha256"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(12)
+                    .collect(),
+                items(&v["files"])
+                    .iter()
+                    .map(|f| cell(f))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                message,
+            ]
+        })
+        .collect();
+    render_table(
+        &["VERSION", "CREATED", "AUTHOR", "SHA256", "FILES", "MESSAGE"],
+        &rows,
+    )
 }
 
 fn validate(dir: &Path) -> anyhow::Result<()> {

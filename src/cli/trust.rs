@@ -1,7 +1,8 @@
-//! `portcullis trust rotate-kek`: re-encrypts the server-held trust keys under a new
-//! key-encryption passphrase. Offline: the server holds `control.redb` open while it runs.
-//! Embedded control plane only: with `--control-plane postgres://` it refuses (the keys
-//! there are shared by every gateway, which would all need the new passphrase at once).
+//! `portcullis trust rotate-kek`: re-encrypts the server-held trust keys, and the
+//! token-signing keys, under a new key-encryption passphrase. Offline: the server holds
+//! `control.redb` open while it runs. Embedded control plane only: with
+//! `--control-plane postgres://` it refuses (the keys there are shared by every gateway,
+//! which would all need the new passphrase at once).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::gateway::config::{ControlPlane, DEFAULT_DATA_DIR};
+use crate::gateway::signing_keys;
 use crate::trust::kek::{self, PASSPHRASE_FILE, PassphraseSource};
 use crate::trust::store::TrustStore;
 
@@ -78,15 +80,21 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    let store = TrustStore::open(Arc::new(db)).context("opening the trust store")?;
+    let db = Arc::new(db);
+    let store = TrustStore::open(Arc::clone(&db)).context("opening the trust store")?;
     let old = PassphraseSource::new(args.trust_key_passphrase_file, args.trust_key_passphrase);
     let new = PassphraseSource::new(args.new_passphrase_file.clone(), None);
+    let (old_kek, _) = kek::unlock(&store, &args.data_dir, &old)?;
     let count = kek::rotate(&store, &args.data_dir, &old, &new)?;
+    let (new_kek, _) = kek::unlock(&store, &args.data_dir, &new)?;
+    let signing = signing_keys::reseal_embedded(&db, &old_kek, &new_kek)
+        .context("re-encrypting the token-signing keys")?;
     let place = args
         .new_passphrase_file
         .unwrap_or_else(|| args.data_dir.join(PASSPHRASE_FILE));
     println!(
-        "re-encrypted {count} server-held trust key(s); the passphrase is now the one in {}",
+        "re-encrypted {count} server-held trust key(s) and {signing} token-signing key(s); \
+         the passphrase is now the one in {}",
         place.display()
     );
     Ok(())

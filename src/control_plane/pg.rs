@@ -18,6 +18,7 @@ const SCHEMA: Schema = Schema {
     migrations: &[
         (1, include_str!("migrations/0001_identity.sql")),
         (2, include_str!("migrations/0002_trust.sql")),
+        (3, include_str!("migrations/0003_keys_policies.sql")),
     ],
 };
 

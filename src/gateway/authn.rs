@@ -59,6 +59,8 @@ pub struct CacheStats {
 /// A verified JWT: its claims, with the access claim moved out into a shared slice.
 struct Verified {
     claims: Claims,
+    /// The issuer's ring generation it was verified under.
+    ring: u64,
     access: Arc<[AccessEntry]>,
     /// 1 + the identity snapshot version in which the token's password was last found to
     /// be the one the JWT names (0: not yet). Snapshots are immutable, so within one
@@ -278,7 +280,10 @@ impl Authenticator {
 
     /// Verifies a JWS (cached until it expires) without re-checking the principal.
     fn verify_bearer(&self, token: &str, now: UnixSeconds) -> Result<Arc<Verified>, GatewayError> {
-        if let Some(verified) = self.bearer.get(token) {
+        let ring = self.issuer.generation();
+        if let Some(verified) = self.bearer.get(token)
+            && verified.ring == ring
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             verified
                 .claims
@@ -294,6 +299,7 @@ impl Authenticator {
         let access = std::mem::take(&mut claims.access).into();
         let verified = Arc::new(Verified {
             claims,
+            ring,
             access,
             password_seen: AtomicU64::new(0),
         });
@@ -528,9 +534,8 @@ mod tests {
             secret(PasswordSlot::Password1),
             secret(PasswordSlot::Password2),
         ];
-        let issuer = Arc::new(
-            Issuer::load_or_create(dir.path(), "registry.test", Duration::from_secs(300)).unwrap(),
-        );
+        let issuer =
+            Arc::new(Issuer::generated("registry.test", Duration::from_secs(300)).unwrap());
         let admin = Arc::new(AdminAccount::new(ADMIN_PASSWORD).unwrap());
         let authn = Authenticator::new(Arc::clone(&store), admin, Arc::clone(&issuer));
         Fixture {
@@ -783,10 +788,7 @@ mod tests {
     #[tokio::test]
     async fn forged_or_foreign_bearer_tokens_are_refused() {
         let f = fixture(None).await;
-        let other_dir = tempfile::tempdir().unwrap();
-        let other =
-            Issuer::load_or_create(other_dir.path(), "registry.test", Duration::from_secs(300))
-                .unwrap();
+        let other = Issuer::generated("registry.test", Duration::from_secs(300)).unwrap();
         let subject = f.authn.subject(&Principal::Admin).unwrap();
         let foreign = other
             .sign(TokenUse::Access, subject.clone(), vec![], now_unix())

@@ -56,6 +56,8 @@ pub fn admin_router(gw: &Arc<Gateway>) -> Router {
         admin: Arc::clone(&gw.admin),
         engine: Arc::clone(&gw.engine),
         trust: Arc::clone(&gw.trust),
+        signing_keys: Arc::clone(&gw.signing_keys),
+        pushed_policies: Arc::clone(&gw.pushed_policies),
         audit: gw.audit.clone(),
         gateway: Some(Arc::clone(gw)),
         throttle: Arc::clone(gw.authn.throttle()),

@@ -1,30 +1,36 @@
 //! ES256 JSON Web Tokens: the bearer tokens `/oauth2/token` hands out and the refresh
-//! tokens docker keeps as its identity token. Owns the signing key (PKCS#8 PEM in the
-//! data directory, created once, mode 0600) and the compact JWS encoding (RFC 7515):
+//! tokens docker keeps as its identity token. Owns the key ring tokens are signed and
+//! verified with ([`KeyRing`]: the newest key signs, every key in the ring verifies,
+//! chosen by the header's `kid`; where the keys are kept and rotated is
+//! `gateway::signing_keys`) and the compact JWS encoding (RFC 7515):
 //! `base64url(header).base64url(claims).base64url(r || s)`.
 //!
 //! The header `kid` is the libtrust fingerprint of the public key (what docker
 //! distribution 2.x matches against its trusted keys), so an upstream registry can be
 //! configured to trust these tokens too.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::{PasswordSlot, UnixSeconds};
 use crate::trust::signer::random_p256_key;
 
-/// The key file inside the data directory.
+/// The key file a gateway kept in its data directory before the key ring: moved into
+/// the control plane at first start (`gateway::signing_keys`), so its tokens stay valid.
 pub const SIGNING_KEY_FILE: &str = "token-signing-key.pem";
 /// The `iss` claim of every token this gateway mints.
 pub const ISSUER: &str = "portcullis";
@@ -32,7 +38,7 @@ pub const ISSUER: &str = "portcullis";
 /// re-checks the principal, so revocation does not wait for this.
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY: i64 = 60;
+pub const LEEWAY: i64 = 60;
 const ALG: &str = "ES256";
 
 /// Which kind of token a JWS is; the header `typ` keeps the two from standing in for
@@ -147,48 +153,98 @@ pub enum JwtError {
     NotYetValid,
 }
 
-/// Signs and verifies the gateway's tokens with one ES256 key.
-pub struct Issuer {
+/// The keys tokens are signed and verified with: the signing key and, by kid, every key
+/// that verifies (the signing key among them).
+pub struct KeyRing {
     signing: SigningKey,
-    verifying: VerifyingKey,
     kid: String,
+    verifying: HashMap<String, VerifyingKey>,
+}
+
+impl KeyRing {
+    /// A ring signing with `signing` and also verifying with `others` (retired keys).
+    pub fn new(signing: SigningKey, others: &[VerifyingKey]) -> Result<KeyRing, JwtError> {
+        let kid = key_id(signing.verifying_key())?;
+        let mut verifying = HashMap::from([(kid.clone(), *signing.verifying_key())]);
+        for key in others {
+            verifying.insert(key_id(key)?, *key);
+        }
+        Ok(KeyRing {
+            signing,
+            kid,
+            verifying,
+        })
+    }
+
+    /// The kid of the signing key.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The kids of every key that verifies.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.verifying.keys().map(String::as_str)
+    }
+}
+
+/// The libtrust fingerprint of `key`: the `kid` of the tokens it signs.
+pub fn key_id(key: &VerifyingKey) -> Result<String, JwtError> {
+    let spki = key
+        .to_public_key_der()
+        .map_err(|e| JwtError::Encode(e.to_string()))?;
+    Ok(libtrust_key_id(spki.as_bytes()))
+}
+
+/// Signs with the newest key of its ring and verifies with any; the ring is swapped
+/// whole when keys rotate.
+pub struct Issuer {
+    ring: ArcSwap<KeyRing>,
+    /// Bumped after every ring change: verifications cached under an earlier one are
+    /// checked again (their key may have left the ring).
+    generation: AtomicU64,
     service: String,
     ttl: Duration,
 }
 
 impl Issuer {
-    /// Loads the key from `data_dir`, creating it (atomically, mode 0600) at first start.
-    pub fn load_or_create(
-        data_dir: &Path,
-        service: &str,
-        ttl: Duration,
-    ) -> Result<Issuer, JwtError> {
-        let path = data_dir.join(SIGNING_KEY_FILE);
-        let signing = match fs::read_to_string(&path) {
-            Ok(pem) => parse_key(&path, &pem)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => create_key(&path)?,
-            Err(source) => return Err(JwtError::Io { path, source }),
-        };
-        Issuer::new(signing, service, ttl)
-    }
-
-    fn new(signing: SigningKey, service: &str, ttl: Duration) -> Result<Issuer, JwtError> {
-        let verifying = *signing.verifying_key();
-        let spki = verifying
-            .to_public_key_der()
-            .map_err(|e| JwtError::Encode(e.to_string()))?;
-        Ok(Issuer {
-            signing,
-            verifying,
-            kid: libtrust_key_id(spki.as_bytes()),
+    pub fn new(ring: KeyRing, service: &str, ttl: Duration) -> Issuer {
+        Issuer {
+            ring: ArcSwap::from_pointee(ring),
+            generation: AtomicU64::new(0),
             service: service.to_owned(),
             ttl,
-        })
+        }
     }
 
-    /// The `kid` in every header: the libtrust fingerprint of the public key.
-    pub fn kid(&self) -> &str {
-        &self.kid
+    /// An issuer with one freshly generated key, kept nowhere (tests, fuzzing, benches).
+    pub fn generated(service: &str, ttl: Duration) -> Result<Issuer, JwtError> {
+        Ok(Issuer::new(
+            KeyRing::new(random_p256_key(), &[])?,
+            service,
+            ttl,
+        ))
+    }
+
+    /// Puts `ring` in force for every token signed or verified from now on.
+    pub fn replace_ring(&self, ring: KeyRing) {
+        self.ring.store(Arc::new(ring));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The ring's generation: read it before verifying, and a verification remembered
+    /// with it holds while it is current.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The ring in force.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.load_full()
+    }
+
+    /// The `kid` of tokens signed now: the libtrust fingerprint of the signing key.
+    pub fn kid(&self) -> String {
+        self.ring.load().kid.clone()
     }
 
     /// The audience (`aud`) tokens are minted for and checked against.
@@ -224,13 +280,14 @@ impl Issuer {
             subject,
             access,
         };
+        let ring = self.ring.load();
         let header = Header {
             alg: ALG.to_owned(),
             typ: token_use.typ().to_owned(),
-            kid: self.kid.clone(),
+            kid: ring.kid.clone(),
         };
         let signing_input = format!("{}.{}", encode_json(&header)?, encode_json(&claims)?);
-        let signature: Signature = self.signing.sign(signing_input.as_bytes());
+        let signature: Signature = ring.signing.sign(signing_input.as_bytes());
         let token = format!(
             "{signing_input}.{}",
             URL_SAFE_NO_PAD.encode(signature.to_bytes())
@@ -238,7 +295,8 @@ impl Issuer {
         Ok(SignedToken { token, claims })
     }
 
-    /// Checks a compact JWS: shape, header (alg, typ, kid), signature, then the claims
+    /// Checks a compact JWS: shape, header (alg, typ, kid: a key of the ring), signature
+    /// by that key, then the claims
     /// (iss, aud, exp and nbf with a small leeway). Nothing is decoded as claims before
     /// the signature holds.
     pub fn verify(
@@ -262,9 +320,10 @@ impl Issuer {
         if header.typ != token_use.typ() {
             return Err(JwtError::Type(header.typ));
         }
-        if header.kid != self.kid {
+        let ring = self.ring.load();
+        let Some(key) = ring.verifying.get(&header.kid) else {
             return Err(JwtError::UnknownKey(header.kid));
-        }
+        };
         let signature_bytes = URL_SAFE_NO_PAD
             .decode(signature_b64)
             .map_err(|_| JwtError::Malformed("signature is not base64url".into()))?;
@@ -273,8 +332,7 @@ impl Issuer {
         let signing_input = token
             .get(..signing_input_len)
             .ok_or_else(|| JwtError::Malformed("truncated".into()))?;
-        self.verifying
-            .verify(signing_input.as_bytes(), &signature)
+        key.verify(signing_input.as_bytes(), &signature)
             .map_err(|_| JwtError::Signature)?;
         let claims: Claims = decode_json(claims_b64, "claims")?;
         if claims.iss != ISSUER {
@@ -316,45 +374,18 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &str) -> Result
         .map_err(|_| JwtError::Malformed(format!("{what} is not the expected JSON")))
 }
 
-fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, JwtError> {
-    SigningKey::from_pkcs8_pem(pem).map_err(|e| JwtError::BadKey {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// Generates a key and publishes it under `path` without ever exposing a partial file:
-/// written to a temporary name (0600), synced, then hard-linked into place, which fails
-/// if another process won the race — then that process's key is used.
-fn create_key(path: &Path) -> Result<SigningKey, JwtError> {
-    let io = |source| JwtError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let signing = random_p256_key();
-    let pem = signing
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| JwtError::Encode(e.to_string()))?;
-    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(pem.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::hard_link(&tmp, path));
-    // The temporary name is removed whatever happened; the link (if any) keeps the data.
-    let _ = fs::remove_file(&tmp);
-    match written {
-        Ok(()) => Ok(signing),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            let pem = fs::read_to_string(path).map_err(io)?;
-            parse_key(path, &pem)
-        }
-        Err(e) => Err(io(e)),
+/// The key a gateway kept in `data_dir` before the key ring, if there is one.
+pub fn read_legacy_key(data_dir: &Path) -> Result<Option<SigningKey>, JwtError> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => SigningKey::from_pkcs8_pem(&pem)
+            .map(Some)
+            .map_err(|e| JwtError::BadKey {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(JwtError::Io { path, source }),
     }
 }
 
@@ -382,17 +413,12 @@ fn libtrust_key_id(spki_der: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     const NOW: UnixSeconds = 1_800_000_000;
 
-    fn issuer() -> (tempfile::TempDir, Issuer) {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer =
-            Issuer::load_or_create(dir.path(), "registry.test", Duration::from_secs(300)).unwrap();
-        (dir, issuer)
+    fn issuer() -> Issuer {
+        Issuer::generated("registry.test", Duration::from_secs(300)).unwrap()
     }
 
     fn subject() -> Subject {
@@ -423,7 +449,7 @@ mod tests {
 
     #[test]
     fn signed_token_verifies_and_round_trips_claims() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         let signed = issuer
             .sign(TokenUse::Access, subject(), access(), NOW)
             .unwrap();
@@ -447,29 +473,60 @@ mod tests {
     }
 
     #[test]
-    fn key_is_created_once_with_mode_0600_and_reused() {
-        let (dir, first) = issuer();
-        let path = dir.path().join(SIGNING_KEY_FILE);
-        let mode = fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let pem = fs::read_to_string(&path).unwrap();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let second =
-            Issuer::load_or_create(dir.path(), "registry.test", Duration::from_secs(300)).unwrap();
-        assert_eq!(first.kid(), second.kid());
-        assert_eq!(fs::read_to_string(&path).unwrap(), pem);
-        let signed = first
+    fn every_key_of_the_ring_verifies_and_the_newest_signs() {
+        let old = random_p256_key();
+        let issuer = Issuer::new(
+            KeyRing::new(old.clone(), &[]).unwrap(),
+            "registry.test",
+            Duration::from_secs(300),
+        );
+        let old_kid = issuer.kid();
+        let before = issuer
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
-        assert!(second.verify(&signed.token, TokenUse::Access, NOW).is_ok());
-        // Only the key file is left behind.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Rotated: a new signing key, the old one still verifying.
+        let new = random_p256_key();
+        issuer.replace_ring(KeyRing::new(new, &[*old.verifying_key()]).unwrap());
+        assert_ne!(issuer.kid(), old_kid);
+        let after = issuer
+            .sign(TokenUse::Access, subject(), vec![], NOW)
+            .unwrap();
+        let header = |t: &str| -> serde_json::Value {
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts(t)[0]).unwrap()).unwrap()
+        };
+        assert_eq!(header(&before.token)["kid"], old_kid.as_str());
+        assert_eq!(header(&after.token)["kid"], issuer.kid().as_str());
+        assert!(issuer.verify(&before.token, TokenUse::Access, NOW).is_ok());
+        assert!(issuer.verify(&after.token, TokenUse::Access, NOW).is_ok());
+        assert_eq!(issuer.ring().kids().count(), 2);
+        // The old key dropped: its tokens name an unknown key.
+        issuer.replace_ring(KeyRing::new(random_p256_key(), &[]).unwrap());
+        assert!(matches!(
+            issuer.verify(&before.token, TokenUse::Access, NOW),
+            Err(JwtError::UnknownKey(kid)) if kid == old_kid
+        ));
+    }
+
+    #[test]
+    fn a_legacy_key_file_is_read_and_a_corrupt_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_legacy_key(dir.path()).unwrap().is_none());
+        let key = random_p256_key();
+        let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, Default::default()).unwrap();
+        std::fs::write(dir.path().join(SIGNING_KEY_FILE), pem.as_bytes()).unwrap();
+        assert_eq!(read_legacy_key(dir.path()).unwrap(), Some(key));
+        std::fs::write(dir.path().join(SIGNING_KEY_FILE), "not a key").unwrap();
+        assert!(matches!(
+            read_legacy_key(dir.path()),
+            Err(JwtError::BadKey { .. })
+        ));
     }
 
     #[test]
     fn kid_has_the_libtrust_shape() {
-        let (_d, issuer) = issuer();
-        let groups: Vec<&str> = issuer.kid().split(':').collect();
+        let issuer = issuer();
+        let kid = issuer.kid();
+        let groups: Vec<&str> = kid.split(':').collect();
         assert_eq!(groups.len(), 12);
         assert!(groups.iter().all(|g| {
             g.len() == 4
@@ -484,16 +541,8 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_key_file_is_an_error_not_a_new_key() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(SIGNING_KEY_FILE), "not a key").unwrap();
-        let err = Issuer::load_or_create(dir.path(), "s", Duration::from_secs(60));
-        assert!(matches!(err, Err(JwtError::BadKey { .. })));
-    }
-
-    #[test]
     fn tampered_payload_or_signature_is_rejected() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         let signed = issuer
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
@@ -517,9 +566,8 @@ mod tests {
 
     #[test]
     fn another_key_is_rejected_even_with_our_kid() {
-        let (_d, ours) = issuer();
-        let theirs =
-            Issuer::new(random_p256_key(), "registry.test", Duration::from_secs(300)).unwrap();
+        let ours = issuer();
+        let theirs = Issuer::generated("registry.test", Duration::from_secs(300)).unwrap();
         let signed = theirs
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
@@ -539,7 +587,7 @@ mod tests {
 
     #[test]
     fn expiry_and_not_before_allow_a_small_leeway() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         let signed = issuer
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
@@ -558,7 +606,7 @@ mod tests {
 
     #[test]
     fn alg_none_and_unsigned_tokens_are_rejected() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         let signed = issuer
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
@@ -579,7 +627,7 @@ mod tests {
 
     #[test]
     fn refresh_and_access_tokens_do_not_stand_in_for_each_other() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         let refresh = issuer
             .sign(TokenUse::Refresh, subject(), vec![], NOW)
             .unwrap();
@@ -604,9 +652,12 @@ mod tests {
 
     #[test]
     fn wrong_audience_is_rejected() {
-        let (dir, issuer) = issuer();
-        let other =
-            Issuer::load_or_create(dir.path(), "other.test", Duration::from_secs(300)).unwrap();
+        let issuer = issuer();
+        let other = Issuer::new(
+            KeyRing::new(issuer.ring().signing.clone(), &[]).unwrap(),
+            "other.test",
+            Duration::from_secs(300),
+        );
         let signed = other
             .sign(TokenUse::Access, subject(), vec![], NOW)
             .unwrap();
@@ -618,7 +669,7 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let (_d, issuer) = issuer();
+        let issuer = issuer();
         for garbage in [
             "",
             ".",

@@ -3,7 +3,8 @@
 //!
 //! - [`classify`]: method + path → [`classify::Route`] (repository, operation).
 //! - [`authn`]: `Authorization` header → principal (Basic, Bearer JWT), with caches;
-//!   [`jwt`] signs and verifies the ES256 tokens; [`token`] is `/oauth2/token`.
+//!   [`jwt`] signs and verifies the ES256 tokens with the key ring [`signing_keys`]
+//!   keeps in the control plane; [`token`] is `/oauth2/token`.
 //! - [`access`]: a classified request + principal → the Cedar checks, and the Docker
 //!   scope grants the token endpoint hands out. **This is where a request is authorized.**
 //! - [`backend`]: where allowed requests go (the bundled store, called in process, or an
@@ -45,6 +46,7 @@ pub mod repository_api;
 pub mod server;
 pub mod signatures;
 pub mod signed;
+pub mod signing_keys;
 pub mod throttle;
 pub mod tls;
 pub mod token;
@@ -61,9 +63,10 @@ use anyhow::Context;
 use portcullis_storage::{Registry, private};
 
 use crate::audit::{Actor, Audit, Record};
-use crate::control_plane::PgControl;
+use crate::control_plane::{self, ControlDb, PgControl};
 use crate::identity::{AdminAccount, AdminPasswordSource, IdentityStore, Principal};
 use crate::policy::PolicyEngine;
+use crate::policy::pushed::PushedPolicies;
 use crate::trust::KeyAlgorithm;
 use crate::trust::kek::{PassphraseSource, Unlocked};
 use crate::trust::service::TrustService;
@@ -77,6 +80,10 @@ pub struct Gateway {
     pub admin: Arc<AdminAccount>,
     pub authn: authn::Authenticator,
     pub issuer: Arc<jwt::Issuer>,
+    /// The shared token-signing keys (the issuer's ring) and their rotation.
+    pub signing_keys: Arc<signing_keys::SigningKeys>,
+    /// Policy sets pushed to the control plane, in force in `engine`.
+    pub pushed_policies: Arc<PushedPolicies>,
     pub backend: backend::Backend,
     pub metrics: metrics::Metrics,
     /// Content trust: the Notary API's data and the signed targets views consult.
@@ -180,9 +187,10 @@ impl Gateway {
         });
     }
 
-    /// Opens (creating at first start) everything in the data directory: the identity
-    /// store, the admin account, the token-signing key, the policies and the backend.
-    /// Starts no tasks: the server owns the runtimes.
+    /// Opens (creating at first start) everything in the data directory and the control
+    /// plane: the identity store, the admin account, the token-signing keys, the
+    /// policies and the backend. Starts no tasks: the server owns the runtimes
+    /// ([`Gateway::spawn_control_sync`]).
     pub fn open(options: &GatewayOptions) -> anyhow::Result<Opened> {
         let data_dir = &options.data_dir;
         // Owner-only data: the directory 0700, databases and keys 0600 (existing ones
@@ -204,11 +212,11 @@ impl Gateway {
             redb::Database::create(&control)
                 .with_context(|| format!("opening `{}`", control.display()))?,
         );
-        // Identity and trust data live in the control plane: the same redb file, or
-        // PostgreSQL. New trust keys are ECDSA until `serve` applies the configured
-        // algorithm.
-        let (pg_control, store, (admin, admin_password), (trust, trust_kek)) =
-            on_own_runtime(async {
+        let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
+        // Everything in the control plane: the same redb file, or PostgreSQL. New trust
+        // keys are ECDSA until `serve` applies the configured algorithm.
+        let (pg_control, store, (admin, admin_password), (trust, trust_kek), signing_keys, pushed) =
+            control_plane::block_on(async {
                 let pg_control = match &options.control_plane {
                     config::ControlPlane::Embedded => None,
                     config::ControlPlane::Postgres(url) => Some(PgControl::connect(url).await?),
@@ -242,14 +250,26 @@ impl Gateway {
                     }
                 }
                 .context("opening the trust store")?;
-                Ok((pg_control, store, admin, trust))
-            })?;
+                let db = match &pg_control {
+                    None => ControlDb::Embedded(Arc::clone(&control_db)),
+                    Some(control) => ControlDb::Postgres(Arc::clone(control)),
+                };
+                let signing_keys = signing_keys::SigningKeys::open(
+                    db.clone(),
+                    Arc::clone(&trust.0),
+                    data_dir,
+                    &options.service,
+                    options.token_ttl,
+                )
+                .await
+                .context("loading the token-signing keys")?;
+                let pushed = PushedPolicies::open(db, Arc::clone(&engine))
+                    .await
+                    .context("loading the pushed policies")?;
+                anyhow::Ok((pg_control, store, admin, trust, signing_keys, pushed))
+            })??;
         let admin = Arc::new(admin);
-        let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
-        let issuer = Arc::new(
-            jwt::Issuer::load_or_create(data_dir, &options.service, options.token_ttl)
-                .context("loading the token-signing key")?,
-        );
+        let issuer = Arc::clone(signing_keys.issuer());
         let (backend, bundled) = match &options.upstream {
             Some(url) => (backend::Backend::upstream(url)?, None),
             None => {
@@ -276,6 +296,8 @@ impl Gateway {
             engine,
             admin,
             issuer,
+            signing_keys,
+            pushed_policies: pushed,
             backend,
             metrics: metrics::Metrics::new().context("registering metrics")?,
             trust,
@@ -294,25 +316,18 @@ impl Gateway {
             trust_kek,
         })
     }
-}
 
-/// Runs `work` (connecting, the first reads) on a thread and runtime of its own, so
-/// [`Gateway::open`] stays callable inside a runtime or outside any; pooled connections
-/// made there are dropped with it and made again on the runtime that next uses them.
-fn on_own_runtime<T: Send>(
-    work: impl Future<Output = anyhow::Result<T>> + Send,
-) -> anyhow::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a tokio runtime")?
-                .block_on(work)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the connecting thread panicked")))
-    })
+    /// Spawns, on the current runtime, the following of changes other gateways make to
+    /// the shared control plane (identity with its staleness clock, trust data,
+    /// token-signing keys, pushed policies).
+    pub fn spawn_control_sync(&self) {
+        if let Some(follower) = self.store.follower() {
+            tokio::spawn(follower);
+        }
+        self.trust.spawn_watch();
+        self.signing_keys.spawn_sync();
+        self.pushed_policies.spawn_sync();
+    }
 }
 
 #[cfg(test)]

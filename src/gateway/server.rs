@@ -157,11 +157,7 @@ impl Prepared {
         {
             let _guard = background.enter();
             gw.engine.spawn_reloader();
-            gw.trust.spawn_watch();
-            // A shared control plane: other gateways' writes, and the staleness clock.
-            if let Some(follower) = gw.store.follower() {
-                tokio::spawn(follower);
-            }
+            gw.spawn_control_sync();
         }
         if let Some(registry) = &opened.bundled {
             // The store's own upkeep (e.g. expiring abandoned uploads); requests reach

@@ -29,7 +29,7 @@ use super::cache::{
 };
 use super::compile::{self, CompiledEntry, action_bit, uid};
 use super::entities::{FLAGS_REPOSITORY, entity_uid, flags_entities, string};
-use super::files::{self, PolicyError};
+use super::files::{self, PolicyError, PushedSet};
 use super::reload::ReloadCounters;
 use super::request::{AuthzRequest, Decision, Explanation};
 use super::scope_map_cedar;
@@ -41,6 +41,9 @@ pub struct PolicyEngine {
     /// Extra files loaded besides `dirs` (the policy test tool's per-file examples).
     pub(super) files: Vec<PathBuf>,
     pub(super) schema: Schema,
+    /// The set pushed to the control plane that is in force (loaded with the files);
+    /// held while a load is being swapped in, so loads never interleave.
+    pub(super) pushed: std::sync::Mutex<Option<PushedSet>>,
     pub(super) loaded: ArcSwap<Loaded>,
     pub(super) next_id: AtomicU64,
     pub(super) anonymous_pull: AtomicBool,
@@ -78,7 +81,7 @@ impl PolicyEngine {
         files: &[PathBuf],
     ) -> Result<PolicyEngine, PolicyError> {
         let schema = files::schema()?;
-        let policies = files::load_policies(&schema, dirs, files)?;
+        let policies = files::load_policies(&schema, dirs, files, None)?;
         let mut actions = HashMap::new();
         for action in Action::ALL {
             let uid = uid("Action", action.as_str())
@@ -89,6 +92,7 @@ impl PolicyEngine {
             dirs: dirs.to_vec(),
             files: files.to_vec(),
             schema,
+            pushed: std::sync::Mutex::new(None),
             loaded: ArcSwap::from_pointee(Loaded::new(policies, 1)?),
             next_id: AtomicU64::new(2),
             anonymous_pull: AtomicBool::new(false),

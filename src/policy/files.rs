@@ -73,23 +73,119 @@ pub fn schema() -> Result<Schema, PolicyError> {
         .map_err(|e| PolicyError::Schema(e.to_string()))
 }
 
-/// A policy file's name (as shown in messages) and text.
+/// A policy file's name (as shown in messages), the name its un-annotated policies'
+/// ids start with, and its text.
 struct Source {
     name: String,
+    id_base: String,
     text: String,
 }
 
-/// Base policies plus every `*.cedar` file directly in `dirs` and the listed `files`,
-/// parsed, given unique ids and validated in strict mode. A `base.cedar` identical to
-/// the shipped one is the shipped copy and is skipped; a `schema.cedarschema` that
-/// differs from the built-in schema is an error (the schema cannot be changed).
+impl Source {
+    fn file(path: &Path, text: String) -> Source {
+        Source {
+            name: path.display().to_string(),
+            id_base: path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            text,
+        }
+    }
+}
+
+/// A policy file pushed to the control plane (`portcullis policy push`): its file name
+/// and text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// The pushed set loaded beside the directories' files: its version, or `None` for a
+/// set being checked before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedSet {
+    pub version: Option<i64>,
+    pub files: Vec<PolicyFile>,
+}
+
+/// Most files one pushed set may have.
+pub const MAX_PUSHED_FILES: usize = 1000;
+
+impl PushedSet {
+    fn sources(&self) -> Vec<Source> {
+        let label = match self.version {
+            Some(v) => format!("policy version {v}"),
+            None => "pushed".to_owned(),
+        };
+        self.files
+            .iter()
+            .map(|f| Source {
+                name: format!("{} ({label})", f.name),
+                id_base: f.name.clone(),
+                text: f.text.clone(),
+            })
+            .collect()
+    }
+
+    /// The names must be distinct plain `*.cedar` file names (they name the files'
+    /// policies), at most [`MAX_PUSHED_FILES`] of them.
+    pub fn check_names(files: &[PolicyFile]) -> Result<(), PolicyError> {
+        let mut diags = Vec::new();
+        if files.len() > MAX_PUSHED_FILES {
+            diags.push(Diagnostic {
+                file: "pushed set".into(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "{} files; at most {MAX_PUSHED_FILES} may be pushed",
+                    files.len()
+                ),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for file in files {
+            let stem = file.name.strip_suffix(".cedar").unwrap_or_default();
+            let plain = !stem.is_empty()
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            let message = if !plain {
+                "is not a plain `*.cedar` file name (letters, digits, `.`, `_`, `-`)"
+            } else if !seen.insert(file.name.as_str()) {
+                "is pushed twice"
+            } else {
+                continue;
+            };
+            diags.push(Diagnostic {
+                file: format!("`{}`", file.name),
+                line: 0,
+                column: 0,
+                message: message.into(),
+            });
+        }
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::Invalid(diags))
+        }
+    }
+}
+
+/// Base policies plus every `*.cedar` file directly in `dirs`, the listed `files` and
+/// the `pushed` set, parsed, given unique ids and validated together in strict mode. A
+/// `base.cedar` identical to the shipped one is the shipped copy and is skipped; a
+/// `schema.cedarschema` that differs from the built-in schema is an error (the schema
+/// cannot be changed).
 pub fn load_policies(
     schema: &Schema,
     dirs: &[PathBuf],
     files: &[PathBuf],
+    pushed: Option<&PushedSet>,
 ) -> Result<Vec<Policy>, PolicyError> {
     let mut sources = vec![Source {
         name: format!("{BASE_FILE} (built in)"),
+        id_base: BASE_FILE.to_owned(),
         text: BASE_SRC.to_owned(),
     }];
     for dir in dirs {
@@ -99,18 +195,16 @@ pub fn load_policies(
             let is_shipped_base = path.file_name().is_some_and(|n| n == BASE_FILE)
                 && text.trim_end() == BASE_SRC.trim_end();
             if !is_shipped_base {
-                sources.push(Source {
-                    name: path.display().to_string(),
-                    text,
-                });
+                sources.push(Source::file(&path, text));
             }
         }
     }
     for path in files {
-        sources.push(Source {
-            name: path.display().to_string(),
-            text: read(path)?,
-        });
+        sources.push(Source::file(path, read(path)?));
+    }
+    if let Some(pushed) = pushed {
+        PushedSet::check_names(&pushed.files)?;
+        sources.extend(pushed.sources());
     }
 
     let mut diags = Vec::new();
@@ -170,6 +264,24 @@ pub fn load_policies(
     }
 }
 
+/// The files of `dir` to push (`portcullis policy push`): every `*.cedar` directly in
+/// it, but a `base.cedar` identical to the shipped one (the built-in copy is loaded
+/// anyway), after the same schema check as loading the directory.
+pub fn pushable_files(dir: &Path) -> Result<Vec<PolicyFile>, PolicyError> {
+    check_schema_copy(dir)?;
+    let mut files = Vec::new();
+    for path in cedar_files(dir)? {
+        let text = read(&path)?;
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if !(name == BASE_FILE && text.trim_end() == BASE_SRC.trim_end()) {
+            files.push(PolicyFile { name, text });
+        }
+    }
+    Ok(files)
+}
+
 /// Parses one file; un-annotated policies get the id `<file>#<n>`, annotated ones
 /// their `@id`. Templates are refused (scope maps are the only parameterized policies).
 fn parse_file(source: &Source) -> Result<Vec<Policy>, Vec<Diagnostic>> {
@@ -186,9 +298,7 @@ fn parse_file(source: &Source) -> Result<Vec<Policy>, Vec<Diagnostic>> {
             message: "policy templates (`?principal`, `?resource`) are not supported".into(),
         }]);
     }
-    let base = Path::new(&source.name)
-        .file_name()
-        .map_or_else(|| source.name.clone(), |n| n.to_string_lossy().into_owned());
+    let base = &source.id_base;
     Ok(set
         .policies()
         .map(|p| {
@@ -300,7 +410,7 @@ mod tests {
     #[test]
     fn shipped_schema_and_base_validate() {
         let schema = schema().unwrap();
-        let policies = load_policies(&schema, &[], &[]).unwrap();
+        let policies = load_policies(&schema, &[], &[], None).unwrap();
         assert!(policies.len() >= 8);
         assert!(policies.iter().all(|p| p.annotation("id").is_some()));
     }
@@ -309,10 +419,10 @@ mod tests {
     fn shipped_policies_directory_loads_without_duplicates() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let schema = schema().unwrap();
-        let from_dir = load_policies(&schema, &[dir], &[]).unwrap();
+        let from_dir = load_policies(&schema, &[dir], &[], None).unwrap();
         assert_eq!(
             from_dir.len(),
-            load_policies(&schema, &[], &[]).unwrap().len()
+            load_policies(&schema, &[], &[], None).unwrap().len()
         );
     }
 
@@ -324,7 +434,7 @@ mod tests {
             "broken.cedar",
             "// ok\npermit(principal, action, resource);\nforbid(principal, action resource);\n",
         );
-        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[]).unwrap_err();
+        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[], None).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("broken.cedar:3:"), "{text}");
     }
@@ -337,7 +447,7 @@ mod tests {
             "tags.cedar",
             "@id(\"no-latest\")\nforbid(principal, action, resource)\nwhen { context.tag == \"latest\" };\n",
         );
-        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[]).unwrap_err();
+        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[], None).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("tags.cedar:3:"), "{text}");
         assert!(text.contains("no-latest"), "{text}");
@@ -351,12 +461,12 @@ mod tests {
             "dup.cedar",
             "@id(\"base/admin\")\npermit(principal, action, resource);\n",
         );
-        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[]).unwrap_err();
+        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[], None).unwrap_err();
         assert!(err.to_string().contains("duplicate policy id `base/admin`"));
 
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "schema.cedarschema", "entity X;");
-        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[]).unwrap_err();
+        let err = load_policies(&schema().unwrap(), &[tmp.path().into()], &[], None).unwrap_err();
         assert!(err.to_string().contains("schema.cedarschema"));
     }
 
@@ -373,7 +483,7 @@ mod tests {
             "b.cedar",
             "forbid(principal, action, resource);",
         );
-        let policies = load_policies(&schema().unwrap(), &[tmp.path().into()], &[]).unwrap();
+        let policies = load_policies(&schema().unwrap(), &[tmp.path().into()], &[], None).unwrap();
         let ids: Vec<String> = policies.iter().map(|p| p.id().to_string()).collect();
         assert!(ids.contains(&"a.cedar#policy0".to_owned()), "{ids:?}");
         assert!(ids.contains(&"b.cedar#policy0".to_owned()), "{ids:?}");

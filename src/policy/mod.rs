@@ -27,7 +27,10 @@
 //! - `engine`: [`PolicyEngine`], the decision itself.
 //! - `cache`: the cached intermediates of a decision and how they are filled.
 //! - `entities`: the Cedar entities of principals and repositories.
-//! - `reload`: re-reading policy files on SIGHUP or change, and the reload counts.
+//! - `reload`: re-reading policy files on SIGHUP or change, swapping in a pushed set,
+//!   and the reload counts.
+//! - [`pushed`]: the policy sets pushed to the control plane (push, history, rollback)
+//!   and keeping every gateway on the newest.
 //! - [`testcases`]: the `portcullis policy test` case files.
 
 mod analysis;
@@ -36,6 +39,7 @@ mod compile;
 mod engine;
 mod entities;
 mod files;
+pub mod pushed;
 mod reload;
 mod request;
 pub mod testcases;
@@ -43,7 +47,7 @@ pub mod testcases;
 pub use cache::CacheStats;
 pub use compile::{rule_cedar, scope_map_cedar};
 pub use engine::PolicyEngine;
-pub use files::{Diagnostic, PolicyError};
+pub use files::{Diagnostic, PolicyError, PolicyFile, PushedSet, pushable_files};
 pub use portcullis_oci::Reference;
 pub use reload::ReloadStats;
 pub use request::{AuthzRequest, Decision, Explanation, Operation, RequestContext, SignerNames};

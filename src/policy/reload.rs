@@ -1,14 +1,15 @@
 //! Policy reload: the same directories re-read on SIGHUP or when a policy file changes
-//! (polled), validated, and swapped in as a new generation; on error the previous
-//! policies stay in force. Reloads are counted for `/metrics`.
+//! (polled), or a new pushed set from the control plane, validated together and swapped
+//! in as a new generation; on error the previous policies stay in force. Reloads are
+//! counted for `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::analysis::Loaded;
 use super::engine::PolicyEngine;
-use super::files::{self, PolicyError};
+use super::files::{self, PolicyError, PolicyFile, PushedSet};
 
 /// Policy loads since start (for `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,16 +42,55 @@ fn unix_now() -> u64 {
 }
 
 impl PolicyEngine {
-    /// Re-reads the same directories; on error the previous set stays in force.
-    /// Counted either way ([`PolicyEngine::reload_stats`]).
+    /// Re-reads the same directories (with the pushed set in force); on error the
+    /// previous set stays in force. Counted either way ([`PolicyEngine::reload_stats`]).
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let loaded = files::load_policies(&self.schema, &self.dirs, &self.files).and_then(|p| {
-            let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-            Loaded::new(p, generation)
-        });
+        let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
+        let pushed_now = pushed.clone();
+        self.swap_in(pushed, pushed_now)
+    }
+
+    /// Puts `set` in force with the directories' files (validated together); on error
+    /// the previous policies, and pushed set, stay in force.
+    pub fn set_pushed(&self, set: Option<PushedSet>) -> Result<(), PolicyError> {
+        let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
+        self.swap_in(pushed, set)
+    }
+
+    /// Whether `files` would load as the pushed set beside the directories' files.
+    /// Changes nothing.
+    pub fn check_pushed(&self, files: Vec<PolicyFile>) -> Result<(), PolicyError> {
+        let set = PushedSet {
+            version: None,
+            files,
+        };
+        files::load_policies(&self.schema, &self.dirs, &self.files, Some(&set)).map(|_| ())
+    }
+
+    /// The version of the pushed set in force (0: none).
+    pub fn pushed_version(&self) -> i64 {
+        self.pushed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|set| set.version)
+            .unwrap_or(0)
+    }
+
+    fn swap_in(
+        &self,
+        mut pushed: MutexGuard<'_, Option<PushedSet>>,
+        set: Option<PushedSet>,
+    ) -> Result<(), PolicyError> {
+        let loaded = files::load_policies(&self.schema, &self.dirs, &self.files, set.as_ref())
+            .and_then(|p| {
+                let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+                Loaded::new(p, generation)
+            });
         let counters = &self.reloads;
         match loaded {
             Ok(loaded) => {
+                *pushed = set;
                 self.loaded.store(Arc::new(loaded));
                 counters.successes.fetch_add(1, Ordering::Relaxed);
                 counters.last_success.store(unix_now(), Ordering::Relaxed);

@@ -947,7 +947,7 @@ fn decisions_by_matching_rules_equal_cedar_on_random_repositories() {
     let slow = Loaded {
         by_rules: HashSet::new(),
         ..Loaded::new(
-            files::load_policies(&e.schema, &[], &[]).unwrap(),
+            files::load_policies(&e.schema, &[], &[], None).unwrap(),
             loaded.generation,
         )
         .unwrap()

@@ -398,6 +398,12 @@ impl TrustService {
         tokio::spawn(poll(store.clone(), watcher, listener));
     }
 
+    /// The key-encryption key, which also seals the token-signing keys
+    /// (`gateway::signing_keys`).
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     /// The algorithm of keys generated from now on (`trust.key_algorithm`).
     pub fn set_key_algorithm(&self, algorithm: KeyAlgorithm) {
         *self
