@@ -392,32 +392,35 @@ async fn load_gun(
     gun: &str,
     keys: bool,
 ) -> Result<GunData, TrustStoreError> {
+    let params: [&(dyn ToSql + Sync); 1] = [&gun];
+    let files = client.query(
+        "SELECT c.role, f.version, f.stored_at, f.bytes
+         FROM trust_current c JOIN trust_files f USING (gun, role, version)
+         WHERE c.gun = $1",
+        &params,
+    );
+    // Pipelined with the files' query on the same connection: one round trip.
+    let key_rows = async {
+        if keys {
+            client
+                .query(
+                    "SELECT role, key_id, sealed FROM trust_server_keys WHERE gun = $1",
+                    &params,
+                )
+                .await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (files, key_rows) = futures_util::try_join!(files, key_rows).map_err(pg_err)?;
     let mut data = GunData::default();
-    let rows = client
-        .query(
-            "SELECT c.role, f.version, f.stored_at, f.bytes
-             FROM trust_current c JOIN trust_files f USING (gun, role, version)
-             WHERE c.gun = $1",
-            &[&gun],
-        )
-        .await
-        .map_err(pg_err)?;
-    for row in rows {
+    for row in files {
         let role = role_of(&row);
         data.current.insert(role.clone(), stored_file(role, &row)?);
     }
-    if keys {
-        let rows = client
-            .query(
-                "SELECT role, key_id, sealed FROM trust_server_keys WHERE gun = $1",
-                &[&gun],
-            )
-            .await
-            .map_err(pg_err)?;
-        for row in rows {
-            data.keys
-                .insert((row.get("role"), row.get("key_id")), row.get("sealed"));
-        }
+    for row in key_rows {
+        data.keys
+            .insert((row.get("role"), row.get("key_id")), row.get("sealed"));
     }
     Ok(data)
 }
