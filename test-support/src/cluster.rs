@@ -103,11 +103,6 @@ impl Cluster {
                 server: None,
             })
             .collect();
-        members[0].start(&storage, &database, &passphrase_file);
-        if let Some(first) = members[0].server.take() {
-            first.stop();
-        }
-        share_first_gateways_state(&members);
         for member in &mut members {
             member.start(&storage, &database, &passphrase_file);
         }
@@ -240,34 +235,12 @@ impl Member {
         let args = [
             "--listen",
             &self.addr,
+            "--control-plane",
+            database,
             "--trust-key-passphrase-file",
             &passphrase_file,
         ];
-        // The control plane through its variable, which builds from before the setting
-        // ignore: `scripts/bench-cluster` may measure such a release build.
-        let env = [("PORTCULLIS_CONTROL_PLANE", database)];
-        self.server = Some(storage.serve(&self.data_dir, Some(ADMIN_PASSWORD), &args, &env));
-    }
-}
-
-/// Until the control plane lives in PostgreSQL (issue 18: the shared key ring, the admin
-/// password record), each gateway signs bearer tokens with the key in its data directory
-/// and binds the admin's tokens to the password record in its `control.redb`. The first
-/// gateway's (started once, then stopped) are copied into the others before they first
-/// start, so a token from one is good on all. This goes when the shared control plane
-/// lands.
-fn share_first_gateways_state(members: &[Member]) {
-    for file in ["token-signing-key.pem", "control.redb"] {
-        let first = members[0].data_dir.join(file);
-        if !first.exists() {
-            // Already in the shared control plane.
-            continue;
-        }
-        for member in &members[1..] {
-            std::fs::create_dir_all(&member.data_dir).expect("data directory");
-            std::fs::copy(&first, member.data_dir.join(file))
-                .unwrap_or_else(|e| panic!("copy {}: {e}", first.display()));
-        }
+        self.server = Some(storage.serve(&self.data_dir, Some(ADMIN_PASSWORD), &args, &[]));
     }
 }
 
