@@ -4,7 +4,8 @@
 //! on the others; a gateway killed with `kill -9` under a sustained docker push and pull
 //! load through HAProxy fails no client operation and rejoins once restarted; PostgreSQL
 //! restarted under that load: the gateways reconnect by themselves and every push a
-//! client saw acknowledged pulls back byte for byte.
+//! client saw acknowledged pulls back byte for byte. A scope-map change made through one
+//! gateway refuses the next push through another.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,6 +19,7 @@ use portcullis_test_support::client;
 use portcullis_test_support::cluster::{Cluster, GATEWAYS, Load, LoadReport, check_exact};
 use portcullis_test_support::content::TestImage;
 use portcullis_test_support::docker::Docker;
+use portcullis_test_support::gateway::{cli_json, create_token};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -74,6 +76,78 @@ fn docker_push_through_one_gateway_pulls_through_the_others_and_haproxy() {
         assert_eq!(docker.image_id(&reference), id, "pulled through {host}");
         docker.run(&["rmi", &reference]);
     }
+}
+
+/// A push right removed from a token's scope map through gateway C is in force on gateway
+/// A at its next request (the time that took is printed), and docker's next push through
+/// A is refused.
+#[test]
+fn a_scope_map_change_through_one_gateway_refuses_the_next_push_through_another() {
+    let cluster = Cluster::start();
+    let (a, c) = (0, GATEWAYS - 1);
+    let password = create_token(
+        cluster.gateway(c),
+        "ci-bot",
+        "cluster/ci",
+        &["content/read", "content/write"],
+    );
+    let docker = Docker::new();
+    let host = cluster.gateway_host(a);
+    let out = docker.login(host, "ci-bot", &password);
+    assert!(out.status.success(), "docker login {host}: {out:?}");
+    let first = format!("{host}/cluster/ci:v1");
+    docker.import(&first, "pushed while the token may push");
+    docker.run(&["push", &first]);
+
+    // What docker's push starts with: opening an upload, here with Basic credentials.
+    let http = client();
+    let open_upload = || {
+        http.post(format!(
+            "{}/v2/cluster/ci/blobs/uploads/",
+            cluster.gateway_url(a)
+        ))
+        .basic_auth("ci-bot", Some(&password))
+        .send()
+        .unwrap()
+        .status()
+    };
+    assert_eq!(open_upload(), StatusCode::ACCEPTED);
+    cli_json(
+        cluster.gateway(c),
+        &[
+            "scope-map",
+            "update",
+            "--name",
+            "ci-bot-scope-map",
+            "--remove-repository",
+            "cluster/ci",
+            "content/write",
+        ],
+    );
+    let removed = Instant::now();
+    let refused = loop {
+        let status = open_upload();
+        if status != StatusCode::ACCEPTED {
+            break status;
+        }
+        assert!(
+            removed.elapsed() < Duration::from_secs(5),
+            "gateway {a} still lets the token push"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    println!(
+        "scope-map change through gateway {c} in force on gateway {a} after {:?}",
+        removed.elapsed()
+    );
+    assert_eq!(refused, StatusCode::FORBIDDEN);
+    let second = format!("{host}/cluster/ci:v2");
+    docker.import(&second, "pushed after the right was removed");
+    let out = docker.fails(&["push", &second]);
+    assert!(
+        out.contains("denied") || out.contains("unauthorized"),
+        "push through gateway {a} after the change:\n{out}"
+    );
 }
 
 /// Prints what the clients saw, and every failure.
