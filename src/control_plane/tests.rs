@@ -173,7 +173,7 @@ fn a_retired_key_leaves_the_ring_when_its_window_ends() {
     let stored = runtime
         .block_on(super::signing_keys::SigningKeyStore::new(db).list())
         .unwrap();
-    let ring_at = |now| crate::gateway::signing_keys::ring_of(&kek, &stored, now).unwrap();
+    let ring_at = |now| crate::gateway::signing_keys::ring_of(&kek, &stored, now, None).unwrap();
     assert!(ring_at(retired + OVERLAP).kids().any(|k| k == old_kid));
     assert!(!ring_at(retired + OVERLAP + 1).kids().any(|k| k == old_kid));
 }
