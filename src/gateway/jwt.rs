@@ -185,6 +185,16 @@ impl KeyRing {
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.verifying.keys().map(String::as_str)
     }
+
+    /// The key of `kid`, if it verifies.
+    pub fn verifying_key(&self, kid: &str) -> Option<VerifyingKey> {
+        self.verifying.get(kid).copied()
+    }
+
+    /// The signing key.
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
 }
 
 /// The libtrust fingerprint of `key`: the `kid` of the tokens it signs.

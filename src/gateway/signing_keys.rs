@@ -100,7 +100,7 @@ impl SigningKeys {
                 );
             }
         }
-        let ring = ring_of(&trust, &store.list().await?, now_unix())?;
+        let ring = ring_of(&trust, &store.list().await?, now_unix(), None)?;
         if let Some(legacy) = legacy {
             let kid = jwt::key_id(legacy.verifying_key())?;
             let path = data_dir.join(jwt::SIGNING_KEY_FILE);
@@ -175,8 +175,13 @@ impl SigningKeys {
     /// Re-reads the ring and puts it in force.
     async fn apply(&self) -> Result<(), SigningKeyError> {
         let _applying = self.applying.lock().await;
-        let ring = ring_of(&self.trust, &self.store.list().await?, now_unix())?;
         let current = self.issuer.ring();
+        let ring = ring_of(
+            &self.trust,
+            &self.store.list().await?,
+            now_unix(),
+            Some(&current),
+        )?;
         let mut before: Vec<&str> = current.kids().collect();
         let mut after: Vec<&str> = ring.kids().collect();
         before.sort_unstable();
@@ -277,18 +282,29 @@ fn signing_key(keys: &[StoredKey]) -> Option<&StoredKey> {
 }
 
 /// The ring of `keys` at `now`: the signing key, and every other key not retired or
-/// retired less than [`OVERLAP`] ago.
+/// retired less than [`OVERLAP`] ago. Keys `known` already holds are taken from it rather
+/// than unsealed again (opening a key derives its public key: the poll stays cheap).
 pub(crate) fn ring_of(
     trust: &TrustService,
     keys: &[StoredKey],
     now: UnixSeconds,
+    known: Option<&KeyRing>,
 ) -> Result<KeyRing, SigningKeyError> {
     let signing = signing_key(keys).ok_or(SigningKeyError::NoSigningKey)?;
     let others = keys
         .iter()
         .filter(|k| k.kid != signing.kid)
         .filter(|k| k.retired.is_none_or(|at| now <= at.saturating_add(OVERLAP)))
-        .map(|k| unseal(trust, k).map(|key| *key.verifying_key()))
+        .map(
+            |k| match known.and_then(|ring| ring.verifying_key(&k.kid)) {
+                Some(key) => Ok(key),
+                None => unseal(trust, k).map(|key| *key.verifying_key()),
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(KeyRing::new(unseal(trust, signing)?, &others)?)
+    let signing = match known {
+        Some(ring) if ring.kid() == signing.kid => ring.signing_key().clone(),
+        _ => unseal(trust, signing)?,
+    };
+    Ok(KeyRing::new(signing, &others)?)
 }
