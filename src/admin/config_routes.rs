@@ -50,7 +50,9 @@ pub async fn put_content_trust(
         ));
     }
     let trust = state.trust.clone();
-    tokio::task::spawn_blocking(move || trust.set_status(update.status))
+    // On a blocking thread: a disable deletes every GUN's data, and redb syncs to disk.
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(trust.set_status(update.status)))
         .await
         .map_err(|e| AdminError::Internal(format!("content trust task failed: {e}")))?
         .map_err(|e| AdminError::Internal(e.to_string()))?;

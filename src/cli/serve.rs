@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::BoolishValueParser;
+use portcullis_storage::cli::BlobArgs;
 use portcullis_storage::s3::S3Settings;
 
 use crate::audit::Audit;
@@ -106,23 +107,10 @@ pub struct ServeArgs {
     /// Larger manifests are refused [default: 4194304].
     #[arg(long, value_name = "BYTES", env = "PORTCULLIS_MAX_MANIFEST_BYTES")]
     pub max_manifest_bytes: Option<usize>,
-    /// Blobs in this S3 bucket instead of <data-dir>/blobs (metadata stays in the data
-    /// directory). Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY [default: local disk].
-    #[arg(long, value_name = "s3://BUCKET[/PREFIX]", env = "PORTCULLIS_STORAGE")]
-    pub storage: Option<String>,
-    /// S3 endpoint, http[s]://HOST[:PORT] [default: AWS_ENDPOINT_URL, else AWS].
-    #[arg(long, value_name = "URL", env = "PORTCULLIS_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region [default: AWS_REGION; us-east-1 with an endpoint].
-    #[arg(long, value_name = "REGION", env = "PORTCULLIS_S3_REGION")]
-    pub s3_region: Option<String>,
-    /// Path-style S3 requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
-    #[arg(long, value_name = "BOOL", env = "PORTCULLIS_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
-    pub s3_path_style: Option<bool>,
-    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them through
-    /// the gateway [default: 0].
-    #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_S3_REDIRECT_SECONDS")]
-    pub s3_redirect_seconds: Option<u64>,
+    /// Where blobs live (`--storage s3://…` and how to reach the bucket), the same flags
+    /// as `portcullis-storage serve` and `migrate`.
+    #[command(flatten)]
+    pub blobs: BlobArgs,
     /// Log lines as text or as JSON objects [default: text]; RUST_LOG sets the level.
     #[arg(long, value_enum, ignore_case = true, env = "PORTCULLIS_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -225,12 +213,12 @@ impl ServeArgs {
             metadata: self.metadata,
             control_plane: self.control_plane,
             control_plane_max_staleness_seconds: self.control_plane_max_staleness_seconds,
-            storage: self.storage,
+            storage: self.blobs.storage,
             s3: S3Settings {
-                endpoint: self.s3_endpoint,
-                region: self.s3_region,
-                path_style: self.s3_path_style,
-                redirect_seconds: self.s3_redirect_seconds,
+                endpoint: self.blobs.s3_endpoint,
+                region: self.blobs.s3_region,
+                path_style: self.blobs.s3_path_style,
+                redirect_seconds: self.blobs.s3_redirect_seconds,
             },
             log_format: self.log_format,
             audit_log: self.audit_log,

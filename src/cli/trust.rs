@@ -1,5 +1,7 @@
 //! `portcullis trust rotate-kek`: re-encrypts the server-held trust keys under a new
 //! key-encryption passphrase. Offline: the server holds `control.redb` open while it runs.
+//! Embedded control plane only: with `--control-plane postgres://` it refuses (the keys
+//! there are shared by every gateway, which would all need the new passphrase at once).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::gateway::config::DEFAULT_DATA_DIR;
+use crate::gateway::config::{ControlPlane, DEFAULT_DATA_DIR};
 use crate::trust::kek::{self, PASSPHRASE_FILE, PassphraseSource};
 use crate::trust::store::TrustStore;
 
@@ -43,6 +45,14 @@ struct RotateKekArgs {
         hide_env_values = true
     )]
     trust_key_passphrase: Option<String>,
+    /// Where the control plane lives; only `embedded` is supported here.
+    #[arg(
+        long,
+        value_name = "embedded|postgres://...",
+        env = "PORTCULLIS_CONTROL_PLANE",
+        hide_env_values = true
+    )]
+    control_plane: Option<String>,
     /// File holding the new passphrase; without it a new one is generated into
     /// <data-dir>/trust-key-passphrase (mode 0600).
     #[arg(long, value_name = "FILE")]
@@ -51,6 +61,16 @@ struct RotateKekArgs {
 
 pub fn run(args: TrustArgs) -> anyhow::Result<()> {
     let TrustCommand::RotateKek(args) = args.command;
+    let control_plane = ControlPlane::parse(args.control_plane.as_deref().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("--control-plane: {e}"))?;
+    if let ControlPlane::Postgres(url) = control_plane {
+        anyhow::bail!(
+            "trust rotate-kek works on the embedded control plane (control.redb) only; the \
+             trust keys in `{}` are shared by every gateway and cannot be re-encrypted \
+             from here",
+            portcullis_storage::pg::redact(&url)
+        );
+    }
     let path = args.data_dir.join("control.redb");
     let db = redb::Database::open(&path).with_context(|| {
         format!(

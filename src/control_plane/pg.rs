@@ -15,7 +15,10 @@ const SCHEMA: Schema = Schema {
     table: "portcullis_control_schema",
     // "portcull" + 0x10: apart from the metadata schema's locks.
     lock: 0x706f_7274_6375_6c10,
-    migrations: &[(1, include_str!("migrations/0001_identity.sql"))],
+    migrations: &[
+        (1, include_str!("migrations/0001_identity.sql")),
+        (2, include_str!("migrations/0002_trust.sql")),
+    ],
 };
 
 /// Connections kept open to the control-plane database, per process: writes are rare,

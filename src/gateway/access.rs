@@ -357,7 +357,7 @@ async fn manifest_facts(
     reference: &Reference,
     source_ip: Option<IpAddr>,
 ) -> Result<SignatureFacts, GatewayError> {
-    let targets = signed::targets(gw, &req.repository);
+    let targets = signed::targets(gw, &req.repository).await;
     let trust = signed::signature(targets.as_deref(), reference);
     let identity = gw.store.snapshot();
     let verifiers = gw.signatures.verifiers(&identity);
@@ -495,7 +495,7 @@ async fn pullable_tags(
     source_ip: Option<IpAddr>,
 ) -> Result<Vec<String>, GatewayError> {
     use futures_util::{StreamExt as _, TryStreamExt as _};
-    let targets = signed::targets(gw, repository);
+    let targets = signed::targets(gw, repository).await;
     let identity = gw.store.snapshot();
     let verifiers = gw.signatures.verifiers(&identity);
     let candidates: Vec<String> = if verifiers.is_empty() {

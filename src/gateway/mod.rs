@@ -53,7 +53,7 @@ pub mod uploads;
 pub mod upstream;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,25 +200,32 @@ impl Gateway {
             private::tighten(&path, private::FILE_MODE)
                 .with_context(|| format!("checking the mode of `{}`", path.display()))?;
         }
-        let control_db = Arc::new(
-            redb::Database::create(&control)
-                .with_context(|| format!("opening `{}`", control.display()))?,
-        );
         let Identity {
             pg_control,
             store,
             admin,
             admin_password,
-        } = open_identity(options, Arc::clone(&control_db))?;
-        // Trust data lives in the control-plane file; ECDSA keys until `serve` applies
-        // the configured algorithm.
-        let (trust, trust_kek) = TrustService::open(
-            control_db,
-            KeyAlgorithm::Ecdsa,
-            data_dir,
-            &options.trust_key_passphrase,
-        )
-        .context("opening the trust store")?;
+        } = on_own_runtime(open_identity(options, &control))?;
+        // Trust data lives in the control plane (the same redb file, or PostgreSQL);
+        // ECDSA keys until `serve` applies the configured algorithm.
+        let (trust, trust_kek) = match (&pg_control, store.database()) {
+            (Some(control), _) => on_own_runtime(async {
+                TrustService::open_shared(
+                    Arc::clone(control),
+                    KeyAlgorithm::Ecdsa,
+                    &options.trust_key_passphrase,
+                )
+                .await
+                .context("opening the trust store")
+            })?,
+            (None, db) => TrustService::open(
+                db.context("the embedded control-plane database")?,
+                KeyAlgorithm::Ecdsa,
+                data_dir,
+                &options.trust_key_passphrase,
+            )
+            .context("opening the trust store")?,
+        };
         let admin = Arc::new(admin);
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);
         let issuer = Arc::new(
@@ -280,52 +287,49 @@ struct Identity {
     admin_password: AdminPasswordSource,
 }
 
-/// Connects the control plane `options` name (embedded: `db`), loads the identity store
-/// and the admin account. On a thread and runtime of their own, as `Registry::open`
-/// does, so it works inside a runtime or outside any; the pool's connections made here
-/// end with that runtime and are replaced at their next use.
-fn open_identity(options: &GatewayOptions, db: Arc<redb::Database>) -> anyhow::Result<Identity> {
-    let open = async {
-        let (pg_control, store) = match &options.control_plane {
-            config::ControlPlane::Embedded => (
-                None,
-                IdentityStore::embedded(db).context("opening the identity store")?,
-            ),
-            config::ControlPlane::Postgres(url) => {
-                let control = PgControl::connect(url).await?;
-                let store = IdentityStore::postgres(
-                    Arc::clone(&control),
-                    options.control_plane_max_staleness,
-                )
-                .await
-                .context("loading the identity store")?;
-                (Some(control), store)
-            }
-        };
-        let (admin, admin_password) =
-            AdminAccount::open(&options.data_dir, options.admin_password.as_deref(), &store)
-                .await?;
-        Ok(Identity {
-            pg_control,
-            store,
-            admin,
-            admin_password,
-        })
+/// Connects the control plane `options` name (embedded: `control`, the redb file) and
+/// loads the identity store and the admin account.
+async fn open_identity(options: &GatewayOptions, control: &Path) -> anyhow::Result<Identity> {
+    let (pg_control, store) = match &options.control_plane {
+        config::ControlPlane::Embedded => (
+            None,
+            IdentityStore::open(control).context("opening the identity store")?,
+        ),
+        config::ControlPlane::Postgres(url) => {
+            let control = PgControl::connect(url).await?;
+            let store =
+                IdentityStore::postgres(Arc::clone(&control), options.control_plane_max_staleness)
+                    .await
+                    .context("loading the identity store")?;
+            (Some(control), store)
+        }
     };
+    let (admin, admin_password) =
+        AdminAccount::open(&options.data_dir, options.admin_password.as_deref(), &store).await?;
+    Ok(Identity {
+        pg_control,
+        store,
+        admin,
+        admin_password,
+    })
+}
+
+/// Runs `work` (connecting, the first reads) on a thread and runtime of its own, so
+/// [`Gateway::open`] stays callable inside a runtime or outside any; pooled connections
+/// made there are dropped with it and made again on the runtime that next uses them.
+fn on_own_runtime<T: Send>(
+    work: impl Future<Output = anyhow::Result<T>> + Send,
+) -> anyhow::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .context("starting a runtime to open the control plane")?
-                .block_on(open)
+                .context("starting a tokio runtime")?
+                .block_on(work)
         })
         .join()
-        .unwrap_or_else(|_| {
-            Err(anyhow::anyhow!(
-                "the thread opening the control plane panicked"
-            ))
-        })
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the connecting thread panicked")))
     })
 }
 

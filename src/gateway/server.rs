@@ -161,6 +161,7 @@ impl Prepared {
             if let Some(follower) = gw.store.follower() {
                 tokio::spawn(follower);
             }
+            gw.trust.spawn_watch();
         }
         if let Some(registry) = &opened.bundled {
             // The store's own upkeep (e.g. expiring abandoned uploads); requests reach

@@ -367,7 +367,7 @@ pub async fn report(gw: &Gateway) -> Result<Vec<RepositorySignatures>, GatewayEr
     let verifiers = gw.signatures.verifiers(&identity);
     let mut out = Vec::new();
     for repository in gw.backend.repositories().await? {
-        let targets = super::signed::targets(gw, &repository);
+        let targets = super::signed::targets(gw, &repository).await;
         let mut tags = Vec::new();
         for tag in gw.backend.tags(&repository).await?.unwrap_or_default() {
             if cosign::is_signature_tag(&tag) {

@@ -33,11 +33,11 @@ pub enum Signature {
 
 /// The repository's signed targets when content trust is enabled and it has any; `None`
 /// costs a status read.
-pub fn targets(gw: &Gateway, repository: &str) -> Option<Arc<SignedTargets>> {
+pub async fn targets(gw: &Gateway, repository: &str) -> Option<Arc<SignedTargets>> {
     if gw.trust.status() != ContentTrustStatus::Enabled {
         return None;
     }
-    let targets = gw.trust.signed_targets(repository);
+    let targets = gw.trust.signed_targets(repository).await;
     (!targets.is_empty()).then_some(targets)
 }
 

@@ -122,9 +122,10 @@ async fn handle(
     match req.kind.clone() {
         TrustKind::Metadata(what) => {
             let consistent = !matches!(what, MetadataRef::Current(_));
-            let found = blocking(move || trust.get(&gun, &what, OffsetDateTime::now_utc()))
-                .await?
-                .map_err(fail)?;
+            let found =
+                blocking(async move { trust.get(&gun, &what, OffsetDateTime::now_utc()).await })
+                    .await?
+                    .map_err(fail)?;
             let mut response = Response::new(Body::from(found.bytes));
             let headers = response.headers_mut();
             let anonymous = who.principal == Principal::Anonymous;
@@ -151,33 +152,38 @@ async fn handle(
                 .unwrap_or_default()
                 .to_owned();
             let parts = upload_parts(&content_type, &body)?;
-            blocking(move || trust.update(&gun, parts, OffsetDateTime::now_utc()))
+            blocking(async move { trust.update(&gun, parts, OffsetDateTime::now_utc()).await })
                 .await?
                 .map_err(fail)?;
             Ok(empty())
         }
         TrustKind::Delete => {
-            blocking(move || trust.delete(&gun)).await?.map_err(fail)?;
+            blocking(async move { trust.delete(&gun).await })
+                .await?
+                .map_err(fail)?;
             Ok(empty())
         }
         TrustKind::Key(role) => {
-            let key = blocking(move || trust.public_key(&gun, &role))
+            let key = blocking(async move { trust.public_key(&gun, &role).await })
                 .await?
                 .map_err(fail)?;
             Ok(json(StatusCode::OK, key.to_json().to_string()))
         }
         TrustKind::RotateKey(role) => {
-            let key = blocking(move || trust.rotate_key(&gun, &role))
+            let key = blocking(async move { trust.rotate_key(&gun, &role).await })
                 .await?
                 .map_err(fail)?;
             Ok(json(StatusCode::OK, key.to_json().to_string()))
         }
         TrustKind::Changefeed => {
             let (change_id, records) = changefeed_query(query.unwrap_or_default())?;
-            let feed =
-                blocking(move || trust.changefeed(Some(&gun), change_id.as_deref(), records))
-                    .await?
-                    .map_err(fail)?;
+            let feed = blocking(async move {
+                trust
+                    .changefeed(Some(&gun), change_id.as_deref(), records)
+                    .await
+            })
+            .await?
+            .map_err(fail)?;
             let body = serde_json::to_string(&feed)
                 .map_err(|e| NotaryError::Internal(format!("changefeed json: {e}")))?;
             Ok(json(StatusCode::OK, body))
@@ -219,7 +225,7 @@ async fn global_changefeed(
     gw.metrics.record_decision(true);
     let (change_id, records) = changefeed_query(query.unwrap_or_default())?;
     let (gw, principal, source_ip) = (Arc::clone(gw), who.principal, meta.source_ip);
-    let feed = blocking(move || {
+    let feed = blocking(async move {
         let identity = gw.store.snapshot();
         // One decision per repository, however many records it has.
         let mut readable: HashMap<String, bool> = HashMap::new();
@@ -242,6 +248,7 @@ async fn global_changefeed(
         };
         gw.trust
             .changefeed_of(visible, change_id.as_deref(), records)
+            .await
     })
     .await?
     .map_err(|error| NotaryError::Trust {
@@ -264,10 +271,13 @@ fn claim_covers_catalog(who: &Authenticated) -> bool {
     })
 }
 
+/// Runs `work` to completion on a blocking thread: redb writes sync to disk, and
+/// validation and signing take a while.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
+    work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, NotaryError> {
-    tokio::task::spawn_blocking(f)
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
         .await
         .map_err(|e| NotaryError::Internal(format!("trust task: {e}")))
 }

@@ -24,6 +24,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
+use super::pg::PgTrustStore;
 use super::store::{TrustStore, TrustStoreError};
 
 /// The passphrase file a fresh install generates inside the data directory.
@@ -43,6 +44,13 @@ pub enum KekError {
          (or restore `{0}`)"
     )]
     Missing(PathBuf),
+    #[error(
+        "with --control-plane postgres://, every gateway needs the same trust key \
+         passphrase to open the server-held trust keys: pass --trust-key-passphrase-file \
+         FILE or set PORTCULLIS_TRUST_KEY_PASSPHRASE (a passphrase generated in one data \
+         directory cannot be shared)"
+    )]
+    SharedNeedsPassphrase,
     #[error("the trust key passphrase does not open the server-held trust keys")]
     WrongPassphrase,
     #[error("the trust key passphrase is empty")]
@@ -212,6 +220,41 @@ pub fn unlock(
             Ok(Some(kek.seal(aad, stored)))
         }
     })?;
+    Ok((kek, unlocked))
+}
+
+/// [`unlock`] for the control-plane PostgreSQL database: the passphrase must be the
+/// operator's (every gateway gets the same one); the first gateway to start sets up the
+/// salt and check value, the others derive theirs from those. Keys there are always
+/// sealed.
+pub async fn unlock_shared(
+    store: &PgTrustStore,
+    source: &PassphraseSource,
+) -> Result<(Kek, Unlocked), KekError> {
+    if *source == PassphraseSource::DataDir {
+        return Err(KekError::SharedNeedsPassphrase);
+    }
+    let passphrase =
+        read_passphrase(source, Path::new(""))?.ok_or(KekError::SharedNeedsPassphrase)?;
+    let (kek, params, unlocked) = match store.kek_params().await? {
+        Some((salt, check)) => (None, (salt, check), Unlocked::Existing),
+        None => {
+            let salt = rand::random::<[u8; SALT_LEN]>();
+            let kek = Kek::derive(passphrase.as_bytes(), &salt)?;
+            let check = kek.seal(CHECK, CHECK);
+            let stored = store.kek_params_or_init(&salt, &check).await?;
+            // Another gateway may have set them up first.
+            let mine = stored.0 == salt;
+            (mine.then_some(kek), stored, Unlocked::Created)
+        }
+    };
+    let kek = match kek {
+        Some(kek) => kek,
+        None => Kek::derive(passphrase.as_bytes(), &params.0)?,
+    };
+    if kek.open(CHECK, &params.1).is_none() {
+        return Err(KekError::WrongPassphrase);
+    }
     Ok((kek, unlocked))
 }
 

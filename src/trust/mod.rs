@@ -1,4 +1,5 @@
-//! Content trust: TUF metadata as Notary v1 implements it, validated, persisted (redb)
+//! Content trust: TUF metadata as Notary v1 implements it, validated, persisted (redb or
+//! PostgreSQL)
 //! and served to the gateway's Notary API (`gateway::trust_api`, the only HTTP side).
 //!
 //! - [`naming`]: roles, metadata references and GUNs: the names the HTTP side parses.
@@ -8,6 +9,7 @@
 //! - [`validate`]: notary-server's update validation, snapshot/timestamp generation and refresh.
 //! - [`signer`]: the server-held timestamp/snapshot keys.
 //! - [`store`]: persistence in redb (current files, history, changefeed, server keys).
+//! - [`pg`]: the same in the control-plane PostgreSQL database, shared by gateways.
 //! - [`service`]: the trust service the Notary API and the signed-only views call.
 
 pub mod canonical;
@@ -15,6 +17,7 @@ pub mod kek;
 pub mod keys;
 pub mod metadata;
 pub mod naming;
+pub mod pg;
 pub mod service;
 pub mod signer;
 pub mod store;

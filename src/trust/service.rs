@@ -5,13 +5,20 @@
 //! the registry-level content-trust switch, and caches each repository's signed targets
 //! for the views (invalidated on every change of that repository).
 //!
-//! Everything here is synchronous (redb and signing are quick); HTTP handlers call it
-//! from `spawn_blocking`.
+//! Two backends behind one interface ([`Backend`]): the redb tables of `control.redb`
+//! ([`super::store`]) or the control-plane PostgreSQL database ([`super::pg`]). A change
+//! reads the GUN's state, validates and signs against it and stores the result in one
+//! transaction of the backend, which serializes writes of a GUN. With PostgreSQL, other
+//! gateways' changes arrive by notification (and a poll as the safety net,
+//! [`TrustService::spawn_watch`]); until the listener listens, nothing is served from
+//! the cache. The methods that reach the store are `async`; HTTP handlers run them on a
+//! blocking thread (redb writes sync to disk).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
@@ -22,15 +29,20 @@ use super::kek::{self, Kek, KekError, PassphraseSource, Unlocked};
 use super::keys::PublicKey;
 use super::metadata::{Root, SignedFile};
 use super::naming::{MetadataRef, Role, gun_repository};
+use super::pg::{self as trust_pg, PgTrustStore};
 use super::signer::{KeyAlgorithm, ServerKey};
-use super::store::{Change, NewFile, Tables, TrustStore, TrustStoreError, TrustTxn, WriteTxn};
+use super::store::{Change, GunData, GunWrite, NewFile, StoredFile, TrustStore, TrustStoreError};
 use super::validate::{self, Files, TrustState, UpdateError};
+use crate::control_plane::PgControl;
 
 /// Repositories whose signed targets stay cached (a few hundred bytes each).
 const SIGNED_TARGETS_CAPACITY: u64 = 10_000;
 /// How long signed targets stay cached without a change: metadata expiring in the
 /// meantime stops counting within this delay.
 const SIGNED_TARGETS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a gateway on PostgreSQL reads the switch and the last change id, in case a
+/// notification was missed: a change is seen within this delay (plus a query) anyway.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Changefeed page size when the client names none (notary's default).
 const DEFAULT_CHANGEFEED_RECORDS: i64 = 100;
 /// Largest changefeed page, either direction.
@@ -91,6 +103,7 @@ impl From<TrustStoreError> for TrustError {
     fn from(e: TrustStoreError) -> TrustError {
         match e {
             TrustStoreError::OldVersion { .. } => TrustError::OldVersion(e.to_string()),
+            TrustStoreError::Disabled => TrustError::Disabled,
             other => TrustError::Store(other),
         }
     }
@@ -157,8 +170,127 @@ impl SignedTargets {
     }
 }
 
+/// Where trust data lives.
+enum Backend {
+    Redb(TrustStore),
+    Pg(PgTrustStore),
+}
+
+impl Backend {
+    async fn gun(&self, gun: &str, keys: bool) -> Result<GunData, TrustStoreError> {
+        match self {
+            Backend::Redb(store) => store.read()?.gun_data(gun, keys),
+            Backend::Pg(store) => store.gun(gun, keys).await,
+        }
+    }
+
+    async fn version(
+        &self,
+        gun: &str,
+        role: &str,
+        version: u64,
+    ) -> Result<Option<StoredFile>, TrustStoreError> {
+        match self {
+            Backend::Redb(store) => store.read()?.version(gun, role, version),
+            Backend::Pg(store) => store.version(gun, role, version).await,
+        }
+    }
+
+    async fn by_checksum(
+        &self,
+        gun: &str,
+        sha256: &str,
+    ) -> Result<Option<StoredFile>, TrustStoreError> {
+        match self {
+            Backend::Redb(store) => store.read()?.by_checksum(gun, sha256),
+            Backend::Pg(store) => store.by_checksum(gun, sha256).await,
+        }
+    }
+
+    /// The GUNs whose repository part is `repository`.
+    async fn guns_of(&self, repository: &str) -> Result<Vec<String>, TrustStoreError> {
+        let mut guns = match self {
+            Backend::Redb(store) => store.read()?.guns()?,
+            Backend::Pg(store) => store.guns_of(repository).await?,
+        };
+        guns.retain(|gun| gun_repository(gun) == Some(repository));
+        Ok(guns)
+    }
+
+    async fn changes_of(
+        &self,
+        wanted: impl FnMut(&str) -> bool,
+        change_id: i64,
+        records: i64,
+    ) -> Result<Vec<Change>, TrustStoreError> {
+        match self {
+            Backend::Redb(store) => store.read()?.changes_of(wanted, change_id, records),
+            Backend::Pg(store) => store.changes_of(wanted, change_id, records).await,
+        }
+    }
+
+    /// `write` run on `gun`'s state (files and keys) and what it returns stored, in one
+    /// transaction in which content trust is enabled (checked inside it, so a concurrent
+    /// disable, which deletes everything, cannot be followed by a write that recreates
+    /// trust data). Returns its value and whether files changed.
+    async fn transact<T>(
+        &self,
+        gun: &str,
+        now: OffsetDateTime,
+        write: impl FnOnce(&GunData) -> Result<(GunWrite, T), TrustError>,
+    ) -> Result<(T, bool), TrustError> {
+        match self {
+            Backend::Redb(store) => {
+                // redb serialises write transactions.
+                let txn = store.write()?;
+                if !txn.enabled()? {
+                    return Err(TrustError::Disabled);
+                }
+                let (changes, value) = write(&txn.gun_data(gun, true)?)?;
+                if changes.is_empty() {
+                    return Ok((value, false));
+                }
+                txn.apply(gun, &changes, now)?;
+                txn.commit()?;
+                Ok((value, !changes.files.is_empty()))
+            }
+            Backend::Pg(store) => store.transact(gun, now, write).await,
+        }
+    }
+
+    async fn delete(&self, gun: &str, now: OffsetDateTime) -> Result<(), TrustError> {
+        match self {
+            Backend::Redb(store) => {
+                let txn = store.write()?;
+                if !txn.enabled()? {
+                    return Err(TrustError::Disabled);
+                }
+                txn.delete(gun, now)?;
+                txn.commit()?;
+            }
+            Backend::Pg(store) => store.delete(gun, now).await?,
+        }
+        Ok(())
+    }
+
+    async fn set_enabled(&self, enabled: bool, now: OffsetDateTime) -> Result<(), TrustError> {
+        match self {
+            Backend::Redb(store) => {
+                let txn = store.write()?;
+                if !enabled {
+                    txn.delete_all(now)?;
+                }
+                txn.set_enabled(enabled)?;
+                txn.commit()?;
+            }
+            Backend::Pg(store) => store.set_enabled(enabled, now).await?,
+        }
+        Ok(())
+    }
+}
+
 pub struct TrustService {
-    store: TrustStore,
+    store: Backend,
     /// Seals the server-held private keys at rest.
     kek: Kek,
     /// For new server-managed keys.
@@ -168,6 +300,11 @@ pub struct TrustService {
     /// Bumped after every committed change, so a signed-targets computation that raced
     /// with one is not cached.
     epoch: AtomicU64,
+    /// Whether every change committed elsewhere reaches this process (always with redb;
+    /// with PostgreSQL while the listener listens): otherwise the cache is not used.
+    listening: AtomicBool,
+    /// PostgreSQL: the last change id the poll has seen.
+    last_change: AtomicI64,
 }
 
 impl std::fmt::Debug for TrustService {
@@ -179,9 +316,9 @@ impl std::fmt::Debug for TrustService {
 }
 
 impl TrustService {
-    /// The trust tables in the control-plane database; new keys use `algorithm`.
-    /// Opens the trust tables in `db` and unlocks the key-encryption key with the
-    /// passphrase `passphrase` names (see [`kek::unlock`]); says what the unlock did.
+    /// The trust tables in the control-plane redb file `db`; new keys use `algorithm`.
+    /// Unlocks the key-encryption key with the passphrase `passphrase` names (see
+    /// [`kek::unlock`]); says what the unlock did.
     pub fn open(
         db: Arc<redb::Database>,
         algorithm: KeyAlgorithm,
@@ -191,7 +328,41 @@ impl TrustService {
         let store = TrustStore::open(db)?;
         let (kek, unlocked) = kek::unlock(&store, data_dir, passphrase)?;
         let enabled = store.read()?.enabled()?;
-        let service = Arc::new(TrustService {
+        let service = Self::new(Backend::Redb(store), kek, algorithm, enabled, 0, true);
+        Ok((service, unlocked))
+    }
+
+    /// The trust tables of the control-plane PostgreSQL database, shared with every
+    /// gateway given the same operator passphrase ([`kek::unlock_shared`]). Nothing is
+    /// served from the cache until [`spawn_watch`](Self::spawn_watch)'s listener listens.
+    pub async fn open_shared(
+        control: Arc<PgControl>,
+        algorithm: KeyAlgorithm,
+        passphrase: &PassphraseSource,
+    ) -> Result<(Arc<Self>, Unlocked), TrustError> {
+        let store = PgTrustStore::new(control);
+        let (kek, unlocked) = kek::unlock_shared(&store, passphrase).await?;
+        let (enabled, last_change) = store.status().await?;
+        let service = Self::new(
+            Backend::Pg(store),
+            kek,
+            algorithm,
+            enabled,
+            last_change,
+            false,
+        );
+        Ok((service, unlocked))
+    }
+
+    fn new(
+        store: Backend,
+        kek: Kek,
+        algorithm: KeyAlgorithm,
+        enabled: bool,
+        last_change: i64,
+        listening: bool,
+    ) -> Arc<Self> {
+        Arc::new(TrustService {
             store,
             kek,
             algorithm: Mutex::new(algorithm),
@@ -201,8 +372,30 @@ impl TrustService {
                 .time_to_live(SIGNED_TARGETS_TTL)
                 .build(),
             epoch: AtomicU64::new(0),
+            listening: AtomicBool::new(listening),
+            last_change: AtomicI64::new(last_change),
+        })
+    }
+
+    /// With PostgreSQL, starts (on the current runtime) the listener on
+    /// [`trust_pg::CHANNEL`] and the poll that keep this process's switch and cache in
+    /// step with other gateways' changes; both end with the service. Nothing to do on
+    /// redb.
+    pub fn spawn_watch(self: &Arc<Self>) {
+        let Backend::Pg(store) = &self.store else {
+            return;
+        };
+        let watcher = Arc::new(Watcher {
+            service: Arc::downgrade(self),
+            wake: tokio::sync::Notify::new(),
         });
-        Ok((service, unlocked))
+        let listener = store.control().listen(
+            trust_pg::CHANNEL,
+            "portcullis trust listener",
+            Arc::clone(&watcher) as Arc<dyn portcullis_storage::pg::Notified>,
+        );
+        let listener = tokio::spawn(listener);
+        tokio::spawn(poll(store.clone(), watcher, listener));
     }
 
     /// The algorithm of keys generated from now on (`trust.key_algorithm`).
@@ -222,21 +415,18 @@ impl TrustService {
     }
 
     /// Enabling keeps data; disabling deletes every GUN's trust data and keys (images are
-    /// not trust data and stay).
-    pub fn set_status(&self, status: ContentTrustStatus) -> Result<(), TrustError> {
-        let txn = self.store.write()?;
+    /// not trust data and stay), for every gateway at once.
+    pub async fn set_status(&self, status: ContentTrustStatus) -> Result<(), TrustError> {
         let enabled = status == ContentTrustStatus::Enabled;
-        if !enabled {
-            txn.delete_all(OffsetDateTime::now_utc())?;
-        }
-        txn.set_enabled(enabled)?;
-        txn.commit()?;
+        self.store
+            .set_enabled(enabled, OffsetDateTime::now_utc())
+            .await?;
         self.enabled.store(enabled, Ordering::Release);
         self.changed(None);
         Ok(())
     }
 
-    /// For reads: the switch as last committed.
+    /// For reads: the switch as last committed (or, with PostgreSQL, as last heard of).
     fn check_enabled(&self) -> Result<(), TrustError> {
         match self.status() {
             ContentTrustStatus::Enabled => Ok(()),
@@ -244,37 +434,32 @@ impl TrustService {
         }
     }
 
-    /// For writes: a write transaction in which content trust is enabled. Checked inside
-    /// it, so a concurrent disable (which deletes everything) cannot be followed by a
-    /// write that recreates trust data.
-    fn write(&self) -> Result<WriteTxn, TrustError> {
-        let txn = self.store.write()?;
-        if !txn.enabled()? {
-            return Err(TrustError::Disabled);
-        }
-        Ok(txn)
-    }
-
     /// A stored file. The current timestamp or snapshot is first regenerated (and
     /// stored) when it has expired or no longer matches.
-    pub fn get(
+    pub async fn get(
         &self,
         gun: &str,
         what: &MetadataRef,
         now: OffsetDateTime,
     ) -> Result<Metadata, TrustError> {
         self.check_enabled()?;
-        if let MetadataRef::Current(role) = what
-            && role.is_server_managed()
-        {
-            self.refresh(gun, role, now)?;
-        }
-        let txn = self.store.read()?;
         let found = match what {
-            MetadataRef::Current(role) => txn.current(gun, role.as_str())?,
-            MetadataRef::Version { role, version } => txn.version(gun, role.as_str(), *version)?,
-            MetadataRef::Checksum { role, sha256 } => txn
-                .by_checksum(gun, sha256)?
+            MetadataRef::Current(role) if role.is_server_managed() => {
+                self.refreshed(gun, role, now).await?
+            }
+            MetadataRef::Current(role) => self
+                .store
+                .gun(gun, false)
+                .await?
+                .current
+                .remove(role.as_str()),
+            MetadataRef::Version { role, version } => {
+                self.store.version(gun, role.as_str(), *version).await?
+            }
+            MetadataRef::Checksum { role, sha256 } => self
+                .store
+                .by_checksum(gun, sha256)
+                .await?
                 .filter(|f| f.role == role.as_str()),
         };
         let file = found.ok_or_else(|| TrustError::NotFound {
@@ -288,111 +473,145 @@ impl TrustService {
         })
     }
 
-    /// Regenerates and stores `role` (timestamp or snapshot) when `validate::refresh`
-    /// says so. Checked first, without signing, on a read transaction (the common case:
-    /// nothing to do), then regenerated under the write transaction that stores the
+    /// The current `role` (timestamp or snapshot), regenerated and stored first when
+    /// `validate::refresh` says so. Checked first, without signing or locking (the
+    /// common case: nothing to do), then regenerated in the write that stores the
     /// result. A failed refresh is logged and the stored file served: clients judge
     /// expiry themselves.
-    fn refresh(&self, gun: &str, role: &Role, now: OffsetDateTime) -> Result<(), TrustError> {
-        let stale = {
-            let txn = self.store.read()?;
-            let state = GunState::new(&txn, gun, &self.kek);
-            let stale = validate::is_stale(&state, role, now);
-            state.finish()?;
-            stale
-        };
+    async fn refreshed(
+        &self,
+        gun: &str,
+        role: &Role,
+        now: OffsetDateTime,
+    ) -> Result<Option<StoredFile>, TrustError> {
+        let mut data = self.store.gun(gun, true).await?;
+        let state = GunView::new(&data, gun, &self.kek);
+        let stale = validate::is_stale(&state, role, now);
+        state.finish()?;
         match stale {
-            Ok(false) => return Ok(()),
+            Ok(false) => return Ok(data.current.remove(role.as_str())),
             Ok(true) => {}
             Err(e) => {
                 tracing::warn!(gun, role = role.as_str(), error = %e, "cannot refresh trust metadata");
-                return Ok(());
+                return Ok(data.current.remove(role.as_str()));
             }
         }
-        let txn = self.write()?;
-        let state = GunState::new(&txn, gun, &self.kek);
-        let regenerated = validate::refresh(gun, &state, role, now);
-        state.finish()?;
-        match regenerated {
-            Ok(Some(files)) => {
-                txn.update_many(gun, &new_files(files), now)?;
-                txn.commit()?;
-                self.changed(Some(gun));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(gun, role = role.as_str(), error = %e, "cannot refresh trust metadata");
-            }
+        let (file, changed) = self
+            .store
+            .transact(gun, now, |data| {
+                let state = GunView::new(data, gun, &self.kek);
+                let regenerated = validate::refresh(gun, &state, role, now);
+                state.finish()?;
+                let current = data.current.get(role.as_str()).cloned();
+                match regenerated {
+                    Ok(Some(files)) => {
+                        let file = files.iter().find(|(r, _)| r == role).map(|(_, f)| {
+                            StoredFile {
+                                role: role.as_str().to_owned(),
+                                version: f.version,
+                                bytes: f.raw.clone(),
+                                stored_at: now.unix_timestamp(),
+                            }
+                        });
+                        let write = GunWrite {
+                            files: new_files(files),
+                            ..GunWrite::default()
+                        };
+                        Ok((write, file.or(current)))
+                    }
+                    Ok(None) => Ok((GunWrite::default(), current)),
+                    Err(e) => {
+                        tracing::warn!(gun, role = role.as_str(), error = %e, "cannot refresh trust metadata");
+                        Ok((GunWrite::default(), current))
+                    }
+                }
+            })
+            .await?;
+        if changed {
+            self.changed(Some(gun));
         }
-        Ok(())
+        Ok(file)
     }
 
     /// Validates an upload (multipart parts: role → bytes) and stores it with the
     /// generated snapshot/timestamp, atomically. A new root also retires the pending
     /// server keys it did not pin.
-    pub fn update(
+    pub async fn update(
         &self,
         gun: &str,
         parts: Vec<(Role, Bytes)>,
         now: OffsetDateTime,
     ) -> Result<(), TrustError> {
-        let txn = self.write()?;
-        let state = GunState::new(&txn, gun, &self.kek);
-        let validated = validate::validate_update(gun, &state, parts, now);
-        state.finish()?;
-        let files = validated?;
-        let root = files
-            .iter()
-            .find(|(role, _)| *role == Role::root())
-            .map(|(_, file)| file.clone());
-        txn.update_many(gun, &new_files(files), now)?;
-        if let Some(root) = root {
-            for role in [Role::timestamp(), Role::snapshot()] {
-                txn.retain_server_keys(gun, role.as_str(), &pinned_key_ids(&root, &role), 0)?;
-            }
+        let ((), changed) = self
+            .store
+            .transact(gun, now, |data| {
+                let state = GunView::new(data, gun, &self.kek);
+                let validated = validate::validate_update(gun, &state, parts, now);
+                state.finish()?;
+                let files = validated?;
+                let retain = files
+                    .iter()
+                    .find(|(role, _)| *role == Role::root())
+                    .map(|(_, root)| {
+                        [Role::timestamp(), Role::snapshot()]
+                            .map(|role| {
+                                let keep = pinned_key_ids(root, &role);
+                                (role.as_str().to_owned(), keep, 0)
+                            })
+                            .to_vec()
+                    })
+                    .unwrap_or_default();
+                let write = GunWrite {
+                    files: new_files(files),
+                    keys: Vec::new(),
+                    retain,
+                };
+                Ok((write, ()))
+            })
+            .await?;
+        if changed {
+            self.changed(Some(gun));
         }
-        txn.commit()?;
-        self.changed(Some(gun));
         Ok(())
     }
 
     /// `GET <role>.key` (notary's GetOrCreate…Key): the key the stored root pins for
     /// `role` when the server holds it, else a new pending key (one per call, the
     /// [`MAX_PENDING_KEYS`] newest kept; the root the client then publishes pins one).
-    pub fn public_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
+    pub async fn public_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
         server_managed(role)?;
-        let txn = self.write()?;
-        let pinned = stored_pins(&txn, gun, role)?;
-        for id in &pinned {
-            if let Some(bytes) = txn.server_key(gun, role.as_str(), id)? {
-                return Ok(decode_key(&self.kek, gun, role.as_str(), id, &bytes)?.public());
-            }
-        }
-        let key = self.new_key(&txn, gun, role, &pinned)?;
-        txn.commit()?;
+        let (key, _) = self
+            .store
+            .transact(gun, OffsetDateTime::now_utc(), |data| {
+                let pinned = stored_pins(data, role);
+                for id in &pinned {
+                    if let Some(sealed) = data.keys.get(&(role.as_str().to_owned(), id.clone())) {
+                        let key = decode_key(&self.kek, gun, role.as_str(), id, sealed)?;
+                        return Ok((GunWrite::default(), key.public()));
+                    }
+                }
+                Ok(self.new_key(gun, role, pinned))
+            })
+            .await?;
         Ok(key)
     }
 
     /// `POST <role>.key`: always a new pending key, which takes effect when a root
     /// listing it is published.
-    pub fn rotate_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
+    pub async fn rotate_key(&self, gun: &str, role: &Role) -> Result<PublicKey, TrustError> {
         server_managed(role)?;
-        let txn = self.write()?;
-        let pinned = stored_pins(&txn, gun, role)?;
-        let key = self.new_key(&txn, gun, role, &pinned)?;
-        txn.commit()?;
+        let (key, _) = self
+            .store
+            .transact(gun, OffsetDateTime::now_utc(), |data| {
+                Ok(self.new_key(gun, role, stored_pins(data, role)))
+            })
+            .await?;
         Ok(key)
     }
 
     /// A new pending key of `gun`'s `role`; of the keys the root does not pin (`pinned`),
     /// only the newest [`MAX_PENDING_KEYS`] stay.
-    fn new_key(
-        &self,
-        txn: &WriteTxn,
-        gun: &str,
-        role: &Role,
-        pinned: &[String],
-    ) -> Result<PublicKey, TrustError> {
+    fn new_key(&self, gun: &str, role: &Role, pinned: Vec<String>) -> (GunWrite, PublicKey) {
         let algorithm = *self
             .algorithm
             .lock()
@@ -403,16 +622,18 @@ impl TrustService {
         let sealed = self
             .kek
             .seal(&kek::key_aad(gun, role.as_str(), &id), plain.as_slice());
-        txn.put_server_key(gun, role.as_str(), &id, &sealed)?;
-        txn.retain_server_keys(gun, role.as_str(), pinned, MAX_PENDING_KEYS)?;
-        Ok(key.public())
+        let role = role.as_str().to_owned();
+        let write = GunWrite {
+            files: Vec::new(),
+            keys: vec![(role.clone(), id, sealed)],
+            retain: vec![(role, pinned, MAX_PENDING_KEYS)],
+        };
+        (write, key.public())
     }
 
     /// Deletes all trust data of `gun`.
-    pub fn delete(&self, gun: &str) -> Result<(), TrustError> {
-        let txn = self.write()?;
-        txn.delete(gun, OffsetDateTime::now_utc())?;
-        txn.commit()?;
+    pub async fn delete(&self, gun: &str) -> Result<(), TrustError> {
+        self.store.delete(gun, OffsetDateTime::now_utc()).await?;
         self.changed(Some(gun));
         Ok(())
     }
@@ -420,18 +641,19 @@ impl TrustService {
     /// Changefeed records after `change_id` (`records` < 0: the latest ones before it),
     /// of `gun` or of every GUN. `records` 0 means notary's default page; at most
     /// [`MAX_CHANGEFEED_RECORDS`] either way.
-    pub fn changefeed(
+    pub async fn changefeed(
         &self,
         gun: Option<&str>,
         change_id: Option<&str>,
         records: i64,
     ) -> Result<Changefeed, TrustError> {
         self.changefeed_of(|g| gun.is_none_or(|gun| gun == g), change_id, records)
+            .await
     }
 
     /// [`changefeed`](Self::changefeed) of the GUNs `visible` accepts (asked once per
     /// record): a page is full unless the feed ends, however many records it skips.
-    pub fn changefeed_of(
+    pub async fn changefeed_of(
         &self,
         visible: impl FnMut(&str) -> bool,
         change_id: Option<&str>,
@@ -449,7 +671,7 @@ impl TrustService {
         } else {
             records.clamp(-MAX_CHANGEFEED_RECORDS, MAX_CHANGEFEED_RECORDS)
         };
-        let records = self.store.read()?.changes_of(visible, change_id, records)?;
+        let records = self.store.changes_of(visible, change_id, records).await?;
         Ok(Changefeed {
             count: records.len(),
             records,
@@ -457,18 +679,20 @@ impl TrustService {
     }
 
     /// Signed targets of every GUN whose repository part is `repository` (cached; the
-    /// cache entry is dropped on every update/delete of the repository and on a status
-    /// change, and after [`SIGNED_TARGETS_TTL`] so expiry is noticed). Each GUN's roles are
-    /// verified as the notary client walks them (`validate::signed_targets`).
-    pub fn signed_targets(&self, repository: &str) -> Arc<SignedTargets> {
-        if let Some(hit) = self.signed.get(repository) {
+    /// cache entry is dropped on every update/delete of the repository, here or, heard
+    /// of, on another gateway, and on a status change, and after [`SIGNED_TARGETS_TTL`]
+    /// so expiry is noticed). Each GUN's roles are verified as the notary client walks
+    /// them (`validate::signed_targets`).
+    pub async fn signed_targets(&self, repository: &str) -> Arc<SignedTargets> {
+        let cached = self.listening.load(Ordering::Acquire);
+        if cached && let Some(hit) = self.signed.get(repository) {
             return hit;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        match self.compute_signed_targets(repository) {
+        match self.compute_signed_targets(repository).await {
             Ok(targets) => {
                 let targets = Arc::new(targets);
-                if self.epoch.load(Ordering::Acquire) == epoch {
+                if cached && self.epoch.load(Ordering::Acquire) == epoch {
                     self.signed
                         .insert(repository.to_owned(), Arc::clone(&targets));
                 }
@@ -482,14 +706,11 @@ impl TrustService {
         }
     }
 
-    fn compute_signed_targets(&self, repository: &str) -> Result<SignedTargets, TrustError> {
-        let txn = self.store.read()?;
+    async fn compute_signed_targets(&self, repository: &str) -> Result<SignedTargets, TrustError> {
         let mut out = SignedTargets::default();
-        for gun in txn.guns()? {
-            if gun_repository(&gun) != Some(repository) {
-                continue;
-            }
-            let state = GunState::new(&txn, &gun, &self.kek);
+        for gun in self.store.guns_of(repository).await? {
+            let data = self.store.gun(&gun, false).await?;
+            let state = GunView::new(&data, &gun, &self.kek);
             let targets = validate::signed_targets(&state, OffsetDateTime::now_utc());
             state.finish()?;
             out.guns += 1;
@@ -502,7 +723,7 @@ impl TrustService {
         Ok(out)
     }
 
-    /// After a committed change of `gun` (`None`: of everything).
+    /// After a committed change of `gun` (`None`: of everything), here or elsewhere.
     fn changed(&self, gun: Option<&str>) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match gun.and_then(gun_repository) {
@@ -512,20 +733,101 @@ impl TrustService {
     }
 }
 
-/// The store seen by `validate` for one GUN. A read failure makes the file look absent
-/// to the validator and is reported by [`GunState::finish`], so it never passes as
-/// "nothing stored".
-struct GunState<'t, T> {
-    txn: &'t TrustTxn<T>,
+/// Hears of other gateways' changes (PostgreSQL): a GUN's notification drops its
+/// repository's cached signed targets; a change of the switch wakes the poll, which
+/// reads it.
+struct Watcher {
+    service: Weak<TrustService>,
+    wake: tokio::sync::Notify,
+}
+
+impl portcullis_storage::pg::Notified for Watcher {
+    fn notified(&self, payload: &str) {
+        let Some(service) = self.service.upgrade() else {
+            return;
+        };
+        if payload == trust_pg::ALL {
+            service.changed(None);
+            self.wake.notify_one();
+        } else {
+            service.changed(Some(payload));
+        }
+    }
+
+    fn listening(&self, listening: bool) {
+        let Some(service) = self.service.upgrade() else {
+            return;
+        };
+        service.listening.store(listening, Ordering::Release);
+        // Whatever was cached may have missed a change.
+        service.changed(None);
+        self.wake.notify_one();
+    }
+}
+
+/// Every [`POLL_INTERVAL`] (or when woken): reads the switch and the last change id,
+/// and drops the cached targets of GUNs changed since the last poll. Ends, with the
+/// listener, when the service is gone.
+async fn poll(store: PgTrustStore, watcher: Arc<Watcher>, listener: tokio::task::JoinHandle<()>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = watcher.wake.notified() => {}
+        }
+        let Some(service) = watcher.service.upgrade() else {
+            listener.abort();
+            return;
+        };
+        let seen = service.last_change.load(Ordering::Acquire);
+        let polled = async {
+            let (enabled, last) = store.status().await?;
+            let changed = if last == seen {
+                None
+            } else {
+                Some(store.changed_since(seen).await?)
+            };
+            Ok::<_, TrustStoreError>((enabled, changed))
+        };
+        match polled.await {
+            Ok((enabled, changed)) => {
+                if failing {
+                    tracing::info!("trust data poll works again");
+                    failing = false;
+                }
+                if service.enabled.swap(enabled, Ordering::AcqRel) != enabled {
+                    service.changed(None);
+                }
+                if let Some((last, guns)) = changed {
+                    for gun in &guns {
+                        service.changed(Some(gun));
+                    }
+                    service.last_change.store(last, Ordering::Release);
+                }
+            }
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot poll trust data changes");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One GUN's state as `validate` sees it. A key that does not open makes it look
+/// absent to the validator and is reported by [`GunView::finish`], so it never passes
+/// as "no key held".
+struct GunView<'t> {
+    data: &'t GunData,
     gun: &'t str,
     kek: &'t Kek,
     error: RefCell<Option<TrustError>>,
 }
 
-impl<'t, T: Tables> GunState<'t, T> {
-    fn new(txn: &'t TrustTxn<T>, gun: &'t str, kek: &'t Kek) -> Self {
-        GunState {
-            txn,
+impl<'t> GunView<'t> {
+    fn new(data: &'t GunData, gun: &'t str, kek: &'t Kek) -> Self {
+        GunView {
+            data,
             gun,
             kek,
             error: RefCell::new(None),
@@ -535,35 +837,26 @@ impl<'t, T: Tables> GunState<'t, T> {
     fn finish(self) -> Result<(), TrustError> {
         self.error.into_inner().map_or(Ok(()), Err)
     }
-
-    fn note<V>(&self, result: Result<Option<V>, TrustError>) -> Option<V> {
-        result.unwrap_or_else(|e| {
-            self.error.borrow_mut().get_or_insert(e);
-            None
-        })
-    }
 }
 
-impl<T: Tables> TrustState for GunState<'_, T> {
+impl TrustState for GunView<'_> {
     fn current(&self, role: &Role) -> Option<Bytes> {
-        let found = self
-            .txn
-            .current(self.gun, role.as_str())
-            .map_err(TrustError::from);
-        self.note(found).map(|f| f.bytes)
+        self.data
+            .current
+            .get(role.as_str())
+            .map(|f| f.bytes.clone())
     }
 
     fn server_key(&self, role: &Role, key_id: &str) -> Option<ServerKey> {
-        let found = self
-            .txn
-            .server_key(self.gun, role.as_str(), key_id)
-            .map_err(TrustError::from)
-            .and_then(|bytes| {
-                bytes
-                    .map(|b| decode_key(self.kek, self.gun, role.as_str(), key_id, &b))
-                    .transpose()
-            });
-        self.note(found)
+        let sealed = self
+            .data
+            .keys
+            .get(&(role.as_str().to_owned(), key_id.to_owned()))?;
+        decode_key(self.kek, self.gun, role.as_str(), key_id, sealed)
+            .map_err(|e| {
+                self.error.borrow_mut().get_or_insert(e);
+            })
+            .ok()
     }
 }
 
@@ -605,14 +898,13 @@ fn new_files(files: Files) -> Vec<NewFile> {
         .collect()
 }
 
-/// The key ids the stored root of `gun` lists for `role` (none without a root).
-fn stored_pins(txn: &WriteTxn, gun: &str, role: &Role) -> Result<Vec<String>, TrustError> {
-    Ok(match txn.current(gun, "root")? {
-        Some(root) => SignedFile::parse(root.bytes)
-            .map(|root| pinned_key_ids(&root, role))
-            .unwrap_or_default(),
-        None => Vec::new(),
-    })
+/// The key ids the stored root lists for `role` (none without a root).
+fn stored_pins(data: &GunData, role: &Role) -> Vec<String> {
+    data.current
+        .get("root")
+        .and_then(|root| SignedFile::parse(root.bytes.clone()).ok())
+        .map(|root| pinned_key_ids(&root, role))
+        .unwrap_or_default()
 }
 
 /// The key ids `root` lists for `role` (none when it does not parse: stored roots do).

@@ -10,6 +10,7 @@
 //! [`WriteTxn`] aborts it). Roles are plain strings here; `crate::trust::Role` validates
 //! them before they reach the store.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -55,8 +56,14 @@ pub enum TrustStoreError {
         stored: u64,
         new: u64,
     },
+    /// Content trust is switched off (writes check it inside their transaction).
+    #[error("content trust is disabled on this registry")]
+    Disabled,
     #[error("trust database: {0}")]
     Database(#[from] redb::Error),
+    /// The control-plane PostgreSQL database failed (unreachable, or a query failed).
+    #[error("trust database (PostgreSQL): {0}")]
+    Postgres(String),
     #[error("trust database record `{0}` is corrupt")]
     Corrupt(String),
 }
@@ -101,6 +108,34 @@ pub struct Change {
     /// `update` or `deletion`.
     #[serde(rename = "Category")]
     pub category: String,
+}
+
+/// What the service reads of one GUN before validating or signing: every role's
+/// current file and, when asked for, the server-held keys.
+#[derive(Debug, Default, Clone)]
+pub struct GunData {
+    /// role → its current file.
+    pub current: BTreeMap<String, StoredFile>,
+    /// (role, key id) → the sealed key as stored.
+    pub keys: BTreeMap<(String, String), Vec<u8>>,
+}
+
+/// What one write of a GUN stores, all or nothing: new current files (each newer than
+/// the stored version, else [`TrustStoreError::OldVersion`]), new server keys, and which
+/// keys stay.
+#[derive(Debug, Default)]
+pub struct GunWrite {
+    pub files: Vec<NewFile>,
+    /// (role, key id, sealed key), each newer than every key held for its role.
+    pub keys: Vec<(String, String, Vec<u8>)>,
+    /// (role, key ids kept, how many of the newest other keys are kept too).
+    pub retain: Vec<(String, Vec<String>, usize)>,
+}
+
+impl GunWrite {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.keys.is_empty() && self.retain.is_empty()
+    }
 }
 
 /// The key-encryption key's (salt, check value).
@@ -311,6 +346,30 @@ impl<T: Tables> TrustTxn<T> {
         Ok(guns)
     }
 
+    /// `gun`'s current files, and its server-held keys when `keys`.
+    pub fn gun_data(&self, gun: &str, keys: bool) -> Result<GunData, TrustStoreError> {
+        let mut data = GunData::default();
+        for role in self.roles(gun)? {
+            let file = self
+                .current(gun, &role)?
+                .ok_or_else(|| TrustStoreError::Corrupt(format!("{gun} {role}")))?;
+            data.current.insert(role, file);
+        }
+        if keys {
+            let table = self.txn.table(KEYS)?;
+            for entry in table.range((gun, "", "")..).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let (g, role, id) = k.value();
+                if g != gun {
+                    break;
+                }
+                data.keys
+                    .insert((role.to_owned(), id.to_owned()), v.value().1.to_vec());
+            }
+        }
+        Ok(data)
+    }
+
     /// Changefeed records after `change_id` (forward), or the ones before it when
     /// `records` is negative or `change_id` is negative (backward, "the latest"); at most
     /// `|records|`, oldest first, of `gun` only when given.
@@ -377,6 +436,25 @@ impl<T: Tables> TrustTxn<T> {
 impl WriteTxn {
     pub fn commit(self) -> Result<(), TrustStoreError> {
         self.txn.commit().map_err(db_err)
+    }
+
+    /// Stores `write` for `gun`.
+    pub fn apply(
+        &self,
+        gun: &str,
+        write: &GunWrite,
+        now: time::OffsetDateTime,
+    ) -> Result<(), TrustStoreError> {
+        if !write.files.is_empty() {
+            self.update_many(gun, &write.files, now)?;
+        }
+        for (role, id, sealed) in &write.keys {
+            self.put_server_key(gun, role, id, sealed)?;
+        }
+        for (role, keep, pending) in &write.retain {
+            self.retain_server_keys(gun, role, keep, *pending)?;
+        }
+        Ok(())
     }
 
     pub fn set_enabled(&self, enabled: bool) -> Result<(), TrustStoreError> {

@@ -14,20 +14,21 @@ use crate::{StorageConfig, Stores};
 /// Where blobs live: the data directory unless `--storage` names a bucket.
 #[derive(Debug, Args)]
 pub struct BlobArgs {
-    /// Blobs in this bucket (s3://BUCKET[/PREFIX]) instead of DATA_DIR/blobs; metadata
-    /// stays in the data directory. Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    /// Blobs in this bucket (s3://BUCKET[/PREFIX]) instead of DATA_DIR/blobs.
+    /// Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY [default: local disk].
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]", env = "PORTCULLIS_STORAGE")]
     pub storage: Option<String>,
-    /// S3 endpoint (http[s]://HOST[:PORT]) [default: AWS_ENDPOINT_URL, else AWS].
+    /// S3 endpoint, http[s]://HOST[:PORT] [default: AWS_ENDPOINT_URL, else AWS].
     #[arg(long, value_name = "URL", env = "PORTCULLIS_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// S3 region [default: AWS_REGION; us-east-1 with an endpoint].
     #[arg(long, value_name = "REGION", env = "PORTCULLIS_S3_REGION")]
     pub s3_region: Option<String>,
-    /// Path-style requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
+    /// Path-style S3 requests (endpoint/bucket/key) rather than virtual-hosted [default: true].
     #[arg(long, value_name = "BOOL", env = "PORTCULLIS_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
     pub s3_path_style: Option<bool>,
-    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them [default: 0].
+    /// Blob GETs redirect to a pre-signed S3 URL valid this long; 0 streams them through
+    /// the server [default: 0].
     #[arg(long, value_name = "SECONDS", env = "PORTCULLIS_S3_REDIRECT_SECONDS")]
     pub s3_redirect_seconds: Option<u64>,
 }

@@ -387,6 +387,11 @@ impl Registry {
 
     /// Appends the optional final chunk, verifies the digest and commits the
     /// blob (file, then metadata). A digest mismatch cancels the session.
+    ///
+    /// A repeat of a completing PUT whose session is gone while its blob is linked
+    /// into `repo` succeeds without reading the body: the first one committed and its
+    /// answer was lost (its server died; a load balancer retried it on another), and
+    /// what the client asked for holds. Docker does not retry this request itself.
     pub async fn finish_upload(
         &self,
         repo: &str,
@@ -394,7 +399,14 @@ impl Registry {
         expected: &Digest,
         body: Body,
     ) -> Result<(), StorageError> {
-        self.check_session(repo, id).await?;
+        match self.check_session(repo, id).await {
+            Err(StorageError::UploadUnknown(_))
+                if self.meta.linked_blob_size(repo, expected).await?.is_some() =>
+            {
+                return Ok(());
+            }
+            r => r?,
+        }
         let committed = self
             .blobs
             .commit_upload(id, expected, body_stream(body), self.blob_lock(expected))

@@ -91,6 +91,26 @@ fn post_then_put_with_whole_body() {
     assert_eq!(get_blob(&c, &s.url, "lib/a", &d), data);
     // The session is gone once committed.
     assert_error(c.get(&url).send().unwrap(), 404, &["BLOB_UPLOAD_UNKNOWN"]);
+    // A repeat of the completing PUT (its answer lost, a balancer retrying it) is the
+    // same success; in another repository, where the blob is not, the session is unknown.
+    let r = c
+        .put(with_query(&url, "digest", &d))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        header(r.headers(), "docker-content-digest").as_deref(),
+        Some(d.as_str())
+    );
+    let other = url.replace("/v2/lib/a/", "/v2/lib/b/");
+    let r = c
+        .put(with_query(&other, "digest", &d))
+        .body(data)
+        .send()
+        .unwrap();
+    assert_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"]);
+    assert_eq!(blob_status(&c, &s.url, "lib/b", &d), 404);
 }
 
 #[test]

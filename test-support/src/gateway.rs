@@ -10,9 +10,13 @@ use reqwest::blocking::RequestBuilder;
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
-/// The `portcullis` binary.
+/// The `portcullis` binary: `$PORTCULLIS_GATEWAY_BIN` when set (a release build for a
+/// benchmark), else the workspace's.
 pub fn bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(path) = std::env::var("PORTCULLIS_GATEWAY_BIN") {
+        return BIN.get_or_init(|| path);
+    }
     crate::static_bin(&BIN, "portcullis")
 }
 
@@ -50,6 +54,8 @@ impl Server {
 
     /// Like [`Server::start_with_env`], run by `wrapper` (a command line the binary and
     /// its arguments are appended to, e.g. `prlimit --nofile=256:256 --`); empty: none.
+    /// A `--listen ADDR` in `extra` replaces the ephemeral port (a restarted cluster
+    /// member keeps its address).
     pub fn start_under(
         wrapper: &[&str],
         data_dir: &Path,
@@ -68,7 +74,11 @@ impl Server {
             }
             [] => Command::new(bin()),
         };
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("PORTCULLIS_ADMIN_PASSWORD")
@@ -97,6 +107,11 @@ impl Server {
             data_dir: data_dir.to_owned(),
             stderr_path,
         }
+    }
+
+    /// The process id (for its CPU time in `/proc/<pid>/stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {

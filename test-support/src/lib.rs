@@ -16,11 +16,14 @@
 //! - [`postgres`]: a PostgreSQL 15 server (one per test binary), a database per test.
 //!
 //! - [`chaos`]: the crash campaign (writes, `kill -9`, fsck, restart, read-back).
+//! - [`cluster`]: three gateways on one PostgreSQL and S3 behind HAProxy, and a
+//!   sustained docker push and pull load through it.
 //!
 //! Helpers panic on failure: a failed step fails the test that called it.
 
 pub mod backend;
 pub mod chaos;
+pub mod cluster;
 pub mod content;
 pub mod docker;
 pub mod gateway;

@@ -602,7 +602,7 @@ mod signed_views {
     }
 
     /// `policy`: an extra user policy file; content trust enabled.
-    fn views(policy: Option<&str>) -> Views {
+    async fn views(policy: Option<&str>) -> Views {
         let dir = tempfile::tempdir().unwrap();
         let gw = match policy {
             None => testing::gateway(dir.path()),
@@ -617,7 +617,10 @@ mod signed_views {
                 Gateway::open(&options).unwrap().gateway
             }
         };
-        gw.trust.set_status(ContentTrustStatus::Enabled).unwrap();
+        gw.trust
+            .set_status(ContentTrustStatus::Enabled)
+            .await
+            .unwrap();
         Views { _dir: dir, gw }
     }
 
@@ -646,12 +649,12 @@ mod signed_views {
 
         /// Publishes trust data signing `tags` (tag → manifest bytes), as docker's
         /// first signed push does.
-        fn sign(&self, tags: &[(&str, &[u8])]) {
+        async fn sign(&self, tags: &[(&str, &[u8])]) {
             let trust = &self.gw.trust;
             let root_key = TestKey::root(GUN);
             let targets_key = TestKey::ecdsa();
-            let timestamp = trust.public_key(GUN, &role("timestamp")).unwrap();
-            let snapshot = trust.public_key(GUN, &role("snapshot")).unwrap();
+            let timestamp = trust.public_key(GUN, &role("timestamp")).await.unwrap();
+            let snapshot = trust.public_key(GUN, &role("snapshot")).await.unwrap();
             let now = OffsetDateTime::now_utc();
             let keys = RootKeys {
                 root: vec![&root_key.public],
@@ -674,6 +677,7 @@ mod signed_views {
                     vec![(role("root"), root), (role("targets"), targets)],
                     now,
                 )
+                .await
                 .unwrap();
         }
 
@@ -775,12 +779,12 @@ mod signed_views {
 
     #[tokio::test]
     async fn signed_only_serves_signed_tags_and_digests_only() {
-        let v = views(None);
+        let v = views(None).await;
         let (one, two) = (manifest("one"), manifest("two"));
         v.push("v1", &one).await;
         v.push("v2", &two).await;
         v.push("latest", &one).await;
-        v.sign(&[("v1", &one), ("latest", &one)]);
+        v.sign(&[("v1", &one), ("latest", &one)]).await;
         let t = v.reader("reader").await;
         // Not signed-only: everything is served, the tag list is the backend's.
         v.pull(&t, tag("v2")).await.unwrap();
@@ -828,7 +832,7 @@ mod signed_views {
 
     #[tokio::test]
     async fn the_signed_tag_list_is_paginated_as_distribution() {
-        let v = views(None);
+        let v = views(None).await;
         let bytes: Vec<Vec<u8>> = (0..5).map(|i| manifest(&format!("m{i}"))).collect();
         let names = ["a", "b", "c", "d", "e"];
         for (name, b) in names.iter().zip(&bytes) {
@@ -840,7 +844,7 @@ mod signed_views {
             .filter(|(n, _)| **n != "c")
             .map(|(n, b)| (*n, b.as_slice()))
             .collect();
-        v.sign(&signed);
+        v.sign(&signed).await;
         v.signed_only(true).await;
         let t = v.reader("reader").await;
         let page = v.tags(&t, Some("n=2")).await.unwrap();
@@ -862,12 +866,13 @@ mod signed_views {
                  forbid (principal, action == Action::\"content/read\", resource)\n\
                  when { principal is Token && principal.name == \"deployer\" &&\n\
                         context.referenceKind != \"none\" && !context.signed };\n",
-        ));
+        ))
+        .await;
         let one = manifest("one");
         let two = manifest("two");
         v.push("v1", &one).await;
         v.push("v2", &two).await;
-        v.sign(&[("v1", &one)]);
+        v.sign(&[("v1", &one)]).await;
         let deployer = v.reader("deployer").await;
         let developer = v.reader("developer").await;
         v.pull(&deployer, tag("v1")).await.unwrap();
@@ -887,15 +892,18 @@ mod signed_views {
 
     #[tokio::test]
     async fn without_content_trust_nothing_is_signed() {
-        let v = views(None);
+        let v = views(None).await;
         let one = manifest("one");
         v.push("v1", &one).await;
-        v.sign(&[("v1", &one)]);
+        v.sign(&[("v1", &one)]).await;
         v.signed_only(true).await;
         let t = v.reader("reader").await;
         v.pull(&t, tag("v1")).await.unwrap();
         // Disabling deletes the trust data: the signed-only repository serves nothing.
-        v.gw.trust.set_status(ContentTrustStatus::Disabled).unwrap();
+        v.gw.trust
+            .set_status(ContentTrustStatus::Disabled)
+            .await
+            .unwrap();
         unsigned_reason(v.pull(&t, tag("v1")).await);
         assert_eq!(v.tags(&t, None).await, Some((vec![], None)));
         v.signed_only(false).await;

@@ -46,10 +46,13 @@ impl Reply {
     }
 }
 
-fn fixture() -> Fixture {
+async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gw = testing::gateway(dir.path());
-    gw.trust.set_status(ContentTrustStatus::Enabled).unwrap();
+    gw.trust
+        .set_status(ContentTrustStatus::Enabled)
+        .await
+        .unwrap();
     Fixture {
         _dir: dir,
         gw,
@@ -206,7 +209,7 @@ impl Fixture {
 
 #[tokio::test]
 async fn publish_then_read_with_caching_headers() {
-    let f = fixture();
+    let f = fixture().await;
     let signer = f.signer().await;
     let missing = f.get("tuf/root.json", &signer).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -256,7 +259,7 @@ async fn publish_then_read_with_caching_headers() {
 
 #[tokio::test]
 async fn bad_uploads_get_notary_codes() {
-    let f = fixture();
+    let f = fixture().await;
     let signer = f.signer().await;
     f.publish(&signer).await;
     let check = |reply: Reply, status: StatusCode, code: &str| {
@@ -309,7 +312,7 @@ async fn bad_uploads_get_notary_codes() {
 #[tokio::test]
 async fn refusals_are_401s_for_the_gun_scope() {
     use Action::*;
-    let f = fixture();
+    let f = fixture().await;
     let anonymous = f.call("GET", "tuf/root.json", None, None, Vec::new()).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -381,10 +384,13 @@ async fn refusals_are_401s_for_the_gun_scope() {
 
 #[tokio::test]
 async fn disabled_content_trust_is_a_clear_notary_error() {
-    let f = fixture();
+    let f = fixture().await;
     let signer = f.signer().await;
     f.publish(&signer).await;
-    f.gw.trust.set_status(ContentTrustStatus::Disabled).unwrap();
+    f.gw.trust
+        .set_status(ContentTrustStatus::Disabled)
+        .await
+        .unwrap();
     let read = f.get("tuf/root.json", &signer).await;
     assert_eq!(read.status, StatusCode::NOT_FOUND);
     assert_eq!(read.code(), "METADATA_NOT_FOUND");
