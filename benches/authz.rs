@@ -7,6 +7,10 @@
 //! attributes: the context-free outcome is cached, no entities are built). After criterion's runs, a timing loop
 //! prints p50/p99 per case (criterion reports means and medians only).
 //!
+//! `control/apply_change/50000-tokens`: the cost of applying one control-plane change
+//! (a token record) to a 50k-token snapshot as the identity store does (clone, insert,
+//! publish), beside `…-std-copy`: the same change when every change copied the maps.
+//!
 //! `cargo bench --bench authz` (criterion + percentiles), or
 //! `cargo bench --bench authz -- --percentiles-only [FILTER]` (only the cases whose
 //! name, e.g. `miss-time/10-tokens/1-rules`, contains FILTER).
@@ -198,6 +202,48 @@ fn percentiles(size: usize, rules: usize, mode: Mode) -> (Duration, Duration) {
     (at(0.50), at(0.99))
 }
 
+/// One token change applied to a 50k-token snapshot: persistent maps (what the store
+/// does) against copying std maps (what it did before).
+fn apply_change(c: &mut Criterion) {
+    let size = 50_000;
+    let mut snap = None;
+    let mut i = 0u64;
+    c.bench_function(&format!("control/apply_change/{size}-tokens"), |b| {
+        let current = snap.get_or_insert_with(|| Arc::new(snapshot(size, 3)));
+        b.iter(|| {
+            i += 1;
+            let mut next = IdentitySnapshot::clone(current);
+            let t = format!("t{}", i % size as u64);
+            let mut changed = token(t.clone(), format!("map{}", i % size as u64));
+            changed.updated_at = i as i64;
+            next.tokens.insert(t, Arc::new(changed));
+            next.version += 1;
+            *current = Arc::new(next);
+        })
+    });
+    let mut maps = None;
+    c.bench_function(
+        &format!("control/apply_change/{size}-tokens-std-copy"),
+        |b| {
+            let (tokens, scope_maps) = maps.get_or_insert_with(|| {
+                let s = snapshot(size, 3);
+                let tokens: std::collections::HashMap<String, Arc<Token>> =
+                    s.tokens.into_iter().collect();
+                let scope_maps: std::collections::HashMap<String, Arc<ScopeMap>> =
+                    s.scope_maps.into_iter().collect();
+                (tokens, scope_maps)
+            });
+            b.iter(|| {
+                i += 1;
+                let mut next = (tokens.clone(), scope_maps.clone());
+                let t = format!("t{}", i % size as u64);
+                next.0.insert(t.clone(), Arc::new(token(t, "map0".into())));
+                black_box(next)
+            })
+        },
+    );
+}
+
 fn main() {
     let percentiles_only = std::env::args().any(|a| a == "--percentiles-only");
     if !percentiles_only {
@@ -217,6 +263,7 @@ fn main() {
                 }
             }
         }
+        apply_change(&mut c);
         c.final_summary();
     }
     // `cargo test --all-targets` runs benches once without `--bench`, as a smoke test:

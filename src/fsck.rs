@@ -3,6 +3,8 @@
 //! leftovers of unfinished writes) is `portcullis_storage::fsck`; this adds the control
 //! plane (`control.redb`): identity records decode and tokens' scope maps exist, and every
 //! GUN's trust metadata validates root → targets/delegations → snapshot → timestamp.
+//! It checks the embedded control plane only: with `--control-plane postgres://…` the
+//! identity records live in PostgreSQL, whose transactions keep them consistent.
 
 use std::path::{Path, PathBuf};
 

@@ -53,8 +53,15 @@ impl Cluster {
             "--max-failed-logins",
             "1000000",
         ];
-        let a = Server::start_with(&dir.path().join("a"), Some(ADMIN_PASSWORD), &args);
-        let b = Server::start_with(&dir.path().join("b"), Some(ADMIN_PASSWORD), &args);
+        // Every gateway of one control plane shares the trust key passphrase.
+        let env = [(
+            "PORTCULLIS_TRUST_KEY_PASSPHRASE",
+            "cluster-control-passphrase",
+        )];
+        let start = |name: &str| {
+            Server::start_with_env(&dir.path().join(name), Some(ADMIN_PASSWORD), &args, &env)
+        };
+        let (a, b) = (start("a"), start("b"));
         Cluster {
             _dir: dir,
             a,
