@@ -21,11 +21,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_PASSWORD, Server, admin, create_token};
-use portcullis_test_support::postgres::{PG_BIN, Postgres};
+use portcullis_test_support::postgres::{Postgres, psql};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
@@ -204,20 +203,6 @@ fn revocations_through_one_gateway_are_in_force_on_the_other_within_a_second() {
         refused(c.pull_on_b(names[3], &passwords[3])) && refused(pull_with_bearer())
     });
     within_bound("scope-map right removed (Basic and bearer)", delay);
-}
-
-/// `psql -c query` against `url`.
-fn psql(url: &str, query: &str) -> String {
-    let out = Command::new(std::path::Path::new(PG_BIN).join("psql"))
-        .args(["-At", "-d", url, "-c", query])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {query}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]

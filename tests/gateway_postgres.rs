@@ -22,27 +22,12 @@ use common::backend::Storage;
 use common::content::{self, TestImage, write_oci_layout};
 use common::{ADMIN_PASSWORD, Server, admin};
 use portcullis_test_support::oci::status_and_code;
-use portcullis_test_support::postgres::Postgres;
+use portcullis_test_support::postgres::{Postgres, psql};
 use portcullis_test_support::seaweedfs::{S3Target, SeaweedFs};
 use portcullis_test_support::skopeo_ok;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;
-
-/// One value of `query` in the database at `url`, through psql.
-fn psql(url: &str, query: &str) -> String {
-    let out =
-        Command::new(std::path::Path::new(portcullis_test_support::postgres::PG_BIN).join("psql"))
-            .args(["-At", "-d", url, "-c", query])
-            .output()
-            .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {query}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 #[test]
 fn skopeo_push_and_pull_with_metadata_in_postgres() {

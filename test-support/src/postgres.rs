@@ -203,6 +203,20 @@ impl Postgres {
     }
 }
 
+/// One value of `query` in the database at `url`, through `psql` (panics when it fails).
+pub fn psql(url: &str, query: &str) -> String {
+    let out = Command::new(std::path::Path::new(PG_BIN).join("psql"))
+        .args(["-At", "-d", url, "-c", query])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Closing the watcher's stdin makes it stop the server and remove the directory.
