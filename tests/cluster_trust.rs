@@ -31,7 +31,6 @@ use serde_json::{Value, json};
 
 use common::backend::{Backend, Storage};
 use common::content::{self, TestImage};
-use common::docker::Docker;
 use common::trust::{Bearer, Fixture, Notary, TrustGateway, bump_version, notary_error};
 use common::{ADMIN_PASSWORD, bin, json_output, password1, token_create_args};
 use portcullis_test_support::postgres::Postgres;
@@ -152,22 +151,6 @@ fn a_notary_publish_through_one_gateway_is_listed_through_the_other() {
     );
 }
 
-/// A docker CLI logged in to `gateway` as `user`, trusting its CA for the trust server.
-fn docker_client(gateway: &TrustGateway, user: &str, password: &str) -> Docker {
-    let docker = Docker::new();
-    let tls = docker.config_dir().join("tls").join(gateway.host());
-    std::fs::create_dir_all(&tls).unwrap();
-    std::fs::copy(&gateway.ca, tls.join("ca.crt")).unwrap();
-    let login = docker.login(gateway.host(), user, password);
-    assert!(
-        login.status.success(),
-        "docker login to {} as {user}: {}",
-        gateway.host(),
-        String::from_utf8_lossy(&login.stderr)
-    );
-    docker
-}
-
 /// Both gateways on one storage (S3 + PostgreSQL) too: `DOCKER_CONTENT_TRUST=1 docker
 /// push` through A, then through B the signed-only repository serves docker the signed
 /// tag and refuses the unsigned one, and notary verifies A's trust data.
@@ -178,7 +161,7 @@ fn a_docker_signed_push_through_one_gateway_counts_on_the_other() {
     let repository = "samples/app";
     let (signer_a, _) = cluster.token(SIGNER, repository, SIGNER_ACTIONS);
     let (_, reader_b) = cluster.token(READER, repository, READER_ACTIONS);
-    let signer = docker_client(a, SIGNER, &signer_a);
+    let signer = a.docker(SIGNER, &signer_a);
     let signed = signer.import(
         &format!("{}/{repository}:v1", a.host()),
         "signed through gateway A",
@@ -217,7 +200,7 @@ fn a_docker_signed_push_through_one_gateway_counts_on_the_other() {
         "--signed-only",
         "true",
     ]);
-    let reader = docker_client(b, READER, &reader_b);
+    let reader = b.docker(READER, &reader_b);
     reader.run(&["pull", &format!("{}/{repository}:v1", b.host())]);
     let out = reader.fails(&["pull", &format!("{}/{repository}:v2", b.host())]);
     assert!(out.contains("not signed"), "pull of v2 through B:\n{out}");

@@ -26,22 +26,6 @@ use docker::Docker;
 /// What the notary client inside the docker CLI says when the trust server answers 401.
 const NOT_AUTHORIZED: &str = "you are not authorized to perform this operation";
 
-/// A docker CLI logged in to `gateway` as `user`, trusting its CA for the trust server
-/// (`$DOCKER_CONFIG/tls/<host:port>/ca.crt`).
-fn client(gateway: &TrustGateway, user: &str, password: &str) -> Docker {
-    let docker = Docker::new();
-    let tls = docker.config_dir().join("tls").join(gateway.host());
-    std::fs::create_dir_all(&tls).unwrap();
-    std::fs::copy(&gateway.ca, tls.join("ca.crt")).unwrap();
-    let login = docker.login(gateway.host(), user, password);
-    assert!(
-        login.status.success(),
-        "docker login as {user}: {}",
-        String::from_utf8_lossy(&login.stderr)
-    );
-    docker
-}
-
 /// `docker args...` with content trust on and the key passphrases in the environment;
 /// returns success and stdout + stderr.
 fn trusted(docker: &Docker, args: &[&str]) -> (bool, String) {
@@ -95,7 +79,7 @@ fn signed_push_verified_pull_and_signed_only_repository() {
             "trust/write",
         ],
     );
-    let docker = client(&gateway, "signer", &password);
+    let docker = gateway.docker("signer", &password);
 
     // Signed push, then a verified pull from scratch.
     let v1 = docker.import(
@@ -190,7 +174,7 @@ fn signing_needs_trust_write_and_is_refused_to_the_admin_account() {
             "samples/admin",
         ),
     ] {
-        let docker = client(&gateway, user, password);
+        let docker = gateway.docker(user, password);
         let image = docker.import(
             &format!("{host}/{repository}:v1"),
             &format!("{repository} {host}"),

@@ -17,6 +17,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha512};
 
+use crate::docker::Docker;
 use crate::gateway::{ADMIN_PASSWORD, Server, bin, json_output, password1, token_create_args};
 
 /// One passphrase for every key the notary and docker CLIs create in tests.
@@ -70,6 +71,23 @@ impl TrustGateway {
     /// `https://127.0.0.1:PORT/v2/<gun>/_trust/<rest>`.
     pub fn trust_url(&self, gun: &str, rest: &str) -> String {
         self.server.url(&format!("/v2/{gun}/_trust/{rest}"))
+    }
+
+    /// A docker CLI logged in to this gateway as `user`, trusting its CA for the trust
+    /// server (`$DOCKER_CONFIG/tls/<host:port>/ca.crt`).
+    pub fn docker(&self, user: &str, password: &str) -> Docker {
+        let docker = Docker::new();
+        let tls = docker.config_dir().join("tls").join(self.host());
+        std::fs::create_dir_all(&tls).expect("docker tls directory");
+        std::fs::copy(&self.ca, tls.join("ca.crt")).expect("the gateway's CA for docker");
+        let login = docker.login(self.host(), user, password);
+        assert!(
+            login.status.success(),
+            "docker login to {} as {user}: {}",
+            self.host(),
+            String::from_utf8_lossy(&login.stderr)
+        );
+        docker
     }
 
     /// Runs the CLI as the admin account, trusting the gateway's CA.
