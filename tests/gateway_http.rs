@@ -624,8 +624,8 @@ fn revocation_beats_earlier_bearer_tokens() {
     }
 }
 
-#[tokio::test]
-async fn expired_password_is_refused_on_the_next_request() {
+#[test]
+fn expired_password_is_refused_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&dir);
@@ -640,9 +640,17 @@ async fn expired_password_is_refused_on_the_next_request() {
     // The admin API only takes whole days: set a near expiry in the store directly.
     let expires_at = now_unix() + 6;
     let store = IdentityStore::open(&data.join("control.redb")).unwrap();
-    let generated = store
-        .generate_passwords("expiring-bot", &[PasswordSlot::Password1], Some(expires_at))
-        .await
+    // The store's writes are async; this test's HTTP clients are blocking ones, which
+    // must not run inside a runtime.
+    let generated = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(store.generate_passwords(
+            "expiring-bot",
+            &[PasswordSlot::Password1],
+            Some(expires_at),
+        ))
         .unwrap();
     let password = generated.passwords[0].value.clone();
     drop(store);
