@@ -299,10 +299,7 @@ impl PgTrustStore {
     ) -> Result<(T, bool), E> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&gun_lock(gun)])
-            .await
-            .map_err(pg_err)?;
-        lock_enabled(&tx).await?;
+        lock_gun(&tx, gun).await?;
         let data = load_gun(&tx, gun, true).await?;
         let (changes, value) = write(&data)?;
         if changes.is_empty() {
@@ -325,10 +322,7 @@ impl PgTrustStore {
     ) -> Result<(), TrustStoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&gun_lock(gun)])
-            .await
-            .map_err(pg_err)?;
-        lock_enabled(&tx).await?;
+        lock_gun(&tx, gun).await?;
         delete_gun(&tx, gun, now).await?;
         notify(&tx, gun).await?;
         tx.commit().await.map_err(pg_err)
@@ -372,6 +366,17 @@ fn kek_params(rows: &[Row]) -> Option<KekParams> {
             .map(|r| r.get::<_, Vec<u8>>("value"))
     };
     get("salt").zip(get("check"))
+}
+
+/// Takes `gun`'s write lock and [`lock_enabled`], both until the transaction ends.
+async fn lock_gun(
+    tx: &deadpool_postgres::Transaction<'_>,
+    gun: &str,
+) -> Result<(), TrustStoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&gun_lock(gun)])
+        .await
+        .map_err(pg_err)?;
+    lock_enabled(tx).await
 }
 
 /// Holds the switch row FOR SHARE until the transaction ends; refuses when it is off.
