@@ -93,6 +93,24 @@ pub struct RepositoryRequest {
     pub kind: RequestKind,
 }
 
+impl RepositoryRequest {
+    /// The bundled store's route of a pull (manifest or blob GET/HEAD), handed to it so
+    /// it does not parse the path again; `None` for the rest.
+    pub fn pull_route(&self) -> Option<oci::Route> {
+        match &self.kind {
+            RequestKind::ManifestGet { reference } => Some(oci::Route::Manifest {
+                name: self.repository.clone(),
+                reference: reference.clone(),
+            }),
+            RequestKind::BlobGet { digest } => Some(oci::Route::Blob {
+                name: self.repository.clone(),
+                digest: digest.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestKind {
     /// GET and HEAD.

@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::task::AtomicWaker;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -60,6 +60,8 @@ use super::proxy::{API_VERSION, API_VERSION_HEADER};
 const DESCRIPTOR_RESERVE: usize = 256;
 /// Headers a request head may have (pingora's parser allows as many).
 const MAX_HEADERS: usize = 256;
+/// Bytes a read of a request head asks for at least.
+const HEAD_READ: usize = 4096;
 /// Longest a refusal written before any request was read may take to send.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -204,7 +206,11 @@ impl Tracker {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(BUSY - 1)
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(BUSY - 1)
     }
 
     /// Admits a connection from `peer`, shedding the oldest idle connection when the
@@ -428,9 +434,10 @@ fn raw_response(error: &GatewayError) -> Vec<u8> {
 enum Phase {
     /// Buffering a request head until it is complete or the deadline passes.
     Head {
-        deadline: Pin<Box<Sleep>>,
         /// The connection's first request (its deadline runs from the accept).
         first: bool,
+        /// The head started arriving and [`Guarded::deadline`] is now its deadline.
+        timed: bool,
     },
     /// Handing a complete head (and whatever followed it) to the HTTP parser; then
     /// HTTP/2 passes through (`h2`) or the request goes on.
@@ -453,6 +460,12 @@ pub struct Guarded {
     _admission: Admission,
     phase: Phase,
     head: BytesMut,
+    /// When the current wait (keep-alive, or a head arriving) ends.
+    deadline: Instant,
+    /// One timer for the connection's life, never later than `deadline`: moving it costs
+    /// a lock of the timer wheel, so a later `deadline` only takes effect when the timer
+    /// fires early and is re-armed (at most once per timeout, not once per request).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -465,22 +478,24 @@ impl std::fmt::Debug for Guarded {
 
 impl Guarded {
     fn new(inner: Stream, conn: Arc<Conn>, admission: Admission) -> Guarded {
-        let limits = admission.tracker.limits.clone();
         let phase = if matches!(inner.selected_alpn_proto(), Some(ALPN::H2)) {
             conn.idle_since.store(BUSY, Ordering::Release);
             Phase::Passthrough
         } else {
             Phase::Head {
-                deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
                 first: true,
+                timed: true,
             }
         };
+        let deadline = Instant::now() + admission.tracker.limits.header_timeout;
         Guarded {
             inner,
             conn,
             _admission: admission,
             phase,
             head: BytesMut::new(),
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
         }
     }
 
@@ -491,13 +506,51 @@ impl Guarded {
     /// Waiting for the next request on a kept-alive connection.
     fn await_next_request(&mut self) {
         let tracker = &self._admission.tracker;
+        let now = Instant::now();
         self.conn
             .idle_since
-            .store(tracker.now_ms(), Ordering::Release);
+            .store(tracker.ms_at(now), Ordering::Release);
+        self.deadline = now + tracker.limits.keepalive_timeout;
         self.phase = Phase::Head {
-            deadline: Box::pin(tokio::time::sleep(tracker.limits.keepalive_timeout)),
             first: false,
+            timed: false,
         };
+    }
+
+    /// Whether the current wait's deadline has passed; otherwise the timer is armed to
+    /// wake the task by then.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer.deadline() > self.deadline.into() {
+            self.timer.as_mut().reset(self.deadline.into());
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            // Fired at an earlier wait's deadline: re-armed for this one's.
+            self.timer.as_mut().reset(self.deadline.into());
+        }
+        false
+    }
+
+    /// Whether `head` holds a complete request head (or one the HTTP parser will refuse
+    /// at once), `new` being how many bytes the last read added.
+    fn head_complete(head: &[u8], new: usize) -> bool {
+        // The usual head ends in CRLF CRLF after a request line: found with one scan of
+        // the new bytes. Anything else (bare LFs, blank lines before the request line, a
+        // malformed or partial head) is decided by the parser itself.
+        let from = head.len().saturating_sub(new + 3);
+        if let Some(end) = memchr::memmem::find(&head[from..], b"\r\n\r\n")
+            && head[..from + end].iter().any(|&b| b != b'\r' && b != b'\n')
+        {
+            return true;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // A malformed head goes to pingora as well, which answers 400.
+        !matches!(
+            httparse::Request::new(&mut headers).parse(head),
+            Ok(httparse::Status::Partial)
+        )
     }
 
     /// Ends the stream for the HTTP parser, with a debug line saying why.
@@ -516,9 +569,9 @@ impl Guarded {
             return self.close("idle connection shed at the connection cap");
         }
         loop {
-            let mut chunk = [0u8; 4096];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+            let before = self.head.len();
+            self.head.reserve(HEAD_READ);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.head) {
                 Poll::Ready(Err(e)) => {
                     if !self.head.is_empty() {
                         tracing::debug!(error = %e, "client connection failed mid-head");
@@ -526,7 +579,7 @@ impl Guarded {
                     self.phase = Phase::Closed;
                     return Poll::Ready(Err(e));
                 }
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                Poll::Ready(Ok(0)) => {
                     return if self.head.is_empty() {
                         self.phase = Phase::Closed;
                         Poll::Ready(Ok(()))
@@ -536,54 +589,44 @@ impl Guarded {
                         )
                     };
                 }
-                Poll::Ready(Ok(())) => {
-                    if self.head.is_empty() {
+                Poll::Ready(Ok(n)) => {
+                    if before == 0 {
                         self.conn.idle_since.store(BUSY, Ordering::Release);
-                        let header_timeout = self.limits().header_timeout;
-                        if let Phase::Head {
-                            deadline,
-                            first: false,
-                        } = &mut self.phase
-                        {
-                            deadline
-                                .as_mut()
-                                .reset(tokio::time::Instant::now() + header_timeout);
-                        }
                     }
-                    self.head.extend_from_slice(buf.filled());
                     if self.head.starts_with(b"PRI * HTTP/2.0") {
                         // The h2c preface: HTTP/2 from here on.
                         self.phase = Phase::Deliver { h2: true };
                         return Poll::Ready(Ok(()));
                     }
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::Request::new(&mut headers).parse(&self.head) {
-                        // A malformed head goes to pingora as well, which answers 400.
-                        Ok(httparse::Status::Complete(_)) | Err(_) => {
-                            self.phase = Phase::Deliver { h2: false };
-                            return Poll::Ready(Ok(()));
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            let max = self.limits().max_header_bytes;
-                            if self.head.len() > max {
-                                tracing::debug!(max, "request head too large");
-                                self.phase = Phase::Refuse {
-                                    response: raw_response(&GatewayError::HeadTooLarge(max)),
-                                    written: 0,
-                                };
-                                return Poll::Ready(Ok(()));
-                            }
-                        }
+                    if Self::head_complete(&self.head, n) {
+                        self.phase = Phase::Deliver { h2: false };
+                        return Poll::Ready(Ok(()));
+                    }
+                    let max = self.limits().max_header_bytes;
+                    if self.head.len() > max {
+                        tracing::debug!(max, "request head too large");
+                        self.phase = Phase::Refuse {
+                            response: raw_response(&GatewayError::HeadTooLarge(max)),
+                            written: 0,
+                        };
+                        return Poll::Ready(Ok(()));
                     }
                 }
                 Poll::Pending => {
-                    let Phase::Head { deadline, first } = &mut self.phase else {
+                    let Phase::Head { first, timed } = &mut self.phase else {
                         return Poll::Pending;
                     };
-                    if deadline.as_mut().poll(cx).is_pending() {
+                    let first = *first;
+                    if !self.head.is_empty() && !*timed {
+                        // A head arriving in pieces: from now on the header timeout
+                        // bounds it instead of the keep-alive one.
+                        *timed = true;
+                        self.deadline = Instant::now() + self.limits().header_timeout;
+                    }
+                    if !self.poll_deadline(cx) {
                         return Poll::Pending;
                     }
-                    let why = match (self.head.is_empty(), *first) {
+                    let why = match (self.head.is_empty(), first) {
                         (true, false) => "keep-alive idle timeout",
                         (true, true) => "no request within the header timeout",
                         (false, _) => "request head not complete within the header timeout",
@@ -640,7 +683,8 @@ impl AsyncRead for Guarded {
                 Phase::Deliver { h2 } => {
                     let h2 = *h2;
                     let n = out.remaining().min(this.head.len());
-                    out.put_slice(&this.head.split_to(n));
+                    out.put_slice(&this.head[..n]);
+                    this.head.advance(n);
                     if this.head.is_empty() {
                         this.phase = if h2 {
                             Phase::Passthrough
@@ -786,6 +830,21 @@ mod tests {
         .unwrap();
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         assert!(text.contains("retry-after: 3\r\n"));
+    }
+
+    #[test]
+    fn a_head_is_complete_at_its_blank_line_whatever_the_reads() {
+        let head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(Guarded::head_complete(head, head.len()));
+        // The blank line split across reads.
+        assert!(Guarded::head_complete(head, 1));
+        assert!(!Guarded::head_complete(&head[..head.len() - 1], 4));
+        // Bare LFs, as httparse (and pingora) take them.
+        assert!(Guarded::head_complete(b"GET / HTTP/1.1\nHost: x\n\n", 3));
+        // Blank lines before the request line are no head.
+        assert!(!Guarded::head_complete(b"\r\n\r\nGET / HTT", 12));
+        // Garbage goes to the parser at once, which answers 400.
+        assert!(Guarded::head_complete(b"\x00\x01zz", 4));
     }
 
     #[test]

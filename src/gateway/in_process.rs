@@ -16,6 +16,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, Result};
 use portcullis_storage::Registry;
+use portcullis_storage::route::Route;
 use tokio::sync::mpsc::Sender;
 
 use super::proxy::{REQUEST_ID, RequestCtx, in_process_request, read_body, with_query};
@@ -24,7 +25,8 @@ use super::proxy::{REQUEST_ID, RequestCtx, in_process_request, read_body, with_q
 /// the in-process store: enough to keep both sides busy, small enough to bound memory.
 const BODY_QUEUE: usize = 16;
 
-/// Runs the bundled store's HTTP API on the request and writes its response.
+/// Runs the bundled store's HTTP API on the request (whose path parses to `route` when
+/// given) and writes its response.
 /// A request body streams from the client into the store through a short queue, so
 /// uploads are hashed and written once, in memory bounded by the queue; the response
 /// body streams back the same way.
@@ -32,6 +34,7 @@ pub(super) async fn serve(
     session: &mut ServerSession,
     ctx: &RequestCtx,
     store: &Arc<Registry>,
+    route: Option<Route>,
 ) -> Result<bool> {
     let mut request = in_process_request(session, Body::empty())?;
     // The store trusts the gateway's decision; it never sees the credentials.
@@ -45,7 +48,7 @@ pub(super) async fn serve(
             Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|chunk| (chunk, rx))
             }));
-        let call = pin!(portcullis_storage::serve(store, request));
+        let call = pin!(portcullis_storage::serve_route(store, route, request));
         let pump = pin!(pump_request_body(session, tx));
         match select(call, pump).await {
             // The store answered without reading the whole body (a refusal).
@@ -58,7 +61,10 @@ pub(super) async fn serve(
             }
         }
     } else {
-        (portcullis_storage::serve(store, request).await, true)
+        (
+            portcullis_storage::serve_route(store, route, request).await,
+            true,
+        )
     };
     if !body_read {
         // The rest of the request body is not worth draining.

@@ -47,7 +47,7 @@ use crate::identity::Principal;
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
 pub(super) const API_VERSION: &str = "registry/2.0";
 pub(super) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
-pub(super) const REQUEST_ID: &str = "x-request-id";
+pub(super) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// Longest `X-Request-Id` taken from a client.
 const REQUEST_ID_MAX: usize = 128;
 
@@ -69,7 +69,19 @@ fn generated_request_id() -> Arc<str> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    Arc::from(format!("{prefix:016x}{n:016x}"))
+    Arc::from(std::str::from_utf8(&hex_id(prefix, n)).unwrap_or_default())
+}
+
+/// `{prefix:016x}{n:016x}`, written by hand: `format!` cost more than the rest of
+/// [`Proxy::identify`] per request.
+fn hex_id(prefix: u64, n: u64) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, byte) in id.iter_mut().enumerate() {
+        let word = if i < 16 { prefix } else { n };
+        *byte = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    }
+    id
 }
 
 /// Which listener a proxy instance serves.
@@ -110,6 +122,8 @@ pub struct RequestCtx {
     /// The repository of an authorized manifest PUT or DELETE: once the backend has
     /// answered, its cached signature verifications are redone.
     manifest_write: Option<String>,
+    /// The bundled store's route of an authorized pull, as classified here.
+    store_route: Option<portcullis_storage::route::Route>,
 }
 
 impl Proxy {
@@ -293,7 +307,10 @@ impl Proxy {
             ctx.manifest_write = Some(req.repository.clone());
         }
         match decided {
-            Ok(access::Disposition::Forward) => self.forward(session, ctx).await,
+            Ok(access::Disposition::Forward) => {
+                ctx.store_route = req.pull_route();
+                self.forward(session, ctx).await
+            }
             Ok(access::Disposition::ForwardWithQuery(query)) => {
                 ctx.query = Some(query);
                 self.forward(session, ctx).await
@@ -313,7 +330,8 @@ impl Proxy {
     async fn forward(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<bool> {
         match &self.gw.backend {
             Backend::Bundled { registry } => {
-                let served = in_process::serve(session, ctx, registry).await;
+                let route = ctx.store_route.take();
+                let served = in_process::serve(session, ctx, registry, route).await;
                 let failed = session
                     .response_written()
                     .is_some_and(|r| r.status.is_server_error());
@@ -404,6 +422,7 @@ impl Proxy {
             route: "unclassified",
             principal: None,
             manifest_write: None,
+            store_route: None,
             has_body: false,
             query: None,
             request_id: Arc::from(""),
@@ -786,6 +805,18 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_request_ids_are_prefix_and_counter_in_hex() {
+        for (prefix, n) in [(0, 0), (u64::MAX, 1), (0x0123_4567_89ab_cdef, 0xfedc_ba98)] {
+            let id = hex_id(prefix, n);
+            assert_eq!(
+                std::str::from_utf8(&id).unwrap(),
+                format!("{prefix:016x}{n:016x}")
+            );
+        }
+        assert_ne!(generated_request_id(), generated_request_id());
+    }
 
     #[test]
     fn bodies_are_declared_by_length_or_chunking() {

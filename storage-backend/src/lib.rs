@@ -58,7 +58,7 @@ pub mod s3;
 pub mod upload;
 
 pub use error::StorageError;
-pub use http::{RangeRequest, parse_range, router, serve};
+pub use http::{RangeRequest, parse_range, router, serve, serve_route};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};
 pub use portcullis_oci::{errcode, names, route};
 pub use registry::{GcStats, Registry, StorageConfig, Stores};

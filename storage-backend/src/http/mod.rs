@@ -42,10 +42,16 @@ async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
 /// Answers one `/v2/…` request: what [`router`] serves, without its routing layer, for a
 /// caller that has already classified the request (the gateway, in process).
 pub async fn serve(reg: &Arc<Registry>, req: Request) -> Response {
+    serve_route(reg, None, req).await
+}
+
+/// [`serve`] for a caller that parsed the request's path already: `route` is what
+/// [`Route::parse`] made of it (`None`: parsed here).
+pub async fn serve_route(reg: &Arc<Registry>, route: Option<Route>, req: Request) -> Response {
     let method = req.method().clone();
     // A cheap clone (shared bytes), kept for the log line of a refusal.
     let uri = req.uri().clone();
-    let mut response = match handle(reg, &method, req).await {
+    let mut response = match handle(reg, &method, route, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, path = uri.path(), error = %e, "request refused");
@@ -86,9 +92,14 @@ impl Query {
     }
 }
 
-async fn handle(reg: &Arc<Registry>, m: &Method, req: Request) -> Result<Response, StorageError> {
+async fn handle(
+    reg: &Arc<Registry>,
+    m: &Method,
+    route: Option<Route>,
+    req: Request,
+) -> Result<Response, StorageError> {
     let head = m == Method::HEAD;
-    let route = match Route::parse(req.uri().path()) {
+    let route = match route.map_or_else(|| Route::parse(req.uri().path()), Ok) {
         // What cannot exist is missing, as registries answer any missing manifest.
         Err(RouteError::ManifestReference {
             name, reference, ..
