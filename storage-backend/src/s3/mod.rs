@@ -18,10 +18,13 @@
 //! state in the database; bytes (parts and the < 8 MiB tail) in S3.
 //!
 //! A request holds the session by a lease in its record (claimed by compare-and-swap,
-//! renewed before each part it sends): a second request on the session from any process
-//! meanwhile is refused ([`StorageError::UploadBusy`], 416), so two processes never send
-//! the same part number. A process killed mid-request blocks the session for at most
-//! [`LEASE_SECS`].
+//! renewed while its body arrives and before each part it sends), so two processes never
+//! send the same part number. A request of another process waits for the lease to be
+//! given up or to run out: when a process is killed mid-request and a load balancer
+//! repeats the request on another process (HAProxy's redispatch), the repeat continues
+//! the session at most [`LEASE_SECS`] later instead of failing. A lease that stays held
+//! longer than that (a live request still writing) refuses the waiter
+//! ([`StorageError::UploadBusy`], 416).
 //!
 //! A request that fails midway leaves the session as it was before the request or, when
 //! only the client's body broke, with what arrived recorded; the offset always names a
@@ -66,8 +69,12 @@ pub const PART: usize = 8 * 1024 * 1024;
 const SESSION_LOCKS: usize = 64;
 
 /// How long a request holds an upload session against requests of other processes
-/// (renewed before each part it sends).
-pub const LEASE_SECS: u64 = 60;
+/// (renewed once half of it has passed): short, since a request repeated after its
+/// first process died waits this long.
+pub const LEASE_SECS: u64 = 15;
+
+/// How often a request waiting for another process's lease looks at it again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 /// An upload session's record (JSON, in the metadata store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +129,8 @@ pub struct S3BlobStore {
     config: S3Config,
     meta: Arc<dyn MetadataStore>,
     session_locks: [Mutex<()>; SESSION_LOCKS],
+    /// [`LEASE_SECS`]; shorter in tests.
+    lease_secs: u64,
 }
 
 /// A failed S3 request on `key`.
@@ -144,6 +153,7 @@ impl S3BlobStore {
             config: config.clone(),
             meta,
             session_locks: std::array::from_fn(|_| Mutex::new(())),
+            lease_secs: LEASE_SECS,
         })
     }
 
@@ -299,26 +309,47 @@ impl S3BlobStore {
         }
     }
 
-    /// Takes the lease of session `id` for this request.
+    /// Takes the lease of session `id` for this request, waiting (a little longer than
+    /// one lease) while another process holds it.
     async fn claim(&self, id: &str) -> Result<Held, StorageError> {
-        let (mut session, version) = self.load(id).await?;
-        let now = now_secs();
-        if session.lease_until > now {
-            return Err(StorageError::UploadBusy(id.to_owned()));
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(self.lease_secs + 1);
+        loop {
+            let (mut session, version) = self.load(id).await?;
+            let now = now_secs();
+            if session.lease_until <= now {
+                session.lease_until = now + self.lease_secs;
+                // Lost to another waiter: it holds the session now, so wait on.
+                match self.store(id, &session, version).await {
+                    Ok(version) => {
+                        return Ok(Held {
+                            id: id.to_owned(),
+                            session,
+                            version,
+                        });
+                    }
+                    Err(StorageError::UploadBusy(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(StorageError::UploadBusy(id.to_owned()));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
         }
-        session.lease_until = now + LEASE_SECS;
-        let version = self.store(id, &session, version).await?;
-        Ok(Held {
-            id: id.to_owned(),
-            session,
-            version,
-        })
     }
 
-    /// Extends the lease (before a part is sent); fails if the lease was lost.
+    /// Extends the lease; fails if the lease was lost.
     async fn renew(&self, held: &mut Held) -> Result<(), StorageError> {
-        held.session.lease_until = now_secs() + LEASE_SECS;
+        held.session.lease_until = now_secs() + self.lease_secs;
         held.version = self.store(&held.id, &held.session, held.version).await?;
+        Ok(())
+    }
+
+    /// Extends the lease once half of it has passed (a body arriving slowly).
+    async fn keep(&self, held: &mut Held) -> Result<(), StorageError> {
+        if held.session.lease_until < now_secs() + self.lease_secs / 2 + 1 {
+            self.renew(held).await?;
+        }
         Ok(())
     }
 
@@ -646,6 +677,9 @@ impl Parts {
                 Err(e) => return Ok(Some(e)),
             };
             self.buf.extend_from_slice(&chunk);
+            if let Some(held) = &mut self.lease {
+                store.keep(held).await?;
+            }
             while self.buf.len() >= PART {
                 let part = self.buf.split_to(PART).freeze();
                 self.hasher.update(&part);
@@ -1119,70 +1153,113 @@ mod tests {
         ));
     }
 
-    /// Two processes on one session: while one request holds it (its body still
-    /// arriving), the other's is refused with the session untouched; once the first
-    /// is done the second continues at its offset, and nothing sent was lost.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_has_one_writer_across_processes() {
-        let (config, url) = (config(), database());
-        let (a, b) = (
-            Arc::new(S3BlobStore::connect(&config, pg(&url).await).unwrap()),
-            S3BlobStore::connect(&config, pg(&url).await).unwrap(),
-        );
-        let data = content(PART + 1000);
-        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
-        a.create_upload("w").await.unwrap();
+    /// A body whose first chunk (`first`) arrives at once and whose end waits for the
+    /// returned sender.
+    fn stalled(first: &[u8]) -> (ByteStream, tokio::sync::oneshot::Sender<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let first = Bytes::copy_from_slice(&data[..PART + 10]);
-        // A body whose first chunk arrives at once and whose end waits for `tx`.
-        let slow: ByteStream =
+        let first = Bytes::copy_from_slice(first);
+        let body: ByteStream =
             Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(
                 futures_util::stream::once(async move {
                     let _ = rx.await;
                     Ok(Bytes::new())
                 }),
             ));
-        let writer = {
-            let a = Arc::clone(&a);
-            tokio::spawn(
-                async move { a.append_upload("w", Some((0, PART as u64 + 9)), slow).await },
-            )
-        };
-        // Until `a` holds the session (its part sent under the lease).
+        (body, tx)
+    }
+
+    /// Until some request holds session `id`.
+    async fn until_held(store: &S3BlobStore, id: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (session, _) = b.load("w").await.unwrap();
-            if session.lease_until > 0 {
-                break;
-            }
+        while store.load(id).await.unwrap().0.lease_until == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the first request never started"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let err = b
+    }
+
+    /// Two processes on one session: while one request holds it (its body still
+    /// arriving), the other's waits, then continues at the offset the first left;
+    /// nothing sent was lost. A waiter gives up on a lease held longer than one lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_has_one_writer_across_processes() {
+        let (config, url) = (config(), database());
+        let a = Arc::new(S3BlobStore::connect(&config, pg(&url).await).unwrap());
+        let b = Arc::new(S3BlobStore::connect(&config, pg(&url).await).unwrap());
+        let mut impatient = S3BlobStore::connect(&config, pg(&url).await).unwrap();
+        impatient.lease_secs = 1;
+        let data = content(PART + 1000);
+        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+        a.create_upload("w").await.unwrap();
+        let (slow, tx) = stalled(&data[..PART + 10]);
+        let writer = {
+            let a = Arc::clone(&a);
+            tokio::spawn(
+                async move { a.append_upload("w", Some((0, PART as u64 + 9)), slow).await },
+            )
+        };
+        until_held(&b, "w").await;
+
+        let started = std::time::Instant::now();
+        let err = impatient
             .append_upload("w", Some((0, 99)), body(&data[..100]))
             .await
             .unwrap_err();
         assert!(matches!(err, StorageError::UploadBusy(_)), "{err}");
-        let lock = Mutex::new(());
-        let err = b
-            .commit_upload("w", &digest, body(&data), &lock)
-            .await
-            .map(|(size, _)| size)
-            .unwrap_err();
-        assert!(matches!(err, StorageError::UploadBusy(_)), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "gave up at once"
+        );
+
+        let next = PART as u64 + 10;
+        let waiter = {
+            let (b, chunk) = (Arc::clone(&b), body(&data[PART + 10..PART + 110]));
+            tokio::spawn(async move { b.append_upload("w", Some((next, next + 99)), chunk).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "wrote while the session was held");
         tx.send(()).unwrap();
-        assert_eq!(writer.await.unwrap().unwrap(), PART as u64 + 10);
-        assert_eq!(b.upload_offset("w").await.unwrap(), PART as u64 + 10);
+        assert_eq!(writer.await.unwrap().unwrap(), next);
+        assert_eq!(waiter.await.unwrap().unwrap(), next + 100);
+        let lock = Mutex::new(());
         let (size, placed) = b
-            .commit_upload("w", &digest, body(&data[PART + 10..]), &lock)
+            .commit_upload("w", &digest, body(&data[PART + 110..]), &lock)
             .await
             .unwrap();
         drop(placed);
         assert_eq!(size, data.len() as u64);
         assert_eq!(read(&b, &digest, 0, size).await, data);
         assert!(b.meta.upload_state("w").await.unwrap().is_none());
+    }
+
+    /// A process killed while it held a session (its lease never given up): the request
+    /// a load balancer repeats on another process waits for the lease to run out, then
+    /// completes the upload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_holder_delays_the_repeated_request_by_one_lease() {
+        let (config, url) = (config(), database());
+        let mut dead = S3BlobStore::connect(&config, pg(&url).await).unwrap();
+        dead.lease_secs = 2;
+        let other = S3BlobStore::connect(&config, pg(&url).await).unwrap();
+        let data = content(1000);
+        let digest = Digest::from_sha256(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+        dead.create_upload("k").await.unwrap();
+        let _ = dead.claim("k").await.unwrap();
+
+        let started = std::time::Instant::now();
+        let lock = Mutex::new(());
+        let (size, placed) = other
+            .commit_upload("k", &digest, body(&data), &lock)
+            .await
+            .unwrap();
+        drop(placed);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "took a held lease"
+        );
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(read(&other, &digest, 0, size).await, data);
     }
 }
