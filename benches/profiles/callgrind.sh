@@ -4,12 +4,15 @@
 # and a 1 MiB layer) is pushed and 300 unmeasured requests, `ab -k -c 1 -n 2000` on one
 # keep-alive connection is counted between `callgrind_control -z` and `-d`.
 #
-#   benches/profiles/callgrind.sh store|gateway GET|HEAD   (BIN_DIR=target/release)
+#   benches/profiles/callgrind.sh store|gateway|upstream GET|HEAD   (BIN_DIR=target/release)
+#
+# `upstream`: the gateway with `--upstream` in front of Debian's docker-registry (not
+# counted; it runs outside callgrind, as `registry.log` of the printed directory shows).
 #
 # Prints the instructions per request; the callgrind output stays in the printed directory
 # for callgrind_annotate. Callgrind counts instructions, so a busy machine does not move it.
 set -euo pipefail
-target=${1:?store or gateway}
+target=${1:?store, gateway or upstream}
 method=${2:?GET or HEAD}
 bin=${BIN_DIR:-target/release}
 dir=$(mktemp -d /tmp/portcullis-callgrind-XXXXXX)
@@ -20,12 +23,22 @@ password=callgrind-admin-password
 case $target in
   store) cmd=("$bin/portcullis-storage" serve --listen "127.0.0.1:$port" --data-dir "$dir/data") ;;
   gateway) cmd=("$bin/portcullis" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --audit-log off) ;;
-  *) echo "target: store or gateway" >&2; exit 2 ;;
+  upstream)
+    up=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$dir/registry"
+    printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+      "$dir/registry" "$up" >"$dir/registry.yml"
+    docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+    registry=$!
+    cmd=("$bin/portcullis" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --audit-log off
+      --upstream "http://127.0.0.1:$up")
+    target=gateway ;;
+  *) echo "target: store, gateway or upstream" >&2; exit 2 ;;
 esac
 PORTCULLIS_ADMIN_PASSWORD=$password RUST_LOG=warn \
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "${cmd[@]}" 2>"$dir/server.log" &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+trap 'kill $server ${registry:-} 2>/dev/null || true' EXIT
 for _ in $(seq 600); do curl -s -o /dev/null "$base/v2/" && break; sleep 0.2; done
 
 auth=()
@@ -73,4 +86,4 @@ callgrind_control -d "$server" >/dev/null 2>&1
 sleep 1
 total=$(callgrind_annotate "$(ls -t "$dir"/callgrind.out* | head -1)" 2>/dev/null \
   | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-echo "$target $method: $((total / 2000)) instructions per request ($dir)"
+echo "$1 $method: $((total / 2000)) instructions per request ($dir)"
