@@ -12,9 +12,12 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use portcullis_storage::cli::BlobArgs;
 use portcullis_storage::s3::S3Settings;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::audit::Audit;
 use crate::gateway::config::{Config, FileConfig, LogFormat, Overrides};
+use crate::gateway::connections::HandshakeLog;
 use crate::gateway::server;
 use crate::identity::AdminPasswordSource;
 use crate::trust::kek::PassphraseSource;
@@ -266,9 +269,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Ignore a second initialisation (tests may call in-process).
     let _ = match config.log_format {
         // Colour only for a terminal: journald and log files get plain text.
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(HandshakeLog)
+            .try_init(),
         // Fields at the top level of each object, beside `timestamp`, `level`, `target`.
-        LogFormat::Json => logs.json().flatten_event(true).try_init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(HandshakeLog)
+            .try_init(),
     };
     // `./policies` (the shipped policies when run from a checkout) comes first.
     let default_policies = PathBuf::from("policies");

@@ -24,6 +24,10 @@
 //!
 //! HTTP/2 connections (ALPN `h2`, or the h2c preface) pass through after the first
 //! bytes: their idle timeout is pingora's `h2_idle_timeout`.
+//!
+//! A TLS handshake the client abandons happens before any app sees the connection, and
+//! pingora's listener logs it at ERROR; [`HandshakeLog`] turns those lines into debug
+//! lines here too.
 
 use std::collections::HashMap;
 use std::io;
@@ -807,6 +811,63 @@ impl Peek for Guarded {
         };
         tracing::debug!(reason = why, "closing a client connection");
         Err(io::ErrorKind::TimedOut.into())
+    }
+}
+
+/// Where pingora's listener logs (through the `log` crate) a TLS handshake that failed or
+/// timed out.
+const PINGORA_LISTENER: &str = "pingora_core::services::listening";
+
+/// A `tracing` layer that drops pingora's ERROR line for an abandoned TLS handshake (a
+/// port scan, a load balancer's TCP check, a client that distrusts the certificate: the
+/// client's doing, one per connection) and logs it as a debug line of this module, like
+/// every other connection dropped before a request. Other pingora errors pass.
+pub struct HandshakeLog;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeLog {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        // A `log` record comes with the target "log"; its own is a field.
+        let mut fields = LogFields::default();
+        event.record(&mut fields);
+        let from_listener = event.metadata().target() == PINGORA_LISTENER
+            || fields.target.as_deref() == Some(PINGORA_LISTENER);
+        match fields.message {
+            Some(line) if from_listener && line.starts_with("Downstream handshake") => {
+                tracing::debug!(error = %line, "tls handshake not completed");
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The message and the `log` target of an event.
+#[derive(Default)]
+struct LogFields {
+    message: Option<String>,
+    target: Option<String>,
+}
+
+impl tracing::field::Visit for LogFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = Some(value.to_owned()),
+            "log.target" => self.target = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = Some(format!("{value:?}"));
+        }
     }
 }
 
