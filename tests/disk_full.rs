@@ -1,8 +1,9 @@
 //! Disk full: the gateway's data directory on a 64 MiB tmpfs. Uploads fill it; clients
 //! get 507 `INSUFFICIENT_STORAGE` JSON, never a hang; control-plane writes too; every
 //! write acknowledged before stays readable byte-exact; once space is freed the same
-//! server takes blob and manifest writes again (no restart; control-plane writes need
-//! one, see below); and `portcullis fsck` finds the directory clean afterwards.
+//! server takes blob, manifest and control-plane writes again (no restart: both redb
+//! files are reopened after their failed commits); a restart needs no repair; and
+//! `portcullis fsck` finds the directory clean afterwards.
 //!
 //! Mounting needs root, so the test is ignored by `cargo test`; `scripts/disk-full` runs
 //! it (`cargo test --test disk_full -- --ignored`), and there it fails, not skips, when
@@ -200,7 +201,8 @@ fn full_disk_gets_507_loses_nothing_and_recovers_without_restart() {
     );
     let r = create_scope_map(&c, &base, "during");
     eprintln!("scope map create on a full disk: {}", r.status());
-    if r.status().as_u16() != 201 {
+    let control_refused = r.status().as_u16() != 201;
+    if control_refused {
         assert_full(r, "scope map create");
     }
 
@@ -250,18 +252,29 @@ fn full_disk_gets_507_loses_nothing_and_recovers_without_restart() {
     assert_eq!(r.status(), 201, "manifest put after space was freed");
     manifests.push(("after", after_manifest));
     check_acked(&base, &acked, &manifests, "after space was freed");
-    // Not yet: the control plane (`control.redb`, shared by the identity and trust stores)
-    // keeps refusing writes after a failed commit until the server restarts (redb latches
-    // the handle; the data plane's store reopens its own).
+    // The control plane (`control.redb`, whose handle redb latches after a failed
+    // commit) takes writes again too, on the same server.
+    let r = create_scope_map(&c, &base, "after");
+    assert_eq!(
+        r.status(),
+        201,
+        "scope map after space was freed: {}",
+        r.text().unwrap()
+    );
     let log = server.stderr();
     assert!(
         log.contains("metadata database reopened after an i/o failure"),
         "the store never had to reopen its database, so recovery went untested:\n{log}"
     );
+    assert!(
+        !control_refused || log.contains("control-plane database reopened after an i/o failure"),
+        "control.redb refused a write but was never reopened:\n{log}"
+    );
+    // And a restart needs no repair.
     server.stop();
     let server = Server::start(&data, Some(ADMIN_PASSWORD));
     let base = server.base.clone();
-    let r = create_scope_map(&c, &base, "after");
+    let r = create_scope_map(&c, &base, "after-restart");
     assert_eq!(
         r.status(),
         201,

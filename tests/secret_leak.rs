@@ -19,7 +19,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use redb::ReadableTable as _;
 use reqwest::StatusCode;
 use reqwest::blocking::RequestBuilder;
 use serde_json::Value;
@@ -27,6 +27,7 @@ use serde_json::Value;
 use common::ADMIN_PASSWORD;
 use common::trust::{Fixture, TrustGateway};
 use content::TestImage;
+use portcullis::control_plane::EmbeddedDb;
 use portcullis::trust::kek::{self, PassphraseSource};
 use portcullis::trust::store::TrustStore;
 
@@ -170,7 +171,7 @@ fn no_secret_reaches_the_logs() {
 
     // The token-signing keys (sealed in control.redb) and every server-held trust key,
     // opened with the KEK.
-    let db = Arc::new(redb::Database::open(data_dir.join("control.redb")).unwrap());
+    let db = Arc::new(EmbeddedDb::open_existing(&data_dir.join("control.redb")).unwrap());
     let store = TrustStore::open(Arc::clone(&db)).unwrap();
     let (kek, _) = kek::unlock(
         &store,
@@ -230,7 +231,7 @@ fn no_secret_reaches_the_logs() {
 
 /// The token-signing keys in `control.redb` (JSON records with the PKCS#8 key sealed by
 /// the KEK under `token-signing-key\n<kid>`), each checked to be sealed.
-fn signing_keys(db: &redb::Database, kek: &kek::Kek) -> Vec<p256::SecretKey> {
+fn signing_keys(db: &EmbeddedDb, kek: &kek::Kek) -> Vec<p256::SecretKey> {
     const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("signing_keys");
     let txn = db.begin_read().unwrap();
     let table = txn.open_table(TABLE).unwrap();

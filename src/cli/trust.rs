@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::control_plane::EmbeddedDb;
 use crate::gateway::config::{ControlPlane, DEFAULT_DATA_DIR};
 use crate::gateway::signing_keys;
 use crate::trust::kek::{self, PASSPHRASE_FILE, PassphraseSource};
@@ -74,7 +75,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
         );
     }
     let path = args.data_dir.join("control.redb");
-    let db = redb::Database::open(&path).with_context(|| {
+    let db = EmbeddedDb::open_existing(&path).with_context(|| {
         format!(
             "opening `{}` (is the server still running?)",
             path.display()

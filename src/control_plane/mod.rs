@@ -4,6 +4,7 @@
 //! tables in it; this module owns the connection, the schema and the change listener,
 //! and [`ControlDb`], the choice between the two that the key and policy stores take.
 
+mod embedded;
 mod pg;
 pub mod policies;
 pub mod signing_keys;
@@ -13,13 +14,14 @@ mod tests;
 
 use std::sync::Arc;
 
+pub use embedded::EmbeddedDb;
 pub use pg::{ControlPlaneError, PgControl};
 
 /// The database a control-plane store keeps its records in.
 #[derive(Clone, Debug)]
 pub enum ControlDb {
     /// `control.redb`: this process alone.
-    Embedded(Arc<redb::Database>),
+    Embedded(Arc<EmbeddedDb>),
     /// Shared by every gateway; changes are announced by `NOTIFY`.
     Postgres(Arc<PgControl>),
 }

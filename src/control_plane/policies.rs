@@ -4,7 +4,7 @@
 //! the set in force. Validation is the policy engine's (`policy::pushed`), before a
 //! version is stored.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{ControlDb, ControlStoreError, blocking, redb_err};

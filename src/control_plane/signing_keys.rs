@@ -3,7 +3,7 @@
 //! `signing_keys`) or in PostgreSQL (table `signing_keys`). Which key signs and which
 //! verify is `gateway::signing_keys`' business; this module stores and announces.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{ControlDb, ControlStoreError, blocking, redb_err};
@@ -204,7 +204,7 @@ impl SigningKeyStore {
 /// Replaces every key's sealed bytes in `control.redb` by what `reseal` makes of them
 /// (`portcullis trust rotate-kek`, offline), in one transaction; how many.
 pub fn reseal_embedded<E: From<ControlStoreError>>(
-    db: &redb::Database,
+    db: &super::EmbeddedDb,
     mut reseal: impl FnMut(&StoredKey) -> Result<Vec<u8>, E>,
 ) -> Result<usize, E> {
     let txn = db.begin_write().map_err(redb_err)?;

@@ -27,7 +27,7 @@ const BACKENDS: [Backend; 2] = [Backend::Redb, Backend::Postgres];
 async fn control_db(backend: Backend, dir: &Path) -> ControlDb {
     match backend {
         Backend::Redb => ControlDb::Embedded(Arc::new(
-            redb::Database::create(dir.join("control.redb")).unwrap(),
+            crate::control_plane::EmbeddedDb::open(&dir.join("control.redb")).unwrap(),
         )),
         Backend::Postgres => {
             let url = tokio::task::spawn_blocking(|| {
@@ -43,7 +43,7 @@ async fn control_db(backend: Backend, dir: &Path) -> ControlDb {
 /// A trust service (for its key-encryption key) in `dir` unlocked by `passphrase`.
 fn trust(dir: &Path, passphrase: &str) -> Arc<TrustService> {
     std::fs::create_dir_all(dir).unwrap();
-    let db = Arc::new(redb::Database::create(dir.join("trust.redb")).unwrap());
+    let db = Arc::new(crate::control_plane::EmbeddedDb::open(&dir.join("trust.redb")).unwrap());
     TrustService::open(
         db,
         KeyAlgorithm::Ecdsa,

@@ -209,7 +209,7 @@ impl Gateway {
                 .with_context(|| format!("checking the mode of `{}`", path.display()))?;
         }
         let control_db = Arc::new(
-            redb::Database::create(&control)
+            control_plane::EmbeddedDb::open(&control)
                 .with_context(|| format!("opening `{}`", control.display()))?,
         );
         let engine = Arc::new(PolicyEngine::load(&options.policy_dirs)?);

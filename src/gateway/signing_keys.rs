@@ -222,7 +222,7 @@ impl Refresh for SigningKeys {
 /// Re-seals the keys in `control.redb` from the `old` to the `new` key-encryption key
 /// (`portcullis trust rotate-kek`); how many.
 pub fn reseal_embedded(
-    db: &redb::Database,
+    db: &crate::control_plane::EmbeddedDb,
     old: &Kek,
     new: &Kek,
 ) -> Result<usize, SigningKeyError> {

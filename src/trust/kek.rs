@@ -390,7 +390,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> TrustStore {
-        let db = redb::Database::create(dir.join("control.redb")).unwrap();
+        let db = crate::control_plane::EmbeddedDb::open(&dir.join("control.redb")).unwrap();
         TrustStore::open(Arc::new(db)).unwrap()
     }
 

@@ -33,7 +33,7 @@ use super::pg::{self as trust_pg, PgTrustStore};
 use super::signer::{KeyAlgorithm, ServerKey};
 use super::store::{Change, GunData, GunWrite, NewFile, StoredFile, TrustStore, TrustStoreError};
 use super::validate::{self, Files, TrustState, UpdateError};
-use crate::control_plane::PgControl;
+use crate::control_plane::{EmbeddedDb, PgControl};
 
 /// Repositories whose signed targets stay cached (a few hundred bytes each).
 const SIGNED_TARGETS_CAPACITY: u64 = 10_000;
@@ -320,7 +320,7 @@ impl TrustService {
     /// Unlocks the key-encryption key with the passphrase `passphrase` names (see
     /// [`kek::unlock`]); says what the unlock did.
     pub fn open(
-        db: Arc<redb::Database>,
+        db: Arc<EmbeddedDb>,
         algorithm: KeyAlgorithm,
         data_dir: &std::path::Path,
         passphrase: &PassphraseSource,

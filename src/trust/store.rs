@@ -1,4 +1,4 @@
-//! Trust data in the control-plane redb file (`control.redb`, the same [`Database`] as
+//! Trust data in the control-plane redb file (`control.redb`, the same [`EmbeddedDb`] as
 //! the identity store): TUF files by (GUN, role, version) with the time they were
 //! stored, the current version of each role, a sha256-hex index for consistent
 //! (checksum) fetches, the server-managed private keys, the changefeed and the registry's
@@ -14,12 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redb::{
-    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value,
-    WriteTransaction,
-};
+use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, Value, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::control_plane::EmbeddedDb;
 
 /// (gun, role, version) → (stored at, unix seconds; the file's bytes, verbatim).
 const FILES: TableDefinition<(&str, &str, u64), (i64, &[u8])> = TableDefinition::new("trust_files");
@@ -146,7 +145,7 @@ pub type HeldKey = ((String, String, String), Vec<u8>);
 /// The trust tables; cheap to clone.
 #[derive(Clone)]
 pub struct TrustStore {
-    db: Arc<Database>,
+    db: Arc<EmbeddedDb>,
 }
 
 impl std::fmt::Debug for TrustStore {
@@ -191,7 +190,7 @@ impl Tables for WriteTransaction {
 
 impl TrustStore {
     /// The trust tables in `db`, created when missing.
-    pub fn open(db: Arc<Database>) -> Result<TrustStore, TrustStoreError> {
+    pub fn open(db: Arc<EmbeddedDb>) -> Result<TrustStore, TrustStoreError> {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(FILES).map_err(db_err)?;
         txn.open_table(CURRENT).map_err(db_err)?;

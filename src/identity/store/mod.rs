@@ -16,13 +16,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ::redb::Database;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::control_plane::PgControl;
+use crate::control_plane::{EmbeddedDb, PgControl};
 
 mod pg;
 mod redb;
@@ -412,12 +411,12 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IdentitySto
 impl IdentityStore {
     /// Opens (creating if needed) the embedded store at `path` and loads the snapshot.
     pub fn open(path: &Path) -> Result<Arc<Self>, IdentityStoreError> {
-        let db = Database::create(path).map_err(|e| IdentityStoreError::Database(e.into()))?;
+        let db = EmbeddedDb::open(path).map_err(|e| IdentityStoreError::Database(e.into()))?;
         Self::embedded(Arc::new(db))
     }
 
     /// The embedded store in `db` (shared with the trust store).
-    pub fn embedded(db: Arc<Database>) -> Result<Arc<Self>, IdentityStoreError> {
+    pub fn embedded(db: Arc<EmbeddedDb>) -> Result<Arc<Self>, IdentityStoreError> {
         let (redb, version, records) = redb::Redb::open(db)?;
         Ok(Self::with(Backend::Redb(redb), load(version, &records)?))
     }
@@ -453,7 +452,7 @@ impl IdentityStore {
     }
 
     /// The embedded control-plane database, for other stores keeping their tables in it.
-    pub fn database(&self) -> Option<Arc<Database>> {
+    pub fn database(&self) -> Option<Arc<EmbeddedDb>> {
         match &self.backend {
             Backend::Redb(redb) => Some(redb.database()),
             Backend::Postgres { .. } => None,

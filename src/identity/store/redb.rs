@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
+
+use crate::control_plane::EmbeddedDb;
 use serde::de::DeserializeOwned;
 
 use super::{IdentityStoreError, Kind, Record, decode};
@@ -38,13 +40,15 @@ fn db_err(e: impl Into<redb::Error>) -> IdentityStoreError {
 /// The identity tables of one redb database.
 #[derive(Clone)]
 pub(super) struct Redb {
-    db: Arc<Database>,
+    db: Arc<EmbeddedDb>,
 }
 
 impl Redb {
     /// Every record and the store version; creates missing tables, so a fresh file loads
     /// like an old one.
-    pub(super) fn open(db: Arc<Database>) -> Result<(Redb, u64, Vec<Record>), IdentityStoreError> {
+    pub(super) fn open(
+        db: Arc<EmbeddedDb>,
+    ) -> Result<(Redb, u64, Vec<Record>), IdentityStoreError> {
         let txn = db.begin_write().map_err(db_err)?;
         let version = txn
             .open_table(META)
@@ -68,7 +72,7 @@ impl Redb {
         Ok((Redb { db }, version, records))
     }
 
-    pub(super) fn database(&self) -> Arc<Database> {
+    pub(super) fn database(&self) -> Arc<EmbeddedDb> {
         Arc::clone(&self.db)
     }
 

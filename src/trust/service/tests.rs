@@ -52,7 +52,7 @@ on_both_backends!(
 impl Fixture {
     async fn redb() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("control.redb")).unwrap();
+        let db = crate::control_plane::EmbeddedDb::open(&dir.path().join("control.redb")).unwrap();
         let (service, _) = TrustService::open(
             Arc::new(db),
             KeyAlgorithm::Ecdsa,

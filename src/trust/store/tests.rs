@@ -5,7 +5,7 @@ const OTHER: &str = "127.0.0.1:5443/samples/other";
 
 fn store() -> (tempfile::TempDir, TrustStore) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::create(dir.path().join("control.redb")).unwrap();
+    let db = crate::control_plane::EmbeddedDb::open(&dir.path().join("control.redb")).unwrap();
     let store = TrustStore::open(Arc::new(db)).unwrap();
     (dir, store)
 }
