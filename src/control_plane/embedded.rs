@@ -13,8 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
-    Database, DatabaseError, ReadTransaction, ReadableDatabase, StorageError, TransactionError,
+    Builder, Database, DatabaseError, ReadTransaction, ReadableDatabase, StorageError,
+    TransactionError,
 };
+
+/// redb's page cache for `control.redb` (tokens, scope maps, keys, trust metadata: small).
+/// Its default, 1 GiB, would let the process grow with the file; see ARCHITECTURE.md,
+/// "Memory".
+const CACHE_BYTES: usize = 16 << 20;
+
+fn builder() -> Builder {
+    let mut b = Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
 
 /// The control plane's redb database; transactions begin here.
 #[derive(Debug)]
@@ -29,7 +41,7 @@ impl EmbeddedDb {
     pub fn open(path: &Path) -> Result<EmbeddedDb, DatabaseError> {
         Ok(EmbeddedDb {
             path: path.to_owned(),
-            db: RwLock::new(Some(Arc::new(Database::create(path)?))),
+            db: RwLock::new(Some(Arc::new(builder().create(path)?))),
         })
     }
 
@@ -37,7 +49,7 @@ impl EmbeddedDb {
     pub fn open_existing(path: &Path) -> Result<EmbeddedDb, DatabaseError> {
         Ok(EmbeddedDb {
             path: path.to_owned(),
-            db: RwLock::new(Some(Arc::new(Database::open(path)?))),
+            db: RwLock::new(Some(Arc::new(builder().open(path)?))),
         })
     }
 
@@ -89,7 +101,7 @@ impl EmbeddedDb {
         // The file stays locked until the last handle to it is gone.
         *slot = None;
         drop(failed);
-        let db = Arc::new(Database::create(&self.path)?);
+        let db = Arc::new(builder().create(&self.path)?);
         tracing::warn!(path = %self.path.display(), "control-plane database reopened after an i/o failure");
         *slot = Some(Arc::clone(&db));
         Ok(db)

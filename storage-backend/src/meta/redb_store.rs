@@ -93,6 +93,12 @@ fn has_prefix3(
     })
 }
 
+/// redb's page cache for `meta.redb`. Its default, 1 GiB per database, would let the
+/// process grow with the store; manifest reads hit [`crate::cache`] first, so a smaller
+/// cache costs little, and the process's memory stays within a budget an operator can
+/// plan for (ARCHITECTURE.md, "Memory").
+const CACHE_BYTES: usize = 64 << 20;
+
 impl RedbMeta {
     /// Opens (or creates) the database and all tables.
     pub fn open(path: &Path) -> Result<RedbMeta, StorageError> {
@@ -116,7 +122,10 @@ impl RedbMeta {
     }
 
     fn open_file(path: &Path) -> Result<Database, StorageError> {
-        match Database::create(path) {
+        match redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+        {
             Ok(db) => Ok(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 Err(StorageError::DbLocked(path.to_owned()))
