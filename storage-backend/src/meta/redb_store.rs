@@ -94,9 +94,9 @@ fn has_prefix3(
 }
 
 /// redb's page cache for `meta.redb`. Its default, 1 GiB per database, would let the
-/// process grow with the store; manifest reads hit [`crate::cache`] first, so a smaller
-/// cache costs little, and the process's memory stays within a budget an operator can
-/// plan for (ARCHITECTURE.md, "Memory").
+/// process grow with the store. Manifest GETs are answered from [`crate::cache`] first,
+/// and a page evicted here is read again, usually from the kernel's page cache
+/// (ARCHITECTURE.md, "Memory").
 const CACHE_BYTES: usize = 64 << 20;
 
 impl RedbMeta {
