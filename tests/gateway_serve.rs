@@ -165,6 +165,17 @@ fn bundled_backend_push_and_pull_through_the_gateway() {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
     assert!(!text.contains("portcullis_decisions_total{decision=\"allow\"} 0"));
+    // The manifest GET above is cached; the caches' sizes say so.
+    let gauge = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(gauge("portcullis_cache_entries{cache=\"manifests\"}"), 1);
+    assert!(gauge("portcullis_cache_bytes{cache=\"manifests\"}") > image.manifest.len() as u64);
+    assert!(gauge("portcullis_cache_entries{cache=\"decisions\"}") >= 1);
 }
 
 #[test]

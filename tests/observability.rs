@@ -261,6 +261,7 @@ fn the_dashboard_names_only_metrics_a_live_scrape_has() {
         "portcullis_request_duration_seconds_bucket",
         "portcullis_decisions_total",
         "portcullis_cache_lookups_total",
+        "portcullis_cache_bytes",
         "portcullis_upstream_errors_total",
         "portcullis_storage_errors_total",
         "portcullis_gc_runs_total",

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use moka::sync::Cache;
+use portcullis_storage::CacheSize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -367,6 +368,17 @@ impl Authenticator {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
+    }
+
+    /// The credential caches' sizes, the throttle's with them.
+    pub fn cache_sizes(&self) -> [CacheSize; 4] {
+        let [by_user, by_client] = self.throttle.cache_sizes();
+        [
+            CacheSize::weighed("bearer_tokens", &self.bearer),
+            CacheSize::counted("basic_credentials", &self.basic),
+            by_user,
+            by_client,
+        ]
     }
 }
 

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use portcullis_storage::CacheSize;
 
 use super::Gateway;
 use super::backend::Backend;
@@ -102,7 +103,21 @@ fn readings(gw: &Gateway) -> Readings {
             Backend::Bundled { registry } => Some(registry.gc_stats()),
             Backend::Upstream { .. } => None,
         },
+        cache_sizes: cache_sizes(gw),
     }
+}
+
+fn cache_sizes(gw: &Gateway) -> Vec<CacheSize> {
+    let mut sizes = Vec::with_capacity(20);
+    sizes.extend(gw.engine.cache_sizes());
+    sizes.extend(gw.authn.cache_sizes());
+    sizes.extend(gw.signatures.cache_sizes());
+    sizes.push(gw.uploads.cache_size());
+    sizes.push(gw.trust.cache_size());
+    if let Backend::Bundled { registry } = &gw.backend {
+        sizes.extend(registry.cache_sizes());
+    }
+    sizes
 }
 
 /// The process is up and answering.

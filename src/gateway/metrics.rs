@@ -1,9 +1,9 @@
 //! The gateway's Prometheus metrics, named by the Prometheus conventions (counters end
 //! `_total`, sizes are `_bytes`, durations `_seconds`): requests by route kind, method
 //! and status, latency, body bytes in and out, policy decisions, authentication results,
-//! cache lookups, backend errors, storage GC, policy reloads, build info and (on Linux)
-//! the process's own metrics, rendered as text for `/metrics`. Each `Metrics` has its
-//! own registry, so tests and several gateways in one process do not collide.
+//! cache lookups and sizes, backend errors, storage GC, policy reloads, build info and
+//! (on Linux) the process's own metrics, rendered as text for `/metrics`. Each `Metrics`
+//! has its own registry, so tests and several gateways in one process do not collide.
 //!
 //! The hot path never looks a series up by its labels: every series a request touches
 //! is resolved once and kept (`with_label_values` hashes the values and searches the
@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use portcullis_storage::CacheSize;
 use prometheus::{
     Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -130,15 +131,17 @@ pub struct ReloadReading {
 }
 
 /// What `/metrics` copies in from the components that keep their own counts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Readings {
     pub caches: [Option<CacheReading>; 2],
     pub reloads: ReloadReading,
     /// The bundled store's GC; `None` with an upstream.
     pub gc: Option<portcullis_storage::GcStats>,
+    /// How full each in-memory cache is.
+    pub cache_sizes: Vec<CacheSize>,
 }
 
-/// The mirrored counters (see [`Metrics::render`]).
+/// The mirrored counters and the cache gauges (see [`Metrics::render`]).
 struct Mirrored {
     caches: IntCounterVec,
     reloads: IntCounterVec,
@@ -147,6 +150,8 @@ struct Mirrored {
     gc_removed: IntCounterVec,
     gc_bytes: IntCounter,
     gc_seconds: Counter,
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
 }
 
 /// Latency buckets (seconds): sub-millisecond manifest hits up to multi-minute blobs.
@@ -289,6 +294,26 @@ impl Metrics {
                 Counter::new(
                     "portcullis_gc_duration_seconds_total",
                     "Time spent in garbage-collection passes.",
+                )?,
+            )?,
+            cache_entries: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portcullis_cache_entries",
+                        "Entries held by each in-memory cache.",
+                    ),
+                    &["cache"],
+                )?,
+            )?,
+            cache_bytes: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portcullis_cache_bytes",
+                        "Estimated bytes held by each cache bounded by bytes (ARCHITECTURE.md, Memory).",
+                    ),
+                    &["cache"],
                 )?,
             )?,
         };
@@ -464,6 +489,17 @@ impl Metrics {
             let seconds = Duration::from_nanos(gc.nanos).as_secs_f64();
             m.gc_seconds.inc_by((seconds - m.gc_seconds.get()).max(0.0));
         }
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for size in &readings.cache_sizes {
+            m.cache_entries
+                .with_label_values(&[size.cache])
+                .set(gauge(size.entries));
+            if let Some(bytes) = size.bytes {
+                m.cache_bytes
+                    .with_label_values(&[size.cache])
+                    .set(gauge(bytes));
+            }
+        }
     }
 }
 
@@ -559,6 +595,18 @@ mod tests {
                 nanos: 1_500_000_000,
                 ..Default::default()
             }),
+            cache_sizes: vec![
+                CacheSize {
+                    cache: "manifests",
+                    entries: 3,
+                    bytes: Some(4200),
+                },
+                CacheSize {
+                    cache: "upload_sessions",
+                    entries: 5,
+                    bytes: None,
+                },
+            ],
         };
         m.render(&readings);
         readings.caches[0] = Some(CacheReading {
@@ -585,10 +633,14 @@ mod tests {
             "portcullis_gc_runs_total{result=\"success\"} 2",
             "portcullis_gc_removed_bytes_total 4096",
             "portcullis_gc_duration_seconds_total 1.5",
+            "portcullis_cache_entries{cache=\"manifests\"} 3",
+            "portcullis_cache_bytes{cache=\"manifests\"} 4200",
+            "portcullis_cache_entries{cache=\"upload_sessions\"} 5",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("portcullis_request_duration_seconds_bucket{route=\"blob_get\""));
+        assert!(!text.contains("portcullis_cache_bytes{cache=\"upload_sessions\"}"));
         assert!(text.contains("portcullis_build_info{arch="));
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes "));

@@ -15,6 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use arc_swap::ArcSwap;
 use moka::sync::Cache;
 use portcullis_oci::{Digest, Reference};
+use portcullis_storage::CacheSize;
 use serde::Deserialize;
 
 use super::Gateway;
@@ -75,6 +76,14 @@ impl Default for SignatureCache {
 }
 
 impl SignatureCache {
+    /// The verification caches' sizes, by digest and by tag.
+    pub fn cache_sizes(&self) -> [CacheSize; 2] {
+        [
+            CacheSize::counted("verified_signatures", &self.verified),
+            CacheSize::counted("verified_signatures_by_tag", &self.tagged),
+        ]
+    }
+
     /// The identities of `snapshot`'s signature-trust version, parsed once per version.
     pub fn verifiers(&self, snapshot: &IdentitySnapshot) -> Arc<Verifiers> {
         let current = self.verifiers.load_full();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use moka::sync::Cache;
+use portcullis_storage::CacheSize;
 
 use super::config::LoginThrottle;
 use super::errors::GatewayError;
@@ -51,6 +52,14 @@ impl Throttle {
                 .build(),
             audit,
         }
+    }
+
+    /// The failure counters' sizes, per user name and per client address.
+    pub fn cache_sizes(&self) -> [CacheSize; 2] {
+        [
+            CacheSize::counted("login_failures_by_user", &self.by_user),
+            CacheSize::counted("login_failures_by_client", &self.by_client),
+        ]
     }
 
     /// Seconds until a throttled key may try again; `None` when it is not throttled.

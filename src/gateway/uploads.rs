@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use moka::sync::Cache;
+use portcullis_storage::CacheSize;
 
 use super::errors::GatewayError;
 
@@ -42,6 +43,11 @@ impl UploadSessions {
                 .time_to_idle(expiry)
                 .build(),
         }
+    }
+
+    /// The tracked principals.
+    pub fn cache_size(&self) -> CacheSize {
+        CacheSize::counted("upload_sessions", &self.open)
     }
 
     /// Refuses a new upload session for `principal` when it has `max` open.

@@ -18,6 +18,7 @@ use cedar_policy::{
 };
 use moka::sync::Cache;
 use portcullis_oci::Reference;
+use portcullis_storage::CacheSize;
 
 use super::analysis::{Contextual, Kind, Loaded};
 use super::cache::{
@@ -167,6 +168,20 @@ impl PolicyEngine {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
+    }
+
+    /// The sizes of the decision cache and the caches behind a miss.
+    pub fn cache_sizes(&self) -> [CacheSize; 8] {
+        [
+            CacheSize::weighed("decisions", &self.decisions),
+            CacheSize::weighed("policy_sets", &self.sets),
+            CacheSize::weighed("prepared_requests", &self.prepared),
+            CacheSize::weighed("fixed_outcomes", &self.fixed),
+            CacheSize::weighed("principals", &self.principals),
+            CacheSize::weighed("flagged_principals", &self.flagged),
+            CacheSize::weighed("compiled_scope_maps", &self.compiled),
+            CacheSize::weighed("source_ips", &self.source_ips),
+        ]
     }
 
     /// The registry's anonymous-pull setting (off by default).

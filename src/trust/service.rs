@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use moka::sync::Cache;
+use portcullis_storage::CacheSize;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -396,6 +397,11 @@ impl TrustService {
         );
         let listener = tokio::spawn(listener);
         tokio::spawn(poll(store.clone(), watcher, listener));
+    }
+
+    /// The signed-targets cache's size.
+    pub fn cache_size(&self) -> CacheSize {
+        CacheSize::counted("signed_targets", &self.signed)
     }
 
     /// The key-encryption key, which also seals the token-signing keys

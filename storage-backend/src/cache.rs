@@ -19,6 +19,7 @@
 //! here may still answer the old digest, as a read replica would; a change made through
 //! this process is seen by its next request.
 
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -33,6 +34,48 @@ use crate::names::Digest;
 pub struct CachedManifest {
     pub record: Arc<ManifestRecord>,
     pub bytes: Bytes,
+}
+
+/// How full one in-memory cache is, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSize {
+    pub cache: &'static str,
+    pub entries: u64,
+    /// The weigher's estimate of the entries' bytes; `None` for a cache bounded by
+    /// its number of entries.
+    pub bytes: Option<u64>,
+}
+
+impl CacheSize {
+    /// A cache bounded by its number of entries.
+    pub fn counted<K, V, S>(cache: &'static str, of: &Cache<K, V, S>) -> CacheSize
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+    {
+        CacheSize {
+            bytes: None,
+            ..Self::weighed(cache, of)
+        }
+    }
+
+    /// A cache bounded by a weigher that estimates bytes.
+    pub fn weighed<K, V, S>(cache: &'static str, of: &Cache<K, V, S>) -> CacheSize
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        S: BuildHasher + Clone + Send + Sync + 'static,
+    {
+        // moka updates its counts in housekeeping; this brings them up to date, the work
+        // its next operation would do anyway.
+        of.run_pending_tasks();
+        CacheSize {
+            cache,
+            entries: of.entry_count(),
+            bytes: Some(of.weighted_size()),
+        }
+    }
 }
 
 /// Key overhead and bookkeeping counted per entry besides its strings and bytes.
@@ -133,6 +176,14 @@ impl ManifestCache {
                 self.manifests.invalidate(&key);
             }
         }
+    }
+
+    /// The tag and manifest caches' sizes.
+    pub fn sizes(&self) -> [CacheSize; 2] {
+        [
+            CacheSize::weighed("manifest_tags", &self.tags),
+            CacheSize::weighed("manifests", &self.manifests),
+        ]
     }
 
     fn current(&self, generation: u64) -> bool {

@@ -57,6 +57,7 @@ pub mod registry;
 pub mod s3;
 pub mod upload;
 
+pub use cache::CacheSize;
 pub use error::StorageError;
 pub use http::{RangeRequest, parse_range, router, serve, serve_route};
 pub use names::{Digest, is_valid_repository_name, is_valid_tag};

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use crate::blobstore::{BlobReader, BlobStore, FsBlobStore, body_stream};
-use crate::cache::{CachedManifest, ManifestCache};
+use crate::cache::{CacheSize, CachedManifest, ManifestCache};
 use crate::error::StorageError;
 use crate::manifest;
 use crate::meta::{
@@ -759,6 +759,11 @@ impl Registry {
             bytes: c.bytes.load(Ordering::Relaxed),
             nanos: c.nanos.load(Ordering::Relaxed),
         }
+    }
+
+    /// The manifest cache's sizes (see [`ManifestCache::sizes`]).
+    pub fn cache_sizes(&self) -> [CacheSize; 2] {
+        self.cache.sizes()
     }
 
     async fn gc_pass(&self, grace: Duration, dry_run: bool) -> Result<GcReport, StorageError> {

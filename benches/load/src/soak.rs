@@ -4,7 +4,8 @@
 //! layer of their own, monolithic or chunked), pullers pull live images by tag and by
 //! digest and check every byte, a deleter removes the oldest images, and a churner
 //! creates, narrows and deletes tokens and scope maps. Everyone re-uses one bearer
-//! token per 4 minutes. A sampler records the gateway's RSS and open descriptors.
+//! token per 4 minutes. A sampler records the gateway's RSS and open descriptors, and
+//! how full its caches are (`/metrics`), so growth can be told from caches filling.
 //!
 //! A request fails when its answer is not what the registry owes the client: anything
 //! but success, except a `404` for an image the deleter has already started to delete.
@@ -126,6 +127,17 @@ struct Sample {
     open_fds: u64,
     requests: u64,
     failures: u64,
+    /// The weighed bytes of the caches bounded by bytes, summed.
+    cache_mib: f64,
+    /// Per cache, from `portcullis_cache_entries` and `portcullis_cache_bytes`.
+    caches: BTreeMap<String, CacheGauges>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct CacheGauges {
+    entries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -255,12 +267,18 @@ pub async fn run(bins: &Binaries, settings: &SoakSettings, out: &Path) -> Result
     let started = Instant::now();
     let mut samples = Vec::new();
     let pid = running.pid();
+    let mut metrics = Conn::open(&shared.endpoint).await?;
     while started.elapsed() < settings.duration {
-        samples.push(sample(pid, started, &shared.counters)?);
+        samples.push(sample(pid, started, &shared, &mut metrics).await?);
         if let Some(last) = samples.last() {
             eprintln!(
-                "soak: {:>5.0} s  rss {:>6.1} MiB  fds {:>4}  requests {:>8}  failures {}",
-                last.seconds, last.rss_mib, last.open_fds, last.requests, last.failures
+                "soak: {:>5.0} s  rss {:>6.1} MiB  caches {:>6.1} MiB  fds {:>4}  requests {:>8}  failures {}",
+                last.seconds,
+                last.rss_mib,
+                last.cache_mib,
+                last.open_fds,
+                last.requests,
+                last.failures
             );
         }
         let left = settings.duration.saturating_sub(started.elapsed());
@@ -270,7 +288,7 @@ pub async fn run(bins: &Binaries, settings: &SoakSettings, out: &Path) -> Result
     while let Some(joined) = tasks.join_next().await {
         joined.context("a soak worker panicked")??;
     }
-    samples.push(sample(pid, started, &shared.counters)?);
+    samples.push(sample(pid, started, &shared, &mut metrics).await?);
 
     let c = &shared.counters;
     let report = SoakReport {
@@ -327,16 +345,55 @@ async fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
     shared.stop.load(Relaxed)
 }
 
-fn sample(pid: u32, started: Instant, counters: &Counters) -> Result<Sample> {
+async fn sample(pid: u32, started: Instant, shared: &Shared, metrics: &mut Conn) -> Result<Sample> {
     let rss_kib = proc_status_kib(pid, "VmRSS")? as f64;
     let open_fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    let req = shared
+        .endpoint
+        .request(Method::GET, "/metrics", &HeaderMap::new(), Bytes::new())?;
+    let resp = metrics.send(req).await.context("GET /metrics")?;
+    if resp.status() != StatusCode::OK {
+        bail!("GET /metrics answered {}", resp.status());
+    }
+    let caches = cache_gauges(&String::from_utf8_lossy(&collect(resp).await?));
+    let cache_bytes: u64 = caches.values().filter_map(|c| c.bytes).sum();
     Ok(Sample {
         seconds: started.elapsed().as_secs_f64(),
         rss_mib: rss_kib / 1024.0,
         open_fds,
-        requests: counters.requests.load(Relaxed),
-        failures: counters.failures.load(Relaxed),
+        requests: shared.counters.requests.load(Relaxed),
+        failures: shared.counters.failures.load(Relaxed),
+        cache_mib: cache_bytes as f64 / (1024.0 * 1024.0),
+        caches,
     })
+}
+
+/// The `portcullis_cache_entries` and `portcullis_cache_bytes` lines of a `/metrics` text.
+fn cache_gauges(text: &str) -> BTreeMap<String, CacheGauges> {
+    let mut caches = BTreeMap::<String, CacheGauges>::new();
+    for line in text.lines() {
+        let Some((family, rest)) = line.split_once("{cache=\"") else {
+            continue;
+        };
+        let bytes = match family {
+            "portcullis_cache_entries" => false,
+            "portcullis_cache_bytes" => true,
+            _ => continue,
+        };
+        let Some((cache, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        let gauges = caches.entry(cache.to_owned()).or_default();
+        if bytes {
+            gauges.bytes = Some(value);
+        } else {
+            gauges.entries = value;
+        }
+    }
+    caches
 }
 
 /// One request: status, headers' `Docker-Content-Digest` and body.
@@ -809,7 +866,18 @@ fn markdown(r: &SoakReport) -> String {
             f.rss_mib, l.rss_mib, f.open_fds, l.open_fds
         ));
     }
-    md.push_str("\n![RSS and open descriptors](soak.png)\n");
+    if let Some(l) = last {
+        md.push_str(&format!(
+            "| caches bounded by bytes, weighed, last sample (MiB) | {:.1} |\n",
+            l.cache_mib
+        ));
+        md.push_str("\nCaches at the last sample (`/metrics`):\n\n| cache | entries | bytes (weighed) |\n|---|---:|---:|\n");
+        for (name, c) in &l.caches {
+            let bytes = c.bytes.map_or_else(|| "—".to_owned(), |b| b.to_string());
+            md.push_str(&format!("| {name} | {} | {bytes} |\n", c.entries));
+        }
+    }
+    md.push_str("\n![RSS, cache contents and open descriptors](soak.png)\n");
     if !r.first_failures.is_empty() {
         md.push_str("\nFirst failures:\n\n");
         for f in &r.first_failures {
@@ -819,23 +887,38 @@ fn markdown(r: &SoakReport) -> String {
     md
 }
 
-/// RSS and open descriptors over time, one panel each.
+type Series = (&'static str, fn(&Sample) -> f64, RGBColor);
+
+/// RSS with the caches' weighed bytes in one panel, open descriptors in the other.
 fn plot(r: &SoakReport, path: &Path) -> Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((2, 1));
     let end = r.samples.last().map_or(1.0, |s| s.seconds.max(1.0)) / 60.0;
-    let rss: fn(&Sample) -> f64 = |s| s.rss_mib;
-    let fds: fn(&Sample) -> f64 = |s| s.open_fds as f64;
-    let series = [
-        ("gateway RSS (MiB)", rss, RGBColor(31, 119, 180)),
-        ("open file descriptors", fds, RGBColor(214, 39, 40)),
+    let memory: [Series; 2] = [
+        ("gateway RSS", |s| s.rss_mib, RGBColor(31, 119, 180)),
+        (
+            "caches bounded by bytes (weighed)",
+            |s| s.cache_mib,
+            RGBColor(44, 160, 44),
+        ),
     ];
-    for (panel, (label, value, color)) in panels.iter().zip(series) {
-        let top = r.samples.iter().map(value).fold(1.0f64, f64::max) * 1.3;
+    let fds: [Series; 1] = [(
+        "open file descriptors",
+        |s| s.open_fds as f64,
+        RGBColor(214, 39, 40),
+    )];
+    let contents: [(&str, &[Series]); 2] =
+        [("memory (MiB)", &memory), ("open file descriptors", &fds)];
+    for (panel, (caption, series)) in panels.iter().zip(contents) {
+        let top = series
+            .iter()
+            .flat_map(|(_, value, _)| r.samples.iter().map(value))
+            .fold(1.0f64, f64::max)
+            * 1.3;
         let mut chart = ChartBuilder::on(panel)
-            .caption(label, ("sans-serif", 20))
+            .caption(caption, ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -845,11 +928,44 @@ fn plot(r: &SoakReport, path: &Path) -> Result<()> {
             .x_desc("minutes")
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()?;
-        chart.draw_series(LineSeries::new(
-            r.samples.iter().map(|s| (s.seconds / 60.0, value(s))),
-            color.stroke_width(2),
-        ))?;
+        for &(label, value, color) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    r.samples.iter().map(|s| (s.seconds / 60.0, value(s))),
+                    color.stroke_width(2),
+                ))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_gauges_are_read_per_cache() {
+        let text = "# HELP portcullis_cache_bytes Estimated bytes\n\
+                    portcullis_cache_bytes{cache=\"manifests\"} 4200\n\
+                    portcullis_cache_entries{cache=\"manifests\"} 3\n\
+                    portcullis_cache_entries{cache=\"upload_sessions\"} 5\n\
+                    portcullis_cache_lookups_total{cache=\"authn\",result=\"hit\"} 9\n";
+        let caches = cache_gauges(text);
+        assert_eq!(caches.len(), 2, "{caches:?}");
+        assert_eq!(caches["manifests"].entries, 3);
+        assert_eq!(caches["manifests"].bytes, Some(4200));
+        assert_eq!(caches["upload_sessions"].entries, 5);
+        assert_eq!(caches["upload_sessions"].bytes, None);
+    }
 }
