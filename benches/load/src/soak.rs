@@ -866,11 +866,24 @@ fn markdown(r: &SoakReport) -> String {
             f.rss_mib, l.rss_mib, f.open_fds, l.open_fds
         ));
     }
-    if let Some(l) = last {
+    // Flat means the second half adds (next to) nothing: its first and last samples.
+    if let (Some(h), Some(l)) = (r.samples.get(r.samples.len() / 2), last) {
         md.push_str(&format!(
-            "| caches bounded by bytes, weighed, last sample (MiB) | {:.1} |\n",
-            l.cache_mib
+            "| RSS over the second half, minute {:.0} → {:.0} (MiB) | {:.1} → {:.1} ({:+.1}) |\n\
+             | caches bounded by bytes, weighed, minute {:.0} → {:.0} (MiB) | {:.1} → {:.1} ({:+.1}) |\n",
+            h.seconds / 60.0,
+            l.seconds / 60.0,
+            h.rss_mib,
+            l.rss_mib,
+            l.rss_mib - h.rss_mib,
+            h.seconds / 60.0,
+            l.seconds / 60.0,
+            h.cache_mib,
+            l.cache_mib,
+            l.cache_mib - h.cache_mib
         ));
+    }
+    if let Some(l) = last {
         md.push_str("\nCaches at the last sample (`/metrics`):\n\n| cache | entries | bytes (weighed) |\n|---|---:|---:|\n");
         for (name, c) in &l.caches {
             let bytes = c.bytes.map_or_else(|| "—".to_owned(), |b| b.to_string());
