@@ -868,22 +868,14 @@ fn markdown(r: &SoakReport) -> String {
     }
     // Flat means the second half adds (next to) nothing: its first and last samples.
     if let (Some(h), Some(l)) = (r.samples.get(r.samples.len() / 2), last) {
+        let span = format!("minute {:.0} → {:.0}", h.seconds / 60.0, l.seconds / 60.0);
+        let change = |from: f64, to: f64| format!("{from:.1} → {to:.1} ({:+.1})", to - from);
         md.push_str(&format!(
-            "| RSS over the second half, minute {:.0} → {:.0} (MiB) | {:.1} → {:.1} ({:+.1}) |\n\
-             | caches bounded by bytes, weighed, minute {:.0} → {:.0} (MiB) | {:.1} → {:.1} ({:+.1}) |\n",
-            h.seconds / 60.0,
-            l.seconds / 60.0,
-            h.rss_mib,
-            l.rss_mib,
-            l.rss_mib - h.rss_mib,
-            h.seconds / 60.0,
-            l.seconds / 60.0,
-            h.cache_mib,
-            l.cache_mib,
-            l.cache_mib - h.cache_mib
+            "| RSS over the second half, {span} (MiB) | {} |\n\
+             | caches bounded by bytes, weighed, {span} (MiB) | {} |\n",
+            change(h.rss_mib, l.rss_mib),
+            change(h.cache_mib, l.cache_mib)
         ));
-    }
-    if let Some(l) = last {
         md.push_str("\nCaches at the last sample (`/metrics`):\n\n| cache | entries | bytes (weighed) |\n|---|---:|---:|\n");
         for (name, c) in &l.caches {
             let bytes = c.bytes.map_or_else(|| "—".to_owned(), |b| b.to_string());
@@ -966,6 +958,58 @@ fn plot(r: &SoakReport, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_gives_the_second_half() {
+        let sample = |seconds: f64, rss_mib: f64, cache_mib: f64| Sample {
+            seconds,
+            rss_mib,
+            open_fds: 30,
+            requests: 0,
+            failures: 0,
+            cache_mib,
+            caches: BTreeMap::from([(
+                "manifests".to_owned(),
+                CacheGauges {
+                    entries: 3,
+                    bytes: Some(4200),
+                },
+            )]),
+        };
+        let report = SoakReport {
+            command: "soak".into(),
+            date: "today".into(),
+            minutes: 2.0,
+            repositories: 1,
+            pushers: 1,
+            pullers: 1,
+            gc_interval_seconds: 15,
+            gc_grace_seconds: 30,
+            requests: 0,
+            failures: 0,
+            blob_unknown_for_live_content: 0,
+            raced_with_delete: 0,
+            pushes: 0,
+            pulls: 0,
+            deletes: 0,
+            admin_changes: 0,
+            bearer_tokens: 0,
+            first_failures: vec![],
+            samples: vec![
+                sample(0.0, 30.0, 0.0),
+                sample(60.0, 100.0, 20.0),
+                sample(120.0, 101.5, 20.0),
+            ],
+        };
+        let md = markdown(&report);
+        for row in [
+            "| RSS over the second half, minute 1 → 2 (MiB) | 100.0 → 101.5 (+1.5) |\n",
+            "| caches bounded by bytes, weighed, minute 1 → 2 (MiB) | 20.0 → 20.0 (+0.0) |\n",
+            "| manifests | 3 | 4200 |\n",
+        ] {
+            assert!(md.contains(row), "{row:?} missing from\n{md}");
+        }
+    }
 
     #[test]
     fn cache_gauges_are_read_per_cache() {
